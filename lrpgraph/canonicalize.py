@@ -1,0 +1,335 @@
+"""From an ONNX graph to the units the walker explains: find the image input and the logits (before an
+output Softmax), keep the nodes on the path between them, fuse MatMul+Add and Conv(+Add)(+BatchNorm)
+into one linear layer each, classify every other node, and check that every op is supported."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from onnx import TensorProto, numpy_helper
+
+from lrpgraph.converters import CONVERTERS
+from lrpgraph.converters.linear import LinearLayer
+from lrpgraph.errors import LrpgraphError, UnsupportedModelError
+from lrpgraph.graph import attrs_of, tensor_shapes, topological
+
+ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish"}
+STRUCTURE = {"Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
+             "Identity", "Dropout"}
+AVG_POOLS = {"AveragePool", "GlobalAveragePool", "ReduceMean"}
+SHAPE_OPS = {"Shape", "Size"}  # their outputs depend on the input's shape, not its values
+MOVERS = STRUCTURE | AVG_POOLS | {"MaxPool"}  # ops that keep a non-negative input non-negative
+POSITIVE = {"Relu", "Sigmoid", "HardSigmoid", "Softmax"}
+
+
+@dataclass
+class Unit:
+    """One explained step: a forward node, or a fused linear layer spanning several nodes."""
+
+    op: str
+    name: str  # the forward node's name, used for rule overrides and for naming emitted nodes
+    kind: str  # linear, bn, activation, sum, gate, affine, maxpool, avgpool, structure
+    node: object  # the primary onnx NodeProto
+    inputs: list
+    outputs: list
+    attrs: dict
+    layer: LinearLayer = None
+    fused: list = field(default_factory=list)  # names of nodes folded into this unit
+    first: bool = False  # first linear layer reached from the image input
+    upstream: bool = False  # between the image input and the first linear layer
+    gate: int = None  # Mul gates: index of the gate input (gets no relevance)
+
+    @property
+    def category(self):
+        """What composites map: conv, dense, or the kind."""
+        if self.kind == "linear":
+            return "conv" if self.op == "Conv" else "dense"
+        return self.kind
+
+
+@dataclass
+class Canonical:
+    model: object
+    units: list
+    image: str
+    image_shape: list
+    logits: str
+    outputs_probabilities: bool
+    shapes: dict
+    inits: dict
+    signal: set
+    nonneg: set
+
+
+def canonicalize(model):
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    shapes = tensor_shapes(model)
+    image = _image_input(graph, inits)
+    logits, probabilities = _logits(graph)
+    nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
+    signal = {image}
+    for node in nodes:
+        if node.op_type not in SHAPE_OPS and any(t in signal for t in node.input):
+            signal.update(t for t in node.output if t)
+    if logits not in signal:
+        raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
+                            "nothing to explain")
+    relevant = _on_path(nodes, logits, signal)
+    _check_supported(relevant)
+    units = _units(relevant, graph, inits, shapes, signal)
+    _mark_first(units, image)
+    return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
+                     _nonneg(units, inits))
+
+
+def _image_input(graph, inits):
+    for info in graph.input:
+        if info.name in inits:
+            continue
+        tensor_type = info.type.tensor_type
+        if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
+            return info.name
+    found = ", ".join(f"{i.name} ({TensorProto.DataType.Name(i.type.tensor_type.elem_type)})"
+                      for i in graph.input if i.name not in inits) or "none"
+    raise LrpgraphError(f"the model has no float32 image input of rank >= 2 (inputs: {found}); "
+                        "export the classifier with a float32 input [N, C, H, W]")
+
+
+def _logits(graph):
+    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    name = graph.output[0].name
+    node = producer.get(name)
+    while node is not None and node.op_type == "Identity":
+        node = producer.get(node.input[0])
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        return node.input[0], True
+    return name, False
+
+
+def _on_path(nodes, logits, signal):
+    needed, kept = {logits}, []
+    for node in reversed(nodes):
+        if node.op_type in SHAPE_OPS or not any(o in needed for o in node.output):
+            continue
+        if any(t in signal for t in node.input):
+            kept.append(node)
+            needed.update(t for t in node.input if t in signal)
+    return kept[::-1]
+
+
+def _check_supported(nodes):
+    missing = {}
+    for node in nodes:
+        if node.op_type not in CONVERTERS or node.domain not in ("", "ai.onnx"):
+            missing.setdefault(node.op_type, []).append(node.name or node.output[0])
+    if missing:
+        parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+                          for op, names in sorted(missing.items()))
+        raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}; "
+                                    "see `lrpgraph inspect` for coverage, or open an issue with the model")
+
+
+def _units(nodes, graph, inits, shapes, signal):
+    uses = Counter(t for n in graph.node for t in n.input)
+    uses.update(o.name for o in graph.output)
+    consumer = {t: n for n in nodes for t in n.input}
+    units, absorbed = [], set()
+    for node in nodes:
+        if id(node) in absorbed:
+            continue
+        name = node.name or node.output[0]
+        dynamic = [t in signal for t in node.input]
+        unit = Unit(node.op_type, name, "", node, list(node.input), list(node.output), attrs_of(node))
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            unit.kind = "linear"
+            unit.layer, fused = _linear(node, unit, inits, shapes, signal, uses, consumer)
+            absorbed.update(id(n) for n in fused)
+            unit.fused = [n.name for n in fused]
+            unit.outputs = [unit.layer.out]
+            unit.inputs = [node.input[0]]
+        elif node.op_type == "BatchNormalization":
+            unit.kind = "bn"
+        elif node.op_type in ACTIVATIONS:
+            unit.kind = "activation"
+        elif node.op_type in ("Add", "Sub"):
+            unit.kind = "sum" if all(dynamic[:2]) else "affine"
+        elif node.op_type == "Mul":
+            unit.kind = "affine"
+            if all(dynamic[:2]):
+                unit.kind, unit.gate = "gate", _gate_input(node, nodes, unit)
+        elif node.op_type == "Div":
+            if dynamic[1]:
+                raise UnsupportedModelError(f"node '{name}' (Div): division by a tensor that depends on the image "
+                                            "is not supported; only division by constants")
+            unit.kind = "affine"
+        elif node.op_type == "MaxPool":
+            unit.kind = "maxpool"
+        elif node.op_type in AVG_POOLS:
+            unit.kind = "avgpool"
+        else:
+            unit.kind = "structure"
+        units.append(unit)
+    return units
+
+
+def _linear(node, unit, inits, shapes, signal, uses, consumer):
+    """The LinearLayer of a Conv/Gemm/MatMul with a following bias Add and BatchNormalization folded in."""
+    name, attrs = unit.name, unit.attrs
+    if len(node.input) > 1 and node.input[1] in signal or node.op_type == "Gemm" and attrs.get("transA", 0):
+        raise UnsupportedModelError(f"node '{name}' ({node.op_type}): both operands depend on the image (or the "
+                                    "data operand is transposed); only layers with constant weights are supported")
+    x = node.input[0]
+    x_shape = shapes.get(x)
+    if x_shape is None:
+        raise UnsupportedModelError(f"node '{name}' ({node.op_type}): the rank of its input '{x}' is unknown")
+    layer = LinearLayer(node.op_type, x, node.output[0], node.input[1], x_shape=x_shape)
+    if len(node.input) > 2 and node.input[2]:
+        layer.bias = node.input[2]
+    if node.op_type == "Conv":
+        layer.attrs = _conv_attrs(node, attrs, shapes, inits, unit)
+    elif node.op_type == "Gemm":
+        layer.transpose_weight = bool(attrs.get("transB", 0))
+        layer.alpha, layer.beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    fused, out = [], node.output[0]
+    channels = _out_channels(layer, inits, shapes)
+
+    def single_consumer(tensor):
+        nxt = consumer.get(tensor)
+        return nxt if nxt is not None and uses[tensor] == 1 else None
+
+    nxt = single_consumer(out)
+    if nxt is not None and nxt.op_type == "Add" and layer.bias is None:
+        other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+        if other in inits and inits[other].size == channels and _bias_axis_ok(inits[other].shape, layer):
+            layer.bias, layer.bias_from_add, out = other, True, nxt.output[0]
+            fused.append(nxt)
+            nxt = single_consumer(out)
+    if nxt is not None and nxt.op_type == "BatchNormalization" and all(t in inits for t in nxt.input[1:5]):
+        scale, bias, mean, var = nxt.input[1:5]
+        eps = attrs_of(nxt).get("epsilon", 1e-5)
+        layer.bn = {"scale": scale, "B": bias, "mean": mean, "var": var, "epsilon": float(eps)}
+        out = nxt.output[0]
+        fused.append(nxt)
+    layer.out = out
+    return layer, fused
+
+
+def _bias_axis_ok(shape, layer):
+    """An added constant is a bias when it varies along the output channel axis only."""
+    shape = list(shape)
+    if layer.op == "Conv":
+        rank = len(layer.x_shape)
+        shape = [1] * (rank - len(shape)) + shape
+        return all(d == 1 for i, d in enumerate(shape) if i != 1)
+    return all(d == 1 for d in shape[:-1])
+
+
+def _out_channels(layer, inits, shapes):
+    w = inits.get(layer.weight)
+    w_shape = list(w.shape) if w is not None else shapes.get(layer.weight)
+    if not w_shape:
+        return None
+    if layer.op == "Conv":
+        return w_shape[0]
+    return w_shape[0] if layer.transpose_weight else w_shape[-1]
+
+
+def _conv_attrs(node, attrs, shapes, inits, unit):
+    x_shape = shapes.get(node.input[0])
+    w = inits.get(node.input[1])
+    w_shape = list(w.shape) if w is not None else shapes.get(node.input[1])
+    if not x_shape or any(d is None for d in x_shape[2:]) or not w_shape:
+        raise UnsupportedModelError(f"node '{unit.name}' (Conv): spatial sizes must be static; export with a fixed "
+                                    "image size (the batch may stay dynamic)")
+    spatial = x_shape[2:]
+    kernel = attrs.get("kernel_shape", w_shape[2:])
+    n = len(kernel)
+    strides = attrs.get("strides", [1] * n)
+    dilations = attrs.get("dilations", [1] * n)
+    pads = _explicit_pads(attrs.get("auto_pad", b"NOTSET"), attrs.get("pads", [0] * 2 * n), spatial, kernel,
+                          strides, dilations)
+    out = [(spatial[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1
+           for i in range(n)]
+    full = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - pads[i] - pads[i + n] for i in range(n)]
+    return {"strides": strides, "pads": pads, "dilations": dilations, "group": attrs.get("group", 1),
+            "output_padding": [spatial[i] - full[i] for i in range(n)]}
+
+
+def _explicit_pads(auto_pad, pads, spatial, kernel, strides, dilations):
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    n = len(kernel)
+    if auto_pad in ("NOTSET", ""):
+        return list(pads)
+    if auto_pad == "VALID":
+        return [0] * 2 * n
+    begin, end = [], []
+    for i in range(n):
+        out = -(-spatial[i] // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
+        small = total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin + end
+
+
+def _gate_input(node, nodes, unit):
+    """Which input of a Mul of two image-dependent tensors is the gate (squeeze-excitation, x * sigmoid(x),
+    HardSwish written out): the one computed by a Sigmoid/HardSigmoid/Clip, possibly through shape ops."""
+    producer = {o: n for n in nodes for o in n.output}
+
+    def is_gate(tensor, depth=0):
+        node_ = producer.get(tensor)
+        if node_ is None or depth > 8:
+            return False
+        if node_.op_type in ("Sigmoid", "HardSigmoid", "Clip"):
+            return True
+        if node_.op_type in STRUCTURE | {"Div", "Mul", "Add", "Sub", "Expand"}:
+            return is_gate(node_.input[0], depth + 1)
+        return False
+
+    gates = [i for i in (0, 1) if is_gate(node.input[i])]
+    if len(gates) == 1:
+        return gates[0]
+    if len(gates) == 2:  # x * sigmoid(x) where x itself is gated: the later gate is the multiplier
+        return 1
+    raise UnsupportedModelError(f"node '{unit.name}' (Mul): a product of two image-dependent tensors where "
+                                "neither is a gate (Sigmoid/HardSigmoid/Clip output) is not supported")
+
+
+def _mark_first(units, image):
+    behind = set()  # tensors computed after some linear layer
+    for unit in units:
+        inputs_behind = any(t in behind for t in unit.inputs)
+        if unit.kind == "linear" and not inputs_behind:
+            unit.first = True
+        unit.upstream = unit.kind != "linear" and not inputs_behind
+        if unit.kind == "linear" or inputs_behind:
+            behind.update(unit.outputs)
+
+
+def _nonneg(units, inits):
+    """Tensors known to be >= 0, so rules can skip their negative parts."""
+    nonneg = set()
+    for unit in units:
+        ins = [t for t in unit.inputs if t and t not in inits]
+        if unit.op in POSITIVE or unit.op == "Clip" and _clip_min(unit, inits) >= 0:
+            nonneg.update(unit.outputs)
+        elif unit.op in MOVERS | {"Add", "Mul"} and unit.kind not in ("affine",) and ins and all(t in nonneg for t in ins):
+            if unit.op != "Pad" or float(_pad_value(unit, inits)) == 0.0:
+                nonneg.update(t for t in unit.outputs if t)
+    return nonneg
+
+
+def _clip_min(unit, inits):
+    if len(unit.inputs) > 1 and unit.inputs[1]:
+        value = inits.get(unit.inputs[1])
+        return float(value) if value is not None else -1.0
+    return float(unit.attrs.get("min", -1.0)) if "min" in unit.attrs else -1.0
+
+
+def _pad_value(unit, inits):
+    if len(unit.inputs) > 2 and unit.inputs[2]:
+        value = inits.get(unit.inputs[2])
+        return value if value is not None else -1.0
+    return 0.0

@@ -1,0 +1,88 @@
+"""Composites: which rule each unit gets. Same names and meaning as zennit's, so heatmaps can be compared.
+
+A composite maps unit categories (first linear layer, conv, dense, activation, sum, avgpool, bn,
+maxpool, gate, affine, structure) to rules; overrides by op type or node name come on top."""
+
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.rules import DEFAULT_STABILIZER, LINEAR_RULES, make_rule, parse_rule
+
+# every LRP composite starts from this map (REFERENCE.md section 3)
+BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "maxpool": "wta",
+        "structure": "pass", "gate": "pass", "affine": "pass"}
+
+COMPOSITES = {
+    "epsilon": {"first": "epsilon", "conv": "epsilon", "dense": "epsilon"},
+    "epsilon-plus": {"first": "zplus", "conv": "zplus", "dense": "epsilon"},
+    "epsilon-plus-flat": {"first": "flat", "conv": "zplus", "dense": "epsilon"},
+    "epsilon-gamma-box": {"first": "zbox", "conv": "gamma", "dense": "epsilon"},
+    "epsilon-alpha2-beta1": {"first": "alpha-beta", "conv": "alpha-beta", "dense": "epsilon"},
+    "epsilon-alpha2-beta1-flat": {"first": "flat", "conv": "alpha-beta", "dense": "epsilon"},
+    # LRP-Flex: relevance = input x gradient with ReLU gradients scaled by a / (a + eps), zbox(0, 1) first
+    "flex": {"first": "flex-zbox", "conv": "gradient", "dense": "gradient", "activation": "gradient",
+             "relu": "flex-relu", "sum": "gradient", "avgpool": "gradient", "bn": "gradient", "maxpool": "wta",
+             "gate": "gradient", "affine": "gradient"},
+}
+
+# rule sets that carry a gradient from the logits (the seed is d(explained)/dy, not a relevance)
+GRADIENT_COMPOSITES = {"flex"}
+
+# which rules make sense for which unit category
+ALLOWED = {
+    "conv": set(LINEAR_RULES) | {"gradient", "flex-zbox"},
+    "dense": set(LINEAR_RULES) | {"gradient", "flex-zbox"},
+    "activation": {"pass", "gradient", "flex-relu", "guided"},
+    "sum": {"norm", "pass", "gradient"},
+    "avgpool": {"norm", "gradient"},
+    "bn": {"pass", "gradient"},
+    "maxpool": {"wta", "gradient", "guided"},
+    "gate": {"pass", "gradient"},
+    "affine": {"pass", "gradient"},
+    "structure": {"pass", "gradient"},
+}
+
+
+def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
+         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01):
+    """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'node name=rule:params'."""
+    if composite not in COMPOSITES:
+        raise LrpgraphError(f"unknown composite '{composite}'; choose one of {', '.join(COMPOSITES)}")
+    table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
+    eps = DEFAULT_STABILIZER if epsilon is None else epsilon
+    params = {"epsilon": (eps,), "gamma": (gamma,), "alpha-beta": (alpha, beta), "zbox": (low, high),
+              "flex-zbox": (0.0, 1.0), "flex-relu": (flex_epsilon,)}
+    by_key = _parse_overrides(overrides, units, stabilizer)
+    chosen = {}
+    for unit in units:
+        rule = by_key.get(unit.name) or by_key.get(unit.op)
+        if rule is None:
+            if composite in GRADIENT_COMPOSITES and unit.upstream:
+                name = "pass"
+            elif unit.first:
+                name = table["first"]
+            elif unit.op == "Relu" and "relu" in table:
+                name = table["relu"]
+            else:
+                name = table.get(unit.category, "pass")
+            rule = make_rule(name, params.get(name, ()), stabilizer, where=f"node '{unit.name}'")
+        if rule.name not in ALLOWED[unit.category]:
+            raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
+                                f"node; use one of {', '.join(sorted(ALLOWED[unit.category]))}")
+        chosen[unit.name] = rule
+    return chosen
+
+
+def _parse_overrides(overrides, units, stabilizer):
+    names = {u.name for u in units} | {n for u in units for n in u.fused}
+    ops = {u.op for u in units}
+    fused_into = {n: u.name for u in units for n in u.fused}
+    out = {}
+    for text in overrides:
+        key, sep, spec = text.partition("=")
+        key = key.strip()
+        if not sep or not key or not spec.strip():
+            raise LrpgraphError(f"--rule '{text}': write KEY=RULE, e.g. Gemm=epsilon:0.25 or /features/conv0=zplus")
+        if key not in names and key not in ops:
+            raise LrpgraphError(f"--rule '{text}': no node or op type '{key}' on the explained path; "
+                                "`lrpgraph inspect` lists them")
+        out[fused_into.get(key, key)] = parse_rule(spec, stabilizer, where=f"--rule '{text}'")
+    return out

@@ -1,0 +1,98 @@
+"""Linear layers: Conv, Gemm, MatMul (+ a bias Add, + a following BatchNormalization folded in).
+
+A LinearLayer knows how to emit its own forward (with any weights) and its transposed map (the
+gradient with respect to its input); the rules in rules.py are written in terms of these two."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lrpgraph import rules
+from lrpgraph.converters import register, unsupported_rule
+
+
+@dataclass
+class LinearLayer:
+    op: str  # Conv, Gemm or MatMul
+    x: str  # input tensor
+    out: str  # output of the whole unit (after bias Add / BatchNormalization)
+    weight: str
+    bias: str = None
+    bias_from_add: bool = False  # a bias Add's constant may be shaped [1, M, 1, 1]: flattened to [M]
+    x_shape: list = None
+    attrs: dict = field(default_factory=dict)  # Conv: strides, pads, dilations, group, output_padding
+    transpose_weight: bool = False  # Gemm transB = 0 stores W as [K, M]; 1 as [M, K]
+    alpha: float = 1.0
+    beta: float = 1.0
+    bn: dict = None  # {scale, B, mean, var, epsilon} tensor names / value of a folded BatchNormalization
+    _cache: dict = field(default_factory=dict)
+
+    def weights(self, b):
+        """(W, bias) of the whole unit, emitted once: Conv layout [M, C/g, k...], dense layout [K, M]."""
+        if "w" not in self._cache:
+            w, bias = self.weight, self.bias
+            if self.bias_from_add:
+                bias = b.op("Reshape", [bias, b.ints([-1])], "bias")
+            if self.op != "Conv":
+                if self.transpose_weight:
+                    w = b.op("Transpose", [w], "weight_t", perm=[1, 0])
+                if self.alpha != 1.0:
+                    w = b.mul(w, b.const(self.alpha))
+                if bias is not None and self.beta != 1.0:
+                    bias = b.mul(bias, b.const(self.beta))
+            if self.bn is not None:
+                w, bias = self._fold_bn(b, w, bias)
+            self._cache["w"] = (w, bias)
+        return self._cache["w"]
+
+    def _fold_bn(self, b, w, bias):
+        bn = self.bn
+        k = b.div(bn["scale"], b.op("Sqrt", [b.add(bn["var"], b.const(bn["epsilon"]))], "sqrt"))
+        shape = [-1] + [1] * (len(self.x_shape) - 1) if self.op == "Conv" else [1, -1]
+        w = b.mul(w, b.op("Reshape", [k, b.ints(shape)], "bn_scale"))
+        centred = b.op("Neg", [bn["mean"]], "neg") if bias is None else b.sub(bias, bn["mean"])
+        return w, b.add(b.mul(centred, k), bn["B"])
+
+    def forward(self, b, x, w, bias):
+        if self.op == "Conv":
+            a = self.attrs
+            return b.op("Conv", [x, w] + ([bias] if bias else []), "conv", strides=a["strides"], pads=a["pads"],
+                        dilations=a["dilations"], group=a["group"])
+        if len(self.x_shape) == 2:
+            return b.op("Gemm", [x, w] + ([bias] if bias else []), "gemm")
+        z = b.op("MatMul", [x, w], "matmul")
+        return b.add(z, bias) if bias else z
+
+    def backward(self, b, s, w):
+        """The transposed map: the gradient of sum(s * layer(x, w)) with respect to x."""
+        if self.op == "Conv":
+            a = self.attrs
+            return b.op("ConvTranspose", [s, w], "convT", strides=a["strides"], pads=a["pads"],
+                        dilations=a["dilations"], group=a["group"], output_padding=a["output_padding"])
+        if len(self.x_shape) == 2:
+            return b.op("Gemm", [s, w], "gemmT", transB=1)
+        return b.op("MatMul", [s, b.op("Transpose", [w], "weight_t", perm=[1, 0])], "matmulT")
+
+    def per_channel(self, b, value):
+        """A constant broadcastable over the input: one value, or one per input channel (axis 1)."""
+        values = list(value) if isinstance(value, tuple) else [value]
+        shape = [1, len(values)] + [1] * (len(self.x_shape) - 2) if len(values) > 1 else [1]
+        return b.const(np.array(values, np.float32).reshape(shape))
+
+
+@register("Conv", "Gemm", "MatMul")
+def linear(ctx, unit, rule, r_outs):
+    layer, signal = unit.layer, r_outs[0]
+    b = ctx.b
+    nonneg = layer.x in ctx.nonneg
+    if rules.is_linear(rule):
+        r_in = rules.linear_relevance(b, layer, rule, signal, nonneg, output=layer.out)
+    elif rule.name in ("gradient", "guided", "flex-relu"):
+        r_in = layer.backward(b, signal, layer.weights(b)[0])
+    elif rule.name == "flex-zbox":
+        relevance = b.mul(layer.out, signal)
+        r_in = rules.linear_relevance(b, layer, rules.Rule("zbox", rule.params, rule.stabilizer), relevance,
+                                      nonneg, output=layer.out)
+    else:
+        raise unsupported_rule(unit, rule)
+    return [r_in]

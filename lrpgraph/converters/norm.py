@@ -1,0 +1,20 @@
+"""A standalone BatchNormalization (one not folded into a preceding Conv/Gemm): an affine map per channel.
+LRP composites pass relevance through it ('pass', as zennit does); gradient rule sets scale by
+scale / sqrt(var + eps)."""
+
+from lrpgraph.converters import register, unsupported_rule
+
+
+@register("BatchNormalization")
+def batch_norm(ctx, unit, rule, r_outs):
+    r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
+    if rule.name == "pass":
+        return [r] + rest
+    if rule.name in ("gradient", "flex-relu", "guided"):
+        b = ctx.b
+        scale, _, _, var = unit.inputs[1:5]
+        k = b.div(scale, b.op("Sqrt", [b.add(var, b.const(float(unit.attrs.get("epsilon", 1e-5))))], "sqrt"))
+        rank = len(ctx.shape(unit.inputs[0], unit))
+        k = b.op("Reshape", [k, b.ints([1, -1] + [1] * (rank - 2))], "bn_scale")
+        return [b.mul(r, k)] + rest
+    raise unsupported_rule(unit, rule)

@@ -1,0 +1,99 @@
+"""Pooling. MaxPool: winner-take-all (all of R_j to the arg-max of window j; windows that overlap add up,
+through MaxPool's Indices and ScatterElements(reduction='add')). Average pools (AveragePool,
+GlobalAveragePool, ReduceMean): the norm rule R_i = x_i * A^T(R / stab(z)), with A^T the adjoint of the
+pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
+
+import numpy as np
+
+from lrpgraph.converters import register, unsupported_rule
+
+GRADIENT_RULES = ("gradient", "flex-relu", "guided")
+
+
+@register("MaxPool")
+def max_pool(ctx, unit, rule, r_outs):
+    if rule.name not in ("wta", "pass") + GRADIENT_RULES:
+        raise unsupported_rule(unit, rule)
+    b, x, r = ctx.b, unit.inputs[0], r_outs[0]
+    if rule.name == "guided":
+        r = b.pos(r)
+    attrs = {k: v for k, v in unit.attrs.items() if k != "storage_order"}
+    _, indices = b.op("MaxPool", [x], "argmax", outputs=2, **attrs)
+    flat = b.ints([-1])
+    zeros = b.op("Reshape", [b.zeros_like(x), flat], "zeros_flat")
+    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat], "indices_flat"),
+                                         b.op("Reshape", [r, flat], "r_flat")], "scatter", axis=0, reduction="add")
+    return [b.reshape_like(scattered, x)]
+
+
+@register("AveragePool", "GlobalAveragePool", "ReduceMean")
+def average_pool(ctx, unit, rule, r_outs):
+    b, x, z, r = ctx.b, unit.inputs[0], unit.outputs[0], r_outs[0]
+    if rule.name == "norm":
+        s = b.div(r, b.stab(z, rule.stabilizer))
+    elif rule.name in GRADIENT_RULES:
+        s = r
+    else:
+        raise unsupported_rule(unit, rule)
+    if unit.op == "AveragePool":
+        back = _average_pool_adjoint(ctx, unit, s)
+    else:
+        back = _mean_adjoint(ctx, unit, s)
+    r_in = b.mul(x, back) if rule.name == "norm" else back
+    return [r_in] + [None] * (len(unit.inputs) - 1)
+
+
+def _mean_adjoint(ctx, unit, s):
+    """Gradient of a mean over axes: s / count, broadcast back to the input's shape."""
+    b, x = ctx.b, unit.inputs[0]
+    shape = ctx.shape(x, unit)
+    rank = len(shape)
+    if unit.op == "GlobalAveragePool":
+        axes, keep = list(range(2, rank)), True
+    else:
+        if len(unit.inputs) > 1 and unit.inputs[1]:
+            axes = [int(a) for a in ctx.value(unit.inputs[1], unit, "axes")]
+        else:
+            axes = list(unit.attrs.get("axes", range(rank)))
+        axes = sorted(a % rank for a in axes)
+        keep = bool(unit.attrs.get("keepdims", 1))
+    count = int(np.prod([shape[a] for a in axes]))
+    if not keep:
+        s = b.op("Unsqueeze", [s, b.ints(axes)], "unsqueeze")
+    scaled = b.div(s, b.const(float(count)))
+    return b.op("Expand", [scaled, b.op("Shape", [x], "shape")], "expand")
+
+
+def _average_pool_adjoint(ctx, unit, s):
+    """Gradient of AveragePool: ConvTranspose of s / divisor with a ones kernel, one group per channel.
+
+    The divisor of each window comes from ONNX Runtime's own AveragePool of ones, so count_include_pad,
+    padding and ceil_mode mean exactly what the forward node did."""
+    b, x, attrs = ctx.b, unit.inputs[0], unit.attrs
+    shape = ctx.shape(x, unit)
+    spatial, channels = shape[2:], shape[1]
+    kernel = list(attrs["kernel_shape"])
+    n = len(kernel)
+    strides = list(attrs.get("strides", [1] * n))
+    pads = list(attrs.get("pads", [0] * 2 * n))
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if auto_pad not in (b"NOTSET", "NOTSET", b"", ""):
+        from lrpgraph.canonicalize import _explicit_pads
+
+        pads = _explicit_pads(auto_pad, pads, spatial, kernel, strides, [1] * n)
+    out = ctx.shape(unit.outputs[0], unit)[2:]
+    # end padding that makes a plain strided window cover every output (ceil_mode adds windows)
+    end = [(out[i] - 1) * strides[i] + kernel[i] - spatial[i] - pads[i] for i in range(n)]
+    full_pads = pads[:n] + [max(e, 0) for e in end]
+    ones = b.const(np.ones([channels, 1] + kernel, np.float32))
+    plain = not attrs.get("ceil_mode", 0) and (attrs.get("count_include_pad", 0) or not any(pads))
+    if plain:
+        scaled = b.div(s, b.const(float(np.prod(kernel))))
+    else:
+        ones_x = b.ones_like(x)
+        count = b.op("Conv", [ones_x, ones], "window_count", strides=strides, pads=full_pads, group=channels)
+        mean_of_ones = b.op("AveragePool", [ones_x], "window_mean", **{k: v for k, v in attrs.items()})
+        scaled = b.mul(s, b.div(mean_of_ones, count))
+    used = [(out[i] - 1) * strides[i] + kernel[i] - full_pads[i] - full_pads[i + n] for i in range(n)]
+    return b.op("ConvTranspose", [scaled, ones], "pool_adjoint", strides=strides, pads=full_pads, group=channels,
+                output_padding=[spatial[i] - used[i] for i in range(n)])

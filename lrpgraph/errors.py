@@ -1,0 +1,15 @@
+"""The one error family a user can meet. The CLI prints the message as one line and exits non-zero."""
+
+
+class LrpgraphError(Exception):
+    """A problem with the user's input: the message says what, where, and what to do."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(LrpgraphError):
+    """The model holds ops or patterns the converter cannot explain."""
+
+
+class NotConvertedError(LrpgraphError):
+    """A model given where a converted (lrpgraph) model is needed."""

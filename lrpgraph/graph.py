@@ -1,0 +1,227 @@
+"""Loading, shape facts, topological order and a small node builder for the relevance subgraph."""
+
+import os
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper, numpy_helper
+
+from lrpgraph.errors import LrpgraphError
+
+MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
+
+
+def load(model_or_path):
+    """An onnx.ModelProto from a path or a proto (copied), with Constant nodes turned into initializers,
+    an opset of at least MIN_OPSET, and shapes inferred. Raises LrpgraphError for unreadable input."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(model_or_path)
+        where = "the given model"
+    else:
+        where = os.fspath(model_or_path)
+        if not os.path.isfile(where):
+            raise LrpgraphError(f"{where}: no such file; give the path of an .onnx model")
+        try:
+            model = onnx.load(where)
+        except (DecodeError, ValueError, RuntimeError, OSError) as err:
+            raise LrpgraphError(f"{where}: not a readable ONNX model ({type(err).__name__}: {err}); "
+                                "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
+        raise LrpgraphError(f"{where}: not an ONNX model (no graph nodes or outputs); give a model file "
+                            "written by onnx.save or torch.onnx.export")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0]
+        raise LrpgraphError(f"{where}: invalid ONNX model ({first}); fix or re-export it") from None
+    constants_to_initializers(model)
+    model = ensure_opset(model, where)
+    return infer_shapes(model)
+
+
+def opset_of(model):
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def ensure_opset(model, where):
+    if opset_of(model) >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as err:  # the converter raises plain RuntimeError/IndexError on unsupported patterns
+        raise LrpgraphError(f"{where}: opset {opset_of(model)} could not be upgraded to {MIN_OPSET} ({err}); "
+                            f"re-export the model with opset {MIN_OPSET} or newer") from None
+
+
+def constants_to_initializers(model):
+    """Constant nodes holding tensors become initializers, so weights look the same however they were stored."""
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            attr = node.attribute[0]
+            if attr.name == "value":
+                tensor = numpy_helper.to_array(attr.t)
+            elif attr.name == "value_float":
+                tensor = np.array(attr.f, np.float32)
+            elif attr.name == "value_floats":
+                tensor = np.array(list(attr.floats), np.float32)
+            elif attr.name == "value_int":
+                tensor = np.array(attr.i, np.int64)
+            else:
+                tensor = np.array(list(attr.ints), np.int64)
+            graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def infer_shapes(model):
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as err:  # inference errors are plain exceptions from the C++ side
+        raise LrpgraphError(f"shape inference failed ({err}); check the model with onnx.checker") from None
+
+
+def tensor_shapes(model):
+    """{name: [dim or None]} for every tensor whose rank is known (None: symbolic, e.g. the batch)."""
+    shapes = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor_type = info.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def tensor_types(model):
+    types = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        types[info.name] = info.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def topological(nodes, available):
+    """Nodes in an order where each node comes after the producers of its inputs (Kahn's algorithm)."""
+    producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    deps = [{producers[t] for t in node.input if t in producers and t not in available} for node in nodes]
+    users = defaultdict(list)
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    ready = [i for i, ds in enumerate(deps) if not ds]
+    order, left = [], [len(ds) for ds in deps]
+    while ready:
+        i = ready.pop(0)
+        order.append(nodes[i])
+        for u in users[i]:
+            left[u] -= 1
+            if left[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise LrpgraphError("the graph has a cycle or a node reads a tensor nobody produces; check it with onnx.checker")
+    return order
+
+
+class Builder:
+    """Collects the relevance subgraph: nodes named lrp/<forward node>/<step>, and initializers."""
+
+    def __init__(self, model, prefix="lrp"):
+        self.prefix = prefix
+        self.nodes = []
+        self.initializers = []
+        self.scope = "graph"
+        self._steps = defaultdict(int)
+        self._consts = {}
+        self._taken = {t for n in model.graph.node for t in list(n.input) + list(n.output)}
+        self._taken |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+
+    def fresh(self, step):
+        self._steps[(self.scope, step)] += 1
+        k = self._steps[(self.scope, step)]
+        name = f"{self.prefix}/{self.scope}/{step}" + (f"_{k}" if k > 1 else "")
+        while name in self._taken:
+            name += "_"
+        self._taken.add(name)
+        return name
+
+    def op(self, op_type, inputs, step=None, outputs=1, **attrs):
+        """Emit one node; returns its output name (or a list when outputs > 1)."""
+        name = self.fresh(step or op_type.lower())
+        outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value, dtype=np.float32):
+        """An initializer holding value (cached: equal constants are stored once)."""
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = f"{self.prefix}/const/{len(self._consts)}"
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values):
+        return self.const(list(values), np.int64)
+
+    # small arithmetic helpers, each one ONNX node
+    def add(self, a, b):
+        return self.op("Add", [a, b], "add")
+
+    def sub(self, a, b):
+        return self.op("Sub", [a, b], "sub")
+
+    def mul(self, a, b):
+        return self.op("Mul", [a, b], "mul")
+
+    def div(self, a, b):
+        return self.op("Div", [a, b], "div")
+
+    def pos(self, x):
+        return self.op("Relu", [x], "pos")
+
+    def neg(self, x):
+        return self.op("Min", [x, self.const(0.0)], "neg")
+
+    def stab(self, z, eps):
+        """z + eps * s(z) with s(0) = +1 (never Sign alone: Sign(0) = 0)."""
+        nonneg = self.op("GreaterOrEqual", [z, self.const(0.0)], "sign")
+        shift = self.op("Where", [nonneg, self.const(eps), self.const(-eps)], "shift")
+        return self.op("Add", [z, shift], "stab")
+
+    def sum(self, tensors):
+        tensors = [t for t in tensors if t is not None]
+        if not tensors:
+            return None
+        if len(tensors) == 1:
+            return tensors[0]
+        return self.op("Sum", tensors, "fanin")
+
+    def reshape_like(self, r, x):
+        return self.op("Reshape", [r, self.op("Shape", [x], "shape")], "reshape")
+
+    def zeros_like(self, x):
+        return self.op("ConstantOfShape", [self.op("Shape", [x], "shape")], "zeros",
+                       value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
+
+    def ones_like(self, x):
+        return self.op("ConstantOfShape", [self.op("Shape", [x], "shape")], "ones",
+                       value=helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0]))
+
+
+def attrs_of(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def initializer_values(model):
+    return {init.name: init for init in model.graph.initializer}
