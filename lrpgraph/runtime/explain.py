@@ -1,0 +1,273 @@
+"""Explain image files with an ExplainSession and write heatmaps, overlays, npy files and records.
+
+Output layout: each image's outputs go to out_dir / <its path below the folder it was found in>, with
+the extension replaced, e.g. images/cats/a.jpg -> out/cats/a.relevance.png. Two images that would get
+the same name (a.jpg and a.png, or two files named directly from different folders) are told apart
+by keeping the extension (a.png.relevance.png) or, failing that, by a -2, -3 suffix.
+Files under out_dir are never read as inputs, so out_dir may lie inside an input folder.
+
+Every written file goes to a temporary name in its folder first and is then renamed.
+"""
+
+import html
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+import numpy as np
+from tqdm import tqdm
+
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.runtime import render
+from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
+
+FORMATS = ("png", "npy")
+PROGRESS_MIN_IMAGES = 4
+LOAD_THREADS = 2
+WRITE_THREADS = 2  # PNG encoding and file writes release the GIL: they overlap the next batch's run
+OVERLAY_ALPHA = 0.5
+
+
+def parse_formats(formats):
+    """A tuple of output formats from ('png', 'npy') or a comma-separated string 'png,npy'."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    chosen = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+    unknown = [item for item in chosen if item not in FORMATS]
+    if unknown or not chosen:
+        raise LrpgraphError(f"unknown output format {', '.join(unknown) or repr(formats)}; use png, npy or png,npy")
+    return chosen
+
+
+def output_bases(found):
+    """For each (file, relative path): the relative output name without extension, made unique."""
+    bases, used = [], set()
+    for _, relative in found:
+        relative = PurePosixPath(Path(relative).as_posix())
+        candidates = [relative.with_suffix(""), relative]
+        candidates += [relative.parent / f"{relative.stem}-{n}" for n in range(2, len(found) + 3)]
+        base = next(c for c in candidates if str(c).lower() not in used)
+        used.add(str(base).lower())
+        bases.append(base)
+    return bases
+
+
+def softmax(logits):
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _label(labels, index):
+    if index is None or not isinstance(labels, list) or not 0 <= index < len(labels):
+        return None
+    return str(labels[index])
+
+
+def _check_target(session, target):
+    """One target for all images: an int, or for seed models one float seed [classes]."""
+    array = np.asarray(target.detach().cpu().numpy() if hasattr(target, "detach") else target)
+    if target is not None and array.ndim > 0 and array.dtype.kind != "f":
+        raise LrpgraphError(
+            "explain_paths takes one target class for all images (an int); "
+            "for per-image targets call ExplainSession.explain"
+        )
+    session.check_target(target)
+
+
+def _try_load(session, file):
+    try:
+        return load_image_and_display(file, session.preprocess, session.input_shape)
+    except LrpgraphError as error:
+        return str(error)
+    except Exception as error:  # an odd file must not stop a long run; the message names it
+        return f"cannot read image {file}: {type(error).__name__}: {error}"
+
+
+def _loaded_batches(session, files, batch_size):
+    """Yield [(index, (array, display) or error message)] per batch; the next batch loads meanwhile."""
+    chunks = [range(s, min(s + batch_size, len(files))) for s in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
+
+        def submit(chunk):
+            return [(i, pool.submit(_try_load, session, files[i])) for i in chunk]
+
+        waiting = submit(chunks[0]) if chunks else []
+        for k in range(len(chunks)):
+            current, waiting = waiting, submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+            yield [(i, future.result()) for i, future in current]
+
+
+def _output_names(base, formats, overlay):
+    """{kind: path relative to out_dir (posix)} of the files written for one image."""
+    names = {}
+    if "png" in formats:
+        names["relevance_png"] = f"{base}.relevance.png"
+    if overlay:
+        names["overlay_png"] = f"{base}.overlay.png"
+    if "npy" in formats:
+        names["relevance_npy"] = f"{base}.relevance.npy"
+    return names
+
+
+def _write_outputs(out_dir, names, relevance, display, cmap):
+    if "relevance_png" in names or "overlay_png" in names:
+        heat = render.heatmap_rgb(relevance, cmap)
+        if "relevance_png" in names:
+            render.save_png(out_dir / names["relevance_png"], heat)
+        if "overlay_png" in names:
+            render.save_png(out_dir / names["overlay_png"], render.overlay(display, heat, OVERLAY_ALPHA))
+    if "relevance_npy" in names:
+        render.save_npy(out_dir / names["relevance_npy"], relevance)
+
+
+def _explain_loaded(session, good, target, batch_size, files, bases, formats, overlay):
+    """Run the loaded images [(index, (array, display))]; yield (index, record, relevance, display)."""
+    if not good:
+        return
+    batch = np.stack([loaded[0] for _, loaded in good])
+    logits, relevance, explained = session.explain(batch, target, batch_size=batch_size, return_targets=True)
+    logits, relevance = np.asarray(logits), np.asarray(relevance)
+    probabilities = logits.astype(np.float64) if session.outputs_probabilities else softmax(logits)
+    for row, (i, (_, display)) in enumerate(good):
+        outputs = _output_names(bases[i], formats, overlay)
+        chosen = None if explained is None else int(explained[row])
+        record = _record(session, files[i], outputs, logits[row], probabilities[row], relevance[row], chosen)
+        yield i, record, relevance[row], display
+
+
+def _record(session, file, outputs, logits_row, probabilities_row, relevance, explained):
+    order = np.argsort(-probabilities_row, kind="stable")[:5]
+    predicted = int(order[0])
+    return {
+        "file": str(file),
+        "outputs": outputs,
+        "predicted": predicted,
+        "predicted_label": _label(session.labels, predicted),
+        "top5": [
+            {"class": int(k), "label": _label(session.labels, int(k)), "probability": float(probabilities_row[k])}
+            for k in order
+        ],
+        "explained": explained,
+        "explained_label": _label(session.labels, explained),
+        "explained_score": None if explained is None else float(logits_row[explained]),
+        "relevance_sum": float(np.asarray(relevance, dtype=np.float64).sum()),
+    }
+
+
+def _report_failure(file, message):
+    tqdm.write(f"skipped: {message}" if str(file) in message else f"skipped {file}: {message}", file=sys.stderr)
+
+
+def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=("png",), overlay=False, cmap="bwr",
+                  json_lines=None, progress=True, on_failure=_report_failure):
+    """Explain the images in paths (files and folders); write outputs under out_dir; return a summary.
+
+    target: None (each image's predicted class) or one class index for all images. formats: 'png'
+    (heatmap), 'npy' (raw C x H x W relevance) or both. json_lines: a path ('-' for stdout) that gets
+    one JSON record per image (a failed image gets {"file", "error"}). A failing image is reported by
+    on_failure(file, message) (default: one line on stderr) and skipped. The summary holds counts,
+    failures, records, seconds and images per second.
+    """
+    formats = parse_formats(formats)
+    if cmap not in render.COLORMAPS:
+        raise LrpgraphError(f"unknown colour map {cmap!r}; use one of {', '.join(render.COLORMAPS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LrpgraphError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_target(session, target)
+    out_dir = Path(out_dir)
+    found = find_images(paths, exclude=out_dir)
+    if not found:
+        given = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        raise LrpgraphError(
+            f"no image files found in {', '.join(map(str, given))}; "
+            f"give files or folders with {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    bases, files = output_bases(found), [file for file, _ in found]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records, failures, lines = [], [], []
+    stream = sys.stdout if json_lines == "-" else None
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < PROGRESS_MIN_IMAGES, file=sys.stderr)
+    writer, writing, written = ThreadPoolExecutor(max_workers=WRITE_THREADS), [], []
+    try:
+        for items in _loaded_batches(session, files, batch_size):
+            good = [(i, result) for i, result in items if not isinstance(result, str)]
+            batch_lines = {}
+            for i, message in ((i, r) for i, r in items if isinstance(r, str)):
+                failures.append({"file": str(files[i]), "error": message})
+                batch_lines[i] = failures[-1]
+                if on_failure is not None:
+                    on_failure(files[i], message)
+            for i, record, relevance, display in _explain_loaded(session, good, target, batch_size, files, bases,
+                                                                 formats, overlay):
+                writing.append(writer.submit(_write_outputs, out_dir, record["outputs"], relevance, display, cmap))
+                records.append(record)
+                batch_lines[i] = record
+            lines += [batch_lines[i] for i in sorted(batch_lines)]  # in file order
+            if stream is not None:
+                for line in lines:
+                    stream.write(json.dumps(line) + "\n")
+                stream.flush()
+                lines = []
+            for future in written:  # the previous batch's files: raise its errors, bound the queue
+                future.result()
+            written, writing = writing, []
+            bar.update(len(items))
+        for future in written:
+            future.result()
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    if json_lines is not None and stream is None:
+        render.save_text(json_lines, "".join(json.dumps(line) + "\n" for line in lines))
+    seconds = time.perf_counter() - started
+    return {
+        "found": len(files),
+        "explained": len(records),
+        "failed": failures,
+        "records": records,
+        "out_dir": str(out_dir),
+        "seconds": seconds,
+        "images_per_second": len(records) / seconds if seconds > 0 else None,
+    }
+
+
+def _link(target, out_dir):
+    """A URL for target relative to out_dir (an absolute file:// URL where no relative path exists)."""
+    try:
+        return quote(Path(os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir))).as_posix())
+    except ValueError:  # another drive on Windows
+        return Path(os.path.abspath(target)).as_uri()
+
+
+def write_index_html(out_dir, records, title="lrpgraph explanations"):
+    """Write out_dir/index.html showing each image, its heatmap and overlay, and its prediction."""
+    rows = []
+    for record in records:
+        outputs = record.get("outputs", {})
+        cells = [f'<td><img src="{html.escape(_link(record["file"], out_dir))}" alt="input"></td>']
+        for key in ("relevance_png", "overlay_png"):
+            if key in outputs:
+                cells.append(f'<td><img src="{html.escape(quote(outputs[key]))}" alt="{key}"></td>')
+        top = record.get("top5") or [{}]
+        predicted = record.get("predicted_label") or record.get("predicted")
+        explained = record.get("explained_label") or record.get("explained")
+        text = (
+            f"<b>{html.escape(os.path.basename(record['file']))}</b><br>"
+            f"predicted: {html.escape(str(predicted))} ({top[0].get('probability', 0.0):.3f})<br>"
+            f"explained: {html.escape(str(explained if explained is not None else 'all'))}<br>"
+            f"relevance sum: {record.get('relevance_sum', 0.0):.4g}"
+        )
+        rows.append(f"<tr>{''.join(cells)}<td>{text}</td></tr>")
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif} td{padding:4px;vertical-align:top} img{width:224px;image-rendering:pixelated}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><table>\n" + "\n".join(rows) + "\n</table></body></html>\n"
+    )
+    return render.save_text(Path(out_dir) / "index.html", page)

@@ -1,0 +1,463 @@
+"""ExplainSession: run a converted model in ONNX Runtime and get (logits, relevance) back, in batches.
+
+Choices worth knowing:
+- The class to explain is fed through the model's `target` (int64 [N]) or `relevance_seed`
+  (float32 [N, classes]) input; which one is decided by the inputs the model really has, and checked
+  against the target mode recorded in its metadata.
+- target=None on a model with a target/seed input means "the predicted class". The logits do not
+  depend on the target, so one run with class 0 gives them; only the rows whose prediction is not 0
+  are run a second time. Models converted with target 'top' do this in one run.
+- On a seed model a float array is passed as it is ([classes] is repeated for every row); its explained
+  class is its argmax. An int, integer sequence or None is explained as an index model would: the
+  seed is one-hot for gradient composites, and logit * one-hot for LRP composites, which is done by
+  running the one-hot seed and multiplying each row's relevance by its logit (every LRP rule is
+  linear in the relevance it receives, so this equals feeding logit * one-hot).
+- The logits are read from config "logits_output" (else "logits" when it is a graph output, else the
+  first output); with outputs_probabilities they are the model's probabilities.
+- numpy in -> numpy out. torch in -> torch out, on the input's device. A torch tensor on the session's
+  own device (CUDA tensor + CUDA session, or CPU + CPU) is bound with IO binding, so nothing is copied.
+"""
+
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from lrpgraph import metadata
+from lrpgraph.errors import LrpgraphError, NotConvertedError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+TARGET_INPUT = "target"
+SEED_INPUT = "relevance_seed"
+DEFAULT_BATCH_SIZE = 32
+
+
+def choose_providers(provider):
+    """The ORT provider list for provider None (CUDA when available), 'cpu' or 'cuda'."""
+    available = ort.get_available_providers()
+    name = None if provider is None else str(provider).lower()
+    if name is None:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if name in ("cpu", CPU.lower()):
+        return [CPU]
+    if name in ("cuda", "gpu", CUDA.lower()):
+        if CUDA not in available:
+            raise LrpgraphError(
+                "provider 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use provider 'cpu'"
+            )
+        return [CUDA, CPU]
+    raise LrpgraphError(f"unknown provider {provider!r}; use 'cpu', 'cuda' or leave it out to pick CUDA when present")
+
+
+def _session_options(threads, optimization):
+    options = ort.SessionOptions()
+    if optimization not in OPTIMIZATION:
+        raise LrpgraphError(f"unknown optimization {optimization!r}; use one of {', '.join(OPTIMIZATION)}")
+    options.graph_optimization_level = OPTIMIZATION[optimization]
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise LrpgraphError(f"threads must be a positive integer, got {threads!r}")
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _load(path_or_model):
+    """(what ORT takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model.SerializeToString(), "the given model"
+    if isinstance(path_or_model, (bytes, bytearray)):
+        return bytes(path_or_model), "the given model bytes"
+    path = os.fspath(path_or_model)
+    if not os.path.isfile(path):
+        raise LrpgraphError(f"model file {path} does not exist; give the path of a converted .onnx file")
+    return path, path
+
+
+def _read_metadata(session, name):
+    """lrpgraph metadata from ORT's custom metadata map, parsed by lrpgraph.metadata.read."""
+    holder = onnx.ModelProto()
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        prop = holder.metadata_props.add()
+        prop.key, prop.value = key, value
+    try:
+        return metadata.read(holder)
+    except ValueError as error:
+        raise LrpgraphError(f"{name}: lrpgraph metadata is not valid JSON ({error}); convert the model again") from None
+
+
+def _is_torch(value):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+class ExplainSession:
+    """A converted model in ONNX Runtime; .explain(batch, target) -> (logits, relevance)."""
+
+    def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE):
+        source, self.name = _load(path_or_model)
+        options = _session_options(threads, optimization)
+        requested = choose_providers(provider)
+        try:
+            self._session = ort.InferenceSession(source, sess_options=options, providers=requested)
+        except Exception as error:  # ORT raises its own exception types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LrpgraphError(f"onnxruntime cannot load {self.name}: {first}") from None
+        self.providers = list(self._session.get_providers())
+        self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
+        if requested[0] == CUDA and self.device != "cuda":
+            raise LrpgraphError(
+                f"provider 'cuda' asked for, but onnxruntime fell back to {self.providers[0]} for {self.name} "
+                "(CUDA/cuDNN libraries missing?); fix the CUDA install or use provider 'cpu'"
+            )
+        self.batch_size = _positive(batch_size, "batch_size")
+        self._read_config()
+
+    def _read_config(self):
+        meta = _read_metadata(self._session, self.name)
+        if metadata.CONFIG not in meta:
+            raise NotConvertedError(
+                f"{self.name} has no lrpgraph metadata: it is not a converted model; "
+                "run `lrpgraph convert` on it first and use the .lrp.onnx it writes"
+            )
+        self.config = meta[metadata.CONFIG]
+        self.preprocess = meta.get(metadata.PREPROCESS)
+        self.labels = meta.get(metadata.LABELS)
+        self.version = meta.get(metadata.VERSION)
+        self.target_mode = self.config.get("target")
+        self.outputs_probabilities = bool(self.config.get("outputs_probabilities", False))
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        self._find_tensors(inputs, outputs)
+        shape = list(inputs[self.image_input].shape)
+        if len(shape) != 4:
+            raise LrpgraphError(
+                f"{self.name}: image input {self.image_input!r} has shape {shape}, expected [N, C, H, W]"
+            )
+        self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])
+        classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0]
+        labels_count = len(self.labels) if isinstance(self.labels, list) else None
+        self.num_classes = classes if isinstance(classes, int) and classes > 0 else labels_count
+        self._logits_float32 = outputs[self.logits_output].type == "tensor(float)"
+
+    def _find_tensors(self, inputs, outputs):
+        """Set image_input, logits_output, relevance_output and target_input; check they exist."""
+        config = self.config
+        self.image_input = config.get("image_input") or next(iter(inputs), None)
+        logits = config.get("logits") if config.get("logits") in outputs else None
+        self.logits_output = config.get("logits_output") or logits or next(iter(outputs), None)
+        relevance = config.get("relevance_outputs") or ["relevance"]
+        self.relevance_output = "relevance" if "relevance" in outputs else relevance[0]
+        for role, tensor, known in (
+            ("image input", self.image_input, inputs),
+            ("logits output", self.logits_output, outputs),
+            ("relevance output", self.relevance_output, outputs),
+        ):
+            if tensor not in known:
+                raise LrpgraphError(
+                    f"{self.name}: its metadata names {tensor!r} as the {role}, but the graph has no such tensor; "
+                    "convert the model again"
+                )
+        if inputs[self.image_input].type != "tensor(float)":
+            raise LrpgraphError(
+                f"{self.name}: image input {self.image_input!r} is {inputs[self.image_input].type}, not float32"
+            )
+        self.target_input = next((n for n in (TARGET_INPUT, SEED_INPUT) if n in inputs), None)
+        want = {"index": TARGET_INPUT, "seed": SEED_INPUT}.get(self.target_mode)
+        if want is not None and self.target_input != want:
+            raise LrpgraphError(
+                f"{self.name}: converted with target {self.target_mode!r} but has no {want!r} input; convert it again"
+            )
+        extra = [n for n in inputs if n not in (self.image_input, self.target_input)]
+        if extra:
+            raise LrpgraphError(
+                f"{self.name}: inputs {', '.join(extra)} besides the image cannot be fed by ExplainSession; "
+                "give them default values (initializers) before converting"
+            )
+
+    def __repr__(self):
+        return (
+            f"ExplainSession({self.name!r}, device={self.device!r}, target={self.target_mode!r}, "
+            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
+        )
+
+    # ---- targets -------------------------------------------------------------------------------
+
+    def _target_feed(self, target, n):
+        """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale."""
+        if _is_torch(target):
+            target = target.detach().cpu().numpy()
+        if self.target_input is None:
+            if target is not None:
+                raise LrpgraphError(
+                    f"{self.name} was converted with target {self.target_mode!r} and has no target input; "
+                    "convert it with target 'index' (or 'seed') to choose the explained class"
+                )
+            return _Plan(None, None, False, False)
+        array = None if target is None else np.asarray(target)
+        if array is not None and self.target_input == SEED_INPUT and array.dtype.kind == "f":
+            seed = self._seed_feed(array, n)
+            return _Plan(seed, seed.argmax(axis=1).astype(np.int64) if n else None, False, False)
+        scale = self.target_input == SEED_INPUT and not self._gradient_seed()
+        if scale and self.outputs_probabilities:
+            raise LrpgraphError(
+                f"{self.name} takes a relevance seed and outputs probabilities, so the logit * one-hot seed for a "
+                "class cannot be formed; pass the seed itself as a float array [N, classes]"
+            )
+        if array is None:
+            return _Plan(self._class_feed(np.zeros(n, dtype=np.int64)), None, True, scale)
+        classes = self._class_indices(array, n)
+        return _Plan(self._class_feed(classes), classes, False, scale)
+
+    def _gradient_seed(self):
+        """True when the seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
+        try:
+            from lrpgraph.composites import GRADIENT_COMPOSITES
+        except ImportError:  # the runtime must not depend on the converter being importable
+            GRADIENT_COMPOSITES = {"flex"}
+        return self.config.get("composite") in GRADIENT_COMPOSITES
+
+    def check_target(self, target, n=1):
+        """Raise LrpgraphError now if target cannot be used with this model (for n images)."""
+        self._target_feed(target, n)
+
+    def _class_indices(self, array, n):
+        if array.dtype.kind not in "iu":
+            raise LrpgraphError(
+                f"target must be a class index or a sequence of class indices (integers), got {array.dtype} values"
+            )
+        if array.ndim == 0:
+            array = np.full(n, int(array), dtype=np.int64)
+        if array.ndim != 1 or len(array) != n:
+            raise LrpgraphError(
+                f"target gives {array.size} class indices for a batch of {n} images; give one int or one per image"
+            )
+        array = array.astype(np.int64)
+        self._check_range(array)
+        return array
+
+    def _check_range(self, classes, count=None):
+        count = count if count is not None else self.num_classes
+        if count is None or classes.size == 0:
+            return
+        bad = classes[(classes < 0) | (classes >= count)]
+        if bad.size:
+            raise LrpgraphError(
+                f"target class {int(bad[0])} is out of range: {self.name} has {count} classes (0 to {count - 1})"
+            )
+
+    def _seed_feed(self, seed, n):
+        seed = seed.astype(np.float32)
+        if seed.ndim == 1:
+            seed = np.broadcast_to(seed, (n, seed.shape[0]))
+        width = self.num_classes if self.num_classes is not None else seed.shape[-1]
+        if seed.ndim != 2 or seed.shape != (n, width):
+            raise LrpgraphError(
+                f"relevance seed has shape {list(seed.shape)}; expected [{n}, {width}] (or [{width}] for every image)"
+            )
+        return np.ascontiguousarray(seed)
+
+    def _class_feed(self, classes):
+        if self.target_input == TARGET_INPUT:
+            return classes.astype(np.int64)
+        if self.num_classes is None:
+            raise LrpgraphError(
+                f"{self.name}: the number of classes is not static; give a float seed array instead of class indices"
+            )
+        return np.eye(self.num_classes, dtype=np.float32)[classes]
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def _check_batch_shape(self, shape):
+        want = self.input_shape
+        if len(shape) != 4 or any(w is not None and w != g for w, g in zip(want, shape[1:])):
+            text = ", ".join("?" if w is None else str(w) for w in want)
+            raise LrpgraphError(f"batch has shape {list(shape)}; {self.name} expects [N, {text}] float32 images")
+
+    def explain(self, batch, target=None, batch_size=None, return_targets=False):
+        """(logits, relevance) for a batch [N, C, H, W]; with return_targets also the explained classes.
+
+        target: None (the predicted class), an int, a sequence of N ints, or for seed models a float
+        seed [N, classes] / [classes]. The explained classes are an int64 array, or None for 'all'.
+        """
+        size = _positive(batch_size if batch_size is not None else self.batch_size, "batch_size")
+        if _is_torch(batch):
+            logits, relevance, explained = self._explain_torch(batch, target, size)
+        else:
+            array = np.asarray(batch)
+            if array.dtype.kind not in "fiu":
+                raise LrpgraphError(f"batch must hold numbers, got dtype {array.dtype}")
+            self._check_batch_shape(array.shape)
+            x = np.ascontiguousarray(array, dtype=np.float32)
+            logits, relevance, explained = self._explain_rows(x, target, size, _NumpyOps(self))
+        if explained is None and self.target_mode == "top":
+            explained = _to_numpy(logits).argmax(axis=1).astype(np.int64)
+        return (logits, relevance, explained) if return_targets else (logits, relevance)
+
+    def _explain_rows(self, x, target, size, ops):
+        n = x.shape[0]
+        plan = self._target_feed(target, n)
+        logits_parts, relevance_parts, predicted = [], [], []
+        for start in range(0, n, size):
+            rows = slice(start, min(start + size, n))
+            feed = None if plan.feed is None else plan.feed[rows]
+            logits, relevance = ops.run(x[rows], feed)
+            classes = None if plan.explained is None else plan.explained[rows]
+            if plan.predict:
+                classes = _to_numpy(logits).argmax(axis=1).astype(np.int64)
+                redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
+                if redo.size:
+                    _, again = ops.run(ops.take(x[rows], redo), self._class_feed(classes[redo]))
+                    relevance = ops.put(relevance, redo, again)
+                predicted.append(classes)
+            if plan.scale:
+                self._check_range(classes, _to_numpy(logits).shape[1])
+                relevance = ops.scale(relevance, _to_numpy(logits)[np.arange(len(classes)), classes])
+            logits_parts.append(logits)
+            relevance_parts.append(relevance)
+        explained = plan.explained
+        if self.num_classes is None and explained is not None and logits_parts:
+            self._check_range(explained, _to_numpy(logits_parts[0]).shape[1])
+        if plan.predict:
+            explained = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+        if not logits_parts:
+            return ops.empty(x, self.num_classes or 0) + (explained,)
+        return ops.cat(logits_parts), ops.cat(relevance_parts), explained
+
+    def _run_numpy(self, x, feed):
+        feeds = {self.image_input: x}
+        if self.target_input is not None:
+            feeds[self.target_input] = feed
+        try:
+            logits, relevance = self._session.run([self.logits_output, self.relevance_output], feeds)
+        except Exception as error:  # ORT raises its own exception types
+            raise self._run_error(error) from None
+        return logits, relevance
+
+    def _run_error(self, error):
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return LrpgraphError(f"onnxruntime failed running {self.name}: {first}")
+
+    def _explain_torch(self, batch, target, size):
+        torch = sys.modules["torch"]
+        self._check_batch_shape(tuple(batch.shape))
+        home = batch.device
+        same = home.type == self.device
+        x = batch.detach().to(dtype=torch.float32)
+        if not same:
+            logits, relevance, explained = self._explain_rows(
+                np.ascontiguousarray(x.cpu().numpy()), target, size, _NumpyOps(self)
+            )
+            return torch.from_numpy(logits).to(home), torch.from_numpy(relevance).to(home), explained
+        if home.type == "cuda" and (home.index or 0) != 0:  # the CUDA provider runs on device 0
+            x = x.to("cuda:0").contiguous()
+            logits, relevance, explained = self._explain_rows(x, target, size, _TorchOps(self))
+            return logits.to(home), relevance.to(home), explained
+        return self._explain_rows(x.contiguous(), target, size, _TorchOps(self))
+
+    def _run_bound(self, x, feed):
+        """One run with IO binding: inputs and outputs are torch tensors on x's device."""
+        torch = sys.modules["torch"]
+        kind, index = ("cuda", x.device.index or 0) if x.device.type == "cuda" else ("cpu", 0)
+        x = x.contiguous()
+        binding = self._session.io_binding()
+        binding.bind_input(self.image_input, kind, index, np.float32, tuple(x.shape), x.data_ptr())
+        if feed is not None:
+            fed = torch.from_numpy(np.ascontiguousarray(feed)).to(x.device)  # alive until the run is over
+            binding.bind_input(self.target_input, kind, index, feed.dtype.type, tuple(fed.shape), fed.data_ptr())
+        logits = None  # bound first: when ORT allocates it, it is output 0 of copy_outputs_to_cpu
+        if self.num_classes is not None and self._logits_float32:
+            logits = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device=x.device)
+            binding.bind_output(self.logits_output, kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
+        else:
+            binding.bind_output(self.logits_output, "cpu")
+        relevance = torch.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
+        binding.bind_output(
+            self.relevance_output, kind, index, np.float32, tuple(relevance.shape), relevance.data_ptr()
+        )
+        if kind == "cuda":
+            torch.cuda.current_stream(x.device).synchronize()
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as error:  # ORT raises its own exception types
+            raise self._run_error(error) from None
+        binding.synchronize_outputs()
+        if logits is None:
+            logits = torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(x.device)
+        return logits, relevance
+
+
+class _Plan:
+    """How to run a target: feed (array or None), explained (int64 per row or None), predict (find the
+    predicted class first), scale (multiply each row's relevance by its explained logit)."""
+
+    def __init__(self, feed, explained, predict, scale):
+        self.feed, self.explained, self.predict, self.scale = feed, explained, predict, scale
+
+
+class _NumpyOps:
+    def __init__(self, session):
+        self.run = session._run_numpy
+
+    @staticmethod
+    def take(array, rows):
+        return np.ascontiguousarray(array[rows])
+
+    @staticmethod
+    def put(array, rows, values):
+        array[rows] = values
+        return array
+
+    @staticmethod
+    def scale(array, factors):
+        return array * factors.astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+
+    @staticmethod
+    def cat(parts):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @staticmethod
+    def empty(x, classes):
+        return np.zeros((0, classes), dtype=np.float32), np.zeros(x.shape, dtype=np.float32)
+
+
+class _TorchOps:
+    def __init__(self, session):
+        self.run = session._run_bound
+        self.torch = sys.modules["torch"]
+
+    def take(self, array, rows):
+        return array[self.torch.from_numpy(rows).to(array.device)].contiguous()
+
+    def put(self, array, rows, values):
+        array[self.torch.from_numpy(rows).to(array.device)] = values
+        return array
+
+    def scale(self, array, factors):
+        factors = self.torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(array.device)
+        return array * factors.reshape((-1,) + (1,) * (array.dim() - 1))
+
+    def cat(self, parts):
+        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
+
+    def empty(self, x, classes):
+        return x.new_zeros((0, classes)), x.new_zeros(tuple(x.shape))
+
+
+def _to_numpy(array):
+    return array.detach().cpu().numpy() if _is_torch(array) else np.asarray(array)
+
+
+def _positive(value, what):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise LrpgraphError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
