@@ -100,3 +100,108 @@ def resnet_canonizer():
     from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
     return CompositeCanonizer([ExactMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()])
+
+
+class InvertedResidualCanonizer:
+    """torchvision MobileNetV2's `x + self.conv(x)` as a zennit Sum module, so zennit applies the norm rule."""
+
+    @staticmethod
+    def make():
+        from torchvision.models.mobilenetv2 import InvertedResidual
+        from zennit.canonizers import AttributeCanonizer
+        from zennit.layer import Sum
+
+        def forward(self, x):
+            return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1))
+
+        def attribute_map(name, module):
+            if isinstance(module, InvertedResidual) and module.use_res_connect:
+                return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+            return None
+
+        return AttributeCanonizer(attribute_map)
+
+
+class Pooled(torch.nn.Module):
+    """features -> [ReLU] -> AdaptiveAvgPool2d(1) -> flatten -> classifier, all as modules (torchvision's
+    DenseNet and MobileNetV2 pool functionally, which zennit cannot map to its norm rule)."""
+
+    def __init__(self, features, classifier, relu=False):
+        super().__init__()
+        self.features = features
+        self.relu = torch.nn.ReLU() if relu else torch.nn.Identity()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.relu(self.features(x))), 1))
+
+
+def randomize_batch_norm(model, generator):
+    """Give every BatchNorm non-trivial statistics and affine parameters, so that folding matters."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
+    return model
+
+
+def zero_biases(model):
+    """All biases and BatchNorm shifts zero (for conservation checks)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_()
+    return model
+
+
+def torchvision_model(name, seed=0):
+    """(model in eval mode, zennit canonizers) for resnet18, vgg16_bn, densenet121, mobilenet_v2."""
+    import torchvision
+    from zennit.canonizers import CompositeCanonizer
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    if name == "densenet121":
+        model = Pooled(model.features, model.classifier, relu=True)
+    elif name == "mobilenet_v2":
+        model = Pooled(model.features, model.classifier)
+    with torch.no_grad():
+        randomize_batch_norm(model, torch.Generator().manual_seed(seed))
+    if name.startswith("resnet"):
+        canonizers = [resnet_canonizer()]
+    elif name == "mobilenet_v2":
+        canonizers = [CompositeCanonizer([ExactMergeBatchNorm(), InvertedResidualCanonizer.make()])]
+    else:
+        canonizers = [ExactMergeBatchNorm()]
+    return model.eval(), canonizers
+
+
+def digit_model():
+    """The pretrained MNIST CNN shipped by digit-recognizer-py (real weights nobody here trained)."""
+    import os
+
+    import digit_recognizer
+    from digit_recognizer.model import CNN
+
+    model = CNN()
+    path = os.path.join(os.path.dirname(digit_recognizer.__file__), "models", "handwriting_model.pth")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("model_state_dict", state) if isinstance(state, dict) else state)
+    return model.eval()
+
+
+def real_digits(n=8):
+    """n scikit-learn digits (8x8, 0..16), upsampled and padded to 28x28 as MNIST is, normalised for MNIST."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images[:n], dtype=torch.float32)[:, None] / 16.0
+    images = torch.nn.functional.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
+    images = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    return (images - 0.1307) / 0.3081, torch.tensor(digits.target[:n])

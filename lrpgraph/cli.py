@@ -1,0 +1,191 @@
+"""The `lrpgraph` command: thin click wrappers over the library. Errors a user can meet print one line."""
+
+import os
+import sys
+from collections import Counter
+
+import click
+
+from lrpgraph import __version__
+from lrpgraph.errors import LrpgraphError
+
+COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+                   "epsilon-alpha2-beta1-flat", "flex"]
+DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LrpgraphError as err:
+            click.echo(f"lrpgraph: error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="lrpgraph")
+def main():
+    """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
+
+
+def rule_options(fn):
+    options = [
+        click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
+                     help="rule preset (zennit's names)"),
+        click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
+                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
+        click.option("--epsilon", type=float, default=None, help="eps of the epsilon rule [1e-6]"),
+        click.option("--stabilizer", type=float, default=1e-6, show_default=True, help="stabiliser of the other rules"),
+        click.option("--gamma", type=float, default=0.25, show_default=True),
+        click.option("--alpha", type=float, default=2.0, show_default=True),
+        click.option("--beta", type=float, default=1.0, show_default=True),
+        click.option("--low", type=float, default=0.0, show_default=True, help="zbox lower bound of the input"),
+        click.option("--high", type=float, default=1.0, show_default=True, help="zbox upper bound of the input"),
+        click.option("--flex-epsilon", type=float, default=0.01, show_default=True, help="eps of LRP-Flex's ReLUs"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _options(kw):
+    keys = ("composite", "rules", "epsilon", "stabilizer", "gamma", "alpha", "beta", "low", "high", "flex_epsilon")
+    return {k: kw[k] for k in keys}
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: MODEL with .lrp.onnx")
+@click.option("--target", "-t", type=click.Choice(["top", "index", "seed", "all"]), default="top", show_default=True,
+              help="what is explained: the predicted class, a class given at run time, a seed tensor, all logits")
+@rule_options
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
+@click.option("--resize", type=int, multiple=True, help="preprocessing stored in the model: resize (side, or H W)")
+@click.option("--crop", type=int, multiple=True, help="centre crop (side, or H W)")
+@click.option("--mean", type=float, multiple=True, help="per-channel mean (repeat per channel)")
+@click.option("--std", type=float, multiple=True, help="per-channel std (repeat per channel)")
+@click.option("--mode", type=click.Choice(["L", "RGB"]), help="grayscale or RGB")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="channel order of the model's input")
+@click.option("--scale", type=float, help="divide pixel values by this (default 255)")
+@click.option("--force", is_flag=True, help="overwrite an existing output file")
+def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, **kw):
+    """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
+    from lrpgraph.convert import convert as convert_model, save
+
+    output = output or _default_output(model)
+    if os.path.exists(output) and not force:
+        raise LrpgraphError(f"{output} exists; pass --force to overwrite it or -o to write elsewhere")
+    preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                  dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order,
+                       scale=scale).items() if v}
+    names = _read_labels(labels) if labels else None
+    converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, **_options(kw))
+    save(converted, output, force=force)
+    config = {p.key: p.value for p in converted.metadata_props}
+    click.echo(f"wrote {output} ({kw['composite']}, target {target}; {len(converted.graph.node)} nodes)")
+    return config
+
+
+def _default_output(model):
+    root, ext = os.path.splitext(model)
+    return root + ".lrp.onnx" if ext == ".onnx" else model + ".lrp.onnx"
+
+
+def _read_labels(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@rule_options
+def inspect(model, **kw):
+    """Op coverage of MODEL and the rule the composite gives each node."""
+    from lrpgraph import composites, graph
+    from lrpgraph.canonicalize import canonicalize
+    from lrpgraph.converters import CONVERTERS
+
+    proto = graph.load(model)
+    counts = Counter(n.op_type for n in proto.graph.node)
+    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
+    click.echo("op coverage:")
+    for op, count in sorted(counts.items()):
+        mark = "ok" if op in CONVERTERS or op in ("Softmax", "LogSoftmax", "Shape") else "--"
+        click.echo(f"  {mark}  {op:<22} {count}")
+    canon = canonicalize(proto)
+    options = _options(kw)
+    plan = composites.plan(canon.units, options.pop("composite"), options.pop("rules"), **options)
+    click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
+               + (" (before the output softmax)" if canon.outputs_probabilities else ""))
+    click.echo("rules:")
+    for unit in canon.units:
+        fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
+        first = " [first layer]" if unit.first else ""
+        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(plan[unit.name])}{first}{fused}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="heatmaps", show_default=True)
+@click.option("--target", type=int, default=None, help="class to explain for every image (models converted with "
+              "--target index or seed); default: the predicted class")
+@click.option("--overlay", is_flag=True, help="also write <name>.overlay.png (heatmap over the image)")
+@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic or coldnhot")
+@click.option("--format", "formats", default="png", show_default=True, help="png, npy or png,npy")
+@click.option("--json", "json_out", is_flag=True, help="print one JSON line per image on stdout")
+@click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, batch_size, provider, threads,
+            quiet):
+    """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
+    from lrpgraph.runtime.explain import explain_paths, write_index_html
+    from lrpgraph.runtime.render import COLORMAPS
+    from lrpgraph.runtime.session import ExplainSession
+
+    if cmap not in COLORMAPS:
+        raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
+    session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
+    click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
+                            overlay=overlay, cmap=cmap, json_lines="-" if json_out else None, progress=not quiet)
+    if html:
+        write_index_html(out_dir, summary["records"])
+    click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)
+    if summary["failed"] or not summary["found"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
+@click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
+def demo(out_dir, composite):
+    """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
+    from lrpgraph.convert import convert as convert_model, save
+    from lrpgraph.runtime.explain import explain_paths, write_index_html
+    from lrpgraph.runtime.session import ExplainSession
+
+    os.makedirs(out_dir, exist_ok=True)
+    labels = _read_labels(os.path.join(DEMO_DIR, "labels.txt"))
+    converted = convert_model(os.path.join(DEMO_DIR, "model.onnx"), composite=composite, labels=labels,
+                              preprocess={"mode": "L"})
+    model_path = os.path.join(out_dir, "model.lrp.onnx")
+    save(converted, model_path, force=True)
+    click.echo(f"converted the demo model ({composite}) -> {model_path}")
+    session = ExplainSession(model_path)
+    summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False)
+    index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}")
+    for record in summary["records"]:
+        if "error" not in record:
+            click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}")
+    click.echo(f"{summary['explained']} heatmaps and {index or os.path.join(out_dir, 'index.html')} written")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
