@@ -43,7 +43,8 @@ ALLOWED = {
 
 def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
          alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01):
-    """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'node name=rule:params'."""
+    """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
+    name or a layer's module path (from its weight's name); a name wins over an op type."""
     if composite not in COMPOSITES:
         raise LrpgraphError(f"unknown composite '{composite}'; choose one of {', '.join(COMPOSITES)}")
     table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
@@ -71,18 +72,40 @@ def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer
     return chosen
 
 
+def _aliases(units):
+    """Names a rule override may use for a unit: its node name, the names of nodes fused into it, and for
+    linear layers the module path of the weight (torch exporters name it 'features.conv0.weight', so
+    'features.conv0' and '/features/conv0' both work)."""
+    aliases = {}
+    for unit in units:
+        names = [unit.name] + list(unit.fused)
+        if unit.layer is not None:
+            weight = unit.layer.weight
+            names += [weight, weight[: -len(".weight")] if weight.endswith(".weight") else weight]
+        for name in names:
+            aliases.setdefault(_plain(name), unit.name)
+    return aliases
+
+
+def _plain(name):
+    return name.strip("/").replace("/", ".")
+
+
 def _parse_overrides(overrides, units, stabilizer):
-    names = {u.name for u in units} | {n for u in units for n in u.fused}
+    aliases = _aliases(units)
     ops = {u.op for u in units}
-    fused_into = {n: u.name for u in units for n in u.fused}
     out = {}
     for text in overrides:
         key, sep, spec = text.partition("=")
         key = key.strip()
         if not sep or not key or not spec.strip():
             raise LrpgraphError(f"--rule '{text}': write KEY=RULE, e.g. Gemm=epsilon:0.25 or /features/conv0=zplus")
-        if key not in names and key not in ops:
-            raise LrpgraphError(f"--rule '{text}': no node or op type '{key}' on the explained path; "
+        if key in ops:
+            name = key
+        elif _plain(key) in aliases:
+            name = aliases[_plain(key)]
+        else:
+            raise LrpgraphError(f"--rule '{text}': no node, layer or op type '{key}' on the explained path; "
                                 "`lrpgraph inspect` lists them")
-        out[fused_into.get(key, key)] = parse_rule(spec, stabilizer, where=f"--rule '{text}'")
+        out[name] = parse_rule(spec, stabilizer, where=f"--rule '{text}'")
     return out

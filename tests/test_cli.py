@@ -138,7 +138,7 @@ def test_existing_output_needs_force(model_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--rule", "Gemm"], "KEY=RULE"),
-    (["--rule", "Nothing=zplus"], "no node or op type 'Nothing'"),
+    (["--rule", "Nothing=zplus"], "no node, layer or op type 'Nothing'"),
     (["--rule", "Gemm=bogus"], "unknown rule 'bogus'"),
     (["--rule", "Relu=zplus"], "does not apply"),
     (["--rule", "Gemm=gamma:x"], "must be numbers"),
@@ -148,3 +148,18 @@ def test_bad_rules(model_path, args, needle):
     code, output = run("convert", model_path, *args)
     assert_one_line_error(code, output, needle)
     assert not model_path.with_suffix(".lrp.onnx").exists()
+
+
+def test_rule_by_layer_path(tmp_path):
+    """torch exporters name weights after module paths: '/fc' and 'fc' address the Gemm via its weight."""
+    model = small_cnn()
+    for init in model.graph.initializer:
+        if init.name == "fc":
+            init.name = "classifier.fc.weight"
+    for node in model.graph.node:
+        node.input[:] = ["classifier.fc.weight" if t == "fc" else t for t in node.input]
+    path = tmp_path / "named.onnx"
+    onnx.save(model, path)
+    code, output = run("inspect", path, "--rule", "/classifier/fc=epsilon:0.5")
+    assert code == 0, output
+    assert "epsilon:0.5" in output
