@@ -7,7 +7,7 @@ For a group of terms t = (input modifier, weight modifier, bias modifier, sign):
     R_in = sum_g coef_g * sum_t sign_t * in_t(x) * layer^T(s_g, w_t(W))   (a ConvTranspose/Gemm per term)
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lrpgraph.errors import LrpgraphError
 
@@ -51,7 +51,6 @@ class Group:
     terms: tuple
     coef: float = 1.0
     mask: str = ""  # "pos" / "neg": only where the layer's own output z > 0 / z < 0
-    params: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 # Rules for linear layers: name -> (parameter names and defaults, builder of the groups)
@@ -107,7 +106,7 @@ OTHER_RULES = {
     "guided": ((), ()),  # guided non-linearity: only positive gradients pass ReLU / MaxPool
 }
 
-GRADIENT_RULES = {"gradient", "flex-relu", "guided"}  # carry a gradient, not a relevance
+GRADIENT_RULES = ("gradient", "flex-relu", "guided")  # carry a gradient, not a relevance
 
 
 def make_rule(name, params=(), stabilizer=DEFAULT_STABILIZER, where="rule"):
@@ -158,7 +157,7 @@ def linear_relevance(b, layer, rule, relevance, nonneg_input=False, output=None)
         if rule.name == "epsilon" and output is not None:
             z = output
         else:
-            parts = [layer.forward(b, mods.input(t.input), mods.weight(t.weight), mods.bias(t.bias, nonneg_input))
+            parts = [layer.forward(b, mods.input(t.input), mods.weight(t.weight), mods.bias(t.bias))
                      for t in terms]
             z = _signed_sum(b, parts, [t.sign for t in terms])
         r = relevance
@@ -216,7 +215,7 @@ class _Modifiers:
     def weight(self, kind):
         return self._once("w" + kind, lambda: self._modify(self.layer.weights(self.b)[0], kind))
 
-    def bias(self, kind, nonneg_input):
+    def bias(self, kind):
         bias = self.layer.weights(self.b)[1]
         if kind == "zero" or bias is None:
             return None
