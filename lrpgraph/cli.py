@@ -8,9 +8,11 @@ import click
 
 from lrpgraph import __version__
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.methods import METHODS
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex"]
+                   "epsilon-alpha2-beta1-flat", "flex"]  # composites.COMPOSITES, without importing onnx here
+METHOD_NAMES = list(METHODS)
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
 
@@ -68,8 +70,20 @@ def _options(kw):
 @click.option("--mode", type=click.Choice(["L", "RGB"]), help="grayscale or RGB")
 @click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="channel order of the model's input")
 @click.option("--scale", type=float, help="divide pixel values by this (default 255)")
+@click.option("--method", "-m", type=click.Choice(METHOD_NAMES), help="a gradient-family method instead of LRP")
+@click.option("--explain", "explain", multiple=True, metavar="NAME=SPEC",
+              help="several heatmaps in one model: output relevance_NAME per composite or method (repeatable)")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="IG path steps")
+@click.option("--quadrature", type=click.Choice(["riemann", "gauss-legendre"]), default="riemann", show_default=True)
+@click.option("--baseline", type=click.Choice(["zero", "blur", "input"]), default="zero", show_default=True,
+              help="IG baseline: zeros, a blurred copy of the image, or a graph input `baseline`")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, help="IG steps per cloned forward pass "
+              "(bounds memory for large step counts)")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="SmoothGrad samples")
+@click.option("--noise-level", type=float, default=0.1, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
-def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, **kw):
+def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, method,
+            explain, steps, quadrature, baseline, chunk, samples, noise_level, **kw):
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, save
 
@@ -80,11 +94,12 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
                   dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order,
                        scale=scale).items() if v}
     names = _read_labels(labels) if labels else None
-    converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, **_options(kw))
+    converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
+                              explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
+                              samples=samples, noise_level=noise_level, **_options(kw))
     save(converted, output, force=force)
-    config = {p.key: p.value for p in converted.metadata_props}
-    click.echo(f"wrote {output} ({kw['composite']}, target {target}; {len(converted.graph.node)} nodes)")
-    return config
+    what = ", ".join(explain) if explain else method or kw["composite"]
+    click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
 
 
 def _default_output(model):

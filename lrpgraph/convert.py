@@ -7,7 +7,7 @@ from collections import defaultdict
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import __version__, composites, graph, metadata, targets
+from lrpgraph import __version__, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import CONVERTERS, Context
 from lrpgraph.errors import LrpgraphError
@@ -15,34 +15,57 @@ from lrpgraph.errors import LrpgraphError
 RELEVANCE = "relevance"
 
 
-def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), epsilon=None, stabilizer=1e-6,
-            gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, preprocess=None, labels=None):
-    """Rewrite an ONNX classifier so that it also returns `relevance`, an LRP heatmap shaped like its input.
+def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), method=None, explain=None, epsilon=None,
+            stabilizer=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, steps=32,
+            quadrature="riemann", baseline="zero", chunk=None, samples=16, noise_level=0.1, preprocess=None,
+            labels=None):
+    """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
 
-    composite: a name from composites.COMPOSITES; target: top | index | seed | all; rules: overrides
-    'OpType=rule:params' or 'node name=rule:params'. Returns the new onnx.ModelProto (checked)."""
+    composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
+    (methods.METHODS); explain: several at once, {"NAME": composite or method} or ["NAME=SPEC"], giving
+    outputs relevance_NAME (otherwise the one output is `relevance`). target: top | index | seed | all.
+    rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
     canon = canonicalize(model)
     options = dict(epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high,
                    flex_epsilon=flex_epsilon)
-    plan = composites.plan(canon.units, composite, rules, **options)
-    b = graph.Builder(model)
+    method_options = dict(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
+                          noise_level=noise_level)
     logits_shape = canon.shapes.get(canon.logits)
     if not logits_shape or len(logits_shape) != 2 or logits_shape[1] is None:
         raise LrpgraphError(f"the logits '{canon.logits}' must have a static shape [N, classes] (got {logits_shape})")
-    batch = model.graph.input[[i.name for i in model.graph.input].index(canon.image)].type.tensor_type.shape.dim[0]
-    batch_dim = batch.dim_param or (batch.dim_value or "N")
-    gradient = composite in composites.GRADIENT_COMPOSITES
-    seed, new_inputs = targets.seed(b, canon.logits, logits_shape[1], target, batch_dim, gradient)
-    heat = walk(Context(b, canon.shapes, canon.inits, canon.signal, canon.nonneg), canon, plan, seed)
-    b.scope = "output"
-    heat = b.zeros_like(canon.image) if heat is None else heat
-    b.nodes.append(helper.make_node("Identity", [heat], [RELEVANCE], name=f"lrp/output/{RELEVANCE}"))
-    _attach(model, b, new_inputs, canon)
-    config = {"composite": composite, "target": target, "image_input": canon.image, "logits": canon.logits,
-              "logits_output": model.graph.output[0].name, "outputs_probabilities": canon.outputs_probabilities,
-              "relevance_outputs": [RELEVANCE], "options": {k: v for k, v in options.items() if v is not None},
-              "overrides": list(rules), "rules": {name: str(rule) for name, rule in plan.items()}}
+    image = next(i for i in model.graph.input if i.name == canon.image)
+    batch = image.type.tensor_type.shape.dim[0]
+    batch_dim = batch.dim_param or batch.dim_value or "N"
+    explanations = _explanations(explain, method, composite)
+    builders, inputs, rules_used = [], {}, {}
+    for output, spec in explanations.items():
+        b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}")
+        gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
+        seed, new_inputs = targets.seed(b, canon.logits, logits_shape[1], target, batch_dim, gradient)
+
+        def walk_with(view, plan, start, b=b):
+            return walk(Context(b, view.shapes, view.inits, view.signal, view.nonneg), view, plan, start)
+
+        if methods.is_method(spec):
+            heat, more = methods.emit(b, model, canon, spec, seed, method_options, walk_with)
+            new_inputs = new_inputs + more
+        else:
+            plan = composites.plan(canon.units, spec, rules, **options)
+            rules_used[output] = {name: str(rule) for name, rule in plan.items()}
+            heat = walk_with(canon, plan, seed)
+            heat = b.zeros_like(canon.image) if heat is None else heat
+        b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
+        builders.append(b)
+        inputs.update({i.name: i for i in new_inputs})
+    _attach(model, builders, list(inputs.values()), image, explanations)
+    config = {"composite": next(iter(explanations.values())), "explanations": explanations, "target": target,
+              "image_input": canon.image, "logits": canon.logits, "logits_output": model.graph.output[0].name,
+              "outputs_probabilities": canon.outputs_probabilities, "relevance_outputs": list(explanations),
+              "options": {k: v for k, v in options.items() if v is not None}, "method_options": method_options,
+              "overrides": list(rules), "rules": rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
+              "gradient_seed": {o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES
+                                for o, s in explanations.items()}}
     metadata.write(model, metadata.VERSION, __version__)
     metadata.write(model, metadata.CONFIG, config)
     if preprocess:
@@ -51,6 +74,24 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), eps
         metadata.write(model, metadata.LABELS, list(labels))
     check(model)
     return model
+
+
+def _explanations(explain, method, composite):
+    """{output name: composite or method name}."""
+    if not explain:
+        return {RELEVANCE: method or composite}
+    items = explain.items() if isinstance(explain, dict) else [e.partition("=")[::2] for e in explain]
+    out = {}
+    for name, spec in items:
+        name, spec = name.strip(), spec.strip()
+        if not name.replace("_", "").replace("-", "").isalnum() or not spec:
+            raise LrpgraphError(f"--explain '{name}={spec}': write NAME=METHOD_OR_COMPOSITE with a plain NAME, "
+                                "e.g. lrp=epsilon-plus or gig=guided-ig")
+        if spec not in composites.COMPOSITES and not methods.is_method(spec):
+            raise LrpgraphError(f"--explain '{name}={spec}': unknown; composites: {', '.join(composites.COMPOSITES)}; "
+                                f"methods: {', '.join(methods.METHODS)}")
+        out[f"{RELEVANCE}_{name.replace('-', '_')}"] = spec
+    return out
 
 
 def walk(ctx, canon, plan, seed):
@@ -72,16 +113,19 @@ def walk(ctx, canon, plan, seed):
     return ctx.b.sum(pending.get(canon.image, []))
 
 
-def _attach(model, b, new_inputs, canon):
+def _attach(model, builders, new_inputs, image, explanations):
     g = model.graph
-    g.node.extend(b.nodes)
-    g.initializer.extend(b.initializers)
+    for b in builders:
+        g.node.extend(b.nodes)
+    used = {t for node in g.node for t in node.input}
+    for b in builders:
+        g.initializer.extend(i for i in b.initializers if i.name in used)
     g.input.extend(new_inputs)
-    image = next(i for i in g.input if i.name == canon.image)
-    out = helper.make_tensor_value_info(RELEVANCE, TensorProto.FLOAT, None)
-    out.type.CopyFrom(image.type)
-    out.doc_string = "LRP relevance of each input value for the explained logit(s), shaped like the image input"
-    g.output.append(out)
+    for output, spec in explanations.items():
+        info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
+        info.type.CopyFrom(image.type)
+        info.doc_string = f"{spec} relevance of each input value for the explained logit(s), shaped like the image"
+        g.output.append(info)
 
 
 def check(model):

@@ -1,0 +1,87 @@
+"""Integrated gradients: (x - x') * sum_k w_k grad f_c(x' + a_k (x - x')), with the Riemann right sum
+(a_k = k/m, w_k = 1/m) or Gauss-Legendre nodes on [0, 1]; the baseline x' is zero, a blurred copy of
+the input, or a graph input `baseline`. Guided IG uses guided gradients (only positive gradients pass
+ReLU-like units and MaxPool). Steps lie along the batch axis; `chunk` steps per cloned forward path
+bound the memory of large step counts."""
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.methods import gradient_plan
+from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+
+BASELINE_INPUT = "baseline"
+
+
+def quadrature(steps, rule="riemann"):
+    """(points a_k in [0, 1], weights w_k) of the path integral."""
+    if steps < 1:
+        raise LrpgraphError(f"steps must be at least 1 (got {steps})")
+    if rule == "riemann":
+        return np.arange(1, steps + 1) / steps, np.full(steps, 1.0 / steps)
+    if rule == "gauss-legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return (nodes + 1) / 2, weights / 2
+    raise LrpgraphError(f"unknown quadrature '{rule}'; use riemann or gauss-legendre")
+
+
+def emit(b, model, canon, seed, options, walk, guided=False):
+    steps = int(options.get("steps", 32))
+    points, weights = quadrature(steps, options.get("quadrature", "riemann"))
+    chunk = int(options.get("chunk") or steps)
+    x = canon.image
+    b.scope = "baseline"
+    baseline, inputs = _baseline(b, model, canon, options.get("baseline", "zero"))
+    diff = b.sub(x, baseline) if baseline else x
+    rank = len(canon.image_shape)
+    total = None
+    for start in range(0, steps, chunk):
+        a, w = points[start:start + chunk], weights[start:start + chunk]
+        m = len(a)
+        prefix = f"{b.prefix}/path{start // chunk}"
+        b.scope = f"path{start // chunk}"
+        column = [m] + [1] * (rank + 0)
+        moved = b.mul(b.const(a.reshape(column)), b.op("Unsqueeze", [diff, b.ints([0])], "unsqueeze"))
+        if baseline:
+            moved = b.add(moved, b.op("Unsqueeze", [baseline, b.ints([0])], "unsqueeze"))
+        expanded = expand(b, moved, x)
+        nodes, clone = clone_path(model, canon, expanded, prefix)
+        add_nodes(b, nodes)
+        grad = walk(clone, gradient_plan(clone.units, guided), tile(b, seed, m))
+        b.scope = f"path{start // chunk}"
+        if grad is None:
+            continue
+        summed = b.op("ReduceSum", [b.mul(fold(b, grad, x, m), b.const(w.reshape(column))), b.ints([0])],
+                      "integrate", keepdims=0)
+        total = summed if total is None else b.add(total, summed)
+    b.scope = "output"
+    return (b.zeros_like(x) if total is None else b.mul(diff, total)), inputs
+
+
+def _baseline(b, model, canon, kind):
+    """(baseline tensor or None for zero, [new inputs])."""
+    if kind == "zero":
+        return None, []
+    if kind == "input":
+        image = next(i for i in model.graph.input if i.name == canon.image)
+        info = helper.make_tensor_value_info(BASELINE_INPUT, TensorProto.FLOAT, None)
+        info.type.CopyFrom(image.type)
+        info.doc_string = "integrated gradients baseline x', shaped like the image"
+        return BASELINE_INPUT, [info]
+    if kind == "blur":
+        return blur(b, canon.image, canon.image_shape), []
+    raise LrpgraphError(f"unknown baseline '{kind}'; use zero, blur or input")
+
+
+def blur(b, x, shape, size=11, sigma=5.0):
+    """Gaussian blur per channel (kernel 11, sigma 5, as RISE's insertion metric), zero padding."""
+    if len(shape) != 4:
+        raise LrpgraphError("the blurred baseline needs an image input [N, C, H, W]")
+    channels = shape[1]
+    t = np.arange(size) - size // 2
+    g = np.exp(-t**2 / (2 * sigma**2))
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    weight = np.tile(kernel[None, None], (channels, 1, 1, 1)).astype(np.float32)
+    pad = size // 2
+    return b.op("Conv", [x, b.const(weight)], "blur", pads=[pad] * 4, group=channels)

@@ -1,0 +1,84 @@
+"""The forward path cloned over an expanded batch: the model evaluated at m points per sample, laid
+along the batch axis as [m * N, ...] (point-major), with its units renamed for the backward walk."""
+
+import copy
+
+from onnx import helper
+
+from lrpgraph.canonicalize import Canonical
+
+SHAPE_LIKE = {"Shape", "Size"}
+
+
+def clone_path(model, canon, new_input, prefix):
+    """Copy every node between the image input and the logits (shape computations included) so that it
+    reads new_input instead; returns (nodes, canonical view of the clone for the walker)."""
+    graph = model.graph
+    dependent = {canon.image}
+    for node in graph.node:  # graph order is topological (checked on load)
+        if any(t in dependent for t in node.input):
+            dependent.update(t for t in node.output if t)
+    needed, keep = {canon.logits}, []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output) and any(t in dependent for t in node.input):
+            keep.append(node)
+            needed.update(node.input)
+    rename = {t: f"{prefix}/{t}" for t in dependent}
+    rename[canon.image] = new_input
+    nodes = []
+    for node in keep[::-1]:
+        clone = copy.deepcopy(node)
+        clone.name = f"{prefix}/{node.name or node.output[0]}"
+        clone.input[:] = [rename.get(t, t) for t in node.input]
+        clone.output[:] = [rename.get(t, t) for t in node.output]
+        nodes.append(clone)
+    return nodes, _renamed(canon, rename, prefix)
+
+
+def _renamed(canon, rename, prefix):
+    def r(t):
+        return rename.get(t, t)
+
+    units = []
+    for unit in canon.units:
+        u = copy.copy(unit)
+        u.inputs, u.outputs = [r(t) for t in unit.inputs], [r(t) for t in unit.outputs]
+        u.name = f"{prefix.rsplit('/', 1)[-1]}/{unit.name}"
+        if unit.layer is not None:
+            u.layer = copy.copy(unit.layer)
+            u.layer._cache = {}
+            u.layer.x, u.layer.out = r(unit.layer.x), r(unit.layer.out)
+        units.append(u)
+    shapes = dict(canon.shapes)
+    shapes.update({r(t): s for t, s in canon.shapes.items() if t in rename})
+    return Canonical(canon.model, units, r(canon.image), canon.image_shape, r(canon.logits),
+                     canon.outputs_probabilities, shapes, canon.inits, {r(t) for t in canon.signal},
+                     {r(t) for t in canon.nonneg})
+
+
+def expand(b, points, x):
+    """[m, N, ...] -> [m * N, ...]."""
+    rest = b.op("Slice", [b.op("Shape", [x], "shape"), b.ints([1]), b.ints([2**62])], "rest_shape")
+    return b.op("Reshape", [points, b.op("Concat", [b.ints([-1]), rest], "shape", axis=0)], "expand_batch")
+
+
+def fold(b, t, x, m):
+    """[m * N, ...] -> [m, N, ...]."""
+    return b.op("Reshape", [t, b.op("Concat", [b.ints([m]), b.op("Shape", [x], "shape")], "shape", axis=0)],
+                "fold_batch")
+
+
+def tile(b, seed, m):
+    """A seed [N, C] repeated for each of m points: [m * N, C], point-major."""
+    return b.op("Tile", [seed, b.ints([m, 1])], "tile_seed")
+
+
+def add_nodes(b, nodes):
+    b.nodes.extend(nodes)
+
+
+def value_info_like(info, name, doc):
+    out = helper.make_tensor_value_info(name, info.type.tensor_type.elem_type, None)
+    out.type.CopyFrom(info.type)
+    out.doc_string = doc
+    return out

@@ -1,0 +1,85 @@
+"""SmoothGrad: mean over n samples of grad f_c(x + sigma * eps_i); SmoothTaylor: mean over n of
+(x - z_i) * grad f_c(z_i), z_i = x + sigma * eps_i; sigma = noise_level * (max - min) of each input.
+
+The noise eps_i ~ N(0, 1) is drawn in the graph from the int64 input `noise_seed` by a counter-based
+integer hash and Box-Muller, so a run is reproducible and `noise(seed, shape)` here gives the same
+numbers in numpy."""
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from lrpgraph.methods import gradient_plan
+from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+
+SEED_INPUT = "noise_seed"
+MASK32 = 2**32
+MIX = 0x45D9F3B  # integer hash of T. Mueller: x ^= x >> 16; x *= MIX; (twice); x ^= x >> 16
+
+
+def _hash(v, seed):
+    s = (v * 2654435761 + seed * 1000003 + 12345) % MASK32
+    for _ in range(2):
+        s = ((s ^ (s // 65536)) * MIX) % MASK32
+    return s ^ (s // 65536)
+
+
+def noise(seed, shape):
+    """The graph's standard normal noise, in numpy (float32), for references and tests."""
+    count = int(np.prod(shape))
+    idx = np.arange(count, dtype=np.int64)
+    u1 = (_hash(2 * idx, np.int64(seed)).astype(np.float64) + 0.5) / MASK32
+    u2 = (_hash(2 * idx + 1, np.int64(seed)).astype(np.float64) + 0.5) / MASK32
+    return (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32).reshape(shape)
+
+
+def _emit_hash(b, v, seed):
+    mod, mix, shift = b.const(MASK32, np.int64), b.const(MIX, np.int64), b.const(65536, np.int64)
+    s = b.op("Mod", [b.add(b.add(b.mul(v, b.const(2654435761, np.int64)), b.mul(seed, b.const(1000003, np.int64))),
+                           b.const(12345, np.int64)), mod], "mod")
+    for _ in range(2):
+        mixed = b.op("BitwiseXor", [s, b.div(s, shift)], "xorshift")
+        s = b.op("Mod", [b.mul(mixed, mix), mod], "mod")
+    return b.op("BitwiseXor", [s, b.div(s, shift)], "xorshift")
+
+
+def emit_noise(b, shape_tensor, seed):
+    """Standard normal noise of a dynamic shape (an int64 shape tensor), float32."""
+    count = b.op("ReduceProd", [shape_tensor], "count", keepdims=0)
+    idx = b.op("Range", [b.const(0, np.int64), count, b.const(1, np.int64)], "index")
+    two = b.const(2, np.int64)
+    uniforms = []
+    for offset in (0, 1):
+        h = _emit_hash(b, b.add(b.mul(idx, two), b.const(offset, np.int64)), seed)
+        u = b.div(b.add(b.op("Cast", [h], "to_double", to=TensorProto.DOUBLE), b.const(0.5, np.float64)),
+                  b.const(float(MASK32), np.float64))
+        uniforms.append(u)
+    radius = b.op("Sqrt", [b.mul(b.op("Log", [uniforms[0]], "log"), b.const(-2.0, np.float64))], "radius")
+    angle = b.op("Cos", [b.mul(uniforms[1], b.const(2 * np.pi, np.float64))], "angle")
+    z = b.op("Cast", [b.mul(radius, angle)], "to_float", to=TensorProto.FLOAT)
+    return b.op("Reshape", [z, shape_tensor], "noise")
+
+
+def emit(b, model, canon, seed, options, walk, taylor=False):
+    samples = int(options.get("samples", 16))
+    level = float(options.get("noise_level", 0.1))
+    x = canon.image
+    rank = len(canon.image_shape)
+    b.scope = "noise"
+    axes = b.ints(list(range(1, rank)))
+    spread = b.sub(b.op("ReduceMax", [x, axes], "max", keepdims=1), b.op("ReduceMin", [x, axes], "min", keepdims=1))
+    sigma = b.mul(spread, b.const(level))
+    shape = b.op("Concat", [b.ints([samples]), b.op("Shape", [x], "shape")], "noise_shape", axis=0)
+    seed_input = helper.make_tensor_value_info(SEED_INPUT, TensorProto.INT64, [1])
+    seed_input.doc_string = "seed of the in-graph Gaussian noise (SmoothGrad/SmoothTaylor), int64 [1]"
+    offsets = b.mul(emit_noise(b, shape, SEED_INPUT), sigma)  # [n, N, ...] (sigma broadcasts per sample)
+    points = expand(b, b.add(offsets, b.op("Unsqueeze", [x, b.ints([0])], "unsqueeze")), x)
+    nodes, clone = clone_path(model, canon, points, f"{b.prefix}/noisy")
+    add_nodes(b, nodes)
+    grad = walk(clone, gradient_plan(clone.units), tile(b, seed, samples))
+    b.scope = "output"
+    if grad is None:
+        return b.zeros_like(x), [seed_input]
+    grad = fold(b, grad, x, samples)
+    if taylor:  # (x - z_i) = -offset_i
+        grad = b.mul(grad, b.op("Neg", [offsets], "neg"))
+    return b.op("ReduceMean", [grad, b.ints([0])], "mean", keepdims=0), [seed_input]
