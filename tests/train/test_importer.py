@@ -1,0 +1,406 @@
+"""The ONNX -> torch importer (lrpgraph.train.importer) and the write-back (lrpgraph.train.export).
+
+Exported torchvision models are cached in pytest's cache (keyed by torch and zennit_ref.py), since the
+dynamo export of densenet121 alone takes a minute on a loaded 2-core machine; the imported graphs are
+run single-threaded (OpenMP threads fighting over shared cores make torch's CPU convolutions 100x slower).
+
+Relevance maps at the default stabiliser 1e-6 can be ill-conditioned in float32 (single pixels where
+z ~ 0): for random torchvision weights even onnxruntime itself is ~1e-4 (L1) from the float64 result.
+Where the 1e-5 bound is missed, the bound is 4 x the importer's own float32-vs-float64 error on the case
+(a wrong op misses by orders of magnitude more); the cases that need it are printed."""
+
+import hashlib
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+import lrpgraph
+from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.train.export import write_back
+from lrpgraph.train.importer import import_onnx
+from lrpgraph.train.loss import heatmap_loss
+from zennit_ref import export, l1, torchvision_model
+
+REL = "relevance"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cached_export(pytestconfig, name, make):
+    """ONNX bytes of make() -> (model, example), exported once per torch version and zennit_ref.py."""
+    import zennit_ref
+
+    with open(zennit_ref.__file__, "rb") as f:
+        key = hashlib.sha1(f.read() + torch.__version__.encode() + name.encode()).hexdigest()[:12]
+    path = os.path.join(pytestconfig.cache.mkdir("lrpgraph-importer"), f"{name}-{key}.onnx")
+    if not os.path.exists(path):
+        model, example = make()
+        export(model, example, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def session(model):
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def ort_outputs(model, feeds):
+    s = session(model)
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(None, {k: np.asarray(v) for k, v in feeds.items()})))
+
+
+def float32_noise(module, feeds, name):
+    """How far the module's float32 result is from its float64 result (the conditioning of the case)."""
+    with torch.no_grad():
+        a = module.run(feeds, [name])[name].numpy()
+        b = module.double().run(feeds, [name])[name].numpy()
+    module.float()
+    return l1(a, b)
+
+
+def assert_matches(module, feeds, ref, what):
+    with torch.no_grad():
+        ours = {k: v.numpy() for k, v in module.run(feeds).items()}
+    for name, value in ref.items():
+        err = l1(ours[name].astype(np.float64), value.astype(np.float64))
+        if err > 1e-5:
+            noise = float32_noise(module, feeds, name)
+            print(f"{what} {name}: L1 {err:.1e} > 1e-5; float32 noise of the case {noise:.1e}")
+            assert err <= 4 * noise, f"{what} {name}: L1 {err:.2e}, float32 noise only {noise:.2e}"
+
+
+# ---- 1. torchvision models match onnxruntime ---------------------------------------------------------
+ARCHS = ["resnet18", "densenet121", "mobilenet_v2"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request, pytestconfig):
+    def make():
+        return torchvision_model(request.param)[0], torch.rand(2, 3, 64, 64)
+
+    return request.param, cached_export(pytestconfig, request.param, make)
+
+
+@pytest.mark.parametrize("composite,target", [("epsilon-plus", "top"), ("epsilon-plus", "seed"), ("flex", "top"),
+                                              ("flex", "seed")])
+def test_torchvision_models_match_onnxruntime(arch, composite, target):
+    name, plain = arch
+    model = lrpgraph.convert(onnx.load_from_string(plain), composite=composite, target=target)
+    module = import_onnx(model)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    feeds = {module.image_input: x.numpy()}
+    if target == "seed":
+        feeds["relevance_seed"] = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    assert_matches(module, feeds, ort_outputs(model, feeds), f"{name} {composite} {target}")
+    with torch.no_grad():  # forward() gives the same as run()
+        logits, relevance = module(x, seed=feeds.get("relevance_seed"))
+    assert relevance.shape == x.shape and logits.shape == (2, 1000)
+
+
+# ---- a small CNN with a residual add, a concat, overlapping max pooling and a standalone BatchNorm -------
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)  # overlapping windows: a pixel can win several
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 3, 1)
+        self.bn = nn.BatchNorm2d(7)
+        self.fc = nn.Linear(7, 5)
+
+    def forward(self, x):
+        a = self.pool(torch.relu(self.conv1(x)))
+        r = torch.relu(a + self.conv2(a))
+        c = torch.relu(self.bn(torch.cat([r, self.conv3(a)], 1)))
+        return self.fc(c.mean((2, 3)))
+
+
+def make_small():
+    torch.manual_seed(0)
+    model = Small().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 1.5)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.1, 0.1)
+    return model, torch.rand(2, 3, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def small(pytestconfig):
+    return cached_export(pytestconfig, "small", make_small)
+
+
+def image(n, seed=1):
+    return torch.rand(n, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- 2. gradients of a heatmap loss: finite differences, and both paths of a shared parameter -----------
+def heatmap_objective(module, x, mask, target):
+    logits, relevance = module(x, target=target)
+    return (relevance * mask).sum() + 0.1 * logits.sum()
+
+
+@pytest.mark.parametrize("composite", ["epsilon-plus", "flex"])
+def test_weight_gradients_match_finite_differences(small, composite):
+    module = import_onnx(lrpgraph.convert(onnx.load_from_string(small), composite=composite,
+                                          target="index")).double()
+    x, target = image(2).double(), torch.tensor([1, 3])
+    mask = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    loss = heatmap_objective(module, x, mask, target)
+    params = dict(module.weights.items())
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    checked = 0
+    for key, p in params.items():
+        i = int(grads[key].abs().argmax())  # the most sensitive entry of each weight tensor
+        flat, h = p.data.view(-1), 1e-6
+        with torch.no_grad():
+            old = flat[i].item()
+            flat[i] = old + h
+            up = heatmap_objective(module, x, mask, target).item()
+            flat[i] = old - h
+            down = heatmap_objective(module, x, mask, target).item()
+            flat[i] = old
+        fd, g = (up - down) / (2 * h), grads[key].view(-1)[i].item()
+        assert abs(fd - g) <= 1e-4 * abs(g) + 1e-9, f"{module.onnx_names[key]}[{i}]: autograd {g}, FD {fd}"
+        checked += 1
+    assert checked >= 6
+    # a parameter read by the forward and the relevance path gets gradient from both, and they add up
+    conv = next(k for k in params if module.onnx_names[k].startswith("conv1"))
+    relevance_nodes = lambda name: name.startswith("lrp/")  # noqa: E731
+    forward_nodes = lambda name: not name.startswith("lrp/")  # noqa: E731
+
+    def grad_with(detach):
+        logits, relevance = (module.run({module.image_input: x, "target": target}, detach=detach)[k]
+                             for k in (module.logits_output, REL))
+        return torch.autograd.grad((relevance * mask).sum() + 0.1 * logits.sum(), params[conv])[0]
+
+    through_forward, through_relevance = grad_with(relevance_nodes), grad_with(forward_nodes)
+    assert through_forward.abs().sum() > 0 and through_relevance.abs().sum() > 0
+    torch.testing.assert_close(through_forward + through_relevance, grads[conv], rtol=1e-10, atol=1e-12)
+
+
+def test_heatmap_loss_trains_the_weights(small):
+    module = import_onnx(lrpgraph.convert(onnx.load_from_string(small), composite="flex", target="top"))
+    mask = torch.zeros(2, 1, 12, 12)
+    mask[..., 3:9, 3:9] = 1
+    _, relevance = module(image(2))
+    loss = heatmap_loss(relevance, mask).total
+    loss.backward()
+    grads = {module.onnx_names[k]: p.grad for k, p in module.weights.items()}
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+    # flex's heatmap (input x modified gradient of a one-hot seed) does not depend on the last bias
+    assert [k for k, g in grads.items() if g is None or not g.abs().sum() > 0] == ["fc.bias"]
+
+
+# ---- 3. write back ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_write_back_round_trip(small, tmp_path, dtype):
+    plain_path, explained_path = tmp_path / "plain.onnx", tmp_path / "explained.onnx"
+    plain_path.write_bytes(small)
+    onnx.save(lrpgraph.convert(onnx.load_from_string(small), composite="flex", target="index"), explained_path)
+    module = import_onnx(explained_path).to(dtype)
+    before = {k: p.detach().clone() for k, p in module.weights.items()}
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    for _ in range(2):  # change the parameters by training
+        optimizer.zero_grad()
+        logits, relevance = module(image(2), target=torch.tensor([0, 4]))
+        (nn.functional.cross_entropy(logits, torch.tensor([0, 4])) + relevance.abs().mean()).backward()
+        optimizer.step()
+    assert all(not torch.equal(before[k], p) for k, p in module.weights.items())
+    out_plain, out_explained = tmp_path / "plain2.onnx", tmp_path / "explained2.onnx"
+    report = write_back(module, plain_path, explained_path, out_plain, out_explained)
+    assert report["written"]["plain"] == len(onnx.load(plain_path).graph.initializer) > 0
+    assert max(report["errors"].values()) <= 1e-5
+    # reload both in onnxruntime and compare with the module
+    x, target = image(3, seed=7), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        logits, relevance = module(x, target=target)
+    got = ort_outputs(out_explained.read_bytes(), {module.image_input: x.numpy(), "target": target.numpy()})
+    assert logits.dtype == dtype and l1(got[module.logits_output], logits.numpy()) <= 1e-5
+    assert l1(got[REL], relevance.numpy()) <= 1e-5
+    plain_logits = ort_outputs(out_plain.read_bytes(), {module.image_input: x.numpy()})
+    assert l1(next(iter(plain_logits.values())), logits.numpy()) <= 1e-5
+    # the plain model's initializers equal the explained model's and the module's, bit for bit
+    new = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(out_explained).graph.initializer}
+    for init in onnx.load(out_plain).graph.initializer:
+        value = onnx.numpy_helper.to_array(init)
+        assert value.tobytes() == new[init.name].tobytes()
+        assert value.tobytes() == module.tensor(init.name).detach().numpy().astype(value.dtype).tobytes()
+
+
+def test_write_back_refuses_another_model(small, tmp_path):
+    plain_path = tmp_path / "plain.onnx"
+    plain_path.write_bytes(small)
+    onnx.save(lrpgraph.convert(onnx.load_from_string(small)), tmp_path / "explained.onnx")
+    other = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    with pytest.raises(LrpgraphError, match="shares no initializer"):
+        write_back(import_onnx(tmp_path / "explained.onnx"), _save(other, tmp_path / "other.onnx"),
+                   tmp_path / "explained.onnx", tmp_path / "a.onnx", tmp_path / "b.onnx")
+
+
+def _save(model, path):
+    onnx.save(model, path)
+    return path
+
+
+# ---- 4. double, batch sizes, unconverted models ------------------------------------------------------
+def test_double_and_batch_sizes(small):
+    model = lrpgraph.convert(onnx.load_from_string(small), composite="epsilon-plus", target="index")
+    module = import_onnx(model).double()
+    assert all(t.dtype == torch.float64 for t in module.weights.values())
+    assert all(t.dtype in (torch.float64, torch.int64) for t in module.consts.buffers())
+    five, target = image(5, seed=4), torch.tensor([0, 1, 2, 3, 4])
+    with torch.no_grad():
+        logits, relevance = module(five, target=target)
+        assert logits.dtype == relevance.dtype == torch.float64
+        ref = ort_outputs(model, {module.image_input: five.numpy(), "target": target.numpy()})
+        assert l1(logits.numpy(), ref[module.logits_output]) <= 1e-5 and l1(relevance.numpy(), ref[REL]) <= 1e-5
+        for i in (0, 4):  # batch size 1 gives each sample's result: no coupling between samples
+            one_logits, one = module(five[i:i + 1], target=target[i:i + 1])
+            torch.testing.assert_close(one, relevance[i:i + 1], rtol=1e-12, atol=1e-14)
+    with pytest.raises(LrpgraphError, match="target 'index'"):
+        module(five)
+
+
+def test_unconverted_model_imports_for_the_plain_forward(small):
+    module = import_onnx(small)
+    assert module.config is None
+    floats = {module.onnx_names[k] for k, b in module.consts.named_buffers() if b.is_floating_point()}
+    assert floats == {"bn.running_mean", "bn.running_var"}  # every other float initializer is a parameter
+    assert len(module.weights) == 10
+    x = image(5)
+    expected = next(iter(ort_outputs(small, {module.image_input: x.numpy()}).values()))
+    with torch.no_grad():
+        assert l1(module.logits(x).numpy(), expected) <= 1e-6
+        assert l1(module.run({module.image_input: x})[module.logits_output].numpy(), expected) <= 1e-6
+    with pytest.raises(NotConvertedError, match="not converted by lrpgraph"):
+        module(x)
+
+
+def test_unsupported_op_is_named():
+    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="head")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(LrpgraphError, match="'head' .*Hardmax"):
+        import_onnx(helper.make_model(graph))
+
+
+class Zoo(nn.Module):
+    """The other activations, a squeeze-excitation gate, a padded average pool, a transpose, a softmax output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.prelu = nn.PReLU(6, 0.2)
+        self.conv2 = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.excite = nn.Conv2d(6, 6, 1)
+        self.pool = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        self.fc = nn.Linear(54, 4)
+
+    def forward(self, x):
+        a = self.prelu(nn.functional.leaky_relu(self.conv1(x), 0.1))
+        b = nn.functional.hardswish(self.conv2(a))
+        c = nn.functional.relu6(b * torch.sigmoid(self.excite(b.mean((2, 3), keepdim=True))))
+        d = torch.tanh(torch.flatten(self.pool(c).transpose(2, 3), 1))
+        return torch.softmax(self.fc(d), 1)
+
+
+@pytest.mark.parametrize("composite,target", [("epsilon-gamma-box", "top"), ("epsilon-alpha2-beta1", "index"),
+                                              ("flex", "index"), ("epsilon-plus-flat", "seed")])
+def test_other_ops_match_onnxruntime(pytestconfig, composite, target):
+    plain = cached_export(pytestconfig, "zoo", lambda: (Zoo().eval(), torch.rand(2, 3, 12, 12)))
+    model = lrpgraph.convert(onnx.load_from_string(plain), composite=composite, target=target)
+    module = import_onnx(model)
+    x = image(3, seed=5)
+    feeds = {module.image_input: x.numpy(), "target": np.array([0, 3, 1]),
+             "relevance_seed": np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)}
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in session(model).get_inputs()}}
+    assert_matches(module, feeds, ort_outputs(model, feeds), f"zoo {composite} {target}")
+    ops = {n.op_type for n in model.graph.node}
+    assert {"PRelu", "LeakyRelu", "HardSwish", "Sigmoid", "Clip", "AveragePool", "Transpose", "Softmax"} <= ops
+
+
+# ---- single ops whose torch form differs from ONNX's, against onnxruntime ---------------------------
+def _ints(name, values):
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+OP_CASES = {
+    "maxpool_indices_asymmetric": (helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[3, 3], strides=[2, 2],
+                                                    pads=[0, 1, 2, 1]), [], [3, 2, 7, 6]),
+    "maxpool_indices_ceil": (helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2],
+                                              ceil_mode=1), [], [2, 3, 5, 5]),
+    "avgpool_pads_exclude": (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                              pads=[1, 0, 1, 2]), [], [2, 2, 7, 6]),
+    "avgpool_pads_include": (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                              pads=[1, 1, 1, 1], count_include_pad=1), [], [2, 2, 7, 7]),
+    "convT_asymmetric": (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 0, 0, 1],
+                                          output_padding=[1, 1], group=2), ["w"], [2, 4, 5, 5]),
+    "slice_negative_step": (helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"]), ["s", "e", "a", "st"],
+                            [2, 3, 6, 6]),
+    "split_sizes_pad": (helper.make_node("Split", ["x", "sz"], ["y", "z"], axis=1), ["sz"], [2, 5, 3, 3]),
+    "pad_axes": (helper.make_node("Pad", ["x", "p"], ["y"]), ["p"], [2, 3, 4, 4]),
+    "argmax": (helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0), [], [4, 7]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_single_ops_match_onnxruntime(case):
+    node, extra, shape = OP_CASES[case]
+    rng = np.random.default_rng(0)
+    inits = {"w": helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).tolist()),
+             "s": _ints("s", [-1, 1]), "e": _ints("e", [-100, 5]), "a": _ints("a", [2, 3]),
+             "st": _ints("st", [-2, 2]), "sz": _ints("sz", [2, 3]), "p": _ints("p", [0, 1, 2, 0, 0, 3, 1, 2])}
+    outputs = [helper.make_tensor_value_info(o, TensorProto.INT64 if o == "i" or case.startswith("argmax") else
+                                             TensorProto.FLOAT, None) for o in node.output]
+    graph = helper.make_graph([node], case, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs,
+                              [inits[k] for k in extra])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal(shape).astype(np.float32)
+    expected = ort_outputs(model, {"x": x})
+    with torch.no_grad():
+        got = import_onnx(model).run({"x": x})
+    for name, value in expected.items():
+        assert got[name].shape == value.shape, f"{case} {name}"
+        np.testing.assert_allclose(got[name].numpy(), value, rtol=1e-5, atol=1e-5, err_msg=f"{case} {name}")
+
+
+def test_integer_and_sampling_ops_match_onnxruntime():
+    """Ops of the gradient-family methods' in-graph noise: Shape, ReduceProd, Range, Mod, BitwiseXor, Tile, Cos."""
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["shape"]), n("ReduceProd", ["shape"], ["count"], keepdims=0),
+             n("Range", ["zero", "count", "one"], ["idx"]), n("Mod", ["idx", "three"], ["m"]),
+             n("BitwiseXor", ["m", "idx"], ["h"]), n("Mod", ["h", "minus_five"], ["hm"]),
+             n("Cast", ["hm"], ["hf"], to=TensorProto.FLOAT), n("Reshape", ["hf", "shape"], ["hr"]),
+             n("Tile", ["x", "reps"], ["t"]), n("Cos", ["t"], ["c"]), n("Add", ["c", "hr2"], ["y"]),
+             n("Tile", ["hr", "reps"], ["hr2"])]
+    scalars = [helper.make_tensor(k, TensorProto.INT64, [], [v]) for k, v in
+               {"zero": 0, "one": 1, "three": 3, "minus_five": -5}.items()]
+    graph = helper.make_graph(nodes, "ints", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info(o, t, None) for o, t in
+                               (("y", TensorProto.FLOAT), ("hm", TensorProto.INT64))],
+                              scalars + [_ints("reps", [2, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    expected = ort_outputs(model, {"x": x})
+    got = import_onnx(model).run({"x": x})
+    np.testing.assert_array_equal(got["hm"].numpy(), expected["hm"])
+    np.testing.assert_allclose(got["y"].numpy(), expected["y"], rtol=1e-6, atol=1e-6)
