@@ -3,6 +3,7 @@ output Softmax), keep the nodes on the path between them, fuse MatMul+Add and Co
 into one linear layer each, classify every other node, and check that every op is supported."""
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from onnx import TensorProto, numpy_helper
@@ -19,6 +20,28 @@ AVG_POOLS = {"AveragePool", "GlobalAveragePool", "ReduceMean"}
 SHAPE_OPS = {"Shape", "Size"}  # their outputs depend on the input's shape, not its values
 MOVERS = STRUCTURE | AVG_POOLS | {"MaxPool"}  # ops that keep a non-negative input non-negative
 POSITIVE = {"Relu", "Sigmoid", "HardSigmoid", "Softmax"}
+
+
+class Initializers(Mapping):
+    """Initializer values by name, converted to numpy only when read (weights are rarely needed here)."""
+
+    def __init__(self, initializers):
+        self._protos = {i.name: i for i in initializers}
+        self._arrays = {}
+
+    def __getitem__(self, name):
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+        return self._arrays[name]
+
+    def __contains__(self, name):
+        return name in self._protos
+
+    def __iter__(self):
+        return iter(self._protos)
+
+    def __len__(self):
+        return len(self._protos)
 
 
 @dataclass
@@ -62,7 +85,7 @@ class Canonical:
 
 def canonicalize(model):
     graph = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inits = Initializers(graph.initializer)
     shapes = tensor_shapes(model)
     image = _image_input(graph, inits)
     logits, probabilities = _logits(graph)
@@ -203,9 +226,13 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
         other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
         if other in inits and inits[other].size == channels and _bias_axis_ok(inits[other].shape, layer):
             layer.bias, layer.bias_from_add, out = other, True, nxt.output[0]
+            layer.beta = 1.0  # Gemm's beta scales C only; the added bias is not scaled
             fused.append(nxt)
             nxt = single_consumer(out)
-    if nxt is not None and nxt.op_type == "BatchNormalization" and all(t in inits for t in nxt.input[1:5]):
+    # BatchNormalization normalises axis 1: the output channels of a Conv, or of a dense layer on [N, K] only
+    channel_axis_1 = layer.op == "Conv" or len(layer.x_shape) == 2
+    if nxt is not None and nxt.op_type == "BatchNormalization" and channel_axis_1 \
+            and all(t in inits for t in nxt.input[1:5]):
         scale, bias, mean, var = nxt.input[1:5]
         eps = attrs_of(nxt).get("epsilon", 1e-5)
         layer.bn = {"scale": scale, "B": bias, "mean": mean, "var": var, "epsilon": float(eps)}
@@ -226,8 +253,7 @@ def _bias_axis_ok(shape, layer):
 
 
 def _out_channels(layer, inits, shapes):
-    w = inits.get(layer.weight)
-    w_shape = list(w.shape) if w is not None else shapes.get(layer.weight)
+    w_shape = shapes.get(layer.weight)
     if not w_shape:
         return None
     if layer.op == "Conv":
@@ -237,8 +263,7 @@ def _out_channels(layer, inits, shapes):
 
 def _conv_attrs(node, attrs, shapes, inits, unit):
     x_shape = shapes.get(node.input[0])
-    w = inits.get(node.input[1])
-    w_shape = list(w.shape) if w is not None else shapes.get(node.input[1])
+    w_shape = shapes.get(node.input[1])
     if not x_shape or any(d is None for d in x_shape[2:]) or not w_shape:
         raise UnsupportedModelError(f"node '{unit.name}' (Conv): spatial sizes must be static; export with a fixed "
                                     "image size (the batch may stay dynamic)")
@@ -316,6 +341,8 @@ def _nonneg(units, inits):
         if unit.op in POSITIVE or unit.op == "Clip" and _clip_min(unit, inits) >= 0:
             nonneg.update(unit.outputs)
         elif unit.op in MOVERS | {"Add", "Mul"} and unit.kind not in ("affine",) and ins and all(t in nonneg for t in ins):
+            if unit.op == "Concat" and any(t in inits and (inits[t] < 0).any() for t in unit.inputs):
+                continue  # a constant part with negative values
             if unit.op != "Pad" or float(_pad_value(unit, inits)) == 0.0:
                 nonneg.update(t for t in unit.outputs if t)
     return nonneg

@@ -33,7 +33,7 @@ def load(model_or_path):
         raise LrpgraphError(f"{where}: not an ONNX model (no graph nodes or outputs); give a model file "
                             "written by onnx.save or torch.onnx.export")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton(model))
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise LrpgraphError(f"{where}: invalid ONNX model ({first}); fix or re-export it") from None
@@ -81,10 +81,41 @@ def constants_to_initializers(model):
 
 
 def infer_shapes(model):
+    """The model with value_info for every tensor whose shape can be inferred (on its skeleton)."""
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
     except Exception as err:  # inference errors are plain exceptions from the C++ side
         raise LrpgraphError(f"shape inference failed ({err}); check the model with onnx.checker") from None
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model
+
+
+def skeleton(model, limit=4096):
+    """A copy of the model without the data of its large initializers (they become typed graph inputs):
+    what the checker and shape inference need, without serialising hundreds of MB of weights."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model) if not model.graph.initializer else None
+    if not model.graph.initializer:
+        return light
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.metadata_props.extend(model.metadata_props)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {i.name for i in src.input}
+    for init in src.initializer:
+        if int(np.prod(init.dims)) * 8 <= limit and not init.external_data:
+            g.initializer.append(init)
+        elif init.name not in declared:
+            g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
 
 
 def tensor_shapes(model):
