@@ -3,7 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-runtime demo test clean
+.PHONY: setup setup-runtime data demo test clean
+FASHION := /usr/share/datasets/fashion-mnist
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,8 +14,16 @@ $(BIN)/python:
 setup-runtime: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-# everything: runtime + torch, zennit, test tools
-setup: $(BIN)/python
+# Fashion-MNIST (Debian package dataset-fashion-mnist, MIT): real images for the training tests
+data:
+	@if [ ! -d $(FASHION) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+		else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; \
+	fi
+
+# everything: runtime + torch, zennit, test tools, and the data the tests train on
+setup: $(BIN)/python data
 	$(BIN)/pip install --quiet -e '.[test]'
 
 demo: setup-runtime
