@@ -202,5 +202,37 @@ def demo(out_dir, composite):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.option("--masks", "masks_dir", type=click.Path(), default=None,
+              help="folder of masks with the images' relative names (PNG, nonzero = foreground); "
+                   "needed for background and pointing")
+@click.option("--metrics", default="deletion,insertion", show_default=True,
+              help="comma-separated: deletion, insertion, background, pointing, conservation")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="evaluation", show_default=True,
+              help="metrics.csv and curves/<image>.curves.png go here")
+@click.option("--step", type=int, default=None, help="pixels per deletion/insertion step [round(H*W/100)]")
+@click.option("--fill", default="black", show_default=True,
+              help="deletion fill: 'black' (a black pixel in the model's input space) or a number")
+@click.option("--seed", type=int, default=0, show_default=True, help="noise_seed of SmoothGrad/SmoothTaylor outputs")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="images per heatmap run")
+@click.option("--no-plots", is_flag=True, help="write no curve plots")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
+def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_size, no_plots, provider, threads):
+    """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
+    of a converted MODEL on images (files or folders); prints the mean per output."""
+    from lrpgraph.metrics import evaluate as evaluate_model, format_table, parse_metrics
+
+    result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
+                            step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
+                            provider=None if provider == "auto" else provider, threads=threads)
+    click.echo(format_table(result["summary"], result["images"]))
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {os.path.join(out_dir, 'metrics.csv')} and {result['curves']} curve plot(s)", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ numbers in numpy."""
 import numpy as np
 from onnx import TensorProto, helper
 
+from lrpgraph import graph
 from lrpgraph.methods import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 
@@ -33,13 +34,27 @@ def noise(seed, shape):
 
 
 def _emit_hash(b, v, seed):
-    mod, mix, shift = b.const(MASK32, np.int64), b.const(MIX, np.int64), b.const(65536, np.int64)
+    mod, mix = b.const(MASK32, np.int64), b.const(MIX, np.int64)
     s = b.op("Mod", [b.add(b.add(b.mul(v, b.const(2654435761, np.int64)), b.mul(seed, b.const(1000003, np.int64))),
                            b.const(12345, np.int64)), mod], "mod")
     for _ in range(2):
-        mixed = b.op("BitwiseXor", [s, b.div(s, shift)], "xorshift")
-        s = b.op("Mod", [b.mul(mixed, mix), mod], "mod")
-    return b.op("BitwiseXor", [s, b.div(s, shift)], "xorshift")
+        s = b.op("Mod", [b.mul(_emit_xorshift(b, s), mix), mod], "mod")
+    return _emit_xorshift(b, s)
+
+
+def _emit_xorshift(b, s):
+    """s ^ (s >> 16) for 0 <= s < 2^32 without BitwiseXor (opset 18; models may be opset 17): only the low
+    16 bits change, XOR-ed with the high 16 bits byte by byte through a 256 x 256 table (Gather)."""
+    table = b.const(np.bitwise_xor.outer(np.arange(256), np.arange(256)).reshape(-1), np.int64)
+    k16, k8 = b.const(65536, np.int64), b.const(256, np.int64)
+    high, low = b.div(s, k16), b.op("Mod", [s, k16], "low16")
+    out = b.sub(s, low)
+    for scale in (1, 256):
+        lo_byte = b.op("Mod", [b.div(low, b.const(scale, np.int64)), k8], "byte")
+        hi_byte = b.op("Mod", [b.div(high, b.const(scale, np.int64)), k8], "byte")
+        xored = b.op("Gather", [table, b.add(b.mul(lo_byte, k8), hi_byte)], "xor_byte", axis=0)
+        out = b.add(out, b.mul(xored, b.const(scale, np.int64)))
+    return out
 
 
 def emit_noise(b, shape_tensor, seed):
@@ -65,8 +80,8 @@ def emit(b, model, canon, seed, options, walk, taylor=False):
     x = canon.image
     rank = len(canon.image_shape)
     b.scope = "noise"
-    axes = b.ints(list(range(1, rank)))
-    spread = b.sub(b.op("ReduceMax", [x, axes], "max", keepdims=1), b.op("ReduceMin", [x, axes], "min", keepdims=1))
+    axes = list(range(1, rank))
+    spread = b.sub(_reduce(b, model, "ReduceMax", x, axes), _reduce(b, model, "ReduceMin", x, axes))
     sigma = b.mul(spread, b.const(level))
     shape = b.op("Concat", [b.ints([samples]), b.op("Shape", [x], "shape")], "noise_shape", axis=0)
     seed_input = helper.make_tensor_value_info(SEED_INPUT, TensorProto.INT64, [1])
@@ -82,4 +97,12 @@ def emit(b, model, canon, seed, options, walk, taylor=False):
     grad = fold(b, grad, x, samples)
     if taylor:  # (x - z_i) = -offset_i
         grad = b.mul(grad, b.op("Neg", [offsets], "neg"))
-    return b.op("ReduceMean", [grad, b.ints([0])], "mean", keepdims=0), [seed_input]
+    mean = b.mul(b.op("ReduceSum", [grad, b.ints([0])], "sum", keepdims=0), b.const(1.0 / samples))
+    return mean, [seed_input]
+
+
+def _reduce(b, model, op, x, axes):
+    """ReduceMax / ReduceMin over axes, keepdims: axes are an attribute before opset 18, an input from 18."""
+    if graph.opset_of(model) >= 18:
+        return b.op(op, [x, b.ints(axes)], op[6:].lower(), keepdims=1)
+    return b.op(op, [x], op[6:].lower(), axes=list(axes), keepdims=1)
