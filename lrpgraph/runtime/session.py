@@ -37,6 +37,7 @@ OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 TARGET_INPUT = "target"
+NOISE_SEED_INPUT = "noise_seed"
 SEED_INPUT = "relevance_seed"
 DEFAULT_BATCH_SIZE = 32
 
@@ -177,7 +178,9 @@ class ExplainSession:
             raise LrpgraphError(
                 f"{self.name}: converted with target {self.target_mode!r} but has no {want!r} input; convert it again"
             )
-        extra = [n for n in inputs if n not in (self.image_input, self.target_input)]
+        # SmoothGrad/SmoothTaylor draw their noise from this seed: a fixed default keeps runs reproducible
+        self.noise_seed = np.array([0], dtype=np.int64) if NOISE_SEED_INPUT in inputs else None
+        extra = [n for n in inputs if n not in (self.image_input, self.target_input, NOISE_SEED_INPUT)]
         if extra:
             raise LrpgraphError(
                 f"{self.name}: inputs {', '.join(extra)} besides the image cannot be fed by ExplainSession; "
@@ -220,11 +223,7 @@ class ExplainSession:
 
     def _gradient_seed(self):
         """True when the seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
-        try:
-            from lrpgraph.composites import GRADIENT_COMPOSITES
-        except ImportError:  # the runtime must not depend on the converter being importable
-            GRADIENT_COMPOSITES = {"flex"}
-        return self.config.get("composite") in GRADIENT_COMPOSITES
+        return bool(self.config.get("gradient_seed", {}).get(self.relevance_output, False))
 
     def check_target(self, target, n=1):
         """Raise LrpgraphError now if target cannot be used with this model (for n images)."""
@@ -337,6 +336,8 @@ class ExplainSession:
         feeds = {self.image_input: x}
         if self.target_input is not None:
             feeds[self.target_input] = feed
+        if self.noise_seed is not None:
+            feeds[NOISE_SEED_INPUT] = self.noise_seed
         try:
             logits, relevance = self._session.run([self.logits_output, self.relevance_output], feeds)
         except Exception as error:  # ORT raises its own exception types
@@ -374,6 +375,8 @@ class ExplainSession:
         if feed is not None:
             fed = torch.from_numpy(np.ascontiguousarray(feed)).to(x.device)  # alive until the run is over
             binding.bind_input(self.target_input, kind, index, feed.dtype.type, tuple(fed.shape), fed.data_ptr())
+        if self.noise_seed is not None:
+            binding.bind_cpu_input(NOISE_SEED_INPUT, self.noise_seed)
         logits = None  # bound first: when ORT allocates it, it is output 0 of copy_outputs_to_cpu
         if self.num_classes is not None and self._logits_float32:
             logits = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device=x.device)

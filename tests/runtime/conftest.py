@@ -66,7 +66,7 @@ def build_model(mode="top", channels=3, height=6, width=5, classes=4, preprocess
         config = {"composite": composite, "target": mode, "image_input": "x", "logits": "raw_logits",
                   "logits_output": logits,
                   "outputs_probabilities": probabilities, "relevance_outputs": ["relevance"],
-                  "options": {}, "rules": {}}
+                  "options": {}, "rules": {}, "gradient_seed": {"relevance": composite == "flex"}}
         metadata.write(model, metadata.CONFIG, config)
         if preprocess is not None:
             metadata.write(model, metadata.PREPROCESS, preprocess)
