@@ -234,5 +234,9 @@ def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_s
     click.echo(f"wrote {os.path.join(out_dir, 'metrics.csv')} and {result['curves']} curve plot(s)", err=True)
 
 
+from lrpgraph.train.cli import train as _train  # noqa: E402  (imports torch only when it runs)
+
+main.add_command(_train)
+
 if __name__ == "__main__":
     main()

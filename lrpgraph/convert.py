@@ -26,6 +26,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     outputs relevance_NAME (otherwise the one output is `relevance`). target: top | index | seed | all.
     rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
+    strict = passes_full_check(model)
     canon = canonicalize(model)
     options = dict(epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high,
                    flex_epsilon=flex_epsilon)
@@ -72,7 +73,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
         metadata.write(model, metadata.PREPROCESS, preprocess)
     if labels:
         metadata.write(model, metadata.LABELS, list(labels))
-    check(model)
+    check(model, strict)
     return model
 
 
@@ -128,12 +129,22 @@ def _attach(model, builders, new_inputs, image, explanations):
         g.output.append(info)
 
 
-def check(model):
+def check(model, strict=True):
+    """onnx.checker with full shape inference (strict), or only the structural check for a source model
+    that onnx's own shape inference already rejects (e.g. pooling with ceil_mode in onnx <= 1.23)."""
     try:
-        onnx.checker.check_model(graph.skeleton(model), full_check=True)
+        onnx.checker.check_model(graph.skeleton(model), full_check=strict)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise LrpgraphError(f"internal error: the converted model fails onnx.checker ({str(err).splitlines()[0]}); "
                             "please report it with the model") from None
+
+
+def passes_full_check(model):
+    try:
+        onnx.checker.check_model(graph.skeleton(model), full_check=True)
+        return True
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        return False
 
 
 def save(model, path, force=False):

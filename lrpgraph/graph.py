@@ -38,6 +38,7 @@ def load(model_or_path):
         first = str(err).strip().splitlines()[0]
         raise LrpgraphError(f"{where}: invalid ONNX model ({first}); fix or re-export it") from None
     constants_to_initializers(model)
+    bypass_identities(model)
     model = ensure_opset(model, where)
     return infer_shapes(model)
 
@@ -76,6 +77,23 @@ def constants_to_initializers(model):
             graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
         else:
             keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def bypass_identities(model):
+    """Identity nodes that only rename an initializer (the TorchScript exporter shares equal weights
+    this way) are removed and their readers read the initializer, so BatchNorm folding still sees weights."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        node.input[:] = [alias.get(t, t) for t in node.input]
     del graph.node[:]
     graph.node.extend(keep)
 

@@ -67,8 +67,8 @@ def _mean_adjoint(ctx, unit, s):
 def _average_pool_adjoint(ctx, unit, s):
     """Gradient of AveragePool: ConvTranspose of s / divisor with a ones kernel, one group per channel.
 
-    The divisor of each window comes from ONNX Runtime's own AveragePool of ones, so count_include_pad,
-    padding and ceil_mode mean exactly what the forward node did."""
+    Spatial sizes are static, so the output size and the divisor of every window (count_include_pad,
+    padding, ceil_mode: torch's and ONNX Runtime's conventions) are computed here in numpy."""
     b, x, attrs = ctx.b, unit.inputs[0], unit.attrs
     shape = ctx.shape(x, unit)
     spatial, channels = shape[2:], shape[1]
@@ -81,19 +81,44 @@ def _average_pool_adjoint(ctx, unit, s):
         from lrpgraph.canonicalize import _explicit_pads
 
         pads = _explicit_pads(auto_pad, pads, spatial, kernel, strides, [1] * n)
-    out = ctx.shape(unit.outputs[0], unit)[2:]
+    ceil, include_pad = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
+    out = [pool_output_size(spatial[i], kernel[i], strides[i], pads[i], pads[i + n], ceil) for i in range(n)]
     # end padding that makes a plain strided window cover every output (ceil_mode adds windows)
     end = [(out[i] - 1) * strides[i] + kernel[i] - spatial[i] - pads[i] for i in range(n)]
     full_pads = pads[:n] + [max(e, 0) for e in end]
+    divisors = [_window_divisors(out[i], spatial[i], kernel[i], strides[i], pads[i], pads[i + n], include_pad)
+                for i in range(n)]
+    inverse = 1.0 / _outer(divisors)
+    scaled = b.mul(s, b.const(inverse.reshape([1, 1] + out).astype(np.float32)))
     ones = b.const(np.ones([channels, 1] + kernel, np.float32))
-    plain = not attrs.get("ceil_mode", 0) and (attrs.get("count_include_pad", 0) or not any(pads))
-    if plain:
-        scaled = b.div(s, b.const(float(np.prod(kernel))))
-    else:
-        ones_x = b.ones_like(x)
-        count = b.op("Conv", [ones_x, ones], "window_count", strides=strides, pads=full_pads, group=channels)
-        mean_of_ones = b.op("AveragePool", [ones_x], "window_mean", **{k: v for k, v in attrs.items()})
-        scaled = b.mul(s, b.div(mean_of_ones, count))
     used = [(out[i] - 1) * strides[i] + kernel[i] - full_pads[i] - full_pads[i + n] for i in range(n)]
     return b.op("ConvTranspose", [scaled, ones], "pool_adjoint", strides=strides, pads=full_pads, group=channels,
                 output_padding=[spatial[i] - used[i] for i in range(n)])
+
+
+def pool_output_size(size, kernel, stride, begin, end, ceil):
+    """Output length of a pooling window along one axis (torch's rule: the last window must start
+    inside the input or its left padding)."""
+    span = size + begin + end - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + begin:
+        out -= 1
+    return out
+
+
+def _window_divisors(out, size, kernel, stride, begin, end, include_pad):
+    divisors = []
+    for o in range(out):
+        start = o * stride - begin
+        stop = min(start + kernel, size + end)
+        padded = stop - start
+        real = min(stop, size) - max(start, 0)
+        divisors.append(padded if include_pad else real)
+    return np.array(divisors, np.float64)
+
+
+def _outer(vectors):
+    result = vectors[0]
+    for v in vectors[1:]:
+        result = np.multiply.outer(result, v)
+    return result
