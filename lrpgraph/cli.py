@@ -51,6 +51,27 @@ def rule_options(fn):
     return fn
 
 
+def preprocess_options(fn):
+    """Image preprocessing: stored in the model by convert, applied (and overridden) by explain."""
+    options = [
+        click.option("--resize", type=int, multiple=True, help="resize: shorter side, or H W (repeat the flag)"),
+        click.option("--crop", type=int, multiple=True, help="centre crop: side, or H W"),
+        click.option("--mean", type=float, multiple=True, help="per-channel mean (repeat per channel)"),
+        click.option("--std", type=float, multiple=True, help="per-channel std (repeat per channel)"),
+        click.option("--mode", type=click.Choice(["L", "RGB"]), help="grayscale or RGB"),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="channel order of the input"),
+        click.option("--scale", type=float, help="divide pixel values by this (default 255)"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
+    given = dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order, scale=scale)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v}
+
+
 def _options(kw):
     keys = ("composite", "rules", "epsilon", "stabilizer", "gamma", "alpha", "beta", "low", "high", "flex_epsilon")
     return {k: kw[k] for k in keys}
@@ -63,13 +84,7 @@ def _options(kw):
               help="what is explained: the predicted class, a class given at run time, a seed tensor, all logits")
 @rule_options
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
-@click.option("--resize", type=int, multiple=True, help="preprocessing stored in the model: resize (side, or H W)")
-@click.option("--crop", type=int, multiple=True, help="centre crop (side, or H W)")
-@click.option("--mean", type=float, multiple=True, help="per-channel mean (repeat per channel)")
-@click.option("--std", type=float, multiple=True, help="per-channel std (repeat per channel)")
-@click.option("--mode", type=click.Choice(["L", "RGB"]), help="grayscale or RGB")
-@click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="channel order of the model's input")
-@click.option("--scale", type=float, help="divide pixel values by this (default 255)")
+@preprocess_options
 @click.option("--method", "-m", type=click.Choice(METHOD_NAMES), help="a gradient-family method instead of LRP")
 @click.option("--explain", "explain", multiple=True, metavar="NAME=SPEC",
               help="several heatmaps in one model: output relevance_NAME per composite or method (repeatable)")
@@ -90,9 +105,7 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     output = output or _default_output(model)
     if os.path.exists(output) and not force:
         raise LrpgraphError(f"{output} exists; pass --force to overwrite it or -o to write elsewhere")
-    preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                  dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order,
-                       scale=scale).items() if v}
+    preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
                               explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
@@ -155,8 +168,9 @@ def inspect(model, **kw):
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@preprocess_options
 def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, batch_size, provider, threads,
-            quiet):
+            quiet, resize, crop, mean, std, mode, channel_order, scale):
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
@@ -165,6 +179,9 @@ def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, ht
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
+    overrides = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
+    if overrides:  # command-line flags override what convert stored
+        session.preprocess = {**(session.preprocess or {}), **overrides}
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
     summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                             overlay=overlay, cmap=cmap, json_lines="-" if json_out else None, progress=not quiet)
