@@ -364,14 +364,6 @@ def architectures(draw):
 # ---------------------------------------------------------------- the test
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: torch's thread pool costs more than it gains (10x slower on two busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def build_exporter_registry_once():

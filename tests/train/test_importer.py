@@ -30,13 +30,6 @@ from zennit_ref import export, l1, torchvision_model
 REL = "relevance"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def cached_export(pytestconfig, name, make):
     """ONNX bytes of make() -> (model, example), exported once per torch version and zennit_ref.py."""

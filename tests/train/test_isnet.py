@@ -22,13 +22,6 @@ from lrpgraph.train.loss import heatmap_loss
 CLASSES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def images(n, seed=0):
     return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed))
