@@ -83,11 +83,20 @@ def test_pretrained_digit_model_matches_zennit(digits, composite, eps):
 @pytest.mark.parametrize("composite", ["epsilon", "epsilon-plus"])
 @pytest.mark.parametrize("name", ARCHS)
 def test_conservation_without_biases(name, composite):
-    model, _ = torchvision_model(name)
-    zero_biases(model)
+    """sum R = explained logit within 1e-4 on bias-free models. One exception, a property of the zplus
+    rule and not of lrpgraph: MobileNetV2's linear bottlenecks output negative values whose positive
+    part z+ is exactly 0 where all positive weights meet zero inputs; the next zplus layer still sends
+    them relevance (x- w-), which the bottleneck's rule drops (R z+/stab(z+) = 0). There the heatmap
+    sum must equal zennit's (which loses the same 4e-4) instead."""
+    model, canonizers = torchvision_model(name)
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    zero_biases(model, x)
     converted = convert_bytes(export(model, x), composite=composite, target="top")
     y, relevance = run_onnx(converted, x.numpy())
-    explained = y.max(1)
     sums = relevance.reshape(len(x), -1).astype(np.float64).sum(1)
-    assert np.all(np.abs(sums - explained) <= 1e-4 * np.abs(explained)), (sums, explained)
+    expected = y.max(1).astype(np.float64)
+    if (name, composite) == ("mobilenet_v2", "epsilon-plus"):
+        _, reference = zennit_relevance(model, x, zennit_composite(composite, canonizers=canonizers))
+        expected = reference.reshape(len(x), -1).astype(np.float64).sum(1)
+        assert np.all(np.abs(sums - y.max(1)) > 1e-4 * np.abs(y.max(1))), "the leak this case documents is gone"
+    assert np.all(np.abs(sums - expected) <= 1e-4 * np.abs(expected)), (sums, expected)
