@@ -251,6 +251,35 @@ def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_s
     click.echo(f"wrote {os.path.join(out_dir, 'metrics.csv')} and {result['curves']} curve plot(s)", err=True)
 
 
+@main.command("make-dataset")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--classes", default="0,1,5,8", show_default=True, help="Fashion-MNIST labels, comma-separated")
+@click.option("--size", type=int, default=36, show_default=True, help="canvas size in pixels (>= 36)")
+@click.option("--train-per-class", type=click.IntRange(min=1), default=400, show_default=True)
+@click.option("--val-per-class", type=click.IntRange(min=0), default=0, show_default=True,
+              help="a biased validation set from the train split (disjoint from training)")
+@click.option("--test-per-class", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--bias", type=float, default=1.0, show_default=True,
+              help="probability that a training image carries its class's artefact")
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_dataset(root, classes, size, train_per_class, val_per_class, test_per_class, bias, seed):
+    """Write background-biased Fashion-MNIST to ROOT: train/, [val/,] test-biased/, test-unbiased/,
+    test-confounded/, each with images/<class>/ and masks/<class>/ (the layout `lrpgraph train` reads)."""
+    from lrpgraph.datasets import write_benchmark
+
+    try:
+        labels = tuple(int(c) for c in classes.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{classes!r}: comma-separated integers", param_hint="--classes") from None
+    try:
+        folders = write_benchmark(root, train_per_class, test_per_class, val_per_class, labels, size, seed, bias)
+    except LrpgraphError as err:
+        click.echo(f"lrpgraph: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    for name, (images, masks) in folders.items():
+        click.echo(f"{name}: {images} {masks}")
+
+
 from lrpgraph.train.cli import train as _train  # noqa: E402  (imports torch only when it runs)
 
 main.add_command(_train)
