@@ -55,7 +55,7 @@ def fashion_dir():
     return Path(os.environ.get("LRPGRAPH_FASHION_MNIST", DEFAULT_DIR))
 
 
-def _read_idx(path):
+def read_idx(path):
     with gzip.open(path, "rb") as f:
         data = f.read()
     dims = data[3]
@@ -75,7 +75,7 @@ def load_fashion_mnist(split="train"):
         raise LrpgraphError(f"Fashion-MNIST not found ({missing[0]} is missing): run `apt-get install "
                             f"dataset-fashion-mnist`, or put the gzipped idx files in a folder named by "
                             f"LRPGRAPH_FASHION_MNIST")
-    return _read_idx(paths[0]), _read_idx(paths[1])
+    return read_idx(paths[0]), read_idx(paths[1])
 
 
 def artefact_box(k, size):

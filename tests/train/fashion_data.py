@@ -8,7 +8,6 @@ that only need some masked images. The CNN is written with onnx.helper (no expor
 + MaxPool, Conv + Relu + MaxPool, Conv + Relu, GlobalAveragePool, Flatten, Gemm.
 """
 
-import gzip
 import os
 from pathlib import Path
 
@@ -17,16 +16,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from lrpgraph.datasets import read_idx
+
 FASHION = Path(os.environ.get("LRPGRAPH_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def available():
