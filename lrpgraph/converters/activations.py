@@ -3,6 +3,7 @@ rule sets use the plain derivative ('gradient'), LRP-Flex scales the ReLU gradie
 ('flex-relu'), and guided methods let only positive gradients through a ReLU ('guided')."""
 
 from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES
 from lrpgraph.errors import UnsupportedModelError
 
 
@@ -19,7 +20,7 @@ def activation(ctx, unit, rule, r_outs):
         return [b.mul(r, ratio)] + rest
     if rule.name == "guided" and unit.op in ("Relu", "LeakyRelu", "PRelu", "Clip"):
         return [b.mul(b.pos(r), derivative(ctx, unit, x, y))] + rest
-    if rule.name in ("gradient", "flex-relu", "guided"):
+    if rule.name in GRADIENT_RULES:
         return [b.mul(r, derivative(ctx, unit, x, y))] + rest
     raise unsupported_rule(unit, rule)
 

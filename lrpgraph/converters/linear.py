@@ -87,7 +87,7 @@ def linear(ctx, unit, rule, r_outs):
     nonneg = layer.x in ctx.nonneg
     if rules.is_linear(rule):
         r_in = rules.linear_relevance(b, layer, rule, signal, nonneg, output=layer.out)
-    elif rule.name in ("gradient", "guided", "flex-relu"):
+    elif rule.name in rules.GRADIENT_RULES:
         r_in = layer.backward(b, signal, layer.weights(b)[0])
     elif rule.name == "flex-zbox":
         relevance = b.mul(layer.out, signal)

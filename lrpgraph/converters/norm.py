@@ -3,6 +3,7 @@ LRP composites pass relevance through it ('pass', as zennit does); gradient rule
 scale / sqrt(var + eps)."""
 
 from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES
 
 
 @register("BatchNormalization")
@@ -10,7 +11,7 @@ def batch_norm(ctx, unit, rule, r_outs):
     r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r] + rest
-    if rule.name in ("gradient", "flex-relu", "guided"):
+    if rule.name in GRADIENT_RULES:
         b = ctx.b
         scale, _, _, var = unit.inputs[1:5]
         k = b.div(scale, b.op("Sqrt", [b.add(var, b.const(float(unit.attrs.get("epsilon", 1e-5))))], "sqrt"))

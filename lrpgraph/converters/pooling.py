@@ -6,8 +6,8 @@ pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 import numpy as np
 
 from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES
 
-GRADIENT_RULES = ("gradient", "flex-relu", "guided")
 
 
 @register("MaxPool")

@@ -6,9 +6,9 @@ x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (inp
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
 from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES
 from lrpgraph.errors import UnsupportedModelError
 
-GRADIENT_RULES = ("gradient", "flex-relu", "guided")
 
 
 def unbroadcast(ctx, t, to, unit, frm):
