@@ -10,7 +10,7 @@ from lrpgraph import __version__
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 
-COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
                    "epsilon-alpha2-beta1-flat", "flex"]  # composites.COMPOSITES, without importing onnx here
 METHOD_NAMES = list(METHODS)
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")

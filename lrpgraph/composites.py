@@ -14,6 +14,8 @@ COMPOSITES = {
     "epsilon": {"first": "epsilon", "conv": "epsilon", "dense": "epsilon"},
     "epsilon-plus": {"first": "zplus", "conv": "zplus", "dense": "epsilon"},
     "epsilon-plus-flat": {"first": "flat", "conv": "zplus", "dense": "epsilon"},
+    # z+ on every linear layer, dense ones included (Dual ISNet's first heatmap, REFERENCE.md section 6)
+    "zplus": {"first": "zplus", "conv": "zplus", "dense": "zplus"},
     "epsilon-gamma-box": {"first": "zbox", "conv": "gamma", "dense": "epsilon"},
     "epsilon-alpha2-beta1": {"first": "alpha-beta", "conv": "alpha-beta", "dense": "epsilon"},
     "epsilon-alpha2-beta1-flat": {"first": "flat", "conv": "alpha-beta", "dense": "epsilon"},

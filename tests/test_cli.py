@@ -79,6 +79,12 @@ def test_convert_options_reach_the_model(model_path, tmp_path):
     assert target.type.tensor_type.elem_type == TensorProto.INT64
 
 
+def test_cli_offers_every_composite():
+    from lrpgraph import cli, composites
+
+    assert cli.COMPOSITE_NAMES == list(composites.COMPOSITES)
+
+
 def test_inspect_lists_rules(model_path):
     code, output = run("inspect", model_path, "--composite", "epsilon-gamma-box")
     assert code == 0, output

@@ -8,7 +8,7 @@ import torch
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,
                                EpsilonPlusFlat, LayerMapComposite, layer_map_base)
-from zennit.rules import Epsilon
+from zennit.rules import Epsilon, ZPlus
 from zennit.types import Linear
 
 import lrpgraph
@@ -32,6 +32,8 @@ def zennit_composite(name, epsilon=1e-6, stabilizer=1e-6, low=0.0, high=1.0, can
         return LayerMapComposite(layer_map=layer_map_base(stabilizer) + [(Linear, Epsilon(epsilon))], **kw)
     if name == "epsilon-plus":
         return EpsilonPlus(epsilon=epsilon, stabilizer=stabilizer, **kw)
+    if name == "zplus":  # z+ on every Conv and Linear
+        return LayerMapComposite(layer_map=layer_map_base(stabilizer) + [(Linear, ZPlus(stabilizer=stabilizer))], **kw)
     if name == "epsilon-plus-flat":
         return EpsilonPlusFlat(epsilon=epsilon, stabilizer=stabilizer, **kw)
     if name == "epsilon-gamma-box":
