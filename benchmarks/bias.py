@@ -20,8 +20,8 @@ the garment), both on the confounded set (and the unbiased set in the CSV); trai
     python benchmarks/bias.py --out out/bias.md --figure out/bias.png --device cuda   # full, on a GPU
 
 --quick: 4 classes (t-shirt, trouser, sandal, bag), 36 x 36 canvases, 400 training images per class,
-100 test images per class (x 3 sets), widths 16/32/32, 10 epochs, batch 16, Adam lr 3e-3 (about 10 minutes
-on 2 CPU cores). Full: 10 classes, 64 x 64 canvases, 2000 training images per class, 500 test per class,
+100 test images per class (x 3 sets), widths 16/32/32, 10 epochs, batch 16, Adam lr 3e-3 (about 7 minutes
+on an idle 2-core CPU). Full: 10 classes, 64 x 64 canvases, 2000 training images per class, 500 test per class,
 widths 32/64/64, 30 epochs, batch 64, Adam lr 1e-3. Any option can be set on its own (see --help).
 """
 

@@ -34,8 +34,11 @@ VARIANTS = ("plain", "original", "dual", "selective", "stochastic")
 SELECTIVE_CLASSES = ("predicted", "lowest")
 PREDICTED_PROBABILITY = 5 / 11  # stochastic ISNet
 SELECTIVE_E = 0.01
-DUAL_EXPLAIN = {"zplus": "epsilon-plus", "epsilon": "epsilon"}
-ZPLUS_COMPOSITES = ("epsilon-plus", "epsilon-plus-flat")
+# z+ on the dense layer too: with epsilon there, the heatmap of the sum of all logits gives a feature
+# f_a the relevance f_a * sum_j w_ja (the column sum of the dense weights), which softmax training can
+# null, hiding a shortcut that raises one class and lowers the others (docs/bias.md)
+DUAL_EXPLAIN = {"zplus": "zplus", "epsilon": "epsilon"}
+ZPLUS_COMPOSITES = ("zplus", "epsilon-plus", "epsilon-plus-flat")
 SEED_OP = "LrpgraphTrainSeed"  # a node that computes a graph input from the logits inside the run
 importer.OPS[SEED_OP] = lambda ctx, logits, fn=None: fn(logits)
 
@@ -135,8 +138,8 @@ def resolve(variant, config, where="the model"):
         zplus = [o for o, s in explanations.items() if s in ZPLUS_COMPOSITES]
         eps = [o for o, s in explanations.items() if s == "epsilon"]
         if not zplus or not eps or target not in ("all", "seed"):
-            raise LrpgraphError(f"variant 'dual' needs a model converted with an epsilon-plus and an epsilon "
-                                f"output and target all (or seed); {where} has {have} with target '{target}'; "
+            raise LrpgraphError(f"variant 'dual' needs a model converted with a zplus or epsilon-plus output, an "
+                                f"epsilon output and target all (or seed); {where} has {have} with target '{target}'; "
                                 "give the plain model and the trainer converts it")
         return Spec(variant, [zplus[0], eps[0]], False, **common)
     allowed = ("seed",) if variant == "selective" else ("seed", "index") if variant != "plain" else \

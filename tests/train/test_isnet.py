@@ -106,6 +106,34 @@ def test_original_explains_every_class_and_dual_both_rules():
     torch.testing.assert_close(fed(x)[1], maps, rtol=1e-5, atol=1e-6)
 
 
+def test_dual_zplus_map_sees_a_shortcut_that_cancels_in_the_sum_of_logits():
+    """Feature 0 raises class 0 and lowers the others by as much (dense column sum 0): the epsilon heatmap
+    of all logits gives it nothing, so training on it alone cannot see that shortcut; z+ on every linear
+    layer (Dual ISNet's first map) gives it f_0 w+_00 y_0 / z+_0. Both against the numpy formulas."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[2.0, 1.0], [-1.0, 0.5], [-1.0, 0.2]], np.float32)  # logits = w @ relu(x); column 0 sums to 0
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "eye"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["a"]), helper.make_node("Gemm", ["a", "w"], ["y"], transB=1)],
+        "shortcut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.eye(2, dtype=np.float32), "eye"), numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    explained = lrpgraph.convert(model, **isnet.conversion("dual"))
+    x = np.array([[[[0.8, 0.5]]], [[[0.3, 0.9]]]], np.float32)
+    session = ort.InferenceSession(explained.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, zplus, eps = session.run(["y", "relevance_zplus", "relevance_epsilon"], {"x": x})
+    f = x.reshape(2, 2).astype(np.float64)
+    logits = f @ w.T.astype(np.float64)
+    wp = np.maximum(w, 0).astype(np.float64)
+    expected_zplus = f * ((logits / (f @ wp.T)) @ wp)  # R_i = f_i sum_j w+_ji y_j / z+_j
+    expected_eps = f * ((logits / (logits + 1e-6 * np.where(logits >= 0, 1, -1))) @ w.astype(np.float64))
+    np.testing.assert_allclose(zplus.reshape(2, 2), expected_zplus, rtol=1e-4)  # stabilizer 1e-6 on z+ >= 0.1
+    np.testing.assert_allclose(eps.reshape(2, 2), expected_eps, rtol=1e-4, atol=1e-5)
+    assert np.abs(eps.reshape(2, 2)[:, 0]).max() < 1e-5 < zplus.reshape(2, 2)[:, 0].min()
+
+
 def test_one_graph_run_per_step(monkeypatch):
     """Dual, selective, stochastic: one run (one forward and one relevance pass) of the batch; original: C x N."""
     batches = []
@@ -137,7 +165,7 @@ def test_converted_models_accepted_or_refused(tmp_path):
     got = ort.InferenceSession(stripped.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     want = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
-    cases = [("dual", flex, "variant 'dual' needs a model converted with an epsilon-plus and an epsilon output"),
+    cases = [("dual", flex, "variant 'dual' needs a model converted with a zplus or epsilon-plus output"),
              ("selective", lrpgraph.convert(plain, composite="flex", target="top"), "converted with target seed"),
              ("selective", lrpgraph.convert(plain, method="ig", target="seed"), "needs LRP-Flex"),
              ("nope", plain, "unknown variant")]
