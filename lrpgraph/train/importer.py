@@ -23,9 +23,10 @@ from lrpgraph import metadata, targets
 from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelError
 from lrpgraph.graph import topological
 
-from lrpgraph.train.onnx_ops import DTYPES, OPS, Ctx  # noqa: F401  (OPS: extended by isnet)
+from lrpgraph.train.onnx_ops import OPS, Ctx
 
 RELEVANCE_PREFIX = "lrp/"  # names of the nodes the converter emits
+DERIVED = "derived input"  # a plan step computing a graph input inside the run (LrpModule.run's `derived`)
 
 
 def _attrs(node):
@@ -137,24 +138,39 @@ class LrpModule(nn.Module):
         """(ONNX initializer name, nn.Parameter) pairs, e.g. for optimizer parameter groups."""
         return [(self.onnx_names[k], p) for k, p in self.weights.items()]
 
-    def _plan(self, outputs):
-        """The nodes needed for outputs, and after which node each tensor is read for the last time."""
-        key = tuple(outputs)
+    def _plan(self, outputs, derived=()):
+        """(steps, drop): the nodes needed for outputs in order, and the tensors each step reads for the last
+        time. derived: (input, source) pairs; each input becomes a step computing it from the tensor source,
+        placed after every node that does not depend on it (so the source exists) and before those that do."""
+        key = (tuple(outputs), tuple(derived))
         if key not in self._plans:
-            needed, keep, needed_out = set(outputs), [], set(outputs)
-            for i in reversed(range(len(self.nodes))):
-                if any(o in needed for o in self.nodes[i][3]):
-                    keep.append(i)
-                    needed.update(t for t in self.nodes[i][2] if t)
-            keep.reverse()
-            last, drop = {}, {i: [] for i in keep}
-            for i in keep:
-                for t in self.nodes[i][2]:
+            nodes = self.nodes
+            if derived:
+                first, later, reads = [], [], {name for name, _ in derived}
+                for node in self.nodes:  # topological: one pass finds everything downstream of the inputs
+                    if any(t in reads for t in node[2]):
+                        later.append(node)
+                        reads.update(node[3])
+                    else:
+                        first.append(node)
+                circular = [f"{name} <- {source}" for name, source in derived if source in reads]
+                if circular:
+                    raise LrpgraphError(f"derived input(s) {', '.join(circular)}: the source depends on the input")
+                nodes = first + [(DERIVED, f"derived/{name}", [source], [name], {}) for name, source in derived] + later
+            needed, steps = set(outputs), []
+            for node in reversed(nodes):
+                if any(o in needed for o in node[3]):
+                    steps.append(node)
+                    needed.update(t for t in node[2] if t)
+            steps.reverse()
+            last, drop = {}, [[] for _ in steps]
+            for i, node in enumerate(steps):
+                for t in node[2]:
                     last[t] = i
             for t, i in last.items():
-                if t not in needed_out:
+                if t not in outputs:
                     drop[i].append(t)
-            self._plans[key] = (keep, drop)
+            self._plans[key] = (steps, drop)
         return self._plans[key]
 
     def _float(self):
@@ -163,31 +179,33 @@ class LrpModule(nn.Module):
                 return t.dtype, t.device
         return torch.get_default_dtype(), torch.device("cpu")
 
-    def run(self, feeds, outputs=None, detach=None):
+    def run(self, feeds, outputs=None, detach=None, derived=None):
         """Run the graph: feeds {input name: tensor or array} -> {output name: tensor} (all graph outputs by
         default). detach: optional predicate on node names; those nodes read the parameters detached (to see
-        which path a gradient comes from)."""
+        which path a gradient comes from). derived: {input name: (source tensor, fn)}: that graph input is
+        fn(source) computed inside this run (e.g. a relevance seed from the logits: one forward, one
+        relevance pass)."""
         dtype, device = self._float()
         ctx = Ctx(dtype, device, self.opset)
         outputs = list(outputs or self.output_names)
+        derived = derived or {}
         env = {name: self.tensor(name) for name in self._where}
         for name, value in feeds.items():
             value = torch.as_tensor(value)
             env[name] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
-        order, drop = self._plan(outputs)
-        missing = {t for i in order for t in self.nodes[i][2] if t and t not in env} - {
-            o for i in order for o in self.nodes[i][3]}
+        steps, drop = self._plan(outputs, tuple((name, source) for name, (source, _) in derived.items()))
+        missing = {t for node in steps for t in node[2] if t and t not in env} - {
+            o for node in steps for o in node[3]}
         if missing:
             raise LrpgraphError(f"missing graph input(s) {sorted(missing)}; feed them by name (inputs: "
                                 f"{', '.join(self.input_names)})")
-        for i in order:
-            op_type, name, inputs, outs, attrs = self.nodes[i]
+        for i, (op_type, name, inputs, outs, attrs) in enumerate(steps):
             args = [env[t] if t else None for t in inputs]
             if detach is not None and detach(name):
                 args = [a.detach() if isinstance(a, nn.Parameter) else a for a in args]
             ctx.outputs = len(outs)
             try:
-                result = OPS[op_type](ctx, *args, **attrs)
+                result = derived[outs[0]][1](*args) if op_type == DERIVED else OPS[op_type](ctx, *args, **attrs)
             except (RuntimeError, ValueError, IndexError, TypeError, LrpgraphError) as err:
                 raise UnsupportedModelError(f"node '{name}' ({op_type}): {str(err).splitlines()[0]}") from err
             result = result if isinstance(result, tuple) else (result,)

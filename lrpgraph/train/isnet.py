@@ -11,11 +11,11 @@ stochastic  1   one logit: the predicted class with probability 5/11, else a    
 
 LRP-Flex takes a gradient seed (d explained / d y); LRP composites take a relevance seed, y * that. A seed
 that depends on the logits (selective, stochastic, validation's predicted class) is computed inside the
-same graph run: a node appended after the logits produces the seed input from them, so one training step
+same graph run (LrpModule.run's `derived` inputs: computed from the logits), so one training step
 is one forward, one relevance pass and one backward. The seed stays differentiable (the reference code's
 double backpropagation through eta). Already converted models are accepted when they offer what the
 variant needs (selective: target seed; stochastic and original: seed or index; dual: two LRP outputs,
-epsilon-plus and epsilon, target all or seed; plain: any).
+zplus (or epsilon-plus) and epsilon, target all or seed; plain: any).
 """
 
 import os
@@ -28,7 +28,6 @@ from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.targets import SEED_INPUT as SEED
 from lrpgraph.targets import TARGET_INPUT as TARGET
-from lrpgraph.train import importer
 
 VARIANTS = ("plain", "original", "dual", "selective", "stochastic")
 SELECTIVE_CLASSES = ("predicted", "lowest")
@@ -39,8 +38,6 @@ SELECTIVE_E = 0.01
 # null, hiding a shortcut that raises one class and lowers the others (docs/bias.md)
 DUAL_EXPLAIN = {"zplus": "zplus", "epsilon": "epsilon"}
 ZPLUS_COMPOSITES = ("zplus", "epsilon-plus", "epsilon-plus-flat")
-SEED_OP = "LrpgraphTrainSeed"  # a node that computes a graph input from the logits inside the run
-importer.OPS[SEED_OP] = lambda ctx, logits, fn=None: fn(logits)
 
 
 def conversion(variant, flex_epsilon=0.01):
@@ -183,38 +180,11 @@ class Heatmaps:
         if selective_class not in SELECTIVE_CLASSES:
             raise LrpgraphError(f"--selective-class '{selective_class}': choose one of {', '.join(SELECTIVE_CLASSES)}")
         self.module, self.spec, self.classes, self.selective_class = module, spec, classes, selective_class
-        self._graphs, self._fn = {}, None
-
-    # -- running the graph with an input computed from the logits ------------------------------------------
-    def _graph(self, input_name):
-        """module.nodes with a seed node right after the forward: nodes that read the input move behind it."""
-        if input_name not in self._graphs:
-            first, later, reads = [], [], {input_name}
-            for node in self.module.nodes:  # topological: one pass finds everything downstream of the input
-                if any(t in reads for t in node[2]):
-                    later.append(node)
-                    reads.update(node[3])
-                else:
-                    first.append(node)
-            seed = (SEED_OP, f"train/seed/{input_name}", [self.spec.logits], [input_name], {"fn": self._call})
-            self._graphs[input_name] = (first + [seed] + later, {})
-        return self._graphs[input_name]
-
-    def _call(self, logits):
-        return self._fn(logits)
 
     def run(self, x, outputs, derived=None, fn=None):
-        """module.run on image x; `derived` graph input (target or seed) = fn(logits) inside the same run."""
+        """module.run on image x; the `derived` graph input (target or seed) = fn(logits) inside the same run."""
         m = self.module
-        if derived is None:
-            return m.run({m.image_input: x}, outputs)
-        nodes, plans = self._graph(derived)
-        saved = m.nodes, m._plans
-        m.nodes, m._plans, self._fn = nodes, plans, fn
-        try:
-            return m.run({m.image_input: x}, outputs)
-        finally:
-            m.nodes, m._plans, self._fn = saved[0], saved[1], None
+        return m.run({m.image_input: x}, outputs, derived={derived: (self.spec.logits, fn)} if derived else None)
 
     def _seed(self, gradient_of):
         """Seed function for the graph's seed input: gradient seed g(y), or relevance seed y * g(y)."""

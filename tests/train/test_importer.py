@@ -273,6 +273,24 @@ def test_double_and_batch_sizes(small):
         module(five)
 
 
+def test_derived_input_is_computed_inside_the_run(small):
+    """A seed computed from the logits inside one run gives what feeding that seed gives (in torch, and in
+    onnxruntime); an input whose source depends on it is refused."""
+    model = lrpgraph.convert(onnx.load_from_string(small), composite="epsilon-plus", target="seed")
+    module = import_onnx(model)
+    x, seed_input = image(4, seed=5), "relevance_seed"
+    with torch.no_grad():
+        out = module.run({module.image_input: x}, [module.logits_output, REL],
+                         derived={seed_input: (module.logits_output, lambda y: y * (y == y.max(1, True).values))})
+        logits = out[module.logits_output]
+        feeds = {module.image_input: x.numpy(), seed_input: (logits * (logits == logits.max(1, True).values)).numpy()}
+        fed = module.run(feeds, [REL])[REL]
+    torch.testing.assert_close(out[REL], fed, rtol=1e-6, atol=1e-9)
+    assert_matches(module, feeds, ort_outputs(model, feeds), "derived seed")
+    with pytest.raises(LrpgraphError, match="the source depends on the input"):
+        module.run({module.image_input: x}, [REL], derived={seed_input: (REL, lambda r: r)})
+
+
 def test_unconverted_model_imports_for_the_plain_forward(small):
     module = import_onnx(small)
     assert module.config is None
