@@ -42,8 +42,10 @@ def rule_options(fn):
         click.option("--gamma", type=float, default=0.25, show_default=True),
         click.option("--alpha", type=float, default=2.0, show_default=True),
         click.option("--beta", type=float, default=1.0, show_default=True),
-        click.option("--low", type=float, default=0.0, show_default=True, help="zbox lower bound of the input"),
-        click.option("--high", type=float, default=1.0, show_default=True, help="zbox upper bound of the input"),
+        click.option("--low", type=float, default=0.0, show_default=True,
+                     help="lowest image value, for zbox (carried through in-graph normalisation)"),
+        click.option("--high", type=float, default=1.0, show_default=True,
+                     help="highest image value, for zbox (carried through in-graph normalisation)"),
         click.option("--flex-epsilon", type=float, default=0.01, show_default=True, help="eps of LRP-Flex's ReLUs"),
     ]
     for option in reversed(options):
@@ -130,7 +132,7 @@ def _read_labels(path):
 @rule_options
 def inspect(model, **kw):
     """Op coverage of MODEL and the rule the composite gives each node."""
-    from lrpgraph import composites, graph
+    from lrpgraph import bounds, composites, graph
     from lrpgraph.canonicalize import canonicalize
     from lrpgraph.converters import CONVERTERS
 
@@ -143,7 +145,8 @@ def inspect(model, **kw):
         click.echo(f"  {mark}  {op:<22} {count}")
     canon = canonicalize(proto)
     options = _options(kw)
-    plan = composites.plan(canon.units, options.pop("composite"), options.pop("rules"), **options)
+    plan = composites.plan(canon.units, options.pop("composite"), options.pop("rules"),
+                           first_bounds=bounds.first_layer_maps(canon), **options)
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
     click.echo("rules:")

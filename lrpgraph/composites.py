@@ -44,9 +44,11 @@ ALLOWED = {
 
 
 def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
-         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01):
+         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None):
     """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
-    name or a layer's module path (from its weight's name); a name wins over an op type."""
+    name or a layer's module path (from its weight's name); a name wins over an op type. low, high: the
+    image's value range; first_bounds {unit name: (low, high) -> (low, high)} (bounds.first_layer_maps)
+    carries it to a first layer behind in-graph normalisation for the composites' zbox rules."""
     if composite not in COMPOSITES:
         raise LrpgraphError(f"unknown composite '{composite}'; choose one of {', '.join(COMPOSITES)}")
     table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
@@ -66,7 +68,10 @@ def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer
                 name = table["relu"]
             else:
                 name = table.get(unit.category, "pass")
-            rule = make_rule(name, params.get(name, ()), stabilizer, where=f"node '{unit.name}'")
+            values = params.get(name, ())
+            if unit.first and name in ("zbox", "flex-zbox") and unit.name in (first_bounds or {}):
+                values = first_bounds[unit.name](*values)
+            rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'")
         if rule.name not in ALLOWED[unit.category]:
             raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
                                 f"node; use one of {', '.join(sorted(ALLOWED[unit.category]))}")

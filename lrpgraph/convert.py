@@ -7,7 +7,7 @@ from collections import defaultdict
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import __version__, composites, graph, metadata, methods, targets
+from lrpgraph import __version__, bounds, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import CONVERTERS, Context
 from lrpgraph.errors import LrpgraphError
@@ -39,6 +39,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     batch = image.type.tensor_type.shape.dim[0]
     batch_dim = batch.dim_param or batch.dim_value or "N"
     explanations = _explanations(explain, method, composite)
+    first_bounds = bounds.first_layer_maps(canon)
     builders, inputs, rules_used = [], {}, {}
     for output, spec in explanations.items():
         b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}")
@@ -52,7 +53,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
             heat, more = methods.emit(b, model, canon, spec, seed, method_options, walk_with)
             new_inputs = new_inputs + more
         else:
-            plan = composites.plan(canon.units, spec, rules, **options)
+            plan = composites.plan(canon.units, spec, rules, first_bounds=first_bounds, **options)
             rules_used[output] = {name: str(rule) for name, rule in plan.items()}
             heat = walk_with(canon, plan, seed)
             heat = b.zeros_like(canon.image) if heat is None else heat

@@ -1,0 +1,76 @@
+"""zbox bounds at the first linear layer: the image's value range pushed through the normalisation a graph
+applies before that layer.
+
+A model exported with its preprocessing inside, (x - mean) / std, feeds its first Conv normalised values,
+so the bounds zbox needs there are ((0 - mean) / std, (1 - mean) / std) per channel, not the pixel range
+[0, 1]. The chain from the image to a first linear layer is followed when it holds only elementwise
+Add/Sub/Mul/Div by constants that are scalars or per channel (shape [C, 1, 1] or [1, C, 1, 1]); the
+bounds are pushed through it. Any other op on the way (a Resize, a standalone BatchNormalization, ...)
+leaves the layer the bounds as given."""
+
+import numpy as np
+
+AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def first_layer_maps(canon):
+    """{first linear unit name: function (low, high) -> (low, high)} for every first layer behind an
+    elementwise normalisation (none where the image feeds the layer directly)."""
+    producer = {t: unit for unit in canon.units for t in unit.outputs}
+    maps = {}
+    for unit in canon.units:
+        if not unit.first:
+            continue
+        chain, tensor = [], unit.inputs[0]
+        while tensor != canon.image:
+            step = producer.get(tensor)
+            if step is None or step.kind != "affine" or step.op not in AFFINE_OPS:
+                chain = None
+                break
+            chain.append(step)
+            tensor = next(t for t in step.inputs[:2] if t in canon.signal)
+        if chain:
+            steps = [_step(s, canon) for s in reversed(chain)]
+            if all(s is not None for s in steps):
+                maps[unit.name] = _composed(steps)
+    return maps
+
+
+def _step(unit, canon):
+    """(op, constant as a scalar or a per-channel vector, signal is the first operand) or None."""
+    signal_first = unit.inputs[0] in canon.signal
+    const = unit.inputs[1] if signal_first else unit.inputs[0]
+    if const not in canon.inits:
+        return None
+    value = np.asarray(canon.inits[const], np.float64)
+    rank = len(canon.shapes.get(canon.image) or ())
+    if value.ndim > rank or rank < 2:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(n != 1 for i, n in enumerate(shape) if i != 1):
+        return None  # varies along a spatial axis: not a per-channel normalisation
+    value = value.reshape(-1) if value.size > 1 else value.reshape(())
+    return unit.op, value, signal_first
+
+
+def _composed(steps):
+    def push(low, high):
+        lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        for op, value, signal_first in steps:
+            if op == "Add":
+                lo, hi = lo + value, hi + value
+            elif op == "Sub":
+                lo, hi = (lo - value, hi - value) if signal_first else (value - hi, value - lo)
+            else:  # Mul, Div (Div by the signal is refused by canonicalize)
+                factor = value if op == "Mul" else 1.0 / value
+                a, b = lo * factor, hi * factor
+                lo, hi = np.minimum(a, b), np.maximum(a, b)
+        return _param(lo), _param(hi)
+
+    return push
+
+
+def _param(values):
+    """A float where every channel has the same bound, else a tuple (zbox's per-channel form)."""
+    flat = np.atleast_1d(values).astype(np.float64)
+    return float(flat[0]) if np.all(flat == flat[0]) else tuple(float(v) for v in flat)
