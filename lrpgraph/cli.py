@@ -243,7 +243,7 @@ def demo(out_dir, composite):
 def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_size, no_plots, provider, threads):
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output."""
-    from lrpgraph.metrics import evaluate as evaluate_model, format_table, parse_metrics
+    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
 
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,

@@ -17,6 +17,7 @@ from zennit_ref import digit_model, real_digits
 import lrpgraph
 from lrpgraph import metrics
 from lrpgraph.cli import main
+from lrpgraph.runtime.evaluate import evaluate
 
 BLACK = (0.0 - 0.1307) / 0.3081
 
@@ -282,8 +283,8 @@ def test_evaluate_command(evaluation_data, tmp_path):
 def test_evaluate_matches_the_library(evaluation_data, tmp_path):
     """The command's deletion AUC per image is the library's on the same (loaded) images and heatmaps."""
     root, model = evaluation_data
-    result = metrics.evaluate(model, [root / "images" / "digit0.png"], metrics=["deletion"], step=16,
-                              out_dir=tmp_path, plots=False)
+    result = evaluate(model, [root / "images" / "digit0.png"], metrics=["deletion"], step=16, out_dir=tmp_path,
+                      plots=False)
     pixels = np.asarray(Image.open(root / "images" / "digit0.png"), dtype=np.float32)
     x = ((pixels / np.float32(255) - np.float32(0.1307)) / np.float32(0.3081))[None, None]
     session = onnx_session(onnx.load(model))

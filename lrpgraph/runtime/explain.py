@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
 
@@ -53,13 +54,6 @@ def output_bases(found):
         used.add(str(base).lower())
         bases.append(base)
     return bases
-
-
-def softmax(logits):
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _label(labels, index):

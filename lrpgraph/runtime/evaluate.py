@@ -1,0 +1,258 @@
+"""`lrpgraph evaluate`: the metrics of lrpgraph.metrics over image files, for every heatmap output of a
+converted model, in ONNX Runtime.
+
+HeatmapModel runs the converted model for its heatmaps, explaining the predicted class (fed through
+`target` / `relevance_seed` where the model takes them); a metrics.Classifier runs its plain model part
+for the logits and the perturbed copies. Images are found, loaded and preprocessed as `lrpgraph explain`
+does (runtime.images, from the model's metadata); masks (PNG, nonzero = foreground) have the images'
+relative names and are resized and cropped as the images are. evaluate() returns a row per image and
+output and the mean per output (summarize; format_table prints them as a markdown table); with an out
+folder it writes metrics.csv and, with matplotlib, curves/<image>.curves.png.
+"""
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lrpgraph import metadata
+from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.metrics import (Classifier, auc, background_fraction, conservation_error, deletion, insertion,
+                              load_model, open_session, pointing_game, softmax)
+from lrpgraph.runtime.explain import output_bases
+from lrpgraph.runtime.images import find_images, image_mode, load_image, open_image, resize_and_crop, to_array
+from lrpgraph.runtime.render import save_text
+
+METRICS = ("deletion", "insertion", "background", "pointing", "conservation")
+MASK_METRICS = ("background", "pointing")
+KNOWN_INPUTS = ("target", "relevance_seed", "noise_seed")
+
+
+def parse_metrics(text):
+    chosen = [m.strip().lower() for m in str(text).split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown or not chosen:
+        raise LrpgraphError(f"--metrics: unknown metric {', '.join(unknown) or repr(text)}; "
+                            f"choose from {','.join(METRICS)}")
+    return list(dict.fromkeys(chosen))
+
+
+class HeatmapModel:
+    """A converted model in ONNX Runtime: every heatmap output for a batch, explaining the predicted
+    class (fed through `target` / `relevance_seed` where the model takes them; `noise_seed` is fed seed)."""
+
+    def __init__(self, model, provider=None, threads=None, seed=0):
+        self.proto = load_model(model)
+        meta = metadata.read(self.proto)
+        if metadata.CONFIG not in meta:
+            raise NotConvertedError("the model has no lrpgraph metadata: evaluate a converted model "
+                                    "(run `lrpgraph convert` first)")
+        self.config, self.preprocess = meta[metadata.CONFIG], meta.get(metadata.PREPROCESS)
+        self.outputs = list(self.config.get("relevance_outputs") or ["relevance"])
+        self.gradient_seed = self.config.get("gradient_seed") or {}
+        self.session = open_session(self.proto, provider, threads)
+        self.image_input = self.config.get("image_input") or self.session.get_inputs()[0].name
+        names = {i.name for i in self.session.get_inputs()}
+        odd = sorted(names - {self.image_input, *KNOWN_INPUTS})
+        if odd:
+            raise LrpgraphError(f"the model takes input(s) {', '.join(odd)} that evaluate cannot feed; convert it "
+                                "without them (e.g. IG with --baseline zero or blur)")
+        self.inputs, self.seed = names, int(seed)
+        shape = next(i for i in self.proto.graph.input if i.name == self.image_input).type.tensor_type.shape
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+        if len(dims) != 4:
+            raise LrpgraphError(f"the image input {self.image_input} must be [N, C, H, W], got {len(dims)} dims")
+        self.input_shape = tuple(dims[1:])
+
+    def heatmaps(self, images, classes, logits):
+        """{output: relevance [N, C, H, W]} explaining classes [N] (logits [N, K] give LRP seeds)."""
+        feeds = {self.image_input: np.ascontiguousarray(images, dtype=np.float32)}
+        if "target" in self.inputs:
+            feeds["target"] = classes.astype(np.int64)
+        if "noise_seed" in self.inputs:
+            feeds["noise_seed"] = np.array([self.seed], np.int64)
+        if "relevance_seed" not in self.inputs:
+            return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        onehot = np.eye(logits.shape[1], dtype=np.float32)[classes]
+        out = {}
+        for gradient in (True, False):  # one seed input: a one-hot gradient or logit x one-hot relevance
+            names = [o for o in self.outputs if bool(self.gradient_seed.get(o, False)) == gradient]
+            if names:
+                feeds["relevance_seed"] = onehot if gradient else onehot * logits.astype(np.float32)
+                out.update(zip(names, self.session.run(names, feeds)))
+        return out
+
+    def seed_sums(self, output, logits, classes):
+        """The seed sum that LRP relevance conserves; NaN for gradient-family outputs."""
+        if self.gradient_seed.get(output, False):
+            return np.full(len(classes), np.nan)
+        if self.config.get("target") == "all":
+            return logits.astype(np.float64).sum(1)
+        return logits[np.arange(len(classes)), classes].astype(np.float64)
+
+    def black(self):
+        """The model input value of a black pixel, per channel [C, 1, 1] (0 without preprocess metadata)."""
+        mode = image_mode(self.preprocess, self.input_shape)
+        return to_array(Image.new(mode, (1, 1)), self.preprocess)
+
+
+def _load_mask(path, preprocess, input_shape):
+    """A boolean H x W mask from a PNG (nonzero = foreground), resized and cropped as the images are."""
+    binary = Image.fromarray(((np.asarray(open_image(path, "L")) > 0) * 255).astype(np.uint8))
+    mask = np.asarray(resize_and_crop(binary, preprocess, input_shape)) >= 128
+    if mask.shape != tuple(input_shape[1:]):
+        raise LrpgraphError(f"mask {path} gives {mask.shape[0]}x{mask.shape[1]}, not the model's "
+                            f"{input_shape[1]}x{input_shape[2]}")
+    return mask
+
+
+def _mask_path(masks_dir, relative):
+    for candidate in (Path(masks_dir) / relative, (Path(masks_dir) / relative).with_suffix(".png")):
+        if candidate.is_file():
+            return candidate
+    raise LrpgraphError(f"no mask for {relative} in {masks_dir} (expected {Path(masks_dir) / relative} or "
+                        "the same name with .png)")
+
+
+def evaluate(model, paths, metrics=("deletion", "insertion"), masks_dir=None, out_dir=None, step=None, fill="black",
+             batch_size=16, provider=None, threads=None, seed=0, plots=True):
+    """Evaluate every heatmap output of a converted model on image files (folders walked recursively).
+
+    masks_dir holds a mask per image under the same relative name (PNG; nonzero = foreground), needed for
+    background and pointing. fill: 'black' (a black pixel in the model's input space) or a number.
+    Returns {"rows": [per image and output: dict], "summary": {output: {metric: mean}}, "curves": n written,
+    "notes": [...]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
+    metrics = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
+    if any(m not in METRICS for m in metrics):
+        raise LrpgraphError(f"unknown metric in {metrics}; choose from {', '.join(METRICS)}")
+    needs_masks = [m for m in metrics if m in MASK_METRICS]
+    if needs_masks and masks_dir is None:
+        raise LrpgraphError(f"metric(s) {', '.join(needs_masks)} need --masks DIR (a mask per image)")
+    if masks_dir is not None and not Path(masks_dir).is_dir():
+        raise LrpgraphError(f"--masks {masks_dir} is not a folder")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LrpgraphError(f"batch size must be a positive integer, got {batch_size!r}")
+    if step is not None and (not isinstance(step, int) or step < 1):
+        raise LrpgraphError(f"step must be a positive number of pixels, got {step!r}")
+    heatmaps = HeatmapModel(model, provider, threads, seed)
+    classifier = Classifier(heatmaps.proto, provider, threads)
+    fill_value = heatmaps.black() if str(fill).lower() == "black" else _number(fill, "fill")
+    found = find_images(paths, exclude=out_dir)
+    if not found:
+        raise LrpgraphError(f"no image files found in {', '.join(map(str, paths))}")
+    mask_files = [_mask_path(masks_dir, rel) for _, rel in found] if needs_masks else None
+    bases = output_bases(found)
+    plot = _plotter(out_dir) if plots and out_dir is not None and {"deletion", "insertion"} & set(metrics) else None
+    notes = ["matplotlib is not installed: no curve plots written"] if plot is False else []
+    rows, written = [], 0
+    for first in range(0, len(found), batch_size):
+        chunk = range(first, min(first + batch_size, len(found)))
+        images = np.stack([load_image(found[i][0], heatmaps.preprocess, heatmaps.input_shape) for i in chunk])
+        logits = classifier.logits(images)
+        classes = logits.argmax(axis=1)
+        probs = softmax(logits)
+        maps = heatmaps.heatmaps(images, classes, logits)
+        masks = (np.stack([_load_mask(mask_files[i], heatmaps.preprocess, heatmaps.input_shape) for i in chunk])
+                 if mask_files else None)
+        curves = {}
+        for output, relevance in maps.items():
+            values = {}
+            if "deletion" in metrics:
+                curves[(output, "deletion")] = c = deletion(classifier, images, relevance, classes, step, fill_value)
+                values["deletion_auc"] = c.auc
+            if "insertion" in metrics:
+                curves[(output, "insertion")] = c = insertion(classifier, images, relevance, classes, step)
+                values["insertion_auc"] = c.auc
+            if "background" in metrics:
+                values["background_fraction"] = background_fraction(relevance, masks)
+            if "pointing" in metrics:
+                values["pointing_hit"] = pointing_game(relevance, masks).astype(np.float64)
+            if "conservation" in metrics:
+                values["conservation_error"] = conservation_error(relevance, heatmaps.seed_sums(output, logits,
+                                                                                                 classes))
+            for j, i in enumerate(chunk):
+                rows.append({"file": str(found[i][0]), "output": output, "class": int(classes[j]),
+                             "probability": float(probs[j, classes[j]]),
+                             **{k: float(v[j]) for k, v in values.items()}})
+        if plot:
+            for j, i in enumerate(chunk):
+                plot(bases[i], {key: (c.fractions, c.probabilities[j]) for key, c in curves.items()})
+                written += 1
+    summary = summarize(rows, heatmaps.outputs)
+    if out_dir is not None:
+        _write_csv(Path(out_dir) / "metrics.csv", rows)
+    return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found)}
+
+
+def _number(value, what):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise LrpgraphError(f"--{what} must be 'black' or a number, got {value!r}") from None
+
+
+def summarize(rows, outputs):
+    """{output: {column: mean over images (NaN-aware)}}."""
+    summary = {}
+    for output in outputs:
+        mine = [r for r in rows if r["output"] == output]
+        columns = [k for k in (mine[0] if mine else {}) if k not in ("file", "output", "class")]
+        summary[output] = {k: float(np.nanmean([r[k] for r in mine])) if not all(math.isnan(r[k]) for r in mine)
+                           else float("nan") for k in columns}
+    return summary
+
+
+def format_table(summary, images=None):
+    """A markdown table: one row per heatmap output, the mean of each metric."""
+    columns = list(next(iter(summary.values()), {}))
+    lines = ["| output | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for output, values in summary.items():
+        cells = ["n/a" if math.isnan(values[c]) else f"{values[c]:.4f}" for c in columns]
+        lines.append(f"| {output} | " + " | ".join(cells) + " |")
+    if images is not None:
+        lines.append(f"({images} images)")
+    return "\n".join(lines)
+
+
+def _write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    save_text(path, buffer.getvalue())
+
+
+def _plotter(out_dir):
+    """A function (base name, {(output, kind): (fractions, probabilities)}) -> writes a PNG; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+
+    def plot(base, curves):
+        path = Path(out_dir) / "curves" / f"{base}.curves.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kinds = [k for k in ("deletion", "insertion") if any(kind == k for _, kind in curves)]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            for (output, k), (x, y) in curves.items():
+                if k == kind:
+                    ax.plot(x, y, label=f"{output} (AUC {auc(x, y):.3f})")
+            ax.set(title=kind, xlabel="fraction of pixels", ylabel="probability of the class", xlim=(0, 1),
+                   ylim=(0, 1.02))
+            ax.legend(fontsize=7)
+        fig.suptitle(str(base), fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+
+    return plot
