@@ -101,7 +101,8 @@ def make_data(args):
 
 
 def train_variant(args, variant, model_path, folders):
-    from lrpgraph.train.loop import TrainConfig, train
+    from lrpgraph.train.config import TrainConfig
+    from lrpgraph.train.loop import train
 
     out = Path(args.work) / "runs" / variant
     images, masks = folders["train"]

@@ -15,7 +15,8 @@ Choices worth knowing:
 - The logits are read from config "logits_output" (else "logits" when it is a graph output, else the
   first output); with outputs_probabilities they are the model's probabilities.
 - numpy in -> numpy out. torch in -> torch out, on the input's device. A torch tensor on the session's
-  own device (CUDA tensor + CUDA session, or CPU + CPU) is bound with IO binding, so nothing is copied.
+  own device (CUDA tensor + CUDA session, or CPU + CPU) is bound with IO binding, so nothing is copied;
+  the two array backends (NumpyOps, TorchOps) are in arrays.py, this module batches rows and plans targets.
 """
 
 import os
@@ -27,6 +28,7 @@ import onnxruntime as ort
 
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -94,11 +96,6 @@ def _read_metadata(session, name):
         return metadata.read(holder)
     except ValueError as error:
         raise LrpgraphError(f"{name}: lrpgraph metadata is not valid JSON ({error}); convert the model again") from None
-
-
-def _is_torch(value):
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 class ExplainSession:
@@ -197,7 +194,7 @@ class ExplainSession:
 
     def _target_feed(self, target, n):
         """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale."""
-        if _is_torch(target):
+        if is_torch(target):
             target = target.detach().cpu().numpy()
         if self.target_input is None:
             if target is not None:
@@ -289,7 +286,7 @@ class ExplainSession:
         seed [N, classes] / [classes]. The explained classes are an int64 array, or None for 'all'.
         """
         size = _positive(batch_size if batch_size is not None else self.batch_size, "batch_size")
-        if _is_torch(batch):
+        if is_torch(batch):
             logits, relevance, explained = self._explain_torch(batch, target, size)
         else:
             array = np.asarray(batch)
@@ -297,9 +294,9 @@ class ExplainSession:
                 raise LrpgraphError(f"batch must hold numbers, got dtype {array.dtype}")
             self._check_batch_shape(array.shape)
             x = np.ascontiguousarray(array, dtype=np.float32)
-            logits, relevance, explained = self._explain_rows(x, target, size, _NumpyOps(self))
+            logits, relevance, explained = self._explain_rows(x, target, size, NumpyOps(self))
         if explained is None and self.target_mode == "top":
-            explained = _to_numpy(logits).argmax(axis=1).astype(np.int64)
+            explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
         return (logits, relevance, explained) if return_targets else (logits, relevance)
 
     def _explain_rows(self, x, target, size, ops):
@@ -312,41 +309,29 @@ class ExplainSession:
             logits, relevance = ops.run(x[rows], feed)
             classes = None if plan.explained is None else plan.explained[rows]
             if plan.predict:
-                classes = _to_numpy(logits).argmax(axis=1).astype(np.int64)
+                classes = to_numpy(logits).argmax(axis=1).astype(np.int64)
                 redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
                 if redo.size:
                     _, again = ops.run(ops.take(x[rows], redo), self._class_feed(classes[redo]))
                     relevance = ops.put(relevance, redo, again)
                 predicted.append(classes)
             if plan.scale:
-                self._check_range(classes, _to_numpy(logits).shape[1])
-                relevance = ops.scale(relevance, _to_numpy(logits)[np.arange(len(classes)), classes])
+                self._check_range(classes, to_numpy(logits).shape[1])
+                relevance = ops.scale(relevance, to_numpy(logits)[np.arange(len(classes)), classes])
             logits_parts.append(logits)
             relevance_parts.append(relevance)
         explained = plan.explained
         if self.num_classes is None and explained is not None and logits_parts:
-            self._check_range(explained, _to_numpy(logits_parts[0]).shape[1])
+            self._check_range(explained, to_numpy(logits_parts[0]).shape[1])
         if plan.predict:
             explained = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
         if not logits_parts:
             return ops.empty(x, self.num_classes or 0) + (explained,)
         return ops.cat(logits_parts), ops.cat(relevance_parts), explained
 
-    def _run_numpy(self, x, feed):
-        feeds = {self.image_input: x}
-        if self.target_input is not None:
-            feeds[self.target_input] = feed
-        if self.noise_seed is not None:
-            feeds[NOISE_SEED_INPUT] = self.noise_seed
-        try:
-            logits, relevance = self._session.run([self.logits_output, self.relevance_output], feeds)
-        except Exception as error:  # ORT raises its own exception types
-            raise self._run_error(error) from None
-        return logits, relevance
-
-    def _run_error(self, error):
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return LrpgraphError(f"onnxruntime failed running {self.name}: {first}")
+    def _constant_feeds(self):
+        """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
+        return {} if self.noise_seed is None else {NOISE_SEED_INPUT: self.noise_seed}
 
     def _explain_torch(self, batch, target, size):
         torch = sys.modules["torch"]
@@ -356,47 +341,14 @@ class ExplainSession:
         x = batch.detach().to(dtype=torch.float32)
         if not same:
             logits, relevance, explained = self._explain_rows(
-                np.ascontiguousarray(x.cpu().numpy()), target, size, _NumpyOps(self)
+                np.ascontiguousarray(x.cpu().numpy()), target, size, NumpyOps(self)
             )
             return torch.from_numpy(logits).to(home), torch.from_numpy(relevance).to(home), explained
         if home.type == "cuda" and (home.index or 0) != 0:  # the CUDA provider runs on device 0
             x = x.to("cuda:0").contiguous()
-            logits, relevance, explained = self._explain_rows(x, target, size, _TorchOps(self))
+            logits, relevance, explained = self._explain_rows(x, target, size, TorchOps(self))
             return logits.to(home), relevance.to(home), explained
-        return self._explain_rows(x.contiguous(), target, size, _TorchOps(self))
-
-    def _run_bound(self, x, feed):
-        """One run with IO binding: inputs and outputs are torch tensors on x's device."""
-        torch = sys.modules["torch"]
-        kind, index = ("cuda", x.device.index or 0) if x.device.type == "cuda" else ("cpu", 0)
-        x = x.contiguous()
-        binding = self._session.io_binding()
-        binding.bind_input(self.image_input, kind, index, np.float32, tuple(x.shape), x.data_ptr())
-        if feed is not None:
-            fed = torch.from_numpy(np.ascontiguousarray(feed)).to(x.device)  # alive until the run is over
-            binding.bind_input(self.target_input, kind, index, feed.dtype.type, tuple(fed.shape), fed.data_ptr())
-        if self.noise_seed is not None:
-            binding.bind_cpu_input(NOISE_SEED_INPUT, self.noise_seed)
-        logits = None  # bound first: when ORT allocates it, it is output 0 of copy_outputs_to_cpu
-        if self.num_classes is not None and self._logits_float32:
-            logits = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device=x.device)
-            binding.bind_output(self.logits_output, kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
-        else:
-            binding.bind_output(self.logits_output, "cpu")
-        relevance = torch.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
-        binding.bind_output(
-            self.relevance_output, kind, index, np.float32, tuple(relevance.shape), relevance.data_ptr()
-        )
-        if kind == "cuda":
-            torch.cuda.current_stream(x.device).synchronize()
-        try:
-            self._session.run_with_iobinding(binding)
-        except Exception as error:  # ORT raises its own exception types
-            raise self._run_error(error) from None
-        binding.synchronize_outputs()
-        if logits is None:
-            logits = torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(x.device)
-        return logits, relevance
+        return self._explain_rows(x.contiguous(), target, size, TorchOps(self))
 
 
 class _Plan:
@@ -405,59 +357,6 @@ class _Plan:
 
     def __init__(self, feed, explained, predict, scale):
         self.feed, self.explained, self.predict, self.scale = feed, explained, predict, scale
-
-
-class _NumpyOps:
-    def __init__(self, session):
-        self.run = session._run_numpy
-
-    @staticmethod
-    def take(array, rows):
-        return np.ascontiguousarray(array[rows])
-
-    @staticmethod
-    def put(array, rows, values):
-        array[rows] = values
-        return array
-
-    @staticmethod
-    def scale(array, factors):
-        return array * factors.astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
-
-    @staticmethod
-    def cat(parts):
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    @staticmethod
-    def empty(x, classes):
-        return np.zeros((0, classes), dtype=np.float32), np.zeros(x.shape, dtype=np.float32)
-
-
-class _TorchOps:
-    def __init__(self, session):
-        self.run = session._run_bound
-        self.torch = sys.modules["torch"]
-
-    def take(self, array, rows):
-        return array[self.torch.from_numpy(rows).to(array.device)].contiguous()
-
-    def put(self, array, rows, values):
-        array[self.torch.from_numpy(rows).to(array.device)] = values
-        return array
-
-    def scale(self, array, factors):
-        factors = self.torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(array.device)
-        return array * factors.reshape((-1,) + (1,) * (array.dim() - 1))
-
-    def cat(self, parts):
-        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
-
-    def empty(self, x, classes):
-        return x.new_zeros((0, classes)), x.new_zeros(tuple(x.shape))
-
-
-def _to_numpy(array):
-    return array.detach().cpu().numpy() if _is_torch(array) else np.asarray(array)
 
 
 def _positive(value, what):

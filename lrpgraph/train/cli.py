@@ -63,7 +63,7 @@ def train(model, quiet, **options):
     from lrpgraph.errors import LrpgraphError
 
     try:
-        from lrpgraph.train.loop import TrainConfig
+        from lrpgraph.train.config import TrainConfig
         from lrpgraph.train.loop import train as run
 
         result = run(TrainConfig(model=model, progress=not quiet, **options))

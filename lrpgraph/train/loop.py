@@ -1,13 +1,15 @@
-"""Faster ISNet training on the imported relevance graph: data, steps, validation, checkpoints, write-back.
+"""Faster ISNet training on the imported relevance graph: the Trainer (data, steps, validation, checkpoints,
+write-back) and train(), which runs it.
 
-train(TrainConfig(...)) checks everything up front (model, variant, data, masks, options; LrpgraphError with
-one line before any step), then trains: per step one forward + one relevance pass + one backward of
-(1 - P) CE + P L_H (REFERENCE.md 5), gradients all-reduced across processes (torchrun: gloo on CPU, NCCL on
-GPUs) and clipped, SGD or Adam, a step or cosine schedule per epoch. With --tune-epochs N the first N epochs
-train on CE only and the last of them feeds C1C2Tuner (C1, C2 for the rest). Every epoch: validation
+train(TrainConfig(...)) (config.py) checks everything up front (model, variant, data, masks, options; LrpgraphError
+with one line before any step), then trains: per step one forward + one relevance pass + one backward of
+(1 - P) CE + P L_H (REFERENCE.md 5), gradients all-reduced across processes (distributed.py; torchrun: gloo on
+CPU, NCCL on GPUs) and clipped, SGD or Adam, a step or cosine schedule per epoch. With --tune-epochs N the first
+N epochs train on CE only and the last of them feeds C1C2Tuner (C1, C2 for the rest). Every epoch: validation
 accuracy and background relevance fraction, an atomic checkpoint (weights, optimizer, scheduler, C1/C2,
 history, RNG states of torch, numpy, python, the data order and the stochastic class draws), metrics.csv
-and two plots. At the end both ONNX files are written with export.write_back and checked in onnxruntime.
+and two plots (history.py). At the end both ONNX files are written with export.write_back and checked in
+onnxruntime.
 
 Determinism: the data order and the stochastic variant's draws come from generators seeded by --seed and
 drawn for the global batch on every rank, each rank taking samples rank, rank + world, ... of each global
@@ -15,11 +17,7 @@ batch; each rank's loss is weighted by its share of the batch and gradients are 
 processes gives the single-process result up to float32 rounding, and --resume continues bit-identically.
 """
 
-import csv
-import dataclasses
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,125 +29,18 @@ from torch.utils.data import DataLoader
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.train import isnet
+from lrpgraph.train.config import RESUME_KEYS, check_options
 from lrpgraph.train.data import MaskedImageFolder
+from lrpgraph.train.distributed import Distributed
+from lrpgraph.train.history import COLUMNS, atomic_write, write_metrics
 from lrpgraph.train.importer import import_onnx
 from lrpgraph.train.loss import C1C2Tuner, ISNetLoss, total_relevance
-
-RESUME_KEYS = ("variant", "selective_class", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-               "schedule", "step_size", "step_gamma", "clip", "P", "A", "B", "E", "d", "C1", "C2", "psi",
-               "tune_epochs", "seed", "flex_epsilon")
-COLUMNS = ("epoch", "phase", "lr", "loss", "cross_entropy", "heatmap", "background", "foreground", "train_accuracy",
-           "val_accuracy", "val_background_fraction", "samples_per_s", "seconds", "C1", "C2")
-
-
-class Distributed:
-    """The process group of a torchrun launch (WORLD_SIZE > 1: gloo on CPU, NCCL on GPUs), or one process."""
-
-    def __init__(self, device="auto"):
-        import torch.distributed as dist
-
-        self.dist, self.owned = dist, False
-        self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        if device not in ("auto", "cpu", "cuda"):
-            raise LrpgraphError(f"--device {device}: auto, cpu or cuda")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise LrpgraphError("--device cuda: no CUDA device is available; use --device cpu")
-        cuda = device != "cpu" and torch.cuda.is_available()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
-        if cuda:
-            torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-            self.owned = True
-        if self.world > 1:
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-
-    def sum(self, tensor):
-        """All-reduce (sum) in place; float64 CPU tensors travel through the device for NCCL."""
-        if self.world > 1:
-            moved = tensor.to(self.device)
-            self.dist.all_reduce(moved)
-            tensor.copy_(moved)
-        return tensor
-
-    def gather(self, obj):
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.world > 1:
-            self.dist.barrier()
-
-    def close(self):
-        if self.owned and self.dist.is_initialized():
-            self.dist.destroy_process_group()
 
 
 class TrainingDiverged(LrpgraphError):
     """The loss became NaN or infinite: training stopped (the last checkpoint is kept)."""
 
     exit_code = 3
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    model: str
-    images: str
-    masks: str
-    out: str
-    val: str = None
-    val_masks: str = None
-    variant: str = "selective"
-    selective_class: str = "predicted"
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none | step | cosine (per epoch)
-    step_size: int = 10
-    step_gamma: float = 0.1
-    clip: float = 1.0  # gradient norm clipping; 0 = off
-    P: float = 0.7
-    A: float = 1.0
-    B: float = 1.0
-    E: float = 1.0
-    d: float = 0.9
-    C1: float = 1.0
-    C2: float = 25.0
-    psi: str = "hybrid"
-    tune_epochs: int = 0  # C1/C2 auto-tuning: warm-up epochs on CE only
-    flex_epsilon: float = 0.01
-    seed: int = 0
-    resume: bool = False
-    force: bool = False
-    stop_after: int = None  # end this run after so many epochs (resumable), e.g. for time-limited jobs
-    workers: int = 0
-    device: str = "auto"
-    threads: int = None
-    progress: bool = True
-
-
-def _check_options(c):
-    checks = [(c.variant in isnet.VARIANTS, f"--variant {c.variant}: choose one of {', '.join(isnet.VARIANTS)}"),
-              (c.selective_class in isnet.SELECTIVE_CLASSES, "--selective-class: predicted or lowest"),
-              (c.epochs >= 1 and c.batch_size >= 1, "--epochs and --batch-size must be at least 1"),
-              (c.optimizer in ("sgd", "adam"), f"--optimizer {c.optimizer}: sgd or adam"),
-              (c.schedule in ("none", "step", "cosine"), f"--schedule {c.schedule}: none, step or cosine"),
-              (c.lr > 0 and c.clip >= 0, "--lr must be > 0 and --clip >= 0"),
-              (0 <= c.tune_epochs < c.epochs, f"--tune-epochs {c.tune_epochs} must be in [0, --epochs)"),
-              (c.val is None or c.val_masks is not None or Path(f"{str(c.val).rstrip('/')}_masks").is_dir(),
-               f"--val {c.val}: give --val-masks (there is no {str(c.val).rstrip('/')}_masks folder)")]
-    for ok, message in checks:
-        if not ok:
-            raise LrpgraphError(message)
-    ISNetLoss(c.P, c.A, c.B, c.E, c.d, c.C1, c.C2, c.psi)  # checks the loss options
 
 
 def _check_binary_masks(dataset):
@@ -191,25 +82,10 @@ def _collate(items):
     return torch.stack(x), torch.stack(m), torch.tensor(y, dtype=torch.int64)
 
 
-def _atomic(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class Trainer:
     def __init__(self, config, dist):
         c, self.c, self.dist = config, config, dist
-        _check_options(c)
+        check_options(c)
         self.out = Path(c.out)
         self.start_plain = self.out / "start" / "model.onnx"  # the graphs the run starts from
         self.start_explained = self.out / "start" / "model.lrp.onnx"
@@ -238,7 +114,7 @@ class Trainer:
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None
         if not c.resume and dist.rank == 0:  # the graphs the run starts from; write_back needs them at the end
             for path, model in ((self.start_plain, plain), (self.start_explained, explained)):
-                _atomic(path, lambda f, m=model: f.write(m.SerializeToString()))
+                atomic_write(path, lambda f, m=model: f.write(m.SerializeToString()))
         dist.barrier()
         self.module = import_onnx(explained).to(dist.device)
         self.params = list(self.module.weights.values())
@@ -299,9 +175,9 @@ class Trainer:
         improved = val_accuracy is not None and val_accuracy > self.best
         self.best = val_accuracy if improved else self.best
         state = self._state()
-        _atomic(self.last, lambda f: torch.save(state, f))
+        atomic_write(self.last, lambda f: torch.save(state, f))
         if improved:
-            _atomic(self.out / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+            atomic_write(self.out / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
 
     # -- one epoch -----------------------------------------------------------------------------------------
     def _input(self, x):
@@ -441,51 +317,8 @@ class Trainer:
                 "C1": self.loss.C1, "C2": self.loss.C2, "module": self.module}
 
 
-def write_metrics(out, history):
-    """metrics.csv (atomically) and loss.png / accuracy.png."""
-    def write(f):
-        text = [",".join(COLUMNS)] + [",".join(_cell(row.get(k)) for k in COLUMNS) for row in history]
-        f.write(("\n".join(text) + "\n").encode())
-
-    _atomic(Path(out) / "metrics.csv", write)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    epochs = [row["epoch"] for row in history]
-    for name, keys, label in (("loss.png", ("loss", "cross_entropy", "heatmap", "background", "foreground"), "loss"),
-                              ("accuracy.png", ("train_accuracy", "val_accuracy", "val_background_fraction"),
-                               "fraction")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            values = [row.get(key) for row in history]
-            if any(v is not None and np.isfinite(v) for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=key)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        _atomic(Path(out) / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
-        plt.close(fig)
-
-
 def _number(value):
     return value.detach().item() if torch.is_tensor(value) else float(value)
-
-
-def _cell(value):
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def read_metrics(out):
-    with open(Path(out) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def train(config, progress=None):

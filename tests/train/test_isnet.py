@@ -15,8 +15,9 @@ import lrpgraph
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.train import isnet
+from lrpgraph.train.config import TrainConfig
 from lrpgraph.train.importer import LrpModule, import_onnx
-from lrpgraph.train.loop import TrainConfig, train
+from lrpgraph.train.loop import train
 from lrpgraph.train.loss import heatmap_loss
 
 CLASSES = 4

@@ -7,6 +7,7 @@ dozen SGD steps at momentum 0.99), so the two-process comparison is over one epo
 float32 rounding stays at the 1e-7 level while the steps move the weights by ~1e-3."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -21,7 +22,9 @@ from PIL import Image
 
 import lrpgraph
 from lrpgraph.train.cli import train as train_command
-from lrpgraph.train.loop import COLUMNS, TrainConfig, read_metrics, train
+from lrpgraph.train.config import TrainConfig
+from lrpgraph.train.history import COLUMNS, read_metrics
+from lrpgraph.train.loop import train
 
 CLASSES = 4
 
@@ -46,13 +49,19 @@ def weights(path):
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
 
 
+def free_port():
+    with socket.socket() as s:  # a port nobody listens on now (not one derived from the pid, which may be taken)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ---- acceptance 5: torchrun with two gloo processes = one process with the same global batch ------------------
 def test_two_processes_give_the_single_process_weights(data, tmp_path):
     args = [str(data["model"]), "--images", str(data["images"]), "--masks", str(data["masks"]), "--variant",
             "stochastic", "--epochs", "1", "--batch-size", "16", "--threads", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-              str(29400 + os.getpid() % 500), "-m", "lrpgraph.train"]
+              str(free_port()), "-m", "lrpgraph.train"]
     done = subprocess.run(launch + args + ["--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,127 @@
+"""The two array backends of ExplainSession.explain: numpy in -> numpy out, torch in -> torch out.
+
+Each backend runs one chunk of rows through the session's onnxruntime session and does the little array work
+the batching needs (take / put rows, scale rows, concatenate, an empty result) in its own array type:
+- NumpyOps feeds numpy arrays to InferenceSession.run.
+- TorchOps binds torch tensors with IO binding on their own device (CPU, or CUDA device 0), so nothing is
+  copied; the target feed is moved to that device and the logits are bound to a preallocated tensor when
+  their shape and dtype are known (else onnxruntime allocates them on the CPU and they are moved over).
+is_torch and to_numpy tell the types apart without importing torch when the caller has not.
+"""
+
+import sys
+
+import numpy as np
+
+from lrpgraph.errors import LrpgraphError
+
+
+def is_torch(value):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def to_numpy(array):
+    return array.detach().cpu().numpy() if is_torch(array) else np.asarray(array)
+
+
+def _run_error(session, error):
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return LrpgraphError(f"onnxruntime failed running {session.name}: {first}")
+
+
+class NumpyOps:
+    """numpy arrays through InferenceSession.run."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, x, feed):
+        """(logits, relevance) for the rows x and the target feed (None when the model takes none)."""
+        s = self.session
+        feeds = {s.image_input: x}
+        if s.target_input is not None:
+            feeds[s.target_input] = feed
+        feeds.update(s._constant_feeds())
+        try:
+            logits, relevance = s._session.run([s.logits_output, s.relevance_output], feeds)
+        except Exception as error:  # ORT raises its own exception types
+            raise _run_error(s, error) from None
+        return logits, relevance
+
+    @staticmethod
+    def take(array, rows):
+        return np.ascontiguousarray(array[rows])
+
+    @staticmethod
+    def put(array, rows, values):
+        array[rows] = values
+        return array
+
+    @staticmethod
+    def scale(array, factors):
+        return array * factors.astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+
+    @staticmethod
+    def cat(parts):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @staticmethod
+    def empty(x, classes):
+        return np.zeros((0, classes), dtype=np.float32), np.zeros(x.shape, dtype=np.float32)
+
+
+class TorchOps:
+    """torch tensors on the session's own device, bound with IO binding."""
+
+    def __init__(self, session):
+        self.session = session
+        self.torch = sys.modules["torch"]
+
+    def run(self, x, feed):
+        """One run with IO binding: inputs and outputs are torch tensors on x's device."""
+        s, torch = self.session, self.torch
+        kind, index = ("cuda", x.device.index or 0) if x.device.type == "cuda" else ("cpu", 0)
+        x = x.contiguous()
+        binding = s._session.io_binding()
+        binding.bind_input(s.image_input, kind, index, np.float32, tuple(x.shape), x.data_ptr())
+        if feed is not None:
+            fed = torch.from_numpy(np.ascontiguousarray(feed)).to(x.device)  # alive until the run is over
+            binding.bind_input(s.target_input, kind, index, feed.dtype.type, tuple(fed.shape), fed.data_ptr())
+        for name, value in s._constant_feeds().items():
+            binding.bind_cpu_input(name, value)
+        logits = None  # bound first: when ORT allocates it, it is output 0 of copy_outputs_to_cpu
+        if s.num_classes is not None and s._logits_float32:
+            logits = torch.empty((x.shape[0], s.num_classes), dtype=torch.float32, device=x.device)
+            binding.bind_output(s.logits_output, kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
+        else:
+            binding.bind_output(s.logits_output, "cpu")
+        relevance = torch.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
+        binding.bind_output(s.relevance_output, kind, index, np.float32, tuple(relevance.shape), relevance.data_ptr())
+        if kind == "cuda":
+            torch.cuda.current_stream(x.device).synchronize()
+        try:
+            s._session.run_with_iobinding(binding)
+        except Exception as error:  # ORT raises its own exception types
+            raise _run_error(s, error) from None
+        binding.synchronize_outputs()
+        if logits is None:
+            logits = torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(x.device)
+        return logits, relevance
+
+    def take(self, array, rows):
+        return array[self.torch.from_numpy(rows).to(array.device)].contiguous()
+
+    def put(self, array, rows, values):
+        array[self.torch.from_numpy(rows).to(array.device)] = values
+        return array
+
+    def scale(self, array, factors):
+        factors = self.torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(array.device)
+        return array * factors.reshape((-1,) + (1,) * (array.dim() - 1))
+
+    def cat(self, parts):
+        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
+
+    def empty(self, x, classes):
+        return x.new_zeros((0, classes)), x.new_zeros(tuple(x.shape))

@@ -1,0 +1,60 @@
+"""The processes of one training run: a torchrun process group (WORLD_SIZE > 1) or a single process.
+
+Distributed picks the device (--device auto: CUDA when available), joins the group (gloo on CPU, NCCL on GPUs)
+when torchrun started several processes, and offers the few collectives the trainer uses: sum (all-reduce in
+place), gather (any picklable object, one per rank), barrier and close. With one process they do nothing.
+"""
+
+import os
+
+import torch
+
+from lrpgraph.errors import LrpgraphError
+
+
+class Distributed:
+    """The process group of a torchrun launch (WORLD_SIZE > 1: gloo on CPU, NCCL on GPUs), or one process."""
+
+    def __init__(self, device="auto"):
+        import torch.distributed as dist
+
+        self.dist, self.owned = dist, False
+        self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        if device not in ("auto", "cpu", "cuda"):
+            raise LrpgraphError(f"--device {device}: auto, cpu or cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise LrpgraphError("--device cuda: no CUDA device is available; use --device cpu")
+        cuda = device != "cpu" and torch.cuda.is_available()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.owned = True
+        if self.world > 1:
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+
+    def sum(self, tensor):
+        """All-reduce (sum) in place; float64 CPU tensors travel through the device for NCCL."""
+        if self.world > 1:
+            moved = tensor.to(self.device)
+            self.dist.all_reduce(moved)
+            tensor.copy_(moved)
+        return tensor
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.world > 1:
+            self.dist.barrier()
+
+    def close(self):
+        if self.owned and self.dist.is_initialized():
+            self.dist.destroy_process_group()
