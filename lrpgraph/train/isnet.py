@@ -19,6 +19,7 @@ zplus (or epsilon-plus) and epsilon, target all or seed; plain: any).
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import onnx
@@ -138,6 +139,11 @@ def resolve(variant, config, where="the model"):
             raise LrpgraphError(f"variant 'dual' needs a model converted with a zplus or epsilon-plus output, an "
                                 f"epsilon output and target all (or seed); {where} has {have} with target '{target}'; "
                                 "give the plain model and the trainer converts it")
+        zplus.sort(key=lambda o: explanations[o] != "zplus")  # prefer z+ on every layer
+        if explanations[zplus[0]] != "zplus":
+            warnings.warn(f"{where}: dual's first map is {explanations[zplus[0]]}, which keeps epsilon at the dense "
+                          "layer and cannot see a shortcut whose dense weights sum to zero over the classes "
+                          "(docs/bias.md); give the plain model and the trainer converts it with zplus", stacklevel=2)
         return Spec(variant, [zplus[0], eps[0]], False, **common)
     allowed = ("seed",) if variant == "selective" else ("seed", "index") if variant != "plain" else \
         ("seed", "index", "top", "all")

@@ -175,6 +175,8 @@ def test_converted_models_accepted_or_refused(tmp_path):
             isnet.prepare(model, variant)
         assert "\n" not in str(err.value)
     isnet.prepare(lrpgraph.convert(plain, explain=isnet.DUAL_EXPLAIN, target="all"), "dual")
+    with pytest.warns(UserWarning, match="cannot see a shortcut"):
+        isnet.prepare(lrpgraph.convert(plain, explain={"zp": "epsilon-plus", "eps": "epsilon"}, target="all"), "dual")
     isnet.prepare(lrpgraph.convert(plain, composite="epsilon-plus", target="index"), "original")
 
 
