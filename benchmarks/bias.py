@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("-P", dest="P", type=float, default=0.7, help="heatmap loss weight")
     p.add_argument("-d", dest="d", type=float, default=0.9, help="GWRP decay")
     p.add_argument("--tune-epochs", type=int, default=0, help="C1/C2 auto-tuning warm-up epochs (0: C1=1, C2=25)")
+    p.add_argument("--selective-class", default="predicted", choices=("predicted", "lowest"),
+                   help="the class selective ISNet explains (the reference code: lowest)")
     p.add_argument("--explainer", default="flex", help="composite of the evaluated heatmaps")
     p.add_argument("--examples", type=int, default=6, help="confounded images in the figure")
     p.add_argument("--seed", type=int, default=0)
@@ -111,6 +113,7 @@ def train_variant(args, variant, model_path, folders):
                          val_masks=str(val_masks), variant=variant, epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, P=args.P, d=args.d,
                          tune_epochs=args.tune_epochs if variant != "plain" else 0, seed=args.seed, force=True,
+                         selective_class=args.selective_class,
                          device=args.device, threads=args.threads, progress=False)
     result = train(config)
     seconds = [row["seconds"] for row in result["history"]]
@@ -265,7 +268,7 @@ def main(argv=None):
     config = (f"classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} training and "
               f"{args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, {args.epochs} "
               f"epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr}, P {args.P}, d {args.d}, tune epochs "
-              f"{args.tune_epochs}, explainer {args.explainer}, seed {args.seed}; {platform.processor() or 'cpu'}, "
+              f"{args.tune_epochs}, selective class {args.selective_class}, explainer {args.explainer}, seed {args.seed}; {platform.processor() or 'cpu'}, "
               f"total {total / 60:.1f} min")
     print(text)
     print("\n".join(lines))
