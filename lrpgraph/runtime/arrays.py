@@ -42,9 +42,9 @@ class NumpyOps:
         feeds = {s.image_input: x}
         if s.target_input is not None:
             feeds[s.target_input] = feed
-        feeds.update(s._constant_feeds())
+        feeds.update(s.constant_feeds())
         try:
-            logits, relevance = s._session.run([s.logits_output, s.relevance_output], feeds)
+            logits, relevance = s.ort_session.run([s.logits_output, s.relevance_output], feeds)
         except Exception as error:  # ORT raises its own exception types
             raise _run_error(s, error) from None
         return logits, relevance
@@ -83,15 +83,15 @@ class TorchOps:
         s, torch = self.session, self.torch
         kind, index = ("cuda", x.device.index or 0) if x.device.type == "cuda" else ("cpu", 0)
         x = x.contiguous()
-        binding = s._session.io_binding()
+        binding = s.ort_session.io_binding()
         binding.bind_input(s.image_input, kind, index, np.float32, tuple(x.shape), x.data_ptr())
         if feed is not None:
             fed = torch.from_numpy(np.ascontiguousarray(feed)).to(x.device)  # alive until the run is over
             binding.bind_input(s.target_input, kind, index, feed.dtype.type, tuple(fed.shape), fed.data_ptr())
-        for name, value in s._constant_feeds().items():
+        for name, value in s.constant_feeds().items():
             binding.bind_cpu_input(name, value)
         logits = None  # bound first: when ORT allocates it, it is output 0 of copy_outputs_to_cpu
-        if s.num_classes is not None and s._logits_float32:
+        if s.num_classes is not None and s.logits_float32:
             logits = torch.empty((x.shape[0], s.num_classes), dtype=torch.float32, device=x.device)
             binding.bind_output(s.logits_output, kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
         else:
@@ -101,7 +101,7 @@ class TorchOps:
         if kind == "cuda":
             torch.cuda.current_stream(x.device).synchronize()
         try:
-            s._session.run_with_iobinding(binding)
+            s.ort_session.run_with_iobinding(binding)
         except Exception as error:  # ORT raises its own exception types
             raise _run_error(s, error) from None
         binding.synchronize_outputs()

@@ -99,18 +99,19 @@ def _read_metadata(session, name):
 
 
 class ExplainSession:
-    """A converted model in ONNX Runtime; .explain(batch, target) -> (logits, relevance)."""
+    """A converted model in ONNX Runtime; .explain(batch, target) -> (logits, relevance). .ort_session is the
+    underlying onnxruntime.InferenceSession, .providers the providers it really uses."""
 
     def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE):
         source, self.name = _load(path_or_model)
         options = _session_options(threads, optimization)
         requested = choose_providers(provider)
         try:
-            self._session = ort.InferenceSession(source, sess_options=options, providers=requested)
+            self.ort_session = ort.InferenceSession(source, sess_options=options, providers=requested)
         except Exception as error:  # ORT raises its own exception types
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise LrpgraphError(f"onnxruntime cannot load {self.name}: {first}") from None
-        self.providers = list(self._session.get_providers())
+        self.providers = list(self.ort_session.get_providers())
         self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
         if requested[0] == CUDA and self.device != "cuda":
             raise LrpgraphError(
@@ -121,7 +122,7 @@ class ExplainSession:
         self._read_config()
 
     def _read_config(self):
-        meta = _read_metadata(self._session, self.name)
+        meta = _read_metadata(self.ort_session, self.name)
         if metadata.CONFIG not in meta:
             raise NotConvertedError(
                 f"{self.name} has no lrpgraph metadata: it is not a converted model; "
@@ -133,8 +134,8 @@ class ExplainSession:
         self.version = meta.get(metadata.VERSION)
         self.target_mode = self.config.get("target")
         self.outputs_probabilities = bool(self.config.get("outputs_probabilities", False))
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name: o for o in self._session.get_outputs()}
+        inputs = {i.name: i for i in self.ort_session.get_inputs()}
+        outputs = {o.name: o for o in self.ort_session.get_outputs()}
         self._find_tensors(inputs, outputs)
         shape = list(inputs[self.image_input].shape)
         if len(shape) != 4:
@@ -145,7 +146,7 @@ class ExplainSession:
         classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0]
         labels_count = len(self.labels) if isinstance(self.labels, list) else None
         self.num_classes = classes if isinstance(classes, int) and classes > 0 else labels_count
-        self._logits_float32 = outputs[self.logits_output].type == "tensor(float)"
+        self.logits_float32 = outputs[self.logits_output].type == "tensor(float)"
 
     def _find_tensors(self, inputs, outputs):
         """Set image_input, logits_output, relevance_output and target_input; check they exist."""
@@ -329,7 +330,7 @@ class ExplainSession:
             return ops.empty(x, self.num_classes or 0) + (explained,)
         return ops.cat(logits_parts), ops.cat(relevance_parts), explained
 
-    def _constant_feeds(self):
+    def constant_feeds(self):
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
         return {} if self.noise_seed is None else {NOISE_SEED_INPUT: self.noise_seed}
 
