@@ -67,11 +67,13 @@ def test_scalar_normalisation_inside_the_pretrained_digit_model():
 
 
 def small_graph(before):
-    """image -> [before nodes] -> Conv 3x3; `before`: (op, constant) pairs applied in order."""
+    """image -> [before nodes] -> Conv 3x3; `before`: (op, constant[, "first"]) applied in order ("first": the
+    constant is the first operand, e.g. c - x)."""
     nodes, inits, tensor = [], [], "x"
-    for i, (op, const) in enumerate(before):
+    for i, (op, const, *const_first) in enumerate(before):
         inits.append(numpy_helper.from_array(np.asarray(const, np.float32), f"c{i}"))
-        nodes.append(helper.make_node(op, [tensor, f"c{i}"], [f"t{i}"], name=f"pre{i}"))
+        operands = [f"c{i}", tensor] if const_first else [tensor, f"c{i}"]
+        nodes.append(helper.make_node(op, operands, [f"t{i}"], name=f"pre{i}"))
         tensor = f"t{i}"
     w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
     inits.append(numpy_helper.from_array(w, "w"))
@@ -89,13 +91,13 @@ def conv_rule(model, **options):
 
 def test_bounds_through_each_affine_op_against_numpy():
     scale = np.array([2.0, -0.5, 4.0]).reshape(3, 1, 1)
-    chain = [("Sub", [[[0.5]], [[0.25]], [[0.0]]]), ("Mul", scale), ("Add", 1.0), ("Div", 2.0)]
-    lows, highs = [], []
-    for pixel in (np.full(3, 0.2), np.full(3, 0.9)):  # numpy: push both ends, then sort per channel
-        v = (((pixel - [0.5, 0.25, 0.0]) * scale.ravel()) + 1.0) / 2.0
-        lows.append(v)
-        highs.append(v)
-    expected_low, expected_high = np.minimum(*lows), np.maximum(*highs)
+    chain = [("Sub", [[[0.5]], [[0.25]], [[0.0]]]), ("Mul", scale), ("Add", 1.0), ("Div", 2.0), ("Sub", 3.0, "first")]
+
+    def numpy_chain(pixel):  # the same ops on one pixel per channel
+        return 3.0 - (((pixel - [0.5, 0.25, 0.0]) * scale.ravel()) + 1.0) / 2.0
+
+    ends = [numpy_chain(np.full(3, 0.2)), numpy_chain(np.full(3, 0.9))]
+    expected_low, expected_high = np.minimum(*ends), np.maximum(*ends)  # each op is monotone per channel
     rule = conv_rule(small_graph(chain), low=0.2, high=0.9)
     numbers = [float(v) for part in rule.split(":")[1:] for v in part.split(",")]
     assert rule.startswith("zbox:") and np.allclose(numbers, [*expected_low, *expected_high], rtol=1e-6), rule
