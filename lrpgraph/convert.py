@@ -1,7 +1,6 @@
 """The conversion pipeline: load -> canonicalize -> plan -> backward walk -> outputs -> check."""
 
 import os
-import tempfile
 from collections import defaultdict
 
 import onnx
@@ -11,6 +10,7 @@ from lrpgraph import __version__, bounds, composites, graph, metadata, methods, 
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import CONVERTERS, Context
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import atomic_write
 
 RELEVANCE = "relevance"
 
@@ -153,12 +153,4 @@ def save(model, path, force=False):
     path = os.fspath(path)
     if os.path.exists(path) and not force:
         raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".lrpgraph-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda file: file.write(model.SerializeToString()))

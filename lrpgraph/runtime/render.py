@@ -4,13 +4,11 @@ A heatmap is scaled by max |R|, so zero relevance is the middle colour of the ma
 magnitude of either sign reaches its end: with 'bwr' red is positive, blue negative, white zero.
 """
 
-import os
-import secrets
-
 import numpy as np
 from PIL import Image
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import atomic_write
 
 # Each map: colours (r, g, b in [0, 1]) at evenly spaced positions from -max|R| to +max|R|.
 COLORMAPS = {
@@ -62,25 +60,6 @@ def overlay(image_rgb, heat_rgb, alpha=0.5):
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def _atomic_write(path, write, binary=True):
-    """Call write(file) on a temporary file next to path, then rename it to path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
-
-
 def save_png(path, array, compress_level=1):
     """Write a uint8 H x W x 3 (or H x W) array as a PNG, atomically; floats are taken as [0, 1].
 
@@ -92,14 +71,14 @@ def save_png(path, array, compress_level=1):
     if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] not in (1, 3, 4)):
         raise LrpgraphError(f"cannot save an array of shape {list(data.shape)} as PNG {path}; give H x W or H x W x 3")
     image = Image.fromarray(data[:, :, 0] if data.ndim == 3 and data.shape[2] == 1 else data)
-    return _atomic_write(path, lambda file: image.save(file, format="PNG", compress_level=compress_level))
+    return atomic_write(path, lambda file: image.save(file, format="PNG", compress_level=compress_level))
 
 
 def save_npy(path, array):
     """Write an array as .npy, atomically."""
-    return _atomic_write(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False))
+    return atomic_write(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False))
 
 
 def save_text(path, text):
     """Write a UTF-8 text file, atomically."""
-    return _atomic_write(path, lambda file: file.write(text), binary=False)
+    return atomic_write(path, lambda file: file.write(text), binary=False)

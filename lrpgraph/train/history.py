@@ -1,35 +1,19 @@
 """A run's metrics history on disk: metrics.csv (one row per epoch, COLUMNS) and the loss.png / accuracy.png plots.
 
 write_metrics rewrites all three after every epoch from the trainer's history (a list of dicts keyed by COLUMNS);
-read_metrics reads metrics.csv back as rows of strings. atomic_write (temporary file in the same folder, fsync,
-rename) is how these files and the trainer's checkpoints are written, so a killed run never leaves half a file.
+read_metrics reads metrics.csv back as rows of strings. The files are written with lrpgraph.files.atomic_write
+(durable), as the trainer's checkpoints are, so a killed run never leaves half a file.
 """
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from lrpgraph.files import atomic_write
+
 COLUMNS = ("epoch", "phase", "lr", "loss", "cross_entropy", "heatmap", "background", "foreground", "train_accuracy",
            "val_accuracy", "val_background_fraction", "samples_per_s", "seconds", "C1", "C2")
-
-
-def atomic_write(path, write):
-    """Call write(f) on a binary temporary file next to path, fsync it, then rename it to path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_metrics(out, history):
@@ -38,7 +22,7 @@ def write_metrics(out, history):
         text = [",".join(COLUMNS)] + [",".join(_cell(row.get(k)) for k in COLUMNS) for row in history]
         f.write(("\n".join(text) + "\n").encode())
 
-    atomic_write(Path(out) / "metrics.csv", write)
+    atomic_write(Path(out) / "metrics.csv", write, durable=True)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +44,7 @@ def write_metrics(out, history):
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        atomic_write(Path(out) / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
+        atomic_write(Path(out) / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100), durable=True)
         plt.close(fig)
 
 

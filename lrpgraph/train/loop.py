@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader
 
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import atomic_write
 from lrpgraph.train import isnet
 from lrpgraph.train.config import RESUME_KEYS, check_options
 from lrpgraph.train.data import MaskedImageFolder
 from lrpgraph.train.distributed import Distributed
-from lrpgraph.train.history import COLUMNS, atomic_write, write_metrics
+from lrpgraph.train.history import COLUMNS, write_metrics
 from lrpgraph.train.importer import import_onnx
 from lrpgraph.train.loss import C1C2Tuner, ISNetLoss, total_relevance
 
@@ -114,7 +115,7 @@ class Trainer:
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None
         if not c.resume and dist.rank == 0:  # the graphs the run starts from; write_back needs them at the end
             for path, model in ((self.start_plain, plain), (self.start_explained, explained)):
-                atomic_write(path, lambda f, m=model: f.write(m.SerializeToString()))
+                atomic_write(path, lambda f, m=model: f.write(m.SerializeToString()), durable=True)
         dist.barrier()
         self.module = import_onnx(explained).to(dist.device)
         self.params = list(self.module.weights.values())
@@ -175,9 +176,9 @@ class Trainer:
         improved = val_accuracy is not None and val_accuracy > self.best
         self.best = val_accuracy if improved else self.best
         state = self._state()
-        atomic_write(self.last, lambda f: torch.save(state, f))
+        atomic_write(self.last, lambda f: torch.save(state, f), durable=True)
         if improved:
-            atomic_write(self.out / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+            atomic_write(self.out / "checkpoints" / "best.pt", lambda f: torch.save(state, f), durable=True)
 
     # -- one epoch -----------------------------------------------------------------------------------------
     def _input(self, x):
