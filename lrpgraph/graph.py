@@ -13,22 +13,30 @@ from lrpgraph.errors import LrpgraphError
 MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
 
 
-def load(model_or_path):
-    """An onnx.ModelProto from a path or a proto (copied), with Constant nodes turned into initializers,
-    an opset of at least MIN_OPSET, and shapes inferred. Raises LrpgraphError for unreadable input."""
+def read(model_or_path):
+    """The onnx.ModelProto as given: a proto (itself), serialized bytes or a path. LrpgraphError with one
+    line for a missing or unreadable file."""
     if isinstance(model_or_path, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(model_or_path)
-        where = "the given model"
-    else:
-        where = os.fspath(model_or_path)
-        if not os.path.isfile(where):
-            raise LrpgraphError(f"{where}: no such file; give the path of an .onnx model")
-        try:
-            model = onnx.load(where)
-        except (DecodeError, ValueError, RuntimeError, OSError) as err:
-            raise LrpgraphError(f"{where}: not a readable ONNX model ({type(err).__name__}: {err}); "
-                                "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
+        return model_or_path
+    where = "the given model bytes" if isinstance(model_or_path, (bytes, bytearray)) else os.fspath(model_or_path)
+    if not isinstance(model_or_path, (bytes, bytearray)) and not os.path.isfile(where):
+        raise LrpgraphError(f"{where}: no such file; give the path of an .onnx model")
+    try:
+        if isinstance(model_or_path, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(model_or_path))
+        return onnx.load(where)
+    except (DecodeError, ValueError, RuntimeError, OSError) as err:
+        raise LrpgraphError(f"{where}: not a readable ONNX model ({type(err).__name__}: {err}); "
+                            "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
+
+
+def load(model_or_path):
+    """An onnx.ModelProto from a path, bytes or a proto (copied), with Constant nodes turned into
+    initializers, an opset of at least MIN_OPSET, and shapes inferred. Raises LrpgraphError for unreadable
+    input."""
+    model = onnx.ModelProto()
+    model.CopyFrom(read(model_or_path))
+    where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
         raise LrpgraphError(f"{where}: not an ONNX model (no graph nodes or outputs); give a model file "
                             "written by onnx.save or torch.onnx.export")

@@ -18,13 +18,12 @@ seed sum s (the explained logit for LRP targets top and index).
 lrpgraph.runtime.evaluate runs all of this over image files (the `lrpgraph evaluate` command).
 """
 
-import os
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lrpgraph import metadata
+from lrpgraph import graph, metadata
 from lrpgraph.errors import LrpgraphError
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
@@ -69,21 +68,6 @@ def plain_model(model):
     return plain
 
 
-def load_model(model):
-    """An onnx.ModelProto from a path, serialized bytes or a ModelProto; LrpgraphError if unreadable."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise LrpgraphError(f"model file {path} does not exist")
-    try:
-        return onnx.load(path)
-    except Exception as error:  # protobuf raises its own types
-        raise LrpgraphError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-
-
 def open_session(model, provider, threads):
     """An onnxruntime session of a ModelProto (or bytes) on the chosen provider."""
     from lrpgraph.runtime.session import choose_providers
@@ -106,7 +90,7 @@ class Classifier:
     Runtime: .logits(images) and .probabilities(images) for images [N, C, H, W], in batches."""
 
     def __init__(self, model, provider=None, threads=None, batch_size=DEFAULT_BATCH_SIZE):
-        self.model = plain_model(load_model(model))
+        self.model = plain_model(graph.read(model))
         self.session = open_session(self.model, provider, threads)
         self.image_input = self.session.get_inputs()[0].name
         self.batch_size = int(batch_size)

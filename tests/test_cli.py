@@ -108,6 +108,18 @@ def test_truncated_file(model_path, tmp_path):
     assert not (tmp_path / "cut.lrp.onnx").exists()
 
 
+def test_truncated_bytes_are_one_error_everywhere_a_model_is_read(model_path):
+    import lrpgraph
+    from lrpgraph.errors import LrpgraphError
+    from lrpgraph.metrics import Classifier
+    from lrpgraph.train.importer import import_onnx
+
+    cut = model_path.read_bytes()[:200]
+    for read in (import_onnx, Classifier, lrpgraph.convert):
+        with pytest.raises(LrpgraphError, match="the given model bytes: not a readable ONNX model"):
+            read(cut)
+
+
 def test_missing_file(tmp_path):
     code, output = run("convert", tmp_path / "nope.onnx")
     assert_one_line_error(code, output, "nope.onnx", "no such file")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lrpgraph import metadata
+from lrpgraph import graph, metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.metrics import (Classifier, auc, background_fraction, conservation_error, deletion, insertion,
-                              load_model, open_session, pointing_game, softmax)
+                              open_session, pointing_game, softmax)
 from lrpgraph.runtime.explain import output_bases
 from lrpgraph.runtime.images import find_images, image_mode, load_image, open_image, resize_and_crop, to_array
 from lrpgraph.runtime.render import save_text
@@ -45,7 +45,7 @@ class HeatmapModel:
     class (fed through `target` / `relevance_seed` where the model takes them; `noise_seed` is fed seed)."""
 
     def __init__(self, model, provider=None, threads=None, seed=0):
-        self.proto = load_model(model)
+        self.proto = graph.read(model)
         meta = metadata.read(self.proto)
         if metadata.CONFIG not in meta:
             raise NotConvertedError("the model has no lrpgraph metadata: evaluate a converted model "

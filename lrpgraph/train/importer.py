@@ -11,7 +11,6 @@ statistics. Float ops run in the module's dtype (`.double()` runs all of them, c
 """
 
 import inspect
-import os
 
 import numpy as np
 import onnx
@@ -19,7 +18,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from lrpgraph import metadata, targets
+from lrpgraph import graph, metadata, targets
 from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelError
 from lrpgraph.graph import topological
 
@@ -243,13 +242,4 @@ class LrpModule(nn.Module):
 
 def import_onnx(path_or_model):
     """An LrpModule from an ONNX file path, serialized bytes or an onnx.ModelProto."""
-    if isinstance(path_or_model, onnx.ModelProto):
-        model = path_or_model
-    elif isinstance(path_or_model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(path_or_model))
-    else:
-        path = os.fspath(path_or_model)
-        if not os.path.isfile(path):
-            raise LrpgraphError(f"{path}: no such file; give the path of an .onnx model")
-        model = onnx.load(path)
-    return LrpModule(model)
+    return LrpModule(graph.read(path_or_model))
