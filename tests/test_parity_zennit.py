@@ -1,17 +1,24 @@
 """Acceptance: converted torchvision models and a pretrained model match zennit, and conserve relevance.
 
-Heatmaps are compared by L1 relative error. Bounds: 1e-4 at eps = 1e-6, 1e-5 at eps >= 0.01. Where
-lrpgraph misses the bound, the test measures how far zennit in float32 itself is from zennit in
-float64 on that case, and uses that measured float32 instability as the bound for that case only
-(within a factor 2: the same kind of noise, e.g. near-ties in max pooling over a constant background,
-where float32 rounding decides which pixel wins, differs from run to run of the reference too)."""
+Reference: zennit run in float64 on the same torch model. Heatmaps are compared by L1 relative error
+under fixed bounds: 1e-4 at eps = 1e-6, 1e-5 at eps >= 0.01. The matrix (every composite, both epsilons,
+target top and index) runs at 64 x 64 (every layer of each architecture, at a float64 cost CI can pay;
+vgg16_bn with a narrow head, since its own head needs 224 px); each unmodified architecture runs once at
+224 x 224. The pretrained digit CNN sees real digits with a little noise (no exact max-pooling ties).
+
+Left out as ill-conditioned in float32, and measured instead by `python benchmarks/conditioning.py`:
+the epsilon rule at eps = 1e-6 on every layer of the two deepest plain stacks (vgg16_bn, densenet121).
+There near-zero denominators amplify float32 rounding: zennit's own float32 heatmap is 1e-4 to 4e-2 from
+its float64 one, so no float32 implementation can meet a fixed 1e-4 bound."""
+
+import functools
 
 import numpy as np
 import pytest
 import torch
 
-from zennit_ref import (assert_parity, convert_bytes, digit_model, export, l1, real_digits, run_onnx, torchvision_model,
-                        zennit_composite, zennit_relevance, zero_biases)
+from zennit_ref import (assert_within, convert_bytes, digit_model, export, l1, real_digits, run_onnx,
+                        torchvision_model, vgg16_bn_small_head, zennit_composite, zennit_relevance, zero_biases)
 
 ARCHS = ["resnet18", "vgg16_bn", "densenet121", "mobilenet_v2"]
 COMPOSITES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
@@ -19,49 +26,59 @@ COMPOSITES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box
 EPSILONS = [1e-6, 0.01]
 # zplus uses no epsilon (only the stabilizer): one case is enough
 CASES = [(c, e) for c in COMPOSITES for e in EPSILONS if c != "zplus" or e == EPSILONS[0]]
+ILL_CONDITIONED = {("vgg16_bn", "epsilon", 1e-6), ("densenet121", "epsilon", 1e-6)}
+SIDE = 64
 
 
 def bound(eps):
     return 1e-4 if eps < 0.01 else 1e-5
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def arch(request):
-    model, canonizers = torchvision_model(request.param)
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    return request.param, model, canonizers, x, export(model, x)
+@functools.cache
+def small_case(name):
+    model, canonizers = vgg16_bn_small_head() if name == "vgg16_bn" else torchvision_model(name)
+    x = torch.rand(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    return model, canonizers, x, export(model, x)
 
 
-def check_parity(model, canonizers, x, onnx_bytes, composite, eps, what, low=0.0, high=1.0):
+def check_parity(model, canonizers, x, onnx_bytes, composite, eps, what, low=0.0, high=1.0, index=True):
     """Compare target top (on the even samples) and target index (all samples; the odd ones explain a class
-    other than the predicted one)."""
+    other than the predicted one) with zennit in float64."""
     options = dict(composite=composite, epsilon=eps, stabilizer=eps, low=low, high=high)
     y, top = run_onnx(convert_bytes(onnx_bytes, target="top", **options), x.numpy())
     predicted = y.argmax(1)
     target = predicted.copy()
     target[1::2] = (predicted[1::2] + 1) % y.shape[1]
-    _, indexed = run_onnx(convert_bytes(onnx_bytes, target="index", **options), x.numpy(), target)
-
-    def reference(dtype):
-        comp = zennit_composite(composite, eps, eps, low=low, high=high, canonizers=canonizers)
-        return zennit_relevance(model, x, comp, target=torch.tensor(target), dtype=dtype)
-
-    y_ref, ref = reference(torch.float32)
+    comp = zennit_composite(composite, eps, eps, low=low, high=high, canonizers=canonizers)
+    y_ref, ref = zennit_relevance(model, x, comp, target=torch.tensor(target), dtype=torch.float64)
     assert np.allclose(y, y_ref, rtol=1e-4, atol=1e-4 * np.abs(y_ref).max()), f"{what}: logits differ from torch"
-    errors = {"top": l1(top[::2], ref[::2]), "index": l1(indexed, ref)}
-    assert_parity(errors, ref, lambda: reference(torch.float64)[1], bound(eps), what)
+    errors = {"top": l1(top[::2], ref[::2])}
+    if index:
+        _, indexed = run_onnx(convert_bytes(onnx_bytes, target="index", **options), x.numpy(), target)
+        errors["index"] = l1(indexed, ref)
+    assert_within(errors, bound(eps), what)
 
 
-@pytest.mark.parametrize("composite,eps", CASES)
-def test_torchvision_matches_zennit(arch, composite, eps):
-    name, model, canonizers, x, onnx_bytes = arch
+@pytest.mark.parametrize("name,composite,eps", [(a, c, e) for a in ARCHS for c, e in CASES
+                                                  if (a, c, e) not in ILL_CONDITIONED])
+def test_torchvision_matches_zennit(name, composite, eps):
+    model, canonizers, x, onnx_bytes = small_case(name)
     check_parity(model, canonizers, x, onnx_bytes, composite, eps, f"{name} {composite} eps={eps:g}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHS)
+def test_full_size_torchvision_matches_zennit(name):
+    """The unmodified architectures at 224 x 224 (vgg16_bn with its 4096-wide head), once each."""
+    model, canonizers = torchvision_model(name)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    check_parity(model, canonizers, x, export(model, x), "epsilon-plus", 1e-6, f"{name} 224", index=False)
 
 
 @pytest.fixture(scope="module")
 def digits():
     model = digit_model()
-    x, labels = real_digits(8)
+    x, labels = real_digits(8, jitter=0.02)
     return model, x, export(model, x)
 
 
@@ -80,8 +97,8 @@ def test_conservation_without_biases(name, composite):
     part z+ is exactly 0 where all positive weights meet zero inputs; the next zplus layer still sends
     them relevance (x- w-), which the bottleneck's rule drops (R z+/stab(z+) = 0). There the heatmap
     sum must equal zennit's (which loses the same 4e-4) instead."""
-    model, canonizers = torchvision_model(name)
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    model, canonizers = vgg16_bn_small_head() if name == "vgg16_bn" else torchvision_model(name)
+    x = torch.rand(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
     zero_biases(model, x)
     converted = convert_bytes(export(model, x), composite=composite, target="top")
     y, relevance = run_onnx(converted, x.numpy())

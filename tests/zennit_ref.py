@@ -73,17 +73,10 @@ def l1(a, ref):
     return float(np.abs(a - ref).sum() / np.abs(ref).sum())
 
 
-def assert_parity(errors, reference, exact, limit, what):
-    """errors {case: L1 vs zennit's float32 heatmap `reference`}: each within limit, or, where float32 itself
-    is unstable (epsilon 1e-6 over near-zero sums, near-ties in max pooling), within twice zennit's own
-    float32-vs-float64 L1; exact() gives zennit's float64 heatmap. Prints the numbers either way."""
-    if max(errors.values()) <= limit:
-        print(f"{what}: L1 {errors}")
-        return
-    instability = l1(reference, exact())
-    print(f"{what}: L1 {errors} vs zennit f32; zennit f32 vs f64 {instability:.2e}")
-    assert max(errors.values()) <= 2 * instability, (
-        f"{what}: L1 {errors} exceeds {limit:.0e}, and zennit float32 is only {instability:.1e} from float64")
+def assert_within(errors, bound, what):
+    """errors {case: L1 against a float64 reference}: each within the fixed bound; prints the numbers."""
+    print(f"{what}: L1 {errors} (bound {bound:.0e})")
+    assert max(errors.values()) <= bound, f"{what}: L1 {errors} exceeds {bound:.0e}"
 
 
 def convert_bytes(onnx_bytes, **options):
@@ -197,6 +190,28 @@ def randomize_batch_norm(model, generator):
     return model
 
 
+def calibrate_batch_norm(model, generator, side=112, samples=4):
+    """Give every BatchNorm random affine parameters and the statistics of its own input on a batch of
+    uniform images, as training leaves them: pre-activations centred with unit variance, so that ReLU
+    kinks, max-pooling ties and near-zero denominators are as rare as in a trained network (random
+    statistics let a deep random net drift, and float32 then decides ties that float64 decides otherwise)."""
+
+    def calibrate(module, inputs):
+        module.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        module.running_var.copy_(inputs[0].var((0, 2, 3)) + 1e-5)
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        n = m.num_features
+        m.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+        m.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
+    hooks = [m.register_forward_pre_hook(calibrate) for m in norms]
+    model.eval()(torch.rand(samples, 3, side, side, generator=generator))
+    for hook in hooks:
+        hook.remove()
+    return model
+
+
 def zero_biases(model, x):
     """All biases and BatchNorm shifts zero (for conservation checks), with each BatchNorm's variance set to
     the mean square of its input on x, as training would: without shifts a random deep net's activations
@@ -219,8 +234,9 @@ def zero_biases(model, x):
     return model
 
 
-def torchvision_model(name, seed=0):
-    """(model in eval mode, zennit canonizers) for resnet18, vgg16_bn, densenet121, mobilenet_v2."""
+def torchvision_model(name, seed=0, statistics="random"):
+    """(model in eval mode, zennit canonizers) for resnet18, vgg16_bn, densenet121, mobilenet_v2, with random
+    BatchNorm statistics or statistics "calibrated" on uniform images (calibrate_batch_norm)."""
     import torchvision
     from zennit.canonizers import CompositeCanonizer
 
@@ -231,7 +247,11 @@ def torchvision_model(name, seed=0):
     elif name == "mobilenet_v2":
         model = Pooled(model.features, model.classifier)
     with torch.no_grad():
-        randomize_batch_norm(model, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if statistics == "calibrated":
+            calibrate_batch_norm(model, generator)
+        else:
+            randomize_batch_norm(model, generator)
     if name.startswith("resnet"):
         canonizers = [resnet_canonizer()]
     elif name == "densenet121":
@@ -240,6 +260,18 @@ def torchvision_model(name, seed=0):
         canonizers = [CompositeCanonizer([ExactMergeBatchNorm(), InvertedResidualCanonizer.make()])]
     else:
         canonizers = [ExactMergeBatchNorm()]
+    return model.eval(), canonizers
+
+
+def vgg16_bn_small_head(statistics="random"):
+    """torchvision vgg16_bn (13 Conv+BN+ReLU, 5 MaxPool) with a narrow head (AdaptiveAvgPool2d(1),
+    512-256-256-10): its own 7 x 7 adaptive pool and 4096-wide head need 224 px."""
+    model, canonizers = torchvision_model("vgg16_bn", statistics=statistics)
+    torch.manual_seed(1)
+    model.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+    model.classifier = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(True), torch.nn.Dropout(),
+                                           torch.nn.Linear(256, 256), torch.nn.ReLU(True), torch.nn.Dropout(),
+                                           torch.nn.Linear(256, 10))
     return model.eval(), canonizers
 
 
@@ -257,12 +289,16 @@ def digit_model():
     return model.eval()
 
 
-def real_digits(n=8):
-    """n scikit-learn digits (8x8, 0..16), upsampled and padded to 28x28 as MNIST is, normalised for MNIST."""
+def real_digits(n=8, jitter=0.0):
+    """n scikit-learn digits (8x8, 0..16), upsampled and padded to 28x28 as MNIST is, normalised for MNIST.
+    jitter > 0 adds uniform noise of that amplitude (in [0, 1] pixel units) so that max pooling over the
+    otherwise constant background has no exact ties (which float32 and float64 may break differently)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.tensor(digits.images[:n], dtype=torch.float32)[:, None] / 16.0
     images = torch.nn.functional.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
     images = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    if jitter:
+        images = images + jitter * torch.rand(images.shape, generator=torch.Generator().manual_seed(7))
     return (images - 0.1307) / 0.3081, torch.tensor(digits.target[:n])

@@ -158,10 +158,33 @@ def test_provider_choice(make_model):
         ExplainSession(model, provider="tpu")
     with pytest.raises(LrpgraphError, match="unknown optimization"):
         ExplainSession(model, optimization="max")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    assert ExplainSession(model, provider="cpu").device == "cpu"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        cuda = ExplainSession(model)  # the default picks CUDA when this onnxruntime has it
+        assert cuda.device == "cuda" and cuda.providers[0] == "CUDAExecutionProvider"
+    else:
         with pytest.raises(LrpgraphError, match="no CUDAExecutionProvider"):
             ExplainSession(model, provider="cuda")
         assert ExplainSession(model).device == "cpu"
+
+
+@pytest.mark.parametrize("available, provider, expected", [
+    (["CPUExecutionProvider"], None, ["CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], None, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu", ["CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CPUExecutionProvider"], "cuda", "no CUDAExecutionProvider"),
+])
+def test_provider_list_for_each_installation(monkeypatch, available, provider, expected):
+    """Both branches on every machine: what the session asks onnxruntime for, with and without CUDA."""
+    from lrpgraph.runtime import session
+
+    monkeypatch.setattr(session.ort, "get_available_providers", lambda: list(available))
+    if isinstance(expected, str):
+        with pytest.raises(LrpgraphError, match=expected):
+            session.choose_providers(provider)
+    else:
+        assert session.choose_providers(provider) == expected
 
 
 def test_wrong_batch_shape(make_model):

@@ -4,10 +4,10 @@ Exported torchvision models are cached in pytest's cache (keyed by torch and zen
 dynamo export of densenet121 alone takes a minute on a loaded 2-core machine; the imported graphs are
 run single-threaded (OpenMP threads fighting over shared cores make torch's CPU convolutions 100x slower).
 
-Relevance maps at the default stabiliser 1e-6 can be ill-conditioned in float32 (single pixels where
-z ~ 0): for random torchvision weights even onnxruntime itself is ~1e-4 (L1) from the float64 result.
-Where the 1e-5 bound is missed, the bound is 4 x the importer's own float32-vs-float64 error on the case
-(a wrong op misses by orders of magnitude more); the cases that need it are printed."""
+Relevance maps are compared with onnxruntime under a fixed 1e-5 L1 bound on well-conditioned cases: the
+'seed' cases seed every class with its own logit times a random factor, so that the dense layer's
+epsilon rule divides no relevance by a near-zero logit (a random seed on 1000 random logits makes a few
+classes amplify float32 rounding by 1e4, and any two float32 implementations then differ by ~1e-3)."""
 
 import hashlib
 import os
@@ -57,24 +57,12 @@ def ort_outputs(model, feeds):
     return dict(zip(names, s.run(None, {k: np.asarray(v) for k, v in feeds.items()})))
 
 
-def float32_noise(module, feeds, name):
-    """How far the module's float32 result is from its float64 result (the conditioning of the case)."""
-    with torch.no_grad():
-        a = module.run(feeds, [name])[name].numpy()
-        b = module.double().run(feeds, [name])[name].numpy()
-    module.float()
-    return l1(a, b)
-
-
 def assert_matches(module, feeds, ref, what):
     with torch.no_grad():
         ours = {k: v.numpy() for k, v in module.run(feeds).items()}
-    for name, value in ref.items():
-        err = l1(ours[name].astype(np.float64), value.astype(np.float64))
-        if err > 1e-5:
-            noise = float32_noise(module, feeds, name)
-            print(f"{what} {name}: L1 {err:.1e} > 1e-5; float32 noise of the case {noise:.1e}")
-            assert err <= 4 * noise, f"{what} {name}: L1 {err:.2e}, float32 noise only {noise:.2e}"
+    errors = {name: l1(ours[name].astype(np.float64), value.astype(np.float64)) for name, value in ref.items()}
+    print(f"{what}: L1 {errors}")
+    assert max(errors.values()) <= 1e-5, f"{what}: L1 {errors} against onnxruntime exceeds 1e-5"
 
 
 # ---- 1. torchvision models match onnxruntime ---------------------------------------------------------
@@ -97,8 +85,10 @@ def test_torchvision_models_match_onnxruntime(arch, composite, target):
     module = import_onnx(model)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     feeds = {module.image_input: x.numpy()}
-    if target == "seed":
-        feeds["relevance_seed"] = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    if target == "seed":  # each logit times a random factor (see the module docstring)
+        logits = ort_outputs(plain, feeds)[session(plain).get_outputs()[0].name]
+        factors = np.random.default_rng(0).standard_normal((2, 1000))
+        feeds["relevance_seed"] = (logits * factors).astype(np.float32)
     assert_matches(module, feeds, ort_outputs(model, feeds), f"{name} {composite} {target}")
     with torch.no_grad():  # forward() gives the same as run()
         logits, relevance = module(x, seed=feeds.get("relevance_seed"))
