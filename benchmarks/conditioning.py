@@ -3,8 +3,9 @@
 Two families, each compared with a float64 reference computed by an independent implementation:
   relevance  the epsilon rule at eps = 1e-6 on every layer of a deep random net (vgg16_bn, densenet121):
              lrpgraph (onnxruntime, float32) and zennit in float32, each against zennit in float64;
-  gradient   gradient, IG and guided IG on the unmodified vgg16_bn at 224 x 224: lrpgraph (float32) and
-             torch autograd in float32, each against torch autograd in float64. ReLU kinks and max-pooling
+  gradient   IG on vgg16_bn (narrow head) at 32 x 32 for a few inputs and the gradient of the unmodified
+             vgg16_bn at 224 x 224: lrpgraph (float32) and torch autograd in float32, each against torch
+             autograd in float64. ReLU kinks and max-pooling
              near-ties decided differently by float32 rounding move the gradient of whole receptive fields.
 If lrpgraph's error is of the size of the other float32 implementation's, the difference is rounding, not a
 rule error (a wrong rule gives 1e-2 and more). Each row prints both numbers.
@@ -43,15 +44,29 @@ def class_gradient(model, points, classes):
     return grad
 
 
+def integrated(model, x, classes, steps):
+    """IG with zero baseline, Riemann right sum: x * mean_k grad(k/steps x)."""
+    grads = [class_gradient(model, (k / steps) * x, classes) for k in range(1, steps + 1)]
+    return (x * torch.stack(grads).mean(0)).numpy()
+
+
 def gradient_rows():
+    for seed in range(1, 5):  # vgg16_bn with a narrow head at 32 px, IG (3 steps), as tests/test_methods.py would
+        model = vgg16_bn_small_head()[0]
+        model64 = copy.deepcopy(model).double()
+        x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        classes = model64(x.double()).argmax(1)
+        converted = lrpgraph.convert(export(model, x), method="ig", steps=3, quadrature="riemann")
+        exact = integrated(model64, x.double(), classes, 3)
+        yield f"vgg16_bn 32 px (narrow head), IG 3 steps, input seed {seed}", \
+            l1(run_outputs(converted, x)["relevance"], exact), l1(integrated(model, x, classes, 3), exact)
     model, _ = torchvision_model("vgg16_bn")
     model64 = copy.deepcopy(model).double()
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
     classes = model64(x.double()).argmax(1)
     converted = lrpgraph.convert(export(model, x), explain={"g": "gradient"})
-    session_out = run_outputs(converted, x)
     exact = class_gradient(model64, x.double(), classes).numpy()
-    yield "vgg16_bn 224 px, gradient", l1(session_out["relevance_g"], exact), \
+    yield "vgg16_bn 224 px, gradient", l1(run_outputs(converted, x)["relevance_g"], exact), \
         l1(class_gradient(model, x, classes).numpy(), exact)
 
 

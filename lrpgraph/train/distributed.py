@@ -2,7 +2,14 @@
 
 Distributed picks the device (--device auto: CUDA when available), joins the group (gloo on CPU, NCCL on GPUs)
 when torchrun started several processes, and offers the few collectives the trainer uses: sum (all-reduce in
-place), gather (any picklable object, one per rank), barrier and close. With one process they do nothing.
+place), gather (any picklable object, one per rank), agree (a barrier that carries each rank's error, so that
+a rank failing in setup stops every rank instead of leaving the others waiting forever), barrier and close.
+With one process they do nothing (agree raises the error, if any).
+
+On CUDA, TF32 is switched off for matrix products and cuDNN convolutions (torch's cuDNN default is on): TF32
+rounds the mantissa to 10 bits, which moves heatmaps by ~1e-3 and fails the write-back's 1e-5 round trip
+against onnxruntime. Bit-identical resume is a CPU property: CUDA kernels with atomic adds (the scatter-add
+of max-pooling relevance, for one) sum in a run-dependent order.
 """
 
 import os
@@ -30,6 +37,7 @@ class Distributed:
         if cuda:
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo")
             self.owned = True
@@ -50,6 +58,18 @@ class Distributed:
         out = [None] * self.world
         self.dist.all_gather_object(out, obj)
         return out
+
+    def agree(self, error):
+        """Every rank calls this at the same point with its own error (an exception or None); if any rank failed,
+        every rank raises: the failing rank its own exception, the others an LrpgraphError naming it."""
+        messages = self.gather(None if error is None else f"{type(error).__name__}: {error}"
+                               if not isinstance(error, LrpgraphError) else str(error))
+        if error is not None:
+            raise error
+        failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+        if failed:
+            rank, message = failed[0]
+            raise LrpgraphError(f"rank {rank} of {self.world} failed: {message}")
 
     def barrier(self):
         if self.world > 1:

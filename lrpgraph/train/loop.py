@@ -85,7 +85,18 @@ def _collate(items):
 
 class Trainer:
     def __init__(self, config, dist):
-        c, self.c, self.dist = config, config, dist
+        self.c, self.dist = config, dist
+        error, explained = None, None
+        try:
+            explained = self._prepare()
+        except Exception as err:  # noqa: BLE001 - every rank must learn of it (Distributed.agree)
+            error = err
+        dist.agree(error)  # the point where rank 0 has written the start graphs; no rank waits forever
+        self._build(explained)
+
+    def _prepare(self):
+        """Options, start graphs and data sets; rank 0 writes the start graphs. Returns the explained graph."""
+        c, dist = self.c, self.dist
         check_options(c)
         self.out = Path(c.out)
         self.start_plain = self.out / "start" / "model.onnx"  # the graphs the run starts from
@@ -116,7 +127,11 @@ class Trainer:
         if not c.resume and dist.rank == 0:  # the graphs the run starts from; write_back needs them at the end
             for path, model in ((self.start_plain, plain), (self.start_explained, explained)):
                 atomic_write(path, lambda f, m=model: f.write(m.SerializeToString()), durable=True)
-        dist.barrier()
+        return explained
+
+    def _build(self, explained):
+        """The torch module, heatmaps, loss, optimizer, schedule and generators (and the checkpoint on --resume)."""
+        c, dist = self.c, self.dist
         self.module = import_onnx(explained).to(dist.device)
         self.params = list(self.module.weights.values())
         self.heatmaps = isnet.Heatmaps(self.module, self.spec, self.classes, c.selective_class)

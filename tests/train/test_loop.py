@@ -192,3 +192,46 @@ def test_nan_loss_stops_training(data, tmp_path):
     result = invoke(data, tmp_path / "out", "--lr", "1e12", "--clip", "0", "--momentum", "0", "--variant", "selective")
     assert result.exit_code == 3 and "NaN or infinite" in result.output and result.output.count("\n") == 1, \
         result.output
+
+
+# ---- a rank that fails in setup stops every rank (no rank waits at a barrier forever) --------------------------
+def test_a_rank_failing_in_setup_stops_every_rank(data, tmp_path):
+    """Rank 1 cannot read its training images (as on a node without the data); rank 0 can, writes the start
+    graphs and then must stop with an error naming rank 1 instead of waiting at the barrier."""
+    script = tmp_path / "rank_one_fails.py"
+    script.write_text(
+        "import os, sys\n"
+        "import lrpgraph.train.loop as loop\n"
+        "from lrpgraph.errors import LrpgraphError\n"
+        "real = loop._dataset\n"
+        "def dataset(images, masks, shape, what):\n"
+        "    if os.environ['RANK'] == '1':\n"
+        "        raise LrpgraphError(f'{images}: not readable on this node')\n"
+        "    return real(images, masks, shape, what)\n"
+        "loop._dataset = dataset\n"
+        "from lrpgraph.train.cli import train\n"
+        "train(prog_name='lrpgraph train')\n")
+    args = [str(data["model"]), "--images", str(data["images"]), "--masks", str(data["masks"]), "--epochs", "1",
+            "--batch-size", "16", "--threads", "1", "--quiet", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+              str(free_port()), str(script)]
+    done = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "not readable on this node" in done.stderr and "rank 1 of 2 failed" in done.stderr, done.stderr[-3000:]
+
+
+def test_cuda_setup_switches_tf32_off(monkeypatch):
+    """TF32 (torch's cuDNN default) would move heatmaps by ~1e-3; the trainer's device setup turns it off."""
+    from lrpgraph.train.distributed import Distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        Distributed("auto")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.deterministic) = saved
