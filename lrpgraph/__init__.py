@@ -1,8 +1,7 @@
 """lrpgraph: Layer-wise Relevance Propagation compiled into ONNX graphs."""
 
-__version__ = "0.1.0"
-
-from lrpgraph.errors import LrpgraphError  # noqa: E402
-from lrpgraph.convert import convert  # noqa: E402  (the function shadows the submodule name on purpose)
+from lrpgraph.convert import convert  # the function shadows the submodule name on purpose
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.version import __version__
 
 __all__ = ["LrpgraphError", "__version__", "convert"]

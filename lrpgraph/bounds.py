@@ -10,10 +10,10 @@ leaves the layer the bounds as given."""
 
 import numpy as np
 
-AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+from lrpgraph.converters import RECORDS
 
 
-def first_layer_maps(canon):
+def first_layer_maps(canon) -> dict:
     """{first linear unit name: function (low, high) -> (low, high)} for every first layer behind an
     elementwise normalisation (none where the image feeds the layer directly)."""
     producer = {t: unit for unit in canon.units for t in unit.outputs}
@@ -24,7 +24,7 @@ def first_layer_maps(canon):
         chain, tensor = [], unit.inputs[0]
         while tensor != canon.image:
             step = producer.get(tensor)
-            if step is None or step.kind != "affine" or step.op not in AFFINE_OPS:
+            if step is None or step.kind != "affine" or RECORDS[step.op].affine is None:
                 chain = None
                 break
             chain.append(step)
@@ -37,7 +37,8 @@ def first_layer_maps(canon):
 
 
 def _step(unit, canon):
-    """(op, constant as a scalar or a per-channel vector, signal is the first operand) or None."""
+    """(factor, shift) of the step x -> x * factor + shift, each a scalar or a per-channel vector (the op
+    record's affine map of its constant), or None."""
     signal_first = unit.inputs[0] in canon.signal
     const = unit.inputs[1] if signal_first else unit.inputs[0]
     if const not in canon.inits:
@@ -50,21 +51,15 @@ def _step(unit, canon):
     if any(n != 1 for i, n in enumerate(shape) if i != 1):
         return None  # varies along a spatial axis: not a per-channel normalisation
     value = value.reshape(-1) if value.size > 1 else value.reshape(())
-    return unit.op, value, signal_first
+    return RECORDS[unit.op].affine(value, signal_first)
 
 
 def _composed(steps):
     def push(low, high):
         lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
-        for op, value, signal_first in steps:
-            if op == "Add":
-                lo, hi = lo + value, hi + value
-            elif op == "Sub":
-                lo, hi = (lo - value, hi - value) if signal_first else (value - hi, value - lo)
-            else:  # Mul, Div (Div by the signal is refused by canonicalize)
-                factor = value if op == "Mul" else 1.0 / value
-                a, b = lo * factor, hi * factor
-                lo, hi = np.minimum(a, b), np.maximum(a, b)
+        for factor, shift in steps:
+            a, b = lo * factor + shift, hi * factor + shift
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
         return _param(lo), _param(hi)
 
     return push

@@ -8,18 +8,11 @@ from dataclasses import dataclass, field
 
 from onnx import TensorProto, numpy_helper
 
-from lrpgraph.converters import CONVERTERS
+from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, tensor_shapes, topological
-
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish"}
-STRUCTURE = {"Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
-             "Identity", "Dropout"}
-AVG_POOLS = {"AveragePool", "GlobalAveragePool", "ReduceMean"}
-SHAPE_OPS = {"Shape", "Size"}  # their outputs depend on the input's shape, not its values
-MOVERS = STRUCTURE | AVG_POOLS | {"MaxPool"}  # ops that keep a non-negative input non-negative
-POSITIVE = {"Relu", "Sigmoid", "HardSigmoid", "Softmax"}
+from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
 class Initializers(Mapping):
@@ -50,8 +43,7 @@ class Unit:
 
     op: str
     name: str  # the forward node's name, used for rule overrides and for naming emitted nodes
-    kind: str  # linear, bn, activation, sum, gate, affine, maxpool, avgpool, structure
-    node: object  # the primary onnx NodeProto
+    kind: str  # one of converters.KINDS: the op's record's kind, or what its classify decided
     inputs: list
     outputs: list
     attrs: dict
@@ -62,11 +54,9 @@ class Unit:
     gate: int = None  # Mul gates: index of the gate input (gets no relevance)
 
     @property
-    def category(self):
-        """What composites map: conv, dense, or the kind."""
-        if self.kind == "linear":
-            return "conv" if self.op == "Conv" else "dense"
-        return self.kind
+    def category(self) -> str:
+        """What composites map: the record's category (conv, dense) or the kind."""
+        return RECORDS[self.op].category_of(self.kind)
 
 
 @dataclass
@@ -83,7 +73,7 @@ class Canonical:
     nonneg: set
 
 
-def canonicalize(model):
+def canonicalize(model) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
     shapes = tensor_shapes(model)
@@ -92,7 +82,7 @@ def canonicalize(model):
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
     for node in nodes:
-        if node.op_type not in SHAPE_OPS and any(t in signal for t in node.input):
+        if not is_kind(node, "shape") and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
@@ -125,7 +115,7 @@ def _logits(graph):
     node = producer.get(name)
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+    if node is not None and is_kind(node, "head"):
         return node.input[0], True
     return name, False
 
@@ -133,7 +123,7 @@ def _logits(graph):
 def _on_path(nodes, logits, signal):
     needed, kept = {logits}, []
     for node in reversed(nodes):
-        if node.op_type in SHAPE_OPS or not any(o in needed for o in node.output):
+        if is_kind(node, "shape") or not any(o in needed for o in node.output):
             continue
         if any(t in signal for t in node.input):
             kept.append(node)
@@ -144,7 +134,7 @@ def _on_path(nodes, logits, signal):
 def _check_supported(nodes):
     missing = {}
     for node in nodes:
-        if node.op_type not in CONVERTERS or node.domain not in ("", "ai.onnx"):
+        if not explainable(node):
             missing.setdefault(node.op_type, []).append(node.name or node.output[0])
     if missing:
         parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
@@ -163,35 +153,17 @@ def _units(nodes, graph, inits, shapes, signal):
             continue
         name = node.name or node.output[0]
         dynamic = [t in signal for t in node.input]
-        unit = Unit(node.op_type, name, "", node, list(node.input), list(node.output), attrs_of(node))
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
-            unit.kind = "linear"
+        record = record_of(node)
+        kind = record.classify(node, dynamic) if record.classify else record.kind
+        unit = Unit(node.op_type, name, kind, list(node.input), list(node.output), attrs_of(node))
+        if kind == "linear":
             unit.layer, fused = _linear(node, unit, inits, shapes, signal, uses, consumer)
             absorbed.update(id(n) for n in fused)
             unit.fused = [n.name for n in fused]
             unit.outputs = [unit.layer.out]
             unit.inputs = [node.input[0]]
-        elif node.op_type == "BatchNormalization":
-            unit.kind = "bn"
-        elif node.op_type in ACTIVATIONS:
-            unit.kind = "activation"
-        elif node.op_type in ("Add", "Sub"):
-            unit.kind = "sum" if all(dynamic[:2]) else "affine"
-        elif node.op_type == "Mul":
-            unit.kind = "affine"
-            if all(dynamic[:2]):
-                unit.kind, unit.gate = "gate", _gate_input(node, nodes, unit)
-        elif node.op_type == "Div":
-            if dynamic[1]:
-                raise UnsupportedModelError(f"node '{name}' (Div): division by a tensor that depends on the image "
-                                            "is not supported; only division by constants")
-            unit.kind = "affine"
-        elif node.op_type == "MaxPool":
-            unit.kind = "maxpool"
-        elif node.op_type in AVG_POOLS:
-            unit.kind = "avgpool"
-        else:
-            unit.kind = "structure"
+        elif kind == "gate":
+            unit.gate = _gate_input(node, nodes, unit)
         units.append(unit)
     return units
 
@@ -272,46 +244,29 @@ def _conv_attrs(node, attrs, shapes, inits, unit):
     n = len(kernel)
     strides = attrs.get("strides", [1] * n)
     dilations = attrs.get("dilations", [1] * n)
-    pads = _explicit_pads(attrs.get("auto_pad", b"NOTSET"), attrs.get("pads", [0] * 2 * n), spatial, kernel,
-                          strides, dilations)
-    out = [(spatial[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1
-           for i in range(n)]
-    full = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - pads[i] - pads[i + n] for i in range(n)]
+    pads = explicit_pads(attrs.get("auto_pad", "NOTSET"), attrs.get("pads", [0] * 2 * n), spatial, kernel,
+                         strides, dilations)
     return {"strides": strides, "pads": pads, "dilations": dilations, "group": attrs.get("group", 1),
-            "output_padding": [spatial[i] - full[i] for i in range(n)]}
-
-
-def _explicit_pads(auto_pad, pads, spatial, kernel, strides, dilations):
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    n = len(kernel)
-    if auto_pad in ("NOTSET", ""):
-        return list(pads)
-    if auto_pad == "VALID":
-        return [0] * 2 * n
-    begin, end = [], []
-    for i in range(n):
-        out = -(-spatial[i] // strides[i])
-        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
-        small = total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
-        end.append(total - begin[-1])
-    return begin + end
+            "output_padding": [conv_output_padding(spatial[i], kernel[i], strides[i], dilations[i], pads[i],
+                                                   pads[i + n]) for i in range(n)]}
 
 
 def _gate_input(node, nodes, unit):
     """Which input of a Mul of two image-dependent tensors is the gate (squeeze-excitation, x * sigmoid(x),
-    HardSwish written out): the one computed by a Sigmoid/HardSigmoid/Clip, possibly through shape ops."""
+    HardSwish written out): the one computed by a gate source (Sigmoid, HardSigmoid, Clip: records with
+    gate_source), possibly through ops the records mark gate_path (moves, element-wise arithmetic)."""
     producer = {o: n for n in nodes for o in n.output}
 
     def is_gate(tensor, depth=0):
         node_ = producer.get(tensor)
         if node_ is None or depth > 8:
             return False
-        if node_.op_type in ("Sigmoid", "HardSigmoid", "Clip"):
+        record = record_of(node_)
+        if record is None:
+            return False
+        if record.gate_source:
             return True
-        if node_.op_type in STRUCTURE | {"Div", "Mul", "Add", "Sub", "Expand"}:
-            return is_gate(node_.input[0], depth + 1)
-        return False
+        return record.gate_path and is_gate(node_.input[0], depth + 1)
 
     gates = [i for i in (0, 1) if is_gate(node.input[i])]
     if len(gates) == 1:
@@ -334,29 +289,14 @@ def _mark_first(units, image):
 
 
 def _nonneg(units, inits):
-    """Tensors known to be >= 0, so rules can skip their negative parts."""
+    """Tensors known to be >= 0, so rules can skip their negative parts: outputs of ops whose records say
+    nonneg_output, and of ops that keep signs (keeps_nonneg) when all their signal inputs are >= 0."""
     nonneg = set()
     for unit in units:
+        record = RECORDS[unit.op]
         ins = [t for t in unit.inputs if t and t not in inits]
-        if unit.op in POSITIVE or unit.op == "Clip" and _clip_min(unit, inits) >= 0:
+        if record.check("nonneg_output", unit, inits):
             nonneg.update(unit.outputs)
-        elif unit.op in MOVERS | {"Add", "Mul"} and unit.kind not in ("affine",) and ins and all(t in nonneg for t in ins):
-            if unit.op == "Concat" and any(t in inits and (inits[t] < 0).any() for t in unit.inputs):
-                continue  # a constant part with negative values
-            if unit.op != "Pad" or float(_pad_value(unit, inits)) == 0.0:
-                nonneg.update(t for t in unit.outputs if t)
+        elif ins and all(t in nonneg for t in ins) and record.check("keeps_nonneg", unit, inits):
+            nonneg.update(t for t in unit.outputs if t)
     return nonneg
-
-
-def _clip_min(unit, inits):
-    if len(unit.inputs) > 1 and unit.inputs[1]:
-        value = inits.get(unit.inputs[1])
-        return float(value) if value is not None else -1.0
-    return float(unit.attrs.get("min", -1.0)) if "min" in unit.attrs else -1.0
-
-
-def _pad_value(unit, inits):
-    if len(unit.inputs) > 2 and unit.inputs[2]:
-        value = inits.get(unit.inputs[2])
-        return value if value is not None else -1.0
-    return 0.0

@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from lrpgraph import __version__
+from lrpgraph.version import __version__
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 
@@ -134,14 +134,14 @@ def inspect(model, **kw):
     """Op coverage of MODEL and the rule the composite gives each node."""
     from lrpgraph import bounds, composites, graph
     from lrpgraph.canonicalize import canonicalize
-    from lrpgraph.converters import CONVERTERS
+    from lrpgraph.converters import RECORDS
 
     proto = graph.load(model)
     counts = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
     click.echo("op coverage:")
     for op, count in sorted(counts.items()):
-        mark = "ok" if op in CONVERTERS or op in ("Softmax", "LogSoftmax", "Shape") else "--"
+        mark = "ok" if op in RECORDS else "--"
         click.echo(f"  {mark}  {op:<22} {count}")
     canon = canonicalize(proto)
     options = _options(kw)

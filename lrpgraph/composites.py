@@ -1,10 +1,12 @@
 """Composites: which rule each unit gets. Same names and meaning as zennit's, so heatmaps can be compared.
 
 A composite maps unit categories (first linear layer, conv, dense, activation, sum, avgpool, bn,
-maxpool, gate, affine, structure) to rules; overrides by op type or node name come on top."""
+maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
+overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
+from lrpgraph.converters import RECORDS
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import DEFAULT_STABILIZER, LINEAR_RULES, make_rule, parse_rule
+from lrpgraph.rules import DEFAULT_STABILIZER, make_rule, parse_rule
 
 # every LRP composite starts from this map (REFERENCE.md section 3)
 BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "maxpool": "wta",
@@ -28,23 +30,8 @@ COMPOSITES = {
 # rule sets that carry a gradient from the logits (the seed is d(explained)/dy, not a relevance)
 GRADIENT_COMPOSITES = {"flex"}
 
-# which rules make sense for which unit category
-ALLOWED = {
-    "conv": set(LINEAR_RULES) | {"gradient", "flex-zbox"},
-    "dense": set(LINEAR_RULES) | {"gradient", "flex-zbox"},
-    "activation": {"pass", "gradient", "flex-relu", "guided"},
-    "sum": {"norm", "pass", "gradient"},
-    "avgpool": {"norm", "gradient"},
-    "bn": {"pass", "gradient"},
-    "maxpool": {"wta", "gradient", "guided"},
-    "gate": {"pass", "gradient"},
-    "affine": {"pass", "gradient"},
-    "structure": {"pass", "gradient"},
-}
-
-
 def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
-         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None):
+         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None) -> dict:
     """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
     name or a layer's module path (from its weight's name); a name wins over an op type. low, high: the
     image's value range; first_bounds {unit name: (low, high) -> (low, high)} (bounds.first_layer_maps)
@@ -58,23 +45,25 @@ def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer
     by_key = _parse_overrides(overrides, units, stabilizer)
     chosen = {}
     for unit in units:
+        record = RECORDS[unit.op]
         rule = by_key.get(unit.name) or by_key.get(unit.op)
         if rule is None:
             if composite in GRADIENT_COMPOSITES and unit.upstream:
                 name = "pass"
             elif unit.first:
                 name = table["first"]
-            elif unit.op == "Relu" and "relu" in table:
-                name = table["relu"]
+            elif record.composite_key in table:
+                name = table[record.composite_key]
             else:
                 name = table.get(unit.category, "pass")
             values = params.get(name, ())
             if unit.first and name in ("zbox", "flex-zbox") and unit.name in (first_bounds or {}):
                 values = first_bounds[unit.name](*values)
             rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'")
-        if rule.name not in ALLOWED[unit.category]:
+        allowed = record.rules_for(unit.kind)
+        if rule.name not in allowed:
             raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
-                                f"node; use one of {', '.join(sorted(ALLOWED[unit.category]))}")
+                                f"node; use one of {', '.join(sorted(allowed))}")
         chosen[unit.name] = rule
     return chosen
 

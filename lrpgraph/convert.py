@@ -6,11 +6,12 @@ from collections import defaultdict
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import __version__, bounds, composites, graph, metadata, methods, targets
+from lrpgraph import bounds, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
-from lrpgraph.converters import CONVERTERS, Context
+from lrpgraph.converters import RECORDS, Context, check_rule
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
+from lrpgraph.version import __version__
 
 RELEVANCE = "relevance"
 
@@ -107,7 +108,9 @@ def walk(ctx, canon, plan, seed):
             continue
         ctx.b.scope = unit.name
         r_outs = [ctx.b.sum(r) if r else None for r in arriving]
-        r_ins = CONVERTERS[unit.op](ctx, unit, plan[unit.name], r_outs)
+        rule = plan[unit.name]
+        check_rule(unit, rule)
+        r_ins = RECORDS[unit.op].convert(ctx, unit, rule, r_outs)
         for tensor, r in zip(unit.inputs, r_ins):
             if r is not None and tensor in canon.signal:
                 pending[tensor].append(r)

@@ -157,16 +157,6 @@ def tensor_shapes(model):
     return shapes
 
 
-def tensor_types(model):
-    types = {}
-    graph = model.graph
-    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
-        types[info.name] = info.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    return types
-
-
 def topological(nodes, available):
     """Nodes in an order where each node comes after the producers of its inputs (Kahn's algorithm)."""
     producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
@@ -278,7 +268,3 @@ class Builder:
 
 def attrs_of(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def initializer_values(model):
-    return {init.name: init for init in model.graph.initializer}

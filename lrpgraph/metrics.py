@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 
 from lrpgraph import graph, metadata
+from lrpgraph.converters import is_kind
 from lrpgraph.errors import LrpgraphError
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
@@ -41,7 +42,7 @@ def _roles(model):
     if not logits:
         output = model.graph.output[0].name
         producer = next((n for n in model.graph.node if output in n.output), None)
-        logits = producer.input[0] if producer is not None and producer.op_type in ("Softmax", "LogSoftmax") else output
+        logits = producer.input[0] if producer is not None and is_kind(producer, "head") else output
     return image, logits
 
 

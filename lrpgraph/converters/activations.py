@@ -1,64 +1,115 @@
 """Element-wise activations. LRP passes relevance through them unchanged ('pass'); gradient-family
 rule sets use the plain derivative ('gradient'), LRP-Flex scales the ReLU gradient by a / (a + eps)
-('flex-relu'), and guided methods let only positive gradients through a ReLU ('guided')."""
+('flex-relu'), and guided methods let only positive gradients through a ReLU ('guided').
 
-from lrpgraph.converters import register, unsupported_rule
+Each activation is one record and one function, its derivative: `@activation_op(op_type, flags...)`
+on `derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks)."""
+
+from collections.abc import Callable
+
+from lrpgraph.converters.registry import RECORDS, register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES
-from lrpgraph.errors import UnsupportedModelError
 
 
-@register("Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
 def activation(ctx, unit, rule, r_outs):
     r = r_outs[0]
     rest = [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r] + rest
     b, x, y = ctx.b, unit.inputs[0], unit.outputs[0]
-    if rule.name == "flex-relu" and unit.op == "Relu":
+    record = RECORDS[unit.op]
+    if rule.name == "flex-relu":  # accepted by ReLU only (its record's rules)
         ratio = b.div(y, b.add(y, b.const(rule.params[0])))
         ratio = b.op("Where", [b.op("IsNaN", [ratio], "isnan"), b.const(0.0), ratio], "nan_to_zero")
         return [b.mul(r, ratio)] + rest
-    if rule.name == "guided" and unit.op in ("Relu", "LeakyRelu", "PRelu", "Clip"):
-        return [b.mul(b.pos(r), derivative(ctx, unit, x, y))] + rest
+    if rule.name == "guided" and record.guided:
+        return [b.mul(b.pos(r), record.derivative(ctx, unit, x, y))] + rest
     if rule.name in GRADIENT_RULES:
-        return [b.mul(r, derivative(ctx, unit, x, y))] + rest
+        return [b.mul(r, record.derivative(ctx, unit, x, y))] + rest
     raise unsupported_rule(unit, rule)
 
 
-def derivative(ctx, unit, x, y):
-    """d y / d x of the activation, element-wise, as one tensor (torch's conventions at the kinks)."""
-    b, op, attrs = ctx.b, unit.op, unit.attrs
+def activation_op(*op_types: str, **flags) -> Callable:
+    """Decorator: register an element-wise activation by its derivative fn(ctx, unit, x, y) -> dy/dx.
+    flags: OpRecord fields (rules, nonneg_output, guided, gate_source, composite_key, ...)."""
+
+    def decorate(derivative):
+        register(*op_types, kind="activation", derivative=derivative, **flags)(activation)
+        return derivative
+
+    return decorate
+
+
+def _where(b, cond, a, c):
+    return b.op("Where", [cond, a, c], "where")
+
+
+def _positive(b, x):
+    return b.op("Greater", [x, b.const(0.0)], "is_pos")
+
+
+@activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided"}, composite_key="relu", guided=True,
+               nonneg_output=True)
+def relu(ctx, unit, x, y):
+    return ctx.b.op("Cast", [_positive(ctx.b, x)], "step", to=1)
+
+
+@activation_op("LeakyRelu", guided=True)
+def leaky_relu(ctx, unit, x, y):
+    b = ctx.b
+    return _where(b, _positive(b, x), b.const(1.0), b.const(float(unit.attrs.get("alpha", 0.01))))
+
+
+@activation_op("PRelu", guided=True)
+def prelu(ctx, unit, x, y):
+    b = ctx.b
+    return _where(b, _positive(b, x), b.const(1.0), unit.inputs[1])
+
+
+def _clip_min_nonneg(unit, inits) -> bool:
+    if len(unit.inputs) > 1 and unit.inputs[1]:
+        value = inits.get(unit.inputs[1])
+        return value is not None and float(value) >= 0
+    return "min" in unit.attrs and float(unit.attrs["min"]) >= 0
+
+
+@activation_op("Clip", guided=True, gate_source=True, nonneg_output=_clip_min_nonneg)
+def clip(ctx, unit, x, y):
+    b = ctx.b
+    low, high = _clip_bounds(ctx, unit)
+    inside = b.op("And", [b.op("Greater", [x, b.const(low)], "above"),
+                          b.op("Less", [x, b.const(high)], "below")], "inside")
+    return b.op("Cast", [inside], "step", to=1)
+
+
+@activation_op("Sigmoid", gate_source=True, nonneg_output=True)
+def sigmoid(ctx, unit, x, y):
+    b = ctx.b
+    return b.mul(y, b.sub(b.const(1.0), y))
+
+
+@activation_op("Tanh")
+def tanh(ctx, unit, x, y):
+    b = ctx.b
+    return b.sub(b.const(1.0), b.mul(y, y))
+
+
+@activation_op("HardSigmoid", gate_source=True, nonneg_output=True)
+def hard_sigmoid(ctx, unit, x, y):
+    b, attrs = ctx.b, unit.attrs
     one, zero = b.const(1.0), b.const(0.0)
+    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    t = b.add(b.mul(x, b.const(alpha)), b.const(beta))
+    inside = b.op("And", [b.op("Greater", [t, zero], "above"), b.op("Less", [t, one], "below")], "inside")
+    return b.mul(b.op("Cast", [inside], "step", to=1), b.const(alpha))
 
-    def where(cond, a, c):
-        return b.op("Where", [cond, a, c], "where")
 
-    positive = b.op("Greater", [x, zero], "is_pos")
-    if op == "Relu":
-        return b.op("Cast", [positive], "step", to=1)
-    if op == "LeakyRelu":
-        return where(positive, one, b.const(float(attrs.get("alpha", 0.01))))
-    if op == "PRelu":
-        return where(positive, one, unit.inputs[1])
-    if op == "Clip":
-        low, high = _clip_bounds(ctx, unit)
-        inside = b.op("And", [b.op("Greater", [x, b.const(low)], "above"),
-                              b.op("Less", [x, b.const(high)], "below")], "inside")
-        return b.op("Cast", [inside], "step", to=1)
-    if op == "Sigmoid":
-        return b.mul(y, b.sub(one, y))
-    if op == "Tanh":
-        return b.sub(one, b.mul(y, y))
-    if op == "HardSigmoid":
-        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
-        t = b.add(b.mul(x, b.const(alpha)), b.const(beta))
-        inside = b.op("And", [b.op("Greater", [t, zero], "above"), b.op("Less", [t, one], "below")], "inside")
-        return b.mul(b.op("Cast", [inside], "step", to=1), b.const(alpha))
-    if op == "HardSwish":  # 0 below -3, x/3 + 1/2 up to 3, 1 above
-        middle = b.add(b.div(x, b.const(3.0)), b.const(0.5))
-        inner = where(b.op("Greater", [x, b.const(3.0)], "above"), one, middle)
-        return where(b.op("Less", [x, b.const(-3.0)], "below"), zero, inner)
-    raise UnsupportedModelError(f"node '{unit.name}' ({op}): no derivative for this activation")
+@activation_op("HardSwish")
+def hard_swish(ctx, unit, x, y):  # 0 below -3, x/3 + 1/2 up to 3, 1 above
+    b = ctx.b
+    middle = b.add(b.div(x, b.const(3.0)), b.const(0.5))
+    inner = _where(b, b.op("Greater", [x, b.const(3.0)], "above"), b.const(1.0), middle)
+    return _where(b, b.op("Less", [x, b.const(-3.0)], "below"), b.const(0.0), inner)
 
 
 def _clip_bounds(ctx, unit):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lrpgraph import rules
-from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.converters.registry import register, unsupported_rule
 
 
 @dataclass
@@ -80,7 +80,8 @@ class LinearLayer:
         return b.const(np.array(values, np.float32).reshape(shape))
 
 
-@register("Conv", "Gemm", "MatMul")
+@register("Conv", kind="linear", category="conv")
+@register("Gemm", "MatMul", kind="linear", category="dense")
 def linear(ctx, unit, rule, r_outs):
     layer, signal = unit.layer, r_outs[0]
     b = ctx.b

@@ -2,11 +2,11 @@
 LRP composites pass relevance through it ('pass', as zennit does); gradient rule sets scale by
 scale / sqrt(var + eps)."""
 
-from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.converters.registry import register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES
 
 
-@register("BatchNormalization")
+@register("BatchNormalization", kind="bn")
 def batch_norm(ctx, unit, rule, r_outs):
     r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":

@@ -5,12 +5,13 @@ pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 
 import numpy as np
 
-from lrpgraph.converters import register, unsupported_rule
+from lrpgraph.converters.registry import register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.windows import explicit_pads, pool_output_size
 
 
 
-@register("MaxPool")
+@register("MaxPool", kind="maxpool", guided=True, gradient_rule="wta")
 def max_pool(ctx, unit, rule, r_outs):
     if rule.name not in ("wta", "pass") + GRADIENT_RULES:
         raise unsupported_rule(unit, rule)
@@ -26,7 +27,7 @@ def max_pool(ctx, unit, rule, r_outs):
     return [b.reshape_like(scattered, x)]
 
 
-@register("AveragePool", "GlobalAveragePool", "ReduceMean")
+@register("AveragePool", "GlobalAveragePool", "ReduceMean", kind="avgpool")
 def average_pool(ctx, unit, rule, r_outs):
     b, x, z, r = ctx.b, unit.inputs[0], unit.outputs[0], r_outs[0]
     if rule.name == "norm":
@@ -76,11 +77,7 @@ def _average_pool_adjoint(ctx, unit, s):
     n = len(kernel)
     strides = list(attrs.get("strides", [1] * n))
     pads = list(attrs.get("pads", [0] * 2 * n))
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    if auto_pad not in (b"NOTSET", "NOTSET", b"", ""):
-        from lrpgraph.canonicalize import _explicit_pads
-
-        pads = _explicit_pads(auto_pad, pads, spatial, kernel, strides, [1] * n)
+    pads = explicit_pads(attrs.get("auto_pad", "NOTSET"), pads, spatial, kernel, strides, [1] * n)
     ceil, include_pad = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
     out = [pool_output_size(spatial[i], kernel[i], strides[i], pads[i], pads[i + n], ceil) for i in range(n)]
     # end padding that makes a plain strided window cover every output (ceil_mode adds windows)
@@ -94,16 +91,6 @@ def _average_pool_adjoint(ctx, unit, s):
     used = [(out[i] - 1) * strides[i] + kernel[i] - full_pads[i] - full_pads[i + n] for i in range(n)]
     return b.op("ConvTranspose", [scaled, ones], "pool_adjoint", strides=strides, pads=full_pads, group=channels,
                 output_padding=[spatial[i] - used[i] for i in range(n)])
-
-
-def pool_output_size(size, kernel, stride, begin, end, ceil):
-    """Output length of a pooling window along one axis (torch's rule: the last window must start
-    inside the input or its left padding)."""
-    span = size + begin + end - kernel
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if ceil and (out - 1) * stride >= size + begin:
-        out -= 1
-    return out
 
 
 def _window_divisors(out, size, kernel, stride, begin, end, include_pad):

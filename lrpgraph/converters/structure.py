@@ -5,9 +5,9 @@ code serves gradients. A residual sum uses the norm rule R_i = x_i R / stab(x_1 
 x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (input normalisation in
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
-from lrpgraph.converters import register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.converters.registry import OpRecord, add, node_name, register, unsupported_rule
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.rules import GRADIENT_RULES
 
 
 
@@ -26,8 +26,32 @@ def unbroadcast(ctx, t, to, unit, frm):
     return b.reshape_like(t, to) if lead else t
 
 
-@register("Add", "Sub")
-def add(ctx, unit, rule, r_outs):
+def _sum_or_affine(node, dynamic):
+    """A sum of two signals (a residual), or a signal plus a constant."""
+    return "sum" if all(dynamic[:2]) else "affine"
+
+
+def _gate_or_affine(node, dynamic):
+    """A signal times a gate (both depend on the image), or a signal times a constant."""
+    return "gate" if all(dynamic[:2]) else "affine"
+
+
+def _divide_by_constant(node, dynamic):
+    if dynamic[1]:
+        raise UnsupportedModelError(f"node '{node_name(node)}' (Div): division by a tensor that depends on the image "
+                                    "is not supported; only division by constants")
+    return "affine"
+
+
+def _not_affine(unit, inits):
+    return unit.kind != "affine"
+
+
+@register("Add", kind="sum", classify=_sum_or_affine, keeps_nonneg=_not_affine,
+          affine=lambda value, signal_first: (1.0, value))
+@register("Sub", kind="sum", classify=_sum_or_affine, keeps_nonneg=False,
+          affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value))
+def add_sub(ctx, unit, rule, r_outs):
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -55,8 +79,10 @@ def add(ctx, unit, rule, r_outs):
     return [unbroadcast(ctx, rx, x, unit, out), unbroadcast(ctx, ry, y, unit, out)]
 
 
-@register("Mul", "Div")
-def mul(ctx, unit, rule, r_outs):
+@register("Mul", kind="affine", classify=_gate_or_affine, keeps_nonneg=_not_affine,
+          affine=lambda value, signal_first: (value, 0.0))
+@register("Div", kind="affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0))
+def mul_div(ctx, unit, rule, r_outs):
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -83,24 +109,28 @@ def mul(ctx, unit, rule, r_outs):
     return result
 
 
-@register("Identity", "Dropout")
+@register("Identity", "Dropout", kind="structure")
 def identity(ctx, unit, rule, r_outs):
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze", kind="structure")
 def reshape(ctx, unit, rule, r_outs):
     return [ctx.b.reshape_like(r_outs[0], unit.inputs[0])] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Transpose")
+@register("Transpose", kind="structure")
 def transpose(ctx, unit, rule, r_outs):
     perm = list(unit.attrs.get("perm", range(len(ctx.shapes[unit.inputs[0]]))[::-1]))
     inverse = [perm.index(i) for i in range(len(perm))]
     return [ctx.b.op("Transpose", [r_outs[0]], "transpose", perm=inverse)]
 
 
-@register("Concat")
+def _no_negative_constant(unit, inits):
+    return not any(t in inits and (inits[t] < 0).any() for t in unit.inputs)
+
+
+@register("Concat", kind="structure", keeps_nonneg=_no_negative_constant)
 def concat(ctx, unit, rule, r_outs):
     axis = unit.attrs["axis"]
     sizes = []
@@ -112,7 +142,7 @@ def concat(ctx, unit, rule, r_outs):
     return [p if t in ctx.signal else None for p, t in zip(parts, unit.inputs)]
 
 
-@register("Split")
+@register("Split", kind="structure")
 def split(ctx, unit, rule, r_outs):
     b = ctx.b
     parts = [r if r is not None else b.zeros_like(out) for r, out in zip(r_outs, unit.outputs)]
@@ -120,7 +150,7 @@ def split(ctx, unit, rule, r_outs):
     return [joined] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Slice")
+@register("Slice", kind="structure")
 def slice_(ctx, unit, rule, r_outs):
     b = ctx.b
     x = unit.inputs[0]
@@ -143,7 +173,14 @@ def slice_(ctx, unit, rule, r_outs):
     return [b.op("Pad", [r_outs[0], b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Pad")
+def _pads_with_zero(unit, inits):
+    if len(unit.inputs) > 2 and unit.inputs[2]:
+        value = inits.get(unit.inputs[2])
+        return value is not None and float(value) == 0.0
+    return True
+
+
+@register("Pad", kind="structure", keeps_nonneg=_pads_with_zero)
 def pad(ctx, unit, rule, r_outs):
     b = ctx.b
     mode = unit.attrs.get("mode", b"constant")
@@ -165,3 +202,10 @@ def pad(ctx, unit, rule, r_outs):
 
 def _has(unit, i):
     return len(unit.inputs) > i and bool(unit.inputs[i])
+
+
+# ops the walker never explains, known so that canonicalize can step over them
+for _op in ("Shape", "Size"):
+    add(OpRecord(_op, "shape", None))
+for _op in ("Softmax", "LogSoftmax"):
+    add(OpRecord(_op, "head", None, nonneg_output=_op == "Softmax"))

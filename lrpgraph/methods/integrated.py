@@ -8,7 +8,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.methods import gradient_plan
+from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 
 BASELINE_INPUT = "baseline"

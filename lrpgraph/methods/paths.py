@@ -3,11 +3,7 @@ along the batch axis as [m * N, ...] (point-major), with its units renamed for t
 
 import copy
 
-from onnx import helper
-
 from lrpgraph.canonicalize import Canonical
-
-SHAPE_LIKE = {"Shape", "Size"}
 
 
 def clone_path(model, canon, new_input, prefix):
@@ -75,10 +71,3 @@ def tile(b, seed, m):
 
 def add_nodes(b, nodes):
     b.nodes.extend(nodes)
-
-
-def value_info_like(info, name, doc):
-    out = helper.make_tensor_value_info(name, info.type.tensor_type.elem_type, None)
-    out.type.CopyFrom(info.type)
-    out.doc_string = doc
-    return out

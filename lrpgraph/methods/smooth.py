@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from lrpgraph import graph
-from lrpgraph.methods import gradient_plan
+from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 
 SEED_INPUT = "noise_seed"

@@ -133,10 +133,6 @@ class LrpModule(nn.Module):
         """The ONNX names of every initializer the module holds (parameters and buffers)."""
         return list(self.onnx_names.values())
 
-    def named_onnx_parameters(self):
-        """(ONNX initializer name, nn.Parameter) pairs, e.g. for optimizer parameter groups."""
-        return [(self.onnx_names[k], p) for k, p in self.weights.items()]
-
     def _plan(self, outputs, derived=()):
         """(steps, drop): the nodes needed for outputs in order, and the tensors each step reads for the last
         time. derived: (input, source) pairs; each input becomes a step computing it from the tensor source,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.windows import explicit_pads
 
 DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
           9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
@@ -96,21 +97,12 @@ def dropout(ctx, x, ratio=None, training_mode=None, seed=None):
 
 
 # ---- linear layers and normalisation --------------------------------------------------------------
-def _same_pads(auto_pad, spatial, kernel, strides, dilations):
-    if auto_pad in ("NOTSET", "VALID"):
-        return None if auto_pad == "NOTSET" else [0] * 2 * len(spatial)
-    total = [max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
-             for n, k, s, d in zip(spatial, kernel, strides, dilations)]
-    begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-    return begin + [t - b for t, b in zip(total, begin)]
-
-
 def _window(x, kernel_shape, auto_pad, pads, strides, dilations):
     """Resolved (kernel, pads [begin..., end...], strides, dilations) of a Conv/pool node."""
     n = len(kernel_shape)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
-    same = _same_pads(auto_pad, list(x.shape[2:]), kernel_shape, strides, dilations)
-    return list(kernel_shape), same or list(pads or [0] * 2 * n), strides, dilations
+    pads = explicit_pads(auto_pad, pads or [0] * 2 * n, list(x.shape[2:]), kernel_shape, strides, dilations)
+    return list(kernel_shape), pads, strides, dilations
 
 
 def _torch_pad(pads):
