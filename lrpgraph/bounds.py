@@ -10,10 +10,11 @@ leaves the layer the bounds as given."""
 
 import numpy as np
 
+from lrpgraph.canonicalize import Canonical
 from lrpgraph.converters import RECORDS
 
 
-def first_layer_maps(canon) -> dict:
+def first_layer_maps(canon: Canonical) -> dict:
     """{first linear unit name: function (low, high) -> (low, high)} for every first layer behind an
     elementwise normalisation (none where the image feeds the layer directly)."""
     producer = {t: unit for unit in canon.units for t in unit.outputs}

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import onnx
 from onnx import TensorProto, numpy_helper
 
 from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
@@ -73,7 +74,7 @@ class Canonical:
     nonneg: set
 
 
-def canonicalize(model) -> Canonical:
+def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
     shapes = tensor_shapes(model)

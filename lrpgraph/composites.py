@@ -30,7 +30,7 @@ COMPOSITES = {
 # rule sets that carry a gradient from the logits (the seed is d(explained)/dy, not a relevance)
 GRADIENT_COMPOSITES = {"flex"}
 
-def plan(units, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
+def plan(units: list, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
          alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None) -> dict:
     """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
     name or a layer's module path (from its weight's name); a name wins over an op type. low, high: the

@@ -110,7 +110,7 @@ def walk(ctx, canon, plan, seed):
         r_outs = [ctx.b.sum(r) if r else None for r in arriving]
         rule = plan[unit.name]
         check_rule(unit, rule)
-        r_ins = RECORDS[unit.op].convert(ctx, unit, rule, r_outs)
+        r_ins = RECORDS[unit.op].converter(unit.kind)(ctx, unit, rule, r_outs)
         for tensor, r in zip(unit.inputs, r_ins):
             if r is not None and tensor in canon.signal:
                 pending[tensor].append(r)

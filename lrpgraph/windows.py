@@ -9,7 +9,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def explicit_pads(auto_pad, pads, spatial: list, kernel: list, strides: list, dilations: list) -> list:
+def explicit_pads(auto_pad: str | bytes, pads: list | None, spatial: list, kernel: list, strides: list, dilations: list) -> list:
     """Pads [begin..., end...] of a window op: `pads` as given when auto_pad is NOTSET (or empty), zeros for
     VALID, and for SAME_UPPER / SAME_LOWER the padding that gives ceil(size / stride) outputs (the odd
     unit at the end for SAME_UPPER, at the beginning for SAME_LOWER)."""

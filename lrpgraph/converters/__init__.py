@@ -2,5 +2,6 @@
 its family (activations, linear, norm, pooling, structure); the records live in registry.py."""
 
 from lrpgraph.converters import activations, linear, norm, pooling, structure  # noqa: F401  (registration)
-from lrpgraph.converters.registry import (KINDS, RECORDS, Context, OpRecord, add, check_rule, explainable,  # noqa: F401
-                                          is_kind, record_of, register, remove, unsupported_rule)
+from lrpgraph.converters.registry import (  # noqa: F401
+    KINDS, RECORDS, Context, OpRecord, add, check_rule, explainable, extend, is_kind, record_of, register, remove,
+    unsupported_rule)

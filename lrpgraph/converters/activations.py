@@ -7,11 +7,11 @@ on `derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks)."""
 
 from collections.abc import Callable
 
-from lrpgraph.converters.registry import RECORDS, register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.converters.registry import RECORDS, Context, register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
-def activation(ctx, unit, rule, r_outs):
+def activation(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     r = r_outs[0]
     rest = [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
@@ -50,18 +50,18 @@ def _positive(b, x):
 
 @activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided"}, composite_key="relu", guided=True,
                nonneg_output=True)
-def relu(ctx, unit, x, y):
+def relu(ctx: Context, unit, x: str, y: str) -> str:
     return ctx.b.op("Cast", [_positive(ctx.b, x)], "step", to=1)
 
 
 @activation_op("LeakyRelu", guided=True)
-def leaky_relu(ctx, unit, x, y):
+def leaky_relu(ctx: Context, unit, x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), b.const(float(unit.attrs.get("alpha", 0.01))))
 
 
 @activation_op("PRelu", guided=True)
-def prelu(ctx, unit, x, y):
+def prelu(ctx: Context, unit, x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), unit.inputs[1])
 
@@ -74,7 +74,7 @@ def _clip_min_nonneg(unit, inits) -> bool:
 
 
 @activation_op("Clip", guided=True, gate_source=True, nonneg_output=_clip_min_nonneg)
-def clip(ctx, unit, x, y):
+def clip(ctx: Context, unit, x: str, y: str) -> str:
     b = ctx.b
     low, high = _clip_bounds(ctx, unit)
     inside = b.op("And", [b.op("Greater", [x, b.const(low)], "above"),
@@ -83,19 +83,19 @@ def clip(ctx, unit, x, y):
 
 
 @activation_op("Sigmoid", gate_source=True, nonneg_output=True)
-def sigmoid(ctx, unit, x, y):
+def sigmoid(ctx: Context, unit, x: str, y: str) -> str:
     b = ctx.b
     return b.mul(y, b.sub(b.const(1.0), y))
 
 
 @activation_op("Tanh")
-def tanh(ctx, unit, x, y):
+def tanh(ctx: Context, unit, x: str, y: str) -> str:
     b = ctx.b
     return b.sub(b.const(1.0), b.mul(y, y))
 
 
 @activation_op("HardSigmoid", gate_source=True, nonneg_output=True)
-def hard_sigmoid(ctx, unit, x, y):
+def hard_sigmoid(ctx: Context, unit, x: str, y: str) -> str:
     b, attrs = ctx.b, unit.attrs
     one, zero = b.const(1.0), b.const(0.0)
     alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
@@ -105,7 +105,7 @@ def hard_sigmoid(ctx, unit, x, y):
 
 
 @activation_op("HardSwish")
-def hard_swish(ctx, unit, x, y):  # 0 below -3, x/3 + 1/2 up to 3, 1 above
+def hard_swish(ctx: Context, unit, x: str, y: str) -> str:  # 0 below -3, x/3 + 1/2 up to 3, 1 above
     b = ctx.b
     middle = b.add(b.div(x, b.const(3.0)), b.const(0.5))
     inner = _where(b, b.op("Greater", [x, b.const(3.0)], "above"), b.const(1.0), middle)

@@ -2,12 +2,12 @@
 LRP composites pass relevance through it ('pass', as zennit does); gradient rule sets scale by
 scale / sqrt(var + eps)."""
 
-from lrpgraph.converters.registry import register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.converters.registry import Context, register, unsupported_rule
+from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
 @register("BatchNormalization", kind="bn")
-def batch_norm(ctx, unit, rule, r_outs):
+def batch_norm(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r] + rest

@@ -17,8 +17,10 @@ A converter is called as fn(ctx, unit, rule, r_outs) and returns the signal for 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from onnx import NodeProto
+
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.rules import LINEAR_RULES, OTHER_RULES
+from lrpgraph.rules import LINEAR_RULES, OTHER_RULES, Rule
 
 _LINEAR = frozenset(LINEAR_RULES) | {"gradient", "flex-zbox"}
 _MOVE = frozenset({"pass", "gradient"})
@@ -73,6 +75,7 @@ class OpRecord:
     affine: fn(value, signal_first) -> (factor, shift): the map x -> x * factor + shift it applies with
         the constant `value` (affine ops; bounds.py pushes the image range through it).
     domains: the ONNX domains the op type is looked up in.
+    by_kind: {kind: converter} for kinds `classify` may give that `convert` does not handle (see extend).
     """
 
     op_type: str
@@ -91,6 +94,11 @@ class OpRecord:
     derivative: Callable | None = None
     affine: Callable | None = None
     domains: tuple = ("", "ai.onnx")
+    by_kind: Mapping = field(default_factory=dict)
+
+    def converter(self, kind: str) -> Callable | None:
+        """The function that carries the signal back through a unit of this op and kind."""
+        return self.by_kind.get(kind, self.convert)
 
     def rules_for(self, kind: str) -> frozenset:
         """The rule names a unit of this op and kind accepts."""
@@ -99,7 +107,7 @@ class OpRecord:
     def category_of(self, kind: str) -> str:
         return self.category if kind == self.kind and self.category else kind
 
-    def check(self, flag: str, unit, inits) -> bool:
+    def check(self, flag: str, unit, inits: Mapping) -> bool:
         value = getattr(self, flag)
         return bool(value(unit, inits)) if callable(value) else bool(value)
 
@@ -160,6 +168,21 @@ def add(record: OpRecord) -> OpRecord:
     return record
 
 
+def extend(op_type: str, kind: str, fn: Callable, rules: Iterable | None = None,
+           classify: Callable | None = None) -> OpRecord:
+    """Give a registered op a converter for another kind (e.g. MatMul of two signals: 'product', next to
+    its 'linear' layers), with the rules that kind accepts and, if given, a new classify hook."""
+    record = RECORDS[op_type]
+    if kind not in KINDS or kind in record.by_kind or kind == record.kind:
+        raise RegistryError(f"op '{op_type}': kind {kind!r} is unknown or already has a converter")
+    new_rules = dict(record.rules)
+    if rules is not None:
+        new_rules.update(_rules_by_kind(op_type, kind, rules))
+    RECORDS[op_type] = replace(record, by_kind={**record.by_kind, kind: fn}, rules=new_rules,
+                               classify=classify or record.classify)
+    return RECORDS[op_type]
+
+
 def remove(op_type: str) -> OpRecord | None:
     """Unregister an op (tests register temporary ops); returns its record."""
     return RECORDS.pop(op_type, None)
@@ -180,33 +203,33 @@ class RegistryError(LrpgraphError):
     """An op registered with a missing or unknown kind, rule or flag (a programming error, met at import)."""
 
 
-def record_of(node) -> OpRecord | None:
+def record_of(node: NodeProto) -> OpRecord | None:
     """The record of an onnx NodeProto (or anything with op_type and domain), None if the op is unknown."""
     record = RECORDS.get(node.op_type)
     return record if record is not None and getattr(node, "domain", "") in record.domains else None
 
 
-def explainable(node) -> bool:
+def explainable(node: NodeProto) -> bool:
     """Whether relevance can be carried back through the node (a known op with a converter)."""
     record = record_of(node)
     return record is not None and record.convert is not None
 
 
-def is_kind(node, kind: str) -> bool:
+def is_kind(node: NodeProto, kind: str) -> bool:
     record = record_of(node)
     return record is not None and record.kind == kind
 
 
-def node_name(node) -> str:
+def node_name(node: NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def unsupported_rule(unit, rule) -> UnsupportedModelError:
+def unsupported_rule(unit, rule: Rule) -> UnsupportedModelError:
     return UnsupportedModelError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to this op; "
                                  "choose another with --rule")
 
 
-def check_rule(unit, rule) -> None:
+def check_rule(unit, rule: Rule) -> None:
     """The walker's check: the rule is one the unit's record accepts for its kind."""
     if rule.name not in RECORDS[unit.op].rules_for(unit.kind):
         raise unsupported_rule(unit, rule)

@@ -5,13 +5,13 @@ code serves gradients. A residual sum uses the norm rule R_i = x_i R / stab(x_1 
 x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (input normalisation in
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
-from lrpgraph.converters.registry import OpRecord, add, node_name, register, unsupported_rule
+from lrpgraph.converters.registry import Context, OpRecord, add, node_name, register, unsupported_rule
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
 
-def unbroadcast(ctx, t, to, unit, frm):
+def unbroadcast(ctx: Context, t: str, to: str, unit, frm: str) -> str:
     """Sum t (shaped like tensor frm) over the axes along which tensor `to` was broadcast."""
     b = ctx.b
     src, dst = ctx.shapes.get(frm), ctx.shapes.get(to)
@@ -51,7 +51,7 @@ def _not_affine(unit, inits):
           affine=lambda value, signal_first: (1.0, value))
 @register("Sub", kind="sum", classify=_sum_or_affine, keeps_nonneg=False,
           affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value))
-def add_sub(ctx, unit, rule, r_outs):
+def add_sub(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -82,7 +82,7 @@ def add_sub(ctx, unit, rule, r_outs):
 @register("Mul", kind="affine", classify=_gate_or_affine, keeps_nonneg=_not_affine,
           affine=lambda value, signal_first: (value, 0.0))
 @register("Div", kind="affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0))
-def mul_div(ctx, unit, rule, r_outs):
+def mul_div(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -110,17 +110,17 @@ def mul_div(ctx, unit, rule, r_outs):
 
 
 @register("Identity", "Dropout", kind="structure")
-def identity(ctx, unit, rule, r_outs):
+def identity(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze", kind="structure")
-def reshape(ctx, unit, rule, r_outs):
+def reshape(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     return [ctx.b.reshape_like(r_outs[0], unit.inputs[0])] + [None] * (len(unit.inputs) - 1)
 
 
 @register("Transpose", kind="structure")
-def transpose(ctx, unit, rule, r_outs):
+def transpose(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     perm = list(unit.attrs.get("perm", range(len(ctx.shapes[unit.inputs[0]]))[::-1]))
     inverse = [perm.index(i) for i in range(len(perm))]
     return [ctx.b.op("Transpose", [r_outs[0]], "transpose", perm=inverse)]
@@ -131,7 +131,7 @@ def _no_negative_constant(unit, inits):
 
 
 @register("Concat", kind="structure", keeps_nonneg=_no_negative_constant)
-def concat(ctx, unit, rule, r_outs):
+def concat(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     axis = unit.attrs["axis"]
     sizes = []
     for t in unit.inputs:
@@ -143,7 +143,7 @@ def concat(ctx, unit, rule, r_outs):
 
 
 @register("Split", kind="structure")
-def split(ctx, unit, rule, r_outs):
+def split(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     b = ctx.b
     parts = [r if r is not None else b.zeros_like(out) for r, out in zip(r_outs, unit.outputs)]
     joined = b.op("Concat", parts, "concat", axis=unit.attrs.get("axis", 0))
@@ -151,7 +151,7 @@ def split(ctx, unit, rule, r_outs):
 
 
 @register("Slice", kind="structure")
-def slice_(ctx, unit, rule, r_outs):
+def slice_(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     b = ctx.b
     x = unit.inputs[0]
     shape = ctx.shapes.get(x)
@@ -181,7 +181,7 @@ def _pads_with_zero(unit, inits):
 
 
 @register("Pad", kind="structure", keeps_nonneg=_pads_with_zero)
-def pad(ctx, unit, rule, r_outs):
+def pad(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     b = ctx.b
     mode = unit.attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode

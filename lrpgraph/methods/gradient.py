@@ -6,7 +6,7 @@ from lrpgraph.converters import RECORDS
 from lrpgraph.rules import make_rule
 
 
-def gradient_plan(units, guided: bool = False) -> dict:
+def gradient_plan(units: list, guided: bool = False) -> dict:
     """{unit name: Rule}: each op record's gradient rule (the plain gradient; MaxPool's arg-max); with
     guided, only positive gradients pass the ops whose records say guided: the ReLU-like units and
     MaxPool (Kwon, Koo, Cho 2020)."""

@@ -132,6 +132,47 @@ def test_gradient_matches_finite_differences(softsign):
     assert_l1(relevance, numeric, TOL)
 
 
+@pytest.fixture
+def matmul_product():
+    """MatMul given a second kind for the test: 'product' when both operands carry the signal."""
+    saved = registry.RECORDS["MatMul"]
+
+    def halves(ctx, unit, rule, r_outs):  # each operand gets half of the relevance
+        half = ctx.b.mul(r_outs[0], ctx.b.const(0.5))
+        return [half, half]
+
+    registry.extend("MatMul", "product", halves, rules={"pass"},
+                    classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
+    yield
+    registry.RECORDS["MatMul"] = saved
+
+
+def product_model():
+    """x [N, 4, 4] -> MatMul(x, x) -> Flatten -> Gemm."""
+    net = Net([4, 4], seed=80)
+    y = net.op("MatMul", ["x", "x"])
+    logits, head = net.head(y, 16)
+    return net.model(logits), head
+
+
+def test_a_second_kind_for_a_registered_op(matmul_product):
+    """extend: MatMul of two signals becomes a 'product' unit with its own converter and rules; the
+    relevance of both halves reaches x (R_x = R_y, y = x @ x), against the epsilon rule at the head."""
+    model, head = product_model()
+    canon = canonicalize(graph.load(model))
+    assert [u.kind for u in canon.units if u.op == "MatMul"] == ["product"]
+    x = inputs([4, 4], seed=81)
+    y, relevance = run(model, x)
+    h = t64(x) @ t64(x)
+    _, seed = head_seed(head, h, y)
+    assert_l1(relevance, eps_rule(head, h, seed.detach()).numpy(), TOL)
+
+
+def test_without_the_second_kind_a_product_is_refused():
+    with pytest.raises(UnsupportedModelError, match="both operands depend on the image"):
+        lrpgraph.convert(product_model()[0])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(), "kind None"),
     (dict(kind="elementwise"), "kind 'elementwise'"),
