@@ -1,7 +1,8 @@
 """Float32 conditioning: the cases the test suite leaves out because float32 itself cannot meet a fixed bound.
 
 Two families, each compared with a float64 reference computed by an independent implementation:
-  relevance  the epsilon rule at eps = 1e-6 on every layer of a deep random net (vgg16_bn, densenet121):
+  relevance  the epsilon rule at eps = 1e-6 on every layer of a deep random net (vgg16_bn, densenet121), and
+             densenet121's signed average pooling under the norm rule at stabiliser 1e-6:
              lrpgraph (onnxruntime, float32) and zennit in float32, each against zennit in float64;
   gradient   IG on vgg16_bn (narrow head) at 32 x 32 for a few inputs and the gradient of the unmodified
              vgg16_bn at 224 x 224: lrpgraph (float32) and torch autograd in float32, each against torch
@@ -28,14 +29,19 @@ from zennit_ref import (convert_bytes, export, l1, run_onnx, torchvision_model, 
                         zennit_composite, zennit_relevance)
 
 
+RELEVANCE_CASES = [("vgg16_bn", "epsilon", 1e-6), ("densenet121", "epsilon", 1e-6), ("densenet121", "epsilon", 0.01),
+                   ("densenet121", "epsilon-plus", 1e-6)]
+
+
 def relevance_rows(side):
-    for name in ("vgg16_bn", "densenet121"):
+    for name, composite, eps in RELEVANCE_CASES:
         model, canonizers = vgg16_bn_small_head() if name == "vgg16_bn" else torchvision_model(name)
         x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(1))
-        y, ours = run_onnx(convert_bytes(export(model, x), composite="epsilon", epsilon=1e-6), x.numpy())
-        refs = [zennit_relevance(model, x, zennit_composite("epsilon", canonizers=canonizers), dtype=dtype)[1]
-                for dtype in (torch.float32, torch.float64)]
-        yield f"{name} {side} px, epsilon 1e-6", l1(ours, refs[1]), l1(refs[0], refs[1])
+        converted = convert_bytes(export(model, x), composite=composite, epsilon=eps, stabilizer=eps)
+        y, ours = run_onnx(converted, x.numpy())
+        refs = [zennit_relevance(model, x, zennit_composite(composite, eps, eps, canonizers=canonizers),
+                                 dtype=dtype)[1] for dtype in (torch.float32, torch.float64)]
+        yield f"{name} {side} px, {composite} eps {eps:g}", l1(ours, refs[1]), l1(refs[0], refs[1])
 
 
 def class_gradient(model, points, classes):

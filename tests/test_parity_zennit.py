@@ -7,9 +7,11 @@ vgg16_bn with a narrow head, since its own head needs 224 px); each unmodified a
 224 x 224. The pretrained digit CNN sees real digits with a little noise (no exact max-pooling ties).
 
 Left out as ill-conditioned in float32, and measured instead by `python benchmarks/conditioning.py`:
-the epsilon rule at eps = 1e-6 on every layer of the two deepest plain stacks (vgg16_bn, densenet121).
-There near-zero denominators amplify float32 rounding: zennit's own float32 heatmap is 1e-4 to 4e-2 from
-its float64 one, so no float32 implementation can meet a fixed 1e-4 bound."""
+the epsilon rule at eps = 1e-6 on every layer of vgg16_bn, and densenet121 at stabiliser 1e-6 or with the
+epsilon rule on its convolutions. DenseNet's transition layers average signed convolution outputs, and
+the norm rule divides by their sum; near-zero sums amplify float32 rounding (zennit's own float32 heatmap
+is 1e-4 to 1e-1 from its float64 one there), so no float32 implementation can meet a fixed bound. At
+eps = stabiliser = 0.01 the other composites are well-conditioned on densenet121 and are tested."""
 
 import functools
 
@@ -26,8 +28,14 @@ COMPOSITES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box
 EPSILONS = [1e-6, 0.01]
 # zplus uses no epsilon (only the stabilizer): one case is enough
 CASES = [(c, e) for c in COMPOSITES for e in EPSILONS if c != "zplus" or e == EPSILONS[0]]
-ILL_CONDITIONED = {("vgg16_bn", "epsilon", 1e-6), ("densenet121", "epsilon", 1e-6)}
 SIDE = 64
+
+
+def ill_conditioned(name, composite, eps):
+    """The cases of the module docstring that only a benchmark can report."""
+    if name == "densenet121":
+        return eps < 0.01 or composite == "epsilon"
+    return (name, composite, eps) == ("vgg16_bn", "epsilon", 1e-6)
 
 
 def bound(eps):
@@ -60,7 +68,7 @@ def check_parity(model, canonizers, x, onnx_bytes, composite, eps, what, low=0.0
 
 
 @pytest.mark.parametrize("name,composite,eps", [(a, c, e) for a in ARCHS for c, e in CASES
-                                                  if (a, c, e) not in ILL_CONDITIONED])
+                                                  if not ill_conditioned(a, c, e)])
 def test_torchvision_matches_zennit(name, composite, eps):
     model, canonizers, x, onnx_bytes = small_case(name)
     check_parity(model, canonizers, x, onnx_bytes, composite, eps, f"{name} {composite} eps={eps:g}")
@@ -72,7 +80,8 @@ def test_full_size_torchvision_matches_zennit(name):
     """The unmodified architectures at 224 x 224 (vgg16_bn with its 4096-wide head), once each."""
     model, canonizers = torchvision_model(name)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    check_parity(model, canonizers, x, export(model, x), "epsilon-plus", 1e-6, f"{name} 224", index=False)
+    eps = 0.01 if ill_conditioned(name, "epsilon-plus", 1e-6) else 1e-6
+    check_parity(model, canonizers, x, export(model, x), "epsilon-plus", eps, f"{name} 224", index=False)
 
 
 @pytest.fixture(scope="module")
