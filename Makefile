@@ -25,6 +25,7 @@ data:
 # everything: runtime + torch, zennit, test tools, and the data the tests train on
 setup: $(BIN)/python data
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps lxt==2.1
 
 demo: setup-runtime
 	$(BIN)/lrpgraph demo --out out/demo

@@ -10,8 +10,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
+from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
+from lrpgraph.fusion import fuse
 from lrpgraph.graph import attrs_of, tensor_shapes, topological
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
@@ -72,13 +74,14 @@ class Canonical:
     inits: dict
     signal: set
     nonneg: set
+    image_float: bool = True  # False: the explained input is token ids (its relevance is per token)
 
 
 def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
     shapes = tensor_shapes(model)
-    image = _image_input(graph, inits)
+    image, image_float = _image_input(graph, inits)
     logits, probabilities = _logits(graph)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
@@ -88,25 +91,32 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
-    relevant = _on_path(nodes, logits, signal)
+    relevant = fuse(_on_path(nodes, logits, signal), inits)
     _check_supported(relevant)
     units = _units(relevant, graph, inits, shapes, signal)
     _mark_first(units, image)
     return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
-                     _nonneg(units, inits))
+                     _nonneg(units, inits), image_float)
 
 
 def _image_input(graph, inits):
-    for info in graph.input:
-        if info.name in inits:
-            continue
+    """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
+    constant embedding table (Gather), 'input_ids' first."""
+    inputs = [i for i in graph.input if i.name not in inits]
+    for info in inputs:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
-            return info.name
+            return info.name, True
+    embedded = {n.input[1] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    tokens = [i for i in inputs if i.name in embedded and len(i.type.tensor_type.shape.dim) == 2
+              and i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)]
+    if tokens:
+        return next((i.name for i in tokens if i.name == "input_ids"), tokens[0].name), False
     found = ", ".join(f"{i.name} ({TensorProto.DataType.Name(i.type.tensor_type.elem_type)})"
-                      for i in graph.input if i.name not in inits) or "none"
-    raise LrpgraphError(f"the model has no float32 image input of rank >= 2 (inputs: {found}); "
-                        "export the classifier with a float32 input [N, C, H, W]")
+                      for i in inputs) or "none"
+    raise LrpgraphError(f"the model has no float32 image input of rank >= 2 and no token ids [N, L] into an "
+                        f"embedding table (inputs: {found}); export the classifier with a float32 input "
+                        "[N, C, H, W] or int64 input_ids")
 
 
 def _logits(graph):
@@ -165,6 +175,10 @@ def _units(nodes, graph, inits, shapes, signal):
             unit.inputs = [node.input[0]]
         elif kind == "gate":
             unit.gate = _gate_input(node, nodes, unit)
+            if unit.gate is None:  # neither operand is a gate: a product of two signals
+                unit.kind = "product"
+        elif kind == "product":  # which operand holds attention probabilities (CP-LRP keeps them constant)
+            unit.gate = attention_operand(node, {o: n for n in nodes for o in n.output})
         units.append(unit)
     return units
 
@@ -274,8 +288,7 @@ def _gate_input(node, nodes, unit):
         return gates[0]
     if len(gates) == 2:  # x * sigmoid(x) where x itself is gated: the later gate is the multiplier
         return 1
-    raise UnsupportedModelError(f"node '{unit.name}' (Mul): a product of two image-dependent tensors where "
-                                "neither is a gate (Sigmoid/HardSigmoid/Clip output) is not supported")
+    return None
 
 
 def _mark_first(units, image):

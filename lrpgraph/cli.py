@@ -11,7 +11,7 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex"]  # composites.COMPOSITES, without importing onnx here
+                   "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
 METHOD_NAMES = list(METHODS)
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 
@@ -102,7 +102,7 @@ def _options(kw):
 def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, method,
             explain, steps, quadrature, baseline, chunk, samples, noise_level, **kw):
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
-    from lrpgraph.convert import convert as convert_model, save
+    from lrpgraph.convert import convert as convert_model, save, uses_external_data
 
     output = output or _default_output(model)
     if os.path.exists(output) and not force:
@@ -112,7 +112,7 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
                               explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
                               samples=samples, noise_level=noise_level, **_options(kw))
-    save(converted, output, force=force)
+    save(converted, output, force=force, external=uses_external_data(model) or None)
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
 
@@ -171,9 +171,11 @@ def inspect(model, **kw):
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
 def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, batch_size, provider, threads,
-            quiet, resize, crop, mean, std, mode, channel_order, scale):
+            quiet, vocab, resize, crop, mean, std, mode, channel_order, scale):
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
@@ -182,6 +184,12 @@ def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, ht
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
+    if session.tokens:  # a text model: token ids from .npy / .jsonl files, one coloured-token page
+        from lrpgraph.runtime.tokens import explain_token_files
+
+        records = explain_token_files(session, inputs, out_dir, vocab=vocab, target=target)
+        click.echo(f"{len(records)} sequences explained -> {os.path.join(out_dir, 'index.html')}", err=True)
+        return
     overrides = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     if overrides:  # command-line flags override what convert stored
         session.preprocess = {**(session.preprocess or {}), **overrides}
@@ -200,7 +208,7 @@ def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, ht
 @click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
 def demo(out_dir, composite):
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model, save
+    from lrpgraph.convert import convert as convert_model, save, uses_external_data
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession
 

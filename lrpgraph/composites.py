@@ -8,6 +8,10 @@ from lrpgraph.converters import RECORDS
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import DEFAULT_STABILIZER, make_rule, parse_rule
 
+TRANSFORMER = {"first": "gradient", "conv": "gradient", "dense": "gradient", "activation": "identity",
+               "layernorm": "identity", "normaliser": "gradient", "sum": "gradient", "avgpool": "gradient",
+               "bn": "gradient", "maxpool": "gradient", "gate": "cp", "affine": "gradient", "structure": "gradient"}
+
 # every LRP composite starts from this map (REFERENCE.md section 3)
 BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "maxpool": "wta",
         "structure": "pass", "gate": "pass", "affine": "pass"}
@@ -24,11 +28,23 @@ COMPOSITES = {
     # LRP-Flex: relevance = input x gradient with ReLU gradients scaled by a / (a + eps), zbox(0, 1) first
     "flex": {"first": "flex-zbox", "conv": "gradient", "dense": "gradient", "activation": "gradient",
              "relu": "flex-relu", "sum": "gradient", "avgpool": "gradient", "bn": "gradient", "maxpool": "wta",
-             "gate": "gradient", "affine": "gradient"},
+             "gate": "gradient", "affine": "gradient", "product": "gradient", "normaliser": "gradient",
+             "layernorm": "gradient"},
+    # transformers (REFERENCE.md section 9), in LXT's gradient form (the message is g = R / x, the heatmap x * g):
+    # LRP-0 on every linear layer (the plain gradient: what LXT does where no zennit rule is attached; the
+    # rules of section 2 through --rule, e.g. Conv=gamma:0.25), the identity rule on element-wise
+    # activations (GELU), LayerNorm with sigma constant, the plain gradient elsewhere (residual and constant
+    # Adds absorb like biases, the Softmax inside is its gradient); products: halved (AttnLRP) or with the
+    # attention probabilities constant (CP-LRP)
+    "attn-lrp": {**TRANSFORMER, "product": "uniform"},
+    "cp-lrp": {**TRANSFORMER, "product": "cp"},
 }
 
 # rule sets that carry a gradient from the logits (the seed is d(explained)/dy, not a relevance)
-GRADIENT_COMPOSITES = {"flex"}
+GRADIENT_COMPOSITES = {"flex", "attn-lrp", "cp-lrp"}
+# ... of which these carry it to the input, whose heatmap is input x message (the others end in a rule)
+MESSAGE_COMPOSITES = {"attn-lrp", "cp-lrp"}
+
 
 def plan(units: list, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
          alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None) -> dict:
@@ -48,7 +64,7 @@ def plan(units: list, composite="epsilon-plus", overrides=(), epsilon=None, stab
         record = RECORDS[unit.op]
         rule = by_key.get(unit.name) or by_key.get(unit.op)
         if rule is None:
-            if composite in GRADIENT_COMPOSITES and unit.upstream:
+            if composite in GRADIENT_COMPOSITES - MESSAGE_COMPOSITES and unit.upstream:
                 name = "pass"
             elif unit.first:
                 name = table["first"]
@@ -78,6 +94,9 @@ def _aliases(units):
         if unit.layer is not None:
             weight = unit.layer.weight
             names += [weight, weight[: -len(".weight")] if weight.endswith(".weight") else weight]
+            bias = unit.layer.bias or ""  # torch.onnx exports nn.Linear as MatMul with an unnamed transposed weight
+            if bias.endswith(".bias"):
+                names.append(bias[: -len(".bias")])
         for name in names:
             aliases.setdefault(_plain(name), unit.name)
     return aliases

@@ -4,7 +4,7 @@ import os
 from collections import defaultdict
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, external_data_helper, helper
 
 from lrpgraph import bounds, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
@@ -14,6 +14,7 @@ from lrpgraph.files import atomic_write
 from lrpgraph.version import __version__
 
 RELEVANCE = "relevance"
+EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (protobuf's limit is 2 GiB)
 
 
 def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), method=None, explain=None, epsilon=None,
@@ -47,8 +48,11 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
         gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
         seed, new_inputs = targets.seed(b, canon.logits, logits_shape[1], target, batch_dim, gradient)
 
-        def walk_with(view, plan, start, b=b):
-            return walk(Context(b, view.shapes, view.inits, view.signal, view.nonneg), view, plan, start)
+        def walk_with(view, plan, start, b=b, spec=spec):
+            ctx = Context(b, view.shapes, view.inits, view.signal, view.nonneg)
+            if spec in composites.MESSAGE_COMPOSITES:
+                ctx.message = "gradient"  # LRP rules receive and return g = R / x (converters/attention.py)
+            return walk(ctx, view, plan, start)
 
         if methods.is_method(spec):
             heat, more = methods.emit(b, model, canon, spec, seed, method_options, walk_with)
@@ -58,6 +62,9 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
             rules_used[output] = {name: str(rule) for name, rule in plan.items()}
             heat = walk_with(canon, plan, seed)
             heat = b.zeros_like(canon.image) if heat is None else heat
+            if spec in composites.MESSAGE_COMPOSITES and canon.image_float:
+                b.scope = "output"
+                heat = b.mul(canon.image, heat)
         b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
         builders.append(b)
         inputs.update({i.name: i for i in new_inputs})
@@ -69,6 +76,8 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
               "overrides": list(rules), "rules": rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
               "gradient_seed": {o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES
                                 for o, s in explanations.items()}}
+    if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
+        config.update(token_input=True, vocab_size=_vocab_size(canon))
     metadata.write(model, metadata.VERSION, __version__)
     metadata.write(model, metadata.CONFIG, config)
     if preprocess:
@@ -77,6 +86,11 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
         metadata.write(model, metadata.LABELS, list(labels))
     check(model, strict)
     return model
+
+
+def _vocab_size(canon):
+    return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
+                 if u.op == "Gather" and u.inputs[1] == canon.image and u.inputs[0] in canon.inits), None)
 
 
 def _explanations(explain, method, composite):
@@ -129,7 +143,8 @@ def _attach(model, builders, new_inputs, image, explanations):
     for output, spec in explanations.items():
         info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         info.type.CopyFrom(image.type)
-        info.doc_string = f"{spec} relevance of each input value for the explained logit(s), shaped like the image"
+        info.type.tensor_type.elem_type = TensorProto.FLOAT  # token ids: one float relevance per token
+        info.doc_string = f"{spec} relevance of each input value for the explained logit(s), shaped like the input"
         g.output.append(info)
 
 
@@ -151,9 +166,41 @@ def passes_full_check(model):
         return False
 
 
-def save(model, path, force=False):
-    """Write atomically (temporary file, then rename); refuse to overwrite without force."""
+def save(model, path, force=False, external=None):
+    """Write atomically (temporary file, then rename); refuse to overwrite without force.
+
+    external: weights in PATH.data next to the model (ONNX external data), as models over protobuf's 2 GB
+    limit need; None: when the weights exceed EXTERNAL_BYTES. The relevance path reads the same
+    initializers, so the data file is about the source model's. Converts `model` in place in that case."""
     path = os.fspath(path)
-    if os.path.exists(path) and not force:
-        raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
+    location = os.path.basename(path) + ".data"
+    data = os.path.join(os.path.dirname(os.path.abspath(path)), location)
+    if external is None:
+        external = sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_BYTES
+    for target in [path] + ([data] if external else []):
+        if os.path.exists(target) and not force:
+            raise LrpgraphError(f"{target} exists; pass --force to overwrite it or -o to write elsewhere")
+    if external:
+        external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location,
+                                                            size_threshold=1024)
+        partial = data + ".partial"
+        if os.path.exists(partial):
+            os.remove(partial)
+        for tensor in external_data_helper._get_all_tensors(model):  # written under a temporary name first
+            if external_data_helper.uses_external_data(tensor):
+                external_data_helper.set_external_data(tensor, location=os.path.basename(partial))
+        external_data_helper.write_external_data_tensors(model, os.path.dirname(data))
+        for tensor in external_data_helper._get_all_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        os.replace(partial, data)
     atomic_write(path, lambda file: file.write(model.SerializeToString()))
+
+
+def uses_external_data(path):
+    """Whether the ONNX file at path keeps its weights in external data files."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return False
+    light = onnx.load(os.fspath(path), load_external_data=False)
+    return any(external_data_helper.uses_external_data(t) for t in light.graph.initializer)

@@ -104,6 +104,10 @@ OTHER_RULES = {
     "flex-relu": (("epsilon",), (0.01,)),  # ReLU gradient times a / (a + eps)
     "flex-zbox": (("low", "high"), (0.0, 1.0)),  # relevance z * g at the output, then zbox (flex's first layer)
     "guided": ((), ()),  # guided non-linearity: only positive gradients pass ReLU / MaxPool
+    # transformers (REFERENCE.md section 9; arithmetic in converters/attention.py and norm.py)
+    "uniform": ((), ()),  # AttnLRP: a product of two signals gives each operand half
+    "cp": ((), ()),  # CP-LRP: attention probabilities (a gate) are constants, the other operand gets all
+    "identity": ((), ()),  # AttnLRP: R_x = R_y on activations; LayerNorm with its sigma held constant
 }
 
 GRADIENT_RULES = ("gradient", "flex-relu", "guided")  # carry a gradient, not a relevance

@@ -18,6 +18,8 @@ def activation(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
         return [r] + rest
     b, x, y = ctx.b, unit.inputs[0], unit.outputs[0]
     record = RECORDS[unit.op]
+    if rule.name == "identity":  # AttnLRP's identity rule R_x = R_y, the message being g = R / x: g f(x) / x
+        return [b.mul(r, b.div(y, b.stab(x, 1e-10)))] + rest
     if rule.name == "flex-relu":  # accepted by ReLU only (its record's rules)
         ratio = b.div(y, b.add(y, b.const(rule.params[0])))
         ratio = b.op("Where", [b.op("IsNaN", [ratio], "isnan"), b.const(0.0), ratio], "nan_to_zero")
@@ -48,7 +50,7 @@ def _positive(b, x):
     return b.op("Greater", [x, b.const(0.0)], "is_pos")
 
 
-@activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided"}, composite_key="relu", guided=True,
+@activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided", "identity"}, composite_key="relu", guided=True,
                nonneg_output=True)
 def relu(ctx: Context, unit, x: str, y: str) -> str:
     return ctx.b.op("Cast", [_positive(ctx.b, x)], "step", to=1)

@@ -86,6 +86,8 @@ def linear(ctx, unit, rule, r_outs):
     layer, signal = unit.layer, r_outs[0]
     b = ctx.b
     nonneg = layer.x in ctx.nonneg
+    if rules.is_linear(rule) and ctx.message == "gradient":
+        return [linear_message(ctx, layer, rule, signal)]
     if rules.is_linear(rule):
         r_in = rules.linear_relevance(b, layer, rule, signal, nonneg, output=layer.out)
     elif rule.name in rules.GRADIENT_RULES:
@@ -97,3 +99,13 @@ def linear(ctx, unit, rule, r_outs):
     else:
         raise unsupported_rule(unit, rule)
     return [r_in]
+
+
+def linear_message(ctx, layer, rule, g):
+    """g_x of a linear layer under an LRP rule when the message is a gradient (attn-lrp, cp-lrp): R_x / x
+    with R_y = y g, as LXT's zennit hooks compute it; epsilon needs no division by x."""
+    b = ctx.b
+    if rule.name == "epsilon":
+        return layer.backward(b, b.mul(g, b.div(layer.out, b.stab(layer.out, rule.params[0]))), layer.weights(b)[0])
+    relevance = rules.linear_relevance(b, layer, rule, b.mul(g, layer.out), layer.x in ctx.nonneg, output=layer.out)
+    return b.div(relevance, b.stab(layer.x, 1e-10))

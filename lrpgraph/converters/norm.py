@@ -19,3 +19,56 @@ def batch_norm(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
         k = b.op("Reshape", [k, b.ints([1, -1] + [1] * (rank - 2))], "bn_scale")
         return [b.mul(r, k)] + rest
     raise unsupported_rule(unit, rule)
+
+
+@register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+def layer_norm(ctx, unit, rule, r_outs):
+    """y = scale (x - mean) / sigma + bias over the axes from `axis` on. 'identity' (AttnLRP, CP-LRP; the
+    message is a gradient, converters/attention.py): sigma is a constant and the centring linear, so
+    g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R unchanged."""
+    r, b = r_outs[0], ctx.b
+    rest = [None] * (len(unit.inputs) - 1)
+    if rule.name == "pass":
+        return [r] + rest
+    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
+        raise unsupported_rule(unit, rule)
+    x, scale = unit.inputs[0], unit.inputs[1]
+    rank = len(ctx.shapes[x])
+    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
+    eps = float(unit.attrs.get("epsilon", 1e-5))
+
+    def mean(t):
+        return b.op("ReduceMean", [t, axes], "mean", keepdims=1)
+
+    centred = b.sub(x, mean(x))
+    sigma = b.op("Sqrt", [b.add(mean(b.mul(centred, centred)), b.const(eps))], "sigma")
+    g = b.mul(r, scale) if scale else r  # a LayerNorm written out without a scale (fusion.py)
+    if rule.name == "identity":
+        return [b.div(b.sub(g, mean(g)), sigma)] + rest
+    normed = b.div(centred, sigma)
+    inner = b.sub(b.sub(g, mean(g)), b.mul(normed, mean(b.mul(g, normed))))
+    return [b.div(inner, sigma)] + rest
+
+
+@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient"})
+def rms_norm(ctx, unit, rule, r_outs):
+    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23). 'identity': rms is a constant
+    (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative."""
+    r, b = r_outs[0], ctx.b
+    rest = [None] * (len(unit.inputs) - 1)
+    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
+        raise unsupported_rule(unit, rule)
+    x, scale = unit.inputs[0], unit.inputs[1]
+    rank = len(ctx.shapes[x])
+    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
+    eps = float(unit.attrs.get("epsilon", 1e-5))
+
+    def mean(t):
+        return b.op("ReduceMean", [t, axes], "mean", keepdims=1)
+
+    rms = b.op("Sqrt", [b.add(mean(b.mul(x, x)), b.const(eps))], "rms")
+    t = b.mul(r, scale)
+    if rule.name == "identity":
+        return [b.div(t, rms)] + rest
+    inner = b.sub(t, b.mul(x, b.div(mean(b.mul(t, x)), b.mul(rms, rms))))
+    return [b.div(inner, rms)] + rest

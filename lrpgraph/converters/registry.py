@@ -31,7 +31,7 @@ KINDS = {
     "linear": ("a layer with constant weights (Conv, Gemm, MatMul): bias Add and BatchNormalization fused in",
                {"rules": _LINEAR}),
     "activation": ("an element-wise non-linearity of one signal input",
-                   {"rules": frozenset({"pass", "gradient", "guided"})}),
+                   {"rules": frozenset({"pass", "gradient", "guided", "identity"})}),
     "bn": ("a standalone per-channel affine normalisation (BatchNormalization)", {"rules": _MOVE}),
     "normaliser": ("a normalisation whose statistics depend on the input (LayerNorm, Softmax in the graph)", {}),
     "sum": ("a sum of signals (residual Add)",
@@ -121,6 +121,7 @@ class Context:
     inits: dict  # name -> numpy array
     signal: set  # tensors that depend on the image input
     nonneg: set = field(default_factory=set)  # tensors known to be >= 0 (ReLU outputs and what only moves them)
+    message: str = "relevance"  # "gradient": LRP rules receive and return g = R / x (attn-lrp, cp-lrp)
 
     def value(self, name: str, unit, what: str):
         """The numpy value of a constant input, or a clear error naming the node."""
@@ -212,7 +213,7 @@ def record_of(node: NodeProto) -> OpRecord | None:
 def explainable(node: NodeProto) -> bool:
     """Whether relevance can be carried back through the node (a known op with a converter)."""
     record = record_of(node)
-    return record is not None and record.convert is not None
+    return record is not None and (record.convert is not None or bool(record.by_kind))
 
 
 def is_kind(node: NodeProto, kind: str) -> bool:

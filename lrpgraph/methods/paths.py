@@ -19,7 +19,7 @@ def clone_path(model, canon, new_input, prefix):
         if any(o in needed for o in node.output) and any(t in dependent for t in node.input):
             keep.append(node)
             needed.update(node.input)
-    rename = {t: f"{prefix}/{t}" for t in dependent}
+    rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
     rename[canon.image] = new_input
     nodes = []
     for node in keep[::-1]:

@@ -27,6 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from lrpgraph import metadata
+from lrpgraph.runtime import tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
 
@@ -136,8 +137,11 @@ class ExplainSession:
         self.outputs_probabilities = bool(self.config.get("outputs_probabilities", False))
         inputs = {i.name: i for i in self.ort_session.get_inputs()}
         outputs = {o.name: o for o in self.ort_session.get_outputs()}
+        self.tokens = tokens.is_token_model(self.config)
         self._find_tensors(inputs, outputs)
         shape = list(inputs[self.image_input].shape)
+        if self.tokens:  # token ids [N, L]: explain_inputs feeds them and the other inputs by name
+            shape = [None, None, None, None]
         if len(shape) != 4:
             raise LrpgraphError(
                 f"{self.name}: image input {self.image_input!r} has shape {shape}, expected [N, C, H, W]"
@@ -166,6 +170,10 @@ class ExplainSession:
                     f"{self.name}: its metadata names {tensor!r} as the {role}, but the graph has no such tensor; "
                     "convert the model again"
                 )
+        if self.tokens:
+            self.target_input = next((n for n in (TARGET_INPUT, SEED_INPUT) if n in inputs), None)
+            self.noise_seed = None
+            return
         if inputs[self.image_input].type != "tensor(float)":
             raise LrpgraphError(
                 f"{self.name}: image input {self.image_input!r} is {inputs[self.image_input].type}, not float32"
@@ -184,6 +192,11 @@ class ExplainSession:
                 f"{self.name}: inputs {', '.join(extra)} besides the image cannot be fed by ExplainSession; "
                 "give them default values (initializers) before converting"
             )
+
+    def explain_inputs(self, inputs, target=None):
+        """(logits, relevance [N, L]) of a text model: inputs {graph input name: array} (token ids and, if
+        given, attention_mask, token_type_ids, ...; see runtime/tokens.py for defaults), target as explain's."""
+        return tokens.explain_inputs(self, inputs, target)[:2]
 
     def __repr__(self):
         return (

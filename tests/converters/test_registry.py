@@ -6,6 +6,8 @@ The new op is Softsign, y = x / (1 + |x|), which lrpgraph does not otherwise sup
 float64 torch (autograd through F.softsign, torch's own derivative, and zennit-style rule transcriptions
 from ops_helpers), sharing no code with the converter."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -133,7 +135,17 @@ def test_gradient_matches_finite_differences(softsign):
 
 
 @pytest.fixture
-def matmul_product():
+def matmul_linear_only():
+    """MatMul as a linear layer only (its 'product' kind, converters/attention.py, taken away for the test)."""
+    saved = registry.RECORDS["MatMul"]
+    registry.RECORDS["MatMul"] = replace(saved, by_kind={}, classify=None,
+                                         rules={k: v for k, v in saved.rules.items() if k != "product"})
+    yield
+    registry.RECORDS["MatMul"] = saved
+
+
+@pytest.fixture
+def matmul_product(matmul_linear_only):
     """MatMul given a second kind for the test: 'product' when both operands carry the signal."""
     saved = registry.RECORDS["MatMul"]
 
@@ -168,7 +180,7 @@ def test_a_second_kind_for_a_registered_op(matmul_product):
     assert_l1(relevance, eps_rule(head, h, seed.detach()).numpy(), TOL)
 
 
-def test_without_the_second_kind_a_product_is_refused():
+def test_without_the_second_kind_a_product_is_refused(matmul_linear_only):
     with pytest.raises(UnsupportedModelError, match="both operands depend on the image"):
         lrpgraph.convert(product_model()[0])
 

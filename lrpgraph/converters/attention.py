@@ -1,0 +1,229 @@
+"""Transformer ops (REFERENCE.md section 9): a Softmax inside the graph, products of two signals
+(attention's Q K^T and A V, an element-wise a * b), Gather by constant indices (a class token, a
+fused qkv) and of token ids (the embedding table), Expand, Where, GELU, and the linear layers and
+activations under the transformer composites.
+
+The composites attn-lrp and cp-lrp carry the message g_t = R_t / t back through the graph (the gradient
+form LXT computes; the heatmap is x * g): only linear layers, element-wise activations, LayerNorm and
+products change the plain gradient, so no relevance is divided by a value that may be near zero.
+- linear layer, an LRP rule of rules.py: g_x = R_x / x with R_x the rule's relevance for R_y = y g_y
+  (epsilon: g_x = W^T (g_y y / stab(y)), no division by x; linear.py);
+- element-wise activation, 'identity' (AttnLRP's identity rule R_x = R_y): g_x = g_y f(x) / x (activations.py);
+- product y = a (x) b (MatMul or Mul of two signals): 'uniform' (AttnLRP) each operand gets half of the
+  product rule's gradient; 'cp' (CP-LRP) the operand computed by a Softmax (the attention probabilities,
+  unit.gate) is a constant and the other operand gets the full gradient (without a Softmax operand, as
+  'uniform'); 'gradient' the product rule;
+- Softmax, Gather, Expand, Where, Cast: the plain gradient (a Softmax inside the graph under AttnLRP
+  is its gradient: R_z = z (R_s - s sum R_s))."""
+
+import math
+
+import numpy as np
+
+from lrpgraph.converters.activations import activation_op
+from lrpgraph.converters.registry import extend, register, unsupported_rule
+from lrpgraph.converters.structure import mul_div, unbroadcast
+from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.rules import GRADIENT_RULES
+
+# ops a Softmax output may pass on its way to the product that uses it as attention probabilities
+_MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather"}
+
+
+def attention_operand(node, producer):
+    """The index (0 or 1) of the operand of a product computed by a Softmax (through shape ops), or None."""
+    def from_softmax(tensor, depth=0):
+        n = producer.get(tensor)
+        if n is None or depth > 8:
+            return False
+        if n.op_type == "Softmax":
+            return True
+        return n.op_type in _MOVES and from_softmax(n.input[0], depth + 1)
+
+    found = [i for i in (0, 1) if from_softmax(node.input[i])]
+    return found[0] if len(found) == 1 else None
+
+
+def softmax(ctx, unit, rule, r_outs):
+    b, r = ctx.b, r_outs[0]
+    s = unit.outputs[0]
+    axes = b.ints([int(unit.attrs.get("axis", -1))])
+    if rule.name not in GRADIENT_RULES:
+        raise unsupported_rule(unit, rule)
+    inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
+    return [b.mul(s, b.sub(r, inner))]
+
+
+def _matmul_back(ctx, unit, s):
+    """(d<s, a @ b>/da, d<s, a @ b>/db) for y = a @ b, with broadcast batch axes summed away."""
+    b = ctx.b
+    a_name, b_name = unit.inputs[:2]
+    ra, rb = len(ctx.shapes[a_name]), len(ctx.shapes[b_name])
+    if ra < 2 or rb < 2:
+        raise UnsupportedModelError(f"node '{unit.name}' (MatMul): products of two signals need operands of rank "
+                                    ">= 2 (got ranks {ra}, {rb})")
+
+    rank = max(ra, rb)
+    ga = b.op("MatMul", [s, _t(b, b_name, rb)], "grad_a")
+    gb = b.op("MatMul", [_t(b, a_name, ra), s], "grad_b")
+    out = unit.outputs[0]
+    return _sum_to(ctx, ga, a_name, out, rank), _sum_to(ctx, gb, b_name, out, rank)
+
+
+def _sum_to(ctx, g, operand, out, rank):
+    """A MatMul operand's gradient summed over the batch axes it was broadcast along."""
+    b = ctx.b
+    shape = ctx.shapes[operand]
+    out_shape = ctx.shapes.get(out) or [None] * rank
+    lead = rank - len(shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(shape[:-2])
+                                if d == 1 and out_shape[lead + i] != 1]
+    if not axes:
+        return g
+    g = b.op("ReduceSum", [g, b.ints(axes)], "unbroadcast", keepdims=1)
+    return b.reshape_like(g, operand) if lead else g
+
+
+def product(ctx, unit, rule, r_outs):
+    """A product of two signals, MatMul (a @ b) or element-wise Mul (a * b), in the gradient form."""
+    b, g = ctx.b, r_outs[0]
+    a_name, b_name = unit.inputs[:2]
+    out = unit.outputs[0]
+    if rule.name not in GRADIENT_RULES + ("uniform", "cp"):
+        raise unsupported_rule(unit, rule)
+    if unit.op == "MatMul":
+        ga, gb = _matmul_back(ctx, unit, g)
+    else:
+        ga = unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out)
+        gb = unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out)
+    if rule.name in GRADIENT_RULES:
+        return [ga, gb]
+    if rule.name == "cp" and unit.gate is not None:
+        return [None, gb] if unit.gate == 0 else [ga, None]
+    half = b.const(0.5)
+    return [b.mul(ga, half), b.mul(gb, half)]
+
+
+def _t(b, x, rank):
+    return b.op("Transpose", [x], "swap", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+
+
+def gate(ctx, unit, rule, r_outs):
+    """A signal times a gate (x * sigmoid(x), squeeze-excitation): under 'cp' the gate is a constant and the
+    message to the signal is g * gate (REFERENCE.md section 9); the other rules as for any gate."""
+    if rule.name != "cp":
+        return mul_div(ctx, unit, rule, r_outs)
+    result = [None, None]
+    signal, out = 1 - unit.gate, unit.outputs[0]
+    result[signal] = unbroadcast(ctx, ctx.b.mul(r_outs[0], unit.inputs[unit.gate]), unit.inputs[signal], unit, out)
+    return result
+
+
+PRODUCT_RULES = {"uniform", "cp", "gradient"}
+# a MatMul of two signals is a product, one with a constant matrix a linear layer; a Softmax inside the graph
+# (the one at the output is the head before which the logits are explained) is a normaliser
+extend("MatMul", "product", product, PRODUCT_RULES,
+       classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
+extend("Mul", "product", product, PRODUCT_RULES)
+extend("Mul", "gate", gate, {"pass", "gradient", "cp"})
+extend("Softmax", "normaliser", softmax, {"gradient"}, classify=lambda node, dynamic: "normaliser")
+
+
+@activation_op("Gelu")
+def gelu(ctx, unit, x, y):
+    """d gelu / dx: Phi(x) + x phi(x), or for approximate='tanh' the derivative of its tanh form."""
+    b = ctx.b
+    approximate = unit.attrs.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    if approximate == "tanh":  # 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx, u = c (x + 0.044715 x^3)
+        c = math.sqrt(2 / math.pi)
+        x2 = b.mul(x, x)
+        u = b.mul(b.const(c), b.add(x, b.mul(b.const(0.044715), b.mul(x2, x))))
+        th = b.op("Tanh", [u], "tanh")
+        du = b.mul(b.const(c), b.add(b.const(1.0), b.mul(b.const(3 * 0.044715), x2)))
+        return b.add(b.mul(b.const(0.5), b.add(b.const(1.0), th)),
+                     b.mul(b.mul(b.const(0.5), x), b.mul(b.sub(b.const(1.0), b.mul(th, th)), du)))
+    cdf = b.mul(b.const(0.5), b.add(b.const(1.0), b.op("Erf", [b.mul(x, b.const(1 / math.sqrt(2)))], "erf")))
+    pdf = b.mul(b.const(1 / math.sqrt(2 * math.pi)), b.op("Exp", [b.mul(b.mul(x, x), b.const(-0.5))], "exp"))
+    return b.add(cdf, b.mul(x, pdf))
+
+
+@register("Gather", kind="structure")
+def gather(ctx, unit, rule, r_outs):
+    b, r = ctx.b, r_outs[0]
+    data, indices = unit.inputs[:2]
+    if rule.name not in GRADIENT_RULES + ("pass",):
+        raise unsupported_rule(unit, rule)
+    if indices in ctx.signal:  # token ids into an embedding table: relevance per token, summed over hidden
+        if unit.attrs.get("axis", 0) != 0 or data in ctx.signal:
+            raise UnsupportedModelError(f"node '{unit.name}' (Gather): token ids must index axis 0 of a constant "
+                                        "embedding table")
+        if ctx.message == "gradient":  # relevance = embedding x its gradient
+            r = b.mul(r, unit.outputs[0])
+        return [None, b.op("ReduceSum", [r, b.ints([-1])], "per_token", keepdims=0)]
+    shape = ctx.shapes.get(data)
+    if indices not in ctx.inits and shape is not None and len(shape) == 1:
+        # indices computed at run time into a flat tensor (torch's as_strided: adaptive pooling with a dynamic
+        # batch): scatter-add R back to the positions read
+        flat = b.op("Reshape", [r, b.ints([-1])], "flat")
+        where = b.op("Reshape", [indices, b.ints([-1])], "flat_indices")
+        return [b.op("ScatterElements", [b.zeros_like(data), where, flat], "scatter", axis=0, reduction="add"), None]
+    index = np.asarray(ctx.value(indices, unit, "indices")).astype(np.int64)
+    axis = int(unit.attrs.get("axis", 0)) % len(shape)
+    dim = shape[axis]
+    if index.ndim == 0 and index >= 0:  # one position (a class token): R back there, zeros elsewhere
+        rank = len(shape)
+        r = b.op("Unsqueeze", [r, b.ints([axis])], "unsqueeze")
+        if dim is not None:
+            after = b.ints([dim - int(index) - 1])
+        else:  # a dynamic axis (the sequence): the size is read at run time
+            size = b.op("Slice", [b.op("Shape", [data], "shape"), b.ints([axis]), b.ints([axis + 1])], "size")
+            after = b.op("Sub", [size, b.ints([int(index) + 1])], "after")
+        pads = b.op("Concat", [b.ints([0] * axis + [int(index)] + [0] * (rank - 1)), after,
+                               b.ints([0] * (rank - axis - 1))], "pads", axis=0)
+        return [b.op("Pad", [r, pads], "pad"), None]
+    if dim is None:
+        raise UnsupportedModelError(f"node '{unit.name}' (Gather): gathering along a dynamic axis is only "
+                                    "supported for one non-negative constant index")
+    index = np.where(index < 0, index + dim, index)
+    if index.ndim != 1:
+        raise UnsupportedModelError(f"node '{unit.name}' (Gather): only scalar or 1-D constant indices are supported")
+    rank = len(shape)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    onehot = np.zeros((len(index), dim), np.float32)
+    onehot[np.arange(len(index)), index] = 1.0  # repeated indices add up
+    moved = b.op("MatMul", [b.op("Transpose", [r], "to_last", perm=perm), b.const(onehot)], "scatter")
+    return [b.op("Transpose", [moved], "from_last", perm=[perm.index(i) for i in range(rank)]), None]
+
+
+@register("Expand", "Tile", kind="structure")
+def expand(ctx, unit, rule, r_outs):
+    if rule.name not in GRADIENT_RULES + ("pass",):
+        raise unsupported_rule(unit, rule)
+    x, out = unit.inputs[0], unit.outputs[0]
+    if unit.op == "Tile":
+        repeats = [int(v) for v in ctx.value(unit.inputs[1], unit, "repeats")]
+        shape = ctx.shape(x, unit)
+        if any(k != 1 and d != 1 for k, d in zip(repeats, shape)):
+            raise UnsupportedModelError(f"node '{unit.name}' (Tile): only tiling axes of size 1 is supported")
+    return [unbroadcast(ctx, r_outs[0], x, unit, out), None]
+
+
+@register("Where", kind="structure")
+def where(ctx, unit, rule, r_outs):
+    if rule.name not in GRADIENT_RULES + ("pass",):
+        raise unsupported_rule(unit, rule)
+    b, r = ctx.b, r_outs[0]
+    cond, x, y = unit.inputs[:3]
+    if cond in ctx.signal:
+        raise UnsupportedModelError(f"node '{unit.name}' (Where): a condition computed from the input is not supported")
+    zero = b.const(0.0)
+    out = unit.outputs[0]
+    rx = unbroadcast(ctx, b.op("Where", [cond, r, zero], "keep"), x, unit, out) if x in ctx.signal else None
+    ry = unbroadcast(ctx, b.op("Where", [cond, zero, r], "keep"), y, unit, out) if y in ctx.signal else None
+    return [None, rx, ry]
+
+
+@register("Cast", kind="structure")
+def cast(ctx, unit, rule, r_outs):
+    return [r_outs[0]]

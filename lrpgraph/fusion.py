@@ -1,0 +1,138 @@
+"""Transformer blocks written out in elementary ops, recognised as one unit each for the relevance walk:
+LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mul scale, + Add shift) and
+GELU as x * 0.5 * (1 + Erf(x / sqrt 2)) in its usual orders. The forward graph is not changed: the matched
+nodes are replaced, in the list the walker explains, by one LayerNormalization or Gelu node reading the
+pattern's input and writing its output (REFERENCE.md section 9: the rules apply to the whole unit)."""
+
+import math
+
+import numpy as np
+from onnx import helper
+
+from lrpgraph.graph import attrs_of
+
+
+def fuse(nodes, inits):
+    """nodes with every recognised pattern replaced by one synthetic node (in the place of its last node)."""
+    producer = {o: n for n in nodes for o in n.output}
+    consumers = {}
+    for n in nodes:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    replaced, extra = set(), {}
+    for node in nodes:
+        match = None
+        if node.op_type == "Div":
+            match = _layer_norm(node, producer, consumers, inits)
+        elif node.op_type == "Erf":
+            match = _gelu(node, producer, consumers, inits)
+        if match is not None and not (set(map(id, match[0])) & replaced) and _closed(match, consumers):
+            members, fused = match
+            replaced.update(map(id, members))
+            extra[id(members[-1])] = fused
+    return [extra[id(n)] if id(n) in extra else n for n in nodes if id(n) not in replaced or id(n) in extra]
+
+
+def _closed(match, consumers):
+    """No tensor inside the pattern is read outside it (else relevance would be lost there)."""
+    members, fused = match
+    inside = {id(n) for n in members}
+    return all(id(c) in inside for n in members for o in n.output if o != fused.output[0]
+               for c in consumers.get(o, []))
+
+
+def _const(inits, name):
+    return np.asarray(inits[name]) if name in inits else None
+
+
+def _only(consumers, tensor):
+    users = consumers.get(tensor, [])
+    return users[0] if len(users) == 1 else None
+
+
+def _axes(node, inits):
+    if "axes" in (attrs := attrs_of(node)):
+        return list(attrs["axes"])
+    return [int(a) for a in _const(inits, node.input[1])] if len(node.input) > 1 and node.input[1] in inits else None
+
+
+def _other(node, tensor):
+    return node.input[1] if node.input[0] == tensor else node.input[0]
+
+
+def _layer_norm(div, producer, consumers, inits):
+    sub, sqrt = producer.get(div.input[0]), producer.get(div.input[1])
+    if sub is None or sqrt is None or sub.op_type != "Sub" or sqrt.op_type != "Sqrt":
+        return None
+    mean = producer.get(sub.input[1])
+    x = sub.input[0]
+    if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != x:
+        return None
+    add = producer.get(sqrt.input[0])
+    if add is None or add.op_type != "Add":
+        return None
+    var = producer.get(add.input[0]) or producer.get(add.input[1])
+    eps = _const(inits, _other(add, var.output[0])) if var is not None else None
+    if var is None or var.op_type != "ReduceMean" or eps is None or eps.size != 1:
+        return None
+    square = producer.get(var.input[0])
+    d = sub.output[0]
+    if square is None or not (square.op_type == "Pow" and square.input[0] == d and _const(inits, square.input[1]) is not None
+                              and float(_const(inits, square.input[1])) == 2.0
+                              or square.op_type == "Mul" and list(square.input) == [d, d]):
+        return None
+    axes = _axes(mean, inits)
+    if axes is None or axes != _axes(var, inits) or len(axes) != 1:
+        return None
+    members, out, scale, shift = [mean, sub, square, var, add, sqrt, div], div.output[0], "", ""
+    nxt = _only(consumers, out)
+    if nxt is not None and nxt.op_type == "Mul" and _other(nxt, out) in inits:
+        scale, out = _other(nxt, out), nxt.output[0]
+        members.append(nxt)
+        nxt = _only(consumers, out)
+    if nxt is not None and nxt.op_type == "Add" and _other(nxt, out) in inits:
+        shift, out = _other(nxt, out), nxt.output[0]
+        members.append(nxt)
+    node = helper.make_node("LayerNormalization", [x, scale, shift], [out], name=div.name or out, axis=axes[0],
+                            epsilon=float(eps))
+    return members, node
+
+
+def _scalar(inits, name, value):
+    c = _const(inits, name)
+    return c is not None and c.size == 1 and abs(float(c) - value) < 1e-6 * max(1.0, abs(value))
+
+
+def _gelu(erf, producer, consumers, inits):
+    scaled = producer.get(erf.input[0])
+    if scaled is None or not (scaled.op_type == "Div" and _scalar(inits, scaled.input[1], math.sqrt(2))
+                              or scaled.op_type == "Mul" and _scalar(inits, _other(scaled, scaled.input[0]), 1 / math.sqrt(2))):
+        return None
+    x = scaled.input[0] if scaled.op_type == "Div" or scaled.input[0] not in inits else scaled.input[1]
+    add = _only(consumers, erf.output[0])
+    if add is None or add.op_type != "Add" or not _scalar(inits, _other(add, erf.output[0]), 1.0):
+        return None
+    members, out, half, with_x = [scaled, erf, add], add.output[0], False, False
+    for _ in range(2):  # (1 + erf) times x and times 0.5, in either order, or times (x * 0.5)
+        nxt = _only(consumers, out)
+        if nxt is None or nxt.op_type != "Mul":
+            return None
+        other = _other(nxt, out)
+        half_x = producer.get(other)
+        if other == x and not with_x:
+            with_x = True
+        elif _scalar(inits, other, 0.5) and not half:
+            half = True
+        elif half_x is not None and half_x.op_type == "Mul" and x in half_x.input and \
+                _scalar(inits, _other(half_x, x), 0.5) and not (half or with_x):
+            half = with_x = True
+            members.append(half_x)
+        else:
+            return None
+        members.append(nxt)
+        out = nxt.output[0]
+        if half and with_x:
+            break
+    if not (half and with_x):
+        return None
+    return members, helper.make_node("Gelu", [x], [out], name=erf.name or out)
