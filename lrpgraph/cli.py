@@ -6,14 +6,16 @@ from collections import Counter
 
 import click
 
-from lrpgraph.version import __version__
+from lrpgraph.cli_checks import check_ignored, check_output_dir, check_output_file, given, make_output_dir, write_error
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
+from lrpgraph.version import __version__
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
                    "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
 METHOD_NAMES = list(METHODS)
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
+DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
 
 class Group(click.Group):
@@ -71,7 +73,7 @@ def preprocess_options(fn):
 
 def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     given = dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order, scale=scale)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
 
 
 def _options(kw):
@@ -104,7 +106,10 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, save, uses_external_data
 
+    specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
+    check_ignored(given(), specs)
     output = output or _default_output(model)
+    check_output_file(output, "-o", source=model)
     if os.path.exists(output) and not force:
         raise LrpgraphError(f"{output} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
@@ -112,7 +117,10 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
                               explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
                               samples=samples, noise_level=noise_level, **_options(kw))
-    save(converted, output, force=force, external=uses_external_data(model) or None)
+    try:
+        save(converted, output, force=force, external=uses_external_data(model) or None)
+    except OSError as error:
+        raise write_error(error, "-o", output) from None
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
 
@@ -166,7 +174,10 @@ def inspect(model, **kw):
 @click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic or coldnhot")
 @click.option("--format", "formats", default="png", show_default=True, help="png, npy or png,npy")
 @click.option("--json", "json_out", is_flag=True, help="print one JSON line per image on stdout")
-@click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap")
+@click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap (with a copy "
+              "of each preprocessed input, <name>.input.png, so the folder can be moved)")
+@click.option("--png-scale", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="enlarge PNGs by this factor (nearest neighbour); .npy files keep the model's resolution")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
@@ -174,15 +185,17 @@ def inspect(model, **kw):
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
-def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, batch_size, provider, threads,
-            quiet, vocab, resize, crop, mean, std, mode, channel_order, scale):
+def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, png_scale, batch_size, provider,
+            threads, quiet, vocab, resize, crop, mean, std, mode, channel_order, scale):
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
+    from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
     from lrpgraph.runtime.session import ExplainSession
 
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
+    check_output_dir(out_dir, "--out")
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
     if session.tokens:  # a text model: token ids from .npy / .jsonl files, one coloured-token page
         from lrpgraph.runtime.tokens import explain_token_files
@@ -193,14 +206,36 @@ def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, ht
     overrides = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     if overrides:  # command-line flags override what convert stored
         session.preprocess = {**(session.preprocess or {}), **overrides}
+        check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
-    summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
-                            overlay=overlay, cmap=cmap, json_lines="-" if json_out else None, progress=not quiet)
-    if html:
-        write_index_html(out_dir, summary["records"])
+    try:
+        summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
+                                overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,
+                                progress=not quiet, png_scale=png_scale, inputs_png=html)
+        if html:
+            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels))
+    except OSError as error:
+        raise write_error(error, "--out", out_dir) from None
     click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)
     if summary["failed"] or not summary["found"]:
         sys.exit(1)
+
+
+def _folder_truth(summary, labels):
+    """{file: its folder's name} where folders are named by class (ImageFolder layout), for the page."""
+    names = set(labels) if isinstance(labels, list) else set()
+    truth = {r["file"]: os.path.basename(os.path.dirname(r["file"])) for r in summary["records"]}
+    return {k: v for k, v in truth.items() if v in names} or None
+
+
+def _demo_truth(records, labels):
+    """{file: true label} from the bundled samples' names, NN_<label>_<id>.png (NN: the class index)."""
+    truth = {}
+    for record in records:
+        prefix = os.path.basename(record["file"]).split("_", 1)[0]
+        if prefix.isdigit() and int(prefix) < len(labels):
+            truth[record["file"]] = labels[int(prefix)]
+    return truth
 
 
 @main.command()
@@ -212,7 +247,7 @@ def demo(out_dir, composite):
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession
 
-    os.makedirs(out_dir, exist_ok=True)
+    make_output_dir(out_dir, "--out")
     labels = _read_labels(os.path.join(DEMO_DIR, "labels.txt"))
     converted = convert_model(os.path.join(DEMO_DIR, "model.onnx"), composite=composite, labels=labels,
                               preprocess={"mode": "L"})
@@ -220,8 +255,11 @@ def demo(out_dir, composite):
     save(converted, model_path, force=True)
     click.echo(f"converted the demo model ({composite}) -> {model_path}")
     session = ExplainSession(model_path)
-    summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False)
-    index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}")
+    scale = max(1, -(-DEMO_PNG_SIDE // max(session.input_shape[1:])))  # 28 px -> 224 px, nearest neighbour
+    summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False,
+                            formats="png,npy", png_scale=scale, inputs_png=True)
+    index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}",
+                             truth=_demo_truth(summary["records"], labels))
     for record in summary["records"]:
         if "error" not in record:
             click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}")
@@ -253,6 +291,7 @@ def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_s
     of a converted MODEL on images (files or folders); prints the mean per output."""
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
 
+    check_output_dir(out_dir, "--out")
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
                             provider=None if provider == "auto" else provider, threads=threads)
@@ -260,6 +299,9 @@ def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_s
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {os.path.join(out_dir, 'metrics.csv')} and {result['curves']} curve plot(s)", err=True)
+    if result["failed"]:
+        click.echo(f"{len(result['failed'])} of {result['images']} images skipped (unreadable)", err=True)
+        sys.exit(1)
 
 
 @main.command("make-dataset")

@@ -4,6 +4,7 @@ A composite maps unit categories (first linear layer, conv, dense, activation, s
 maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
+from lrpgraph.checks import check_rule, check_rule_options
 from lrpgraph.converters import RECORDS
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import DEFAULT_STABILIZER, make_rule, parse_rule
@@ -54,6 +55,7 @@ def plan(units: list, composite="epsilon-plus", overrides=(), epsilon=None, stab
     carries it to a first layer behind in-graph normalisation for the composites' zbox rules."""
     if composite not in COMPOSITES:
         raise LrpgraphError(f"unknown composite '{composite}'; choose one of {', '.join(COMPOSITES)}")
+    check_rule_options(epsilon, stabilizer, gamma, alpha, beta, low, high, flex_epsilon)
     table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
     eps = DEFAULT_STABILIZER if epsilon is None else epsilon
     params = {"epsilon": (eps,), "gamma": (gamma,), "alpha-beta": (alpha, beta), "zbox": (low, high),
@@ -123,4 +125,5 @@ def _parse_overrides(overrides, units, stabilizer):
             raise LrpgraphError(f"--rule '{text}': no node, layer or op type '{key}' on the explained path; "
                                 "`lrpgraph inspect` lists them")
         out[name] = parse_rule(spec, stabilizer, where=f"--rule '{text}'")
+        check_rule(out[name], f"--rule '{text}'")
     return out

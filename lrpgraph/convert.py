@@ -6,7 +6,7 @@ from collections import defaultdict
 import onnx
 from onnx import TensorProto, external_data_helper, helper
 
-from lrpgraph import bounds, composites, graph, metadata, methods, targets
+from lrpgraph import bounds, checks, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import RECORDS, Context, check_rule
 from lrpgraph.errors import LrpgraphError
@@ -41,6 +41,9 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     batch = image.type.tensor_type.shape.dim[0]
     batch_dim = batch.dim_param or batch.dim_value or "N"
     explanations = _explanations(explain, method, composite)
+    dims = [d.dim_value or None for d in image.type.tensor_type.shape.dim]
+    checks.check_preprocess(preprocess, dims[1:], f"the model's input '{canon.image}'")
+    checks.check_labels(labels, logits_shape[1])
     first_bounds = bounds.first_layer_maps(canon)
     builders, inputs, rules_used = [], {}, {}
     for output, spec in explanations.items():
@@ -107,7 +110,11 @@ def _explanations(explain, method, composite):
         if spec not in composites.COMPOSITES and not methods.is_method(spec):
             raise LrpgraphError(f"--explain '{name}={spec}': unknown; composites: {', '.join(composites.COMPOSITES)}; "
                                 f"methods: {', '.join(methods.METHODS)}")
-        out[f"{RELEVANCE}_{name.replace('-', '_')}"] = spec
+        key = f"{RELEVANCE}_{name.replace('-', '_')}"
+        if key in out:
+            raise LrpgraphError(f"--explain '{name}={spec}': the name '{name}' is given twice; give each heatmap "
+                                "its own NAME")
+        out[key] = spec
     return out
 
 

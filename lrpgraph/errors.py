@@ -13,3 +13,7 @@ class UnsupportedModelError(LrpgraphError):
 
 class NotConvertedError(LrpgraphError):
     """A model given where a converted (lrpgraph) model is needed."""
+
+
+class MissingDependencyError(LrpgraphError, ImportError):
+    """An optional dependency (an onnxruntime build, torch) is not installed: the message names the extra."""

@@ -21,11 +21,11 @@ lrpgraph.runtime.evaluate runs all of this over image files (the `lrpgraph evalu
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from lrpgraph import graph, metadata
 from lrpgraph.converters import is_kind
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.ort import onnxruntime as ort
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 DEFAULT_BATCH_SIZE = 256

@@ -17,6 +17,11 @@ def is_method(name: str) -> bool:
 
 def emit(b, model, canon, method, seed, options, walk):
     """Emit the method's attribution for the image; returns (tensor, [new graph inputs])."""
+    from lrpgraph.checks import check_method_options
+
+    check_method_options(options.get("steps", 32), options.get("samples", 16), options.get("noise_level", 0.1),
+                         options.get("chunk"))
+
     if method in ("gradient", "input-x-gradient"):
         grad = walk(canon, gradient_plan(canon.units), seed)
         grad = b.zeros_like(canon.image) if grad is None else grad

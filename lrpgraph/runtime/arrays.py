@@ -37,14 +37,15 @@ class NumpyOps:
         self.session = session
 
     def run(self, x, feed):
-        """(logits, relevance) for the rows x and the target feed (None when the model takes none)."""
+        """(logits, [relevance per heatmap output]) for the rows x and the target feed (None when the model takes
+        none)."""
         s = self.session
         feeds = {s.image_input: x}
         if s.target_input is not None:
             feeds[s.target_input] = feed
         feeds.update(s.constant_feeds())
         try:
-            logits, relevance = s.ort_session.run([s.logits_output, s.relevance_output], feeds)
+            logits, *relevance = s.ort_session.run([s.logits_output, *s.relevance_outputs], feeds)
         except Exception as error:  # ORT raises its own exception types
             raise _run_error(s, error) from None
         return logits, relevance
@@ -96,8 +97,9 @@ class TorchOps:
             binding.bind_output(s.logits_output, kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
         else:
             binding.bind_output(s.logits_output, "cpu")
-        relevance = torch.empty(tuple(x.shape), dtype=torch.float32, device=x.device)
-        binding.bind_output(s.relevance_output, kind, index, np.float32, tuple(relevance.shape), relevance.data_ptr())
+        relevance = [torch.empty(tuple(x.shape), dtype=torch.float32, device=x.device) for _ in s.relevance_outputs]
+        for name, tensor in zip(s.relevance_outputs, relevance):
+            binding.bind_output(name, kind, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
         if kind == "cuda":
             torch.cuda.current_stream(x.device).synchronize()
         try:

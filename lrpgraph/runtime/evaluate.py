@@ -13,6 +13,7 @@ folder it writes metrics.csv and, with matplotlib, curves/<image>.curves.png.
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +118,39 @@ def _mask_path(masks_dir, relative):
                         "the same name with .png)")
 
 
+def _report_failure(file, message):
+    print(f"skipped: {message}" if str(file) in message else f"skipped {file}: {message}", file=sys.stderr)
+
+
+def _load_chunk(found, chunk, heatmaps, failed, on_failure):
+    """(indices that loaded, their images stacked); an unreadable image is reported and left out."""
+    kept, images = [], []
+    for i in chunk:
+        try:
+            images.append(load_image(found[i][0], heatmaps.preprocess, heatmaps.input_shape))
+        except LrpgraphError as error:
+            message = str(error)
+        except Exception as error:  # an odd file must not stop a long run; the message names it
+            message = f"cannot read image {found[i][0]}: {type(error).__name__}: {error}"
+        else:
+            kept.append(i)
+            continue
+        failed.append({"file": str(found[i][0]), "error": message})
+        if on_failure is not None:
+            on_failure(found[i][0], message)
+    return kept, (np.stack(images) if images else None)
+
+
 def evaluate(model, paths, metrics=("deletion", "insertion"), masks_dir=None, out_dir=None, step=None, fill="black",
-             batch_size=16, provider=None, threads=None, seed=0, plots=True):
+             batch_size=16, provider=None, threads=None, seed=0, plots=True, on_failure=_report_failure):
     """Evaluate every heatmap output of a converted model on image files (folders walked recursively).
 
     masks_dir holds a mask per image under the same relative name (PNG; nonzero = foreground), needed for
     background and pointing. fill: 'black' (a black pixel in the model's input space) or a number.
+    An image that cannot be read is reported by on_failure(file, message) (default: one line on stderr),
+    skipped, and listed in "failed", as `lrpgraph explain` does.
     Returns {"rows": [per image and output: dict], "summary": {output: {metric: mean}}, "curves": n written,
-    "notes": [...]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
+    "notes": [...], "images": n found, "failed": [{"file", "error"}]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
     metrics = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
     if any(m not in METRICS for m in metrics):
         raise LrpgraphError(f"unknown metric in {metrics}; choose from {', '.join(METRICS)}")
@@ -147,10 +173,12 @@ def evaluate(model, paths, metrics=("deletion", "insertion"), masks_dir=None, ou
     bases = output_bases(found)
     plot = _plotter(out_dir) if plots and out_dir is not None and {"deletion", "insertion"} & set(metrics) else None
     notes = ["matplotlib is not installed: no curve plots written"] if plot is False else []
-    rows, written = [], 0
+    rows, written, failed = [], 0, []
     for first in range(0, len(found), batch_size):
-        chunk = range(first, min(first + batch_size, len(found)))
-        images = np.stack([load_image(found[i][0], heatmaps.preprocess, heatmaps.input_shape) for i in chunk])
+        chunk, images = _load_chunk(found, range(first, min(first + batch_size, len(found))), heatmaps, failed,
+                                    on_failure)
+        if not chunk:
+            continue
         logits = classifier.logits(images)
         classes = logits.argmax(axis=1)
         probs = softmax(logits)
@@ -184,7 +212,8 @@ def evaluate(model, paths, metrics=("deletion", "insertion"), masks_dir=None, ou
     summary = summarize(rows, heatmaps.outputs)
     if out_dir is not None:
         _write_csv(Path(out_dir) / "metrics.csv", rows)
-    return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found)}
+    return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found),
+            "failed": failed}
 
 
 def _number(value, what):

@@ -9,14 +9,12 @@ Files under out_dir are never read as inputs, so out_dir may lie inside an input
 Every written file goes to a temporary name in its folder first and is then renamed.
 """
 
-import html
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
@@ -25,6 +23,7 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
+from lrpgraph.runtime.page import write_index_html  # noqa: F401  (the page of explain --html and demo)
 
 FORMATS = ("png", "npy")
 PROGRESS_MIN_IMAGES = 4
@@ -96,61 +95,96 @@ def _loaded_batches(session, files, batch_size):
             yield [(i, future.result()) for i, future in current]
 
 
-def _output_names(base, formats, overlay):
-    """{kind: path relative to out_dir (posix)} of the files written for one image."""
-    names = {}
-    if "png" in formats:
-        names["relevance_png"] = f"{base}.relevance.png"
-    if overlay:
-        names["overlay_png"] = f"{base}.overlay.png"
-    if "npy" in formats:
-        names["relevance_npy"] = f"{base}.relevance.npy"
+def _output_names(base, formats, overlay, outputs=("relevance",), inputs_png=False):
+    """{kind: path relative to out_dir (posix)} of the files written for one image.
+
+    One heatmap output `relevance`: relevance_png, overlay_png, relevance_npy (<base>.relevance.png, ...).
+    Several (relevance_NAME): <output>_png, <output>_overlay_png, <output>_npy (<base>.relevance_NAME.png,
+    <base>.relevance_NAME.overlay.png, <base>.relevance_NAME.npy). inputs_png: input_png (<base>.input.png),
+    the preprocessed image the heatmap lines up with."""
+    names = {"input_png": f"{base}.input.png"} if inputs_png else {}
+    for output in outputs:
+        single = tuple(outputs) == ("relevance",)
+        if "png" in formats:
+            names[f"{output}_png"] = f"{base}.{output}.png"
+        if overlay:
+            names["overlay_png" if single else f"{output}_overlay_png"] = (
+                f"{base}.overlay.png" if single else f"{base}.{output}.overlay.png")
+        if "npy" in formats:
+            names[f"{output}_npy"] = f"{base}.{output}.npy"
     return names
 
 
-def _write_outputs(out_dir, names, relevance, display, cmap):
-    if "relevance_png" in names or "overlay_png" in names:
-        heat = render.heatmap_rgb(relevance, cmap)
-        if "relevance_png" in names:
-            render.save_png(out_dir / names["relevance_png"], heat)
-        if "overlay_png" in names:
-            render.save_png(out_dir / names["overlay_png"], render.overlay(display, heat, OVERLAY_ALPHA))
-    if "relevance_npy" in names:
-        render.save_npy(out_dir / names["relevance_npy"], relevance)
+def upscale(array, factor):
+    """Nearest-neighbour enlargement of an H x W (x 3) picture by an integer factor (pixels stay square)."""
+    return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
-def _explain_loaded(session, good, target, batch_size, files, bases, formats, overlay):
-    """Run the loaded images [(index, (array, display))]; yield (index, record, relevance, display)."""
+def _write_outputs(out_dir, names, maps, display, cmap, png_scale=1):
+    """Write every file of one image: maps {output: relevance C x H x W}, display the preprocessed image."""
+    if "input_png" in names:
+        render.save_png(out_dir / names["input_png"], upscale(np.asarray(display), png_scale))
+    single = tuple(maps) == ("relevance",)
+    for output, relevance in maps.items():
+        overlay_key = "overlay_png" if single else f"{output}_overlay_png"
+        if f"{output}_png" in names or overlay_key in names:
+            heat = render.heatmap_rgb(relevance, cmap)
+            if f"{output}_png" in names:
+                render.save_png(out_dir / names[f"{output}_png"], upscale(heat, png_scale))
+            if overlay_key in names:
+                blend = render.overlay(display, heat, OVERLAY_ALPHA)
+                render.save_png(out_dir / names[overlay_key], upscale(blend, png_scale))
+        if f"{output}_npy" in names:
+            render.save_npy(out_dir / names[f"{output}_npy"], relevance)
+
+
+def _explain_loaded(session, good, target, batch_size, files, bases, options):
+    """Run the loaded images [(index, (array, display))]; yield (index, record, {output: relevance}, display)."""
     if not good:
         return
     batch = np.stack([loaded[0] for _, loaded in good])
     logits, relevance, explained = session.explain(batch, target, batch_size=batch_size, return_targets=True)
-    logits, relevance = np.asarray(logits), np.asarray(relevance)
+    maps = relevance if isinstance(relevance, dict) else {session.relevance_output: relevance}
+    logits, maps = np.asarray(logits), {k: np.asarray(v) for k, v in maps.items()}
     probabilities = logits.astype(np.float64) if session.outputs_probabilities else softmax(logits)
     for row, (i, (_, display)) in enumerate(good):
-        outputs = _output_names(bases[i], formats, overlay)
+        outputs = _output_names(bases[i], options["formats"], options["overlay"], list(maps), options["inputs_png"])
         chosen = None if explained is None else int(explained[row])
-        record = _record(session, files[i], outputs, logits[row], probabilities[row], relevance[row], chosen)
-        yield i, record, relevance[row], display
+        mine = {k: v[row] for k, v in maps.items()}
+        record = _record(session, files[i], outputs, logits[row], probabilities[row], mine, chosen)
+        yield i, record, mine, display
 
 
-def _record(session, file, outputs, logits_row, probabilities_row, relevance, explained):
-    order = np.argsort(-probabilities_row, kind="stable")[:5]
+def _finite(value):
+    """value as a float, or None where it is NaN or infinite (JSON has no NaN)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _record(session, file, outputs, logits_row, probabilities_row, maps, explained):
+    order = np.argsort(-np.nan_to_num(probabilities_row, nan=-np.inf), kind="stable")[:5]
     predicted = int(order[0])
-    return {
+    sums = {k: _finite(np.asarray(v, dtype=np.float64).sum()) for k, v in maps.items()}
+    record = {
         "file": str(file),
         "outputs": outputs,
         "predicted": predicted,
         "predicted_label": _label(session.labels, predicted),
         "top5": [
-            {"class": int(k), "label": _label(session.labels, int(k)), "probability": float(probabilities_row[k])}
+            {"class": int(k), "label": _label(session.labels, int(k)), "probability": _finite(probabilities_row[k])}
             for k in order
         ],
         "explained": explained,
         "explained_label": _label(session.labels, explained),
-        "explained_score": None if explained is None else float(logits_row[explained]),
-        "relevance_sum": float(np.asarray(relevance, dtype=np.float64).sum()),
+        "explained_score": None if explained is None else _finite(logits_row[explained]),
+        "relevance_sum": next(iter(sums.values())) if len(sums) == 1 else sums,
     }
+    bad = [k for k, v in maps.items() if not np.isfinite(np.asarray(v)).all()]
+    if bad or not np.isfinite(logits_row).all():
+        what = f"heatmap {', '.join(bad)}" if bad else "the logits"
+        record["error"] = (f"{file}: {what} holds NaN or infinite values; convert the model with finite, "
+                           "non-negative rule parameters (e.g. --epsilon 1e-6)")
+    return record
 
 
 def _report_failure(file, message):
@@ -158,16 +192,23 @@ def _report_failure(file, message):
 
 
 def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=("png",), overlay=False, cmap="bwr",
-                  json_lines=None, progress=True, on_failure=_report_failure):
+                  json_lines=None, progress=True, on_failure=_report_failure, png_scale=1, inputs_png=False):
     """Explain the images in paths (files and folders); write outputs under out_dir; return a summary.
 
     target: None (each image's predicted class) or one class index for all images. formats: 'png'
-    (heatmap), 'npy' (raw C x H x W relevance) or both. json_lines: a path ('-' for stdout) that gets
-    one JSON record per image (a failed image gets {"file", "error"}). A failing image is reported by
+    (heatmap), 'npy' (raw C x H x W relevance) or both; a model with several heatmap outputs gets files
+    per output, named by it (a.relevance_lrp.png, a.relevance_gig.png). png_scale: PNGs are enlarged by this
+    integer factor (nearest neighbour; the .npy stays at the model's resolution). inputs_png: also write
+    the preprocessed input as <name>.input.png (a page under out_dir then needs nothing outside it).
+    json_lines: a path ('-' for stdout) that gets one JSON record per image (a failed image gets
+    {"file", "error"}; values that are not finite are null). A failing image is reported by
     on_failure(file, message) (default: one line on stderr) and skipped. The summary holds counts,
     failures, records, seconds and images per second.
     """
     formats = parse_formats(formats)
+    if not isinstance(png_scale, int) or isinstance(png_scale, bool) or not 1 <= png_scale <= 64:
+        raise LrpgraphError(f"png_scale must be an integer from 1 to 64, got {png_scale!r}")
+    options = {"formats": formats, "overlay": overlay, "inputs_png": inputs_png}
     if cmap not in render.COLORMAPS:
         raise LrpgraphError(f"unknown colour map {cmap!r}; use one of {', '.join(render.COLORMAPS)}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -197,15 +238,20 @@ def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=(
                 batch_lines[i] = failures[-1]
                 if on_failure is not None:
                     on_failure(files[i], message)
-            for i, record, relevance, display in _explain_loaded(session, good, target, batch_size, files, bases,
-                                                                 formats, overlay):
-                writing.append(writer.submit(_write_outputs, out_dir, record["outputs"], relevance, display, cmap))
-                records.append(record)
+            for i, record, maps, display in _explain_loaded(session, good, target, batch_size, files, bases, options):
                 batch_lines[i] = record
+                if "error" in record:  # NaN heatmaps: no files, reported like an unreadable image
+                    failures.append({"file": record["file"], "error": record["error"]})
+                    if on_failure is not None:
+                        on_failure(files[i], record["error"])
+                    continue
+                writing.append(writer.submit(_write_outputs, out_dir, record["outputs"], maps, display, cmap,
+                                             png_scale))
+                records.append(record)
             lines += [batch_lines[i] for i in sorted(batch_lines)]  # in file order
             if stream is not None:
                 for line in lines:
-                    stream.write(json.dumps(line) + "\n")
+                    stream.write(json.dumps(line, allow_nan=False) + "\n")
                 stream.flush()
                 lines = []
             for future in written:  # the previous batch's files: raise its errors, bound the queue
@@ -218,7 +264,7 @@ def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=(
         writer.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if json_lines is not None and stream is None:
-        render.save_text(json_lines, "".join(json.dumps(line) + "\n" for line in lines))
+        render.save_text(json_lines, "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines))
     seconds = time.perf_counter() - started
     return {
         "found": len(files),
@@ -229,39 +275,3 @@ def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=(
         "seconds": seconds,
         "images_per_second": len(records) / seconds if seconds > 0 else None,
     }
-
-
-def _link(target, out_dir):
-    """A URL for target relative to out_dir (an absolute file:// URL where no relative path exists)."""
-    try:
-        return quote(Path(os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir))).as_posix())
-    except ValueError:  # another drive on Windows
-        return Path(os.path.abspath(target)).as_uri()
-
-
-def write_index_html(out_dir, records, title="lrpgraph explanations"):
-    """Write out_dir/index.html showing each image, its heatmap and overlay, and its prediction."""
-    rows = []
-    for record in records:
-        outputs = record.get("outputs", {})
-        cells = [f'<td><img src="{html.escape(_link(record["file"], out_dir))}" alt="input"></td>']
-        for key in ("relevance_png", "overlay_png"):
-            if key in outputs:
-                cells.append(f'<td><img src="{html.escape(quote(outputs[key]))}" alt="{key}"></td>')
-        top = record.get("top5") or [{}]
-        predicted = record.get("predicted_label") or record.get("predicted")
-        explained = record.get("explained_label") or record.get("explained")
-        text = (
-            f"<b>{html.escape(os.path.basename(record['file']))}</b><br>"
-            f"predicted: {html.escape(str(predicted))} ({top[0].get('probability', 0.0):.3f})<br>"
-            f"explained: {html.escape(str(explained if explained is not None else 'all'))}<br>"
-            f"relevance sum: {record.get('relevance_sum', 0.0):.4g}"
-        )
-        rows.append(f"<tr>{''.join(cells)}<td>{text}</td></tr>")
-    page = (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif} td{padding:4px;vertical-align:top} img{width:224px;image-rendering:pixelated}"
-        f"</style></head><body><h1>{html.escape(title)}</h1><table>\n" + "\n".join(rows) + "\n</table></body></html>\n"
-    )
-    return render.save_text(Path(out_dir) / "index.html", page)

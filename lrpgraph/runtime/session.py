@@ -1,4 +1,6 @@
 """ExplainSession: run a converted model in ONNX Runtime and get (logits, relevance) back, in batches.
+relevance is one array, or a dict {output name: array} for a model with several heatmap outputs
+(`convert --explain NAME=SPEC ...`).
 
 Choices worth knowing:
 - The class to explain is fed through the model's `target` (int64 [N]) or `relevance_seed`
@@ -24,11 +26,11 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from lrpgraph import metadata
 from lrpgraph.runtime import tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.ort import onnxruntime as ort
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
 
 CUDA = "CUDAExecutionProvider"
@@ -158,12 +160,12 @@ class ExplainSession:
         self.image_input = config.get("image_input") or next(iter(inputs), None)
         logits = config.get("logits") if config.get("logits") in outputs else None
         self.logits_output = config.get("logits_output") or logits or next(iter(outputs), None)
-        relevance = config.get("relevance_outputs") or ["relevance"]
-        self.relevance_output = "relevance" if "relevance" in outputs else relevance[0]
+        self.relevance_outputs = list(config.get("relevance_outputs") or ["relevance"])
+        self.relevance_output = self.relevance_outputs[0]  # the first (the only one on most models)
         for role, tensor, known in (
             ("image input", self.image_input, inputs),
             ("logits output", self.logits_output, outputs),
-            ("relevance output", self.relevance_output, outputs),
+            *(("relevance output", name, outputs) for name in self.relevance_outputs),
         ):
             if tensor not in known:
                 raise LrpgraphError(
@@ -221,7 +223,8 @@ class ExplainSession:
         if array is not None and self.target_input == SEED_INPUT and array.dtype.kind == "f":
             seed = self._seed_feed(array, n)
             return _Plan(seed, seed.argmax(axis=1).astype(np.int64) if n else None, False, False)
-        scale = self.target_input == SEED_INPUT and not self._gradient_seed()
+        scale = [self.target_input == SEED_INPUT and not self._gradient_seed(o) for o in self.relevance_outputs]
+        scale = scale if any(scale) else False
         if scale and self.outputs_probabilities:
             raise LrpgraphError(
                 f"{self.name} takes a relevance seed and outputs probabilities, so the logit * one-hot seed for a "
@@ -232,9 +235,9 @@ class ExplainSession:
         classes = self._class_indices(array, n)
         return _Plan(self._class_feed(classes), classes, False, scale)
 
-    def _gradient_seed(self):
-        """True when the seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
-        return bool(self.config.get("gradient_seed", {}).get(self.relevance_output, False))
+    def _gradient_seed(self, output):
+        """True when output's seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
+        return bool(self.config.get("gradient_seed", {}).get(output, False))
 
     def check_target(self, target, n=1):
         """Raise LrpgraphError now if target cannot be used with this model (for n images)."""
@@ -293,9 +296,17 @@ class ExplainSession:
             text = ", ".join("?" if w is None else str(w) for w in want)
             raise LrpgraphError(f"batch has shape {list(shape)}; {self.name} expects [N, {text}] float32 images")
 
+    @property
+    def several(self):
+        """True when the model has several heatmap outputs (convert --explain NAME=SPEC ...)."""
+        return len(self.relevance_outputs) > 1
+
     def explain(self, batch, target=None, batch_size=None, return_targets=False):
         """(logits, relevance) for a batch [N, C, H, W]; with return_targets also the explained classes.
 
+        relevance is an array [N, C, H, W] on a model with one heatmap output; on a model with several
+        (`convert --explain NAME=SPEC ...`) it is a dict {output name: array}, e.g. {"relevance_lrp": ...,
+        "relevance_gig": ...}, in the order the model lists them (session.relevance_outputs).
         target: None (the predicted class), an int, a sequence of N ints, or for seed models a float
         seed [N, classes] / [classes]. The explained classes are an int64 array, or None for 'all'.
         """
@@ -311,6 +322,7 @@ class ExplainSession:
             logits, relevance, explained = self._explain_rows(x, target, size, NumpyOps(self))
         if explained is None and self.target_mode == "top":
             explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
+        relevance = dict(zip(self.relevance_outputs, relevance)) if self.several else relevance[0]
         return (logits, relevance, explained) if return_targets else (logits, relevance)
 
     def _explain_rows(self, x, target, size, ops):
@@ -327,11 +339,12 @@ class ExplainSession:
                 redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
                 if redo.size:
                     _, again = ops.run(ops.take(x[rows], redo), self._class_feed(classes[redo]))
-                    relevance = ops.put(relevance, redo, again)
+                    relevance = [ops.put(r, redo, a) for r, a in zip(relevance, again)]
                 predicted.append(classes)
             if plan.scale:
                 self._check_range(classes, to_numpy(logits).shape[1])
-                relevance = ops.scale(relevance, to_numpy(logits)[np.arange(len(classes)), classes])
+                factors = to_numpy(logits)[np.arange(len(classes)), classes]
+                relevance = [ops.scale(r, factors) if s else r for r, s in zip(relevance, plan.scale)]
             logits_parts.append(logits)
             relevance_parts.append(relevance)
         explained = plan.explained
@@ -340,8 +353,10 @@ class ExplainSession:
         if plan.predict:
             explained = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
         if not logits_parts:
-            return ops.empty(x, self.num_classes or 0) + (explained,)
-        return ops.cat(logits_parts), ops.cat(relevance_parts), explained
+            logits, empty = ops.empty(x, self.num_classes or 0)
+            return logits, [empty for _ in self.relevance_outputs], explained
+        relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(self.relevance_outputs))]
+        return ops.cat(logits_parts), relevance, explained
 
     def constant_feeds(self):
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
@@ -357,11 +372,11 @@ class ExplainSession:
             logits, relevance, explained = self._explain_rows(
                 np.ascontiguousarray(x.cpu().numpy()), target, size, NumpyOps(self)
             )
-            return torch.from_numpy(logits).to(home), torch.from_numpy(relevance).to(home), explained
+            return torch.from_numpy(logits).to(home), [torch.from_numpy(r).to(home) for r in relevance], explained
         if home.type == "cuda" and (home.index or 0) != 0:  # the CUDA provider runs on device 0
             x = x.to("cuda:0").contiguous()
             logits, relevance, explained = self._explain_rows(x, target, size, TorchOps(self))
-            return logits.to(home), relevance.to(home), explained
+            return logits.to(home), [r.to(home) for r in relevance], explained
         return self._explain_rows(x.contiguous(), target, size, TorchOps(self))
 
 

@@ -61,11 +61,14 @@ VARIANTS = ("plain", "original", "dual", "selective", "stochastic")  # isnet.VAR
 def train(model, quiet, **options):
     """Train MODEL (a plain ONNX classifier, or one converted for the variant) with the ISNet heatmap loss."""
     from lrpgraph.errors import LrpgraphError
+    from lrpgraph.train import require_torch
 
     try:
-        from lrpgraph.train.config import TrainConfig
-        from lrpgraph.train.loop import train as run
-
+        try:
+            from lrpgraph.train.config import TrainConfig
+            from lrpgraph.train.loop import train as run
+        except ModuleNotFoundError as error:  # the runtime-only install: say which extra to install
+            require_torch(error)
         result = run(TrainConfig(model=model, progress=not quiet, **options))
     except LrpgraphError as err:
         rank = os.environ.get("RANK", "0")

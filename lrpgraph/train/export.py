@@ -15,13 +15,13 @@ import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
 from lrpgraph import targets
 from lrpgraph.convert import save
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.ort import onnxruntime as ort
 
 
 def _value(module, name, like):

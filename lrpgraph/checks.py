@@ -1,0 +1,124 @@
+"""Checks of user-given numbers and preprocessing, shared by the Python API and the command line: each
+failure is one LrpgraphError naming the value, what is allowed and what to do."""
+
+import math
+
+from lrpgraph.errors import LrpgraphError
+
+CHANNELS = {"L": 1, "RGB": 3}
+
+
+def _finite(value, name):
+    values = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise LrpgraphError(f"{name} {value!r} is not a finite number; give a finite value")
+    return values
+
+
+def check_rule_options(epsilon=None, stabilizer=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0,
+                       flex_epsilon=0.01):
+    """The composites' numeric options: finite; epsilon, gamma >= 0; stabiliser, flex eps > 0; low < high."""
+    if epsilon is not None and _finite(epsilon, "--epsilon")[0] < 0:
+        raise LrpgraphError(f"--epsilon {epsilon:g} is negative; give epsilon >= 0 (e.g. 1e-6, 0.25)")
+    if _finite(stabilizer, "--stabilizer")[0] <= 0:
+        raise LrpgraphError(f"--stabilizer {stabilizer:g} must be > 0 (it keeps denominators away from zero; "
+                            "default 1e-6)")
+    if _finite(gamma, "--gamma")[0] < 0:
+        raise LrpgraphError(f"--gamma {gamma:g} is negative; give gamma >= 0 (default 0.25)")
+    _finite(alpha, "--alpha")
+    _finite(beta, "--beta")
+    if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
+        raise LrpgraphError(f"--alpha {alpha:g} --beta {beta:g}: alpha-beta needs alpha - beta = 1 and alpha, "
+                            "beta >= 0 (e.g. --alpha 2 --beta 1)")
+    check_bounds(low, high, "--low/--high")
+    if _finite(flex_epsilon, "--flex-epsilon")[0] <= 0:
+        raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default 0.01)")
+
+
+def check_bounds(low, high, where):
+    """zbox bounds: finite, and low < high (per channel where they are tuples)."""
+    lows, highs = _finite(low, f"{where} low"), _finite(high, f"{where} high")
+    if len(lows) > 1 and len(highs) > 1 and len(lows) != len(highs):
+        raise LrpgraphError(f"{where}: {len(lows)} low values but {len(highs)} high values; give one per channel")
+    pairs = zip(lows * (len(highs) if len(lows) == 1 else 1), highs * (len(lows) if len(highs) == 1 else 1))
+    for lo, hi in pairs:
+        if not lo < hi:
+            raise LrpgraphError(f"{where}: low {lo:g} is not below high {hi:g}; zbox needs the lowest input value "
+                                "below the highest (e.g. --low 0 --high 1, or zbox:-2.1:2.6)")
+
+
+def check_rule(rule, where):
+    """A rule parsed from --rule: finite parameters, and the ranges its formula needs."""
+    for value in rule.params:
+        _finite(value, f"{where}: parameter")
+    _finite(rule.stabilizer, "--stabilizer")
+    if rule.name == "gamma" and rule.params[0] < 0:
+        raise LrpgraphError(f"{where}: gamma {rule.params[0]:g} is negative; give gamma >= 0, e.g. gamma:0.25")
+    if rule.name in ("zbox", "flex-zbox"):
+        check_bounds(rule.params[0], rule.params[1], f"{where}")
+    if rule.name == "flex-relu" and rule.params[0] <= 0:
+        raise LrpgraphError(f"{where}: flex-relu eps {rule.params[0]:g} must be > 0, e.g. flex-relu:0.01")
+
+
+def check_method_options(steps=32, samples=16, noise_level=0.1, chunk=None):
+    """Gradient-family options: positive counts, a finite noise level >= 0."""
+    for name, value in (("--steps", steps), ("--samples", samples), ("--chunk", chunk)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise LrpgraphError(f"{name} {value!r} must be a positive integer")
+    if _finite(noise_level, "--noise-level")[0] < 0:
+        raise LrpgraphError(f"--noise-level {noise_level:g} is negative; give sigma / (max - min) >= 0, e.g. 0.1")
+
+
+def _sizes(value, name):
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+        raise LrpgraphError(f"{name} {value!r}: give one positive size (the shorter side) or two (height width)")
+    return items
+
+
+def check_preprocess(preprocess, input_shape, where="the model"):
+    """Preprocessing that the model's input can take: input_shape (C, H, W), None where not static."""
+    pre = preprocess or {}
+    channels, height, width = (tuple(input_shape) + (None, None, None))[:3]
+    if pre.get("scale") is not None and not _finite(pre["scale"], "--scale")[0] > 0:
+        raise LrpgraphError(f"--scale {pre['scale']:g} must be > 0 (pixel values are divided by it; default 255)")
+    mode = pre.get("mode")
+    if mode is not None and str(mode).upper() not in CHANNELS:
+        raise LrpgraphError(f"--mode {mode!r} is not supported; use L (grayscale) or RGB")
+    count = CHANNELS[str(mode).upper()] if mode is not None else channels
+    if mode is not None and channels is not None and count != channels:
+        raise LrpgraphError(f"--mode {mode} gives {count} channel(s) but {where} takes {channels}; "
+                            f"use --mode {'L' if channels == 1 else 'RGB'}")
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if values is None:
+            continue
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        for v in values:
+            _finite(v, f"--{key}")
+        if count is not None and len(values) not in (1, count):
+            raise LrpgraphError(f"--{key} is given {len(values)} times but {where} takes {count} channel(s); "
+                                f"give it once or {count} times")
+        if key == "std" and any(v <= 0 for v in values):
+            raise LrpgraphError(f"--std {values}: every std must be > 0")
+    size = None
+    if pre.get("crop") is not None:
+        size = _sizes(pre["crop"], "--crop")
+    if pre.get("resize") is not None:
+        resize = _sizes(pre["resize"], "--resize")
+        size = size or resize
+    if size is not None and height is not None and width is not None:
+        if len(size) == 2 and (size[0], size[1]) != (height, width):
+            raise LrpgraphError(f"preprocessing gives {size[0]}x{size[1]} images but {where} takes {height}x{width}; "
+                                f"use --resize/--crop {height} {width}")
+        square = len(size) == 1 and (pre.get("crop") is not None or height == width)  # else the aspect decides
+        if square and (size[0], size[0]) != (height, width):
+            raise LrpgraphError(f"preprocessing gives {size[0]}x{size[0]} images but {where} takes {height}x{width}; "
+                                f"use --resize/--crop {height} {width}")
+
+
+def check_labels(labels, classes, where="the model"):
+    """Class names: one per class of the model (classes None: not static, not checked)."""
+    if labels is not None and classes is not None and len(labels) != classes:
+        raise LrpgraphError(f"--labels gives {len(labels)} class names but {where} has {classes} classes; "
+                            "give one name per line, one line per class")

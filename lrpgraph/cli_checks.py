@@ -1,0 +1,101 @@
+"""Command-line checks that need click or the file system: options that would be ignored, and output paths
+that cannot be written. Each failure is one LrpgraphError (the CLI prints one line and exits 2)."""
+
+import os
+
+import click
+from click.core import ParameterSource
+
+from lrpgraph.errors import LrpgraphError
+
+# which composites read which numeric option (the rest would silently ignore it)
+LRP_COMPOSITES = {"epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+                  "epsilon-alpha2-beta1-flat"}
+RULE_OPTION_USERS = {
+    "epsilon": LRP_COMPOSITES - {"zplus"},
+    "stabilizer": LRP_COMPOSITES,
+    "gamma": {"epsilon-gamma-box"},
+    "alpha": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
+    "beta": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
+    "low": {"epsilon-gamma-box"},
+    "high": {"epsilon-gamma-box"},
+    "flex_epsilon": {"flex"},
+    "rules": LRP_COMPOSITES | {"flex"},
+}
+METHOD_OPTION_USERS = {
+    "steps": {"ig", "guided-ig"},
+    "quadrature": {"ig", "guided-ig"},
+    "baseline": {"ig", "guided-ig"},
+    "chunk": {"ig", "guided-ig"},
+    "samples": {"smoothgrad", "smoothtaylor"},
+    "noise_level": {"smoothgrad", "smoothtaylor"},
+}
+
+
+def given(ctx=None):
+    """Names of the parameters the user gave on the command line (or through the environment)."""
+    ctx = ctx or click.get_current_context()
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def flag(name):
+    return "--" + name.replace("_", "-") if name != "rules" else "--rule"
+
+
+def check_ignored(chosen, specs):
+    """Refuse options that no composite or method in specs (the explained composites/methods) would read."""
+    if "explain" in chosen:
+        for name in ("method", "composite"):
+            if name in chosen:
+                raise LrpgraphError(f"{flag(name)} is ignored with --explain; name every heatmap in --explain "
+                                    "NAME=SPEC (e.g. --explain lrp=epsilon-plus --explain ig=ig) instead")
+    elif "method" in chosen and "composite" in chosen:
+        raise LrpgraphError("--method and --composite exclude each other: --method replaces LRP by a gradient "
+                            "method; give one (or several heatmaps with --explain NAME=SPEC)")
+    for table in (RULE_OPTION_USERS, METHOD_OPTION_USERS):
+        for name, users in table.items():
+            if name in chosen and not users & set(specs):
+                raise LrpgraphError(f"{flag(name)} is ignored by {', '.join(sorted(set(specs)))}: it is read only by "
+                                    f"{', '.join(sorted(users))}; leave it out or choose one of those")
+
+
+def check_output_file(path, option, source=None):
+    """An output file that can be written: its folder exists or can be made, it is not a folder, and it is
+    not the input model itself (refused even with --force)."""
+    if os.path.isdir(path):
+        raise LrpgraphError(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, 'model.lrp.onnx')}")
+    if source is not None and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        raise LrpgraphError(f"{option} {path} is the input model itself; write the converted model to another file")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), option, shown=path)
+
+
+def check_output_dir(path, option, shown=None):
+    """A folder that exists or can be created: the nearest existing ancestor is a writable folder."""
+    shown = shown if shown is not None else path
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    if not os.path.isdir(current):
+        raise LrpgraphError(f"{option} {shown}: {current} is a file, not a folder; choose another path")
+    if not os.access(current, os.W_OK | os.X_OK):
+        raise LrpgraphError(f"{option} {shown}: cannot write in {current} (no permission); choose another path")
+
+
+def make_output_dir(path, option):
+    """Create the output folder (after check_output_dir); an OSError becomes one line."""
+    check_output_dir(path, option)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise LrpgraphError(f"{option} {path}: cannot create the folder ({error.strerror}); choose another path") \
+            from None
+
+
+def write_error(error, option, path):
+    """One line for an OSError met while writing under path."""
+    where = error.filename or path
+    return LrpgraphError(f"{option} {path}: cannot write {where} ({error.strerror or error}); choose another path")
