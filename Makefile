@@ -10,9 +10,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# the onnxruntime build: cpu, or gpu where onnxruntime-gpu is already installed in the venv (never both)
+ORT = $(shell $(BIN)/pip show --quiet onnxruntime-gpu >/dev/null 2>&1 && echo gpu || echo cpu)
+
 # runtime only: onnx, onnxruntime, numpy, click, pillow (no torch)
 setup-runtime: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[$(ORT)]'
 
 # Fashion-MNIST (Debian package dataset-fashion-mnist, MIT): real images for the training tests
 data:
@@ -24,7 +27,7 @@ data:
 
 # everything: runtime + torch, zennit, test tools, and the data the tests train on
 setup: $(BIN)/python data
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[$(ORT),test]'
 	$(BIN)/pip install --quiet --no-deps lxt==2.1
 
 demo: setup-runtime

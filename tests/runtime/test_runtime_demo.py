@@ -11,9 +11,12 @@ def test_demo_in_fresh_venv_without_torch(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, lrpgraph = venv / "bin" / "python", venv / "bin" / "lrpgraph"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(ROOT)], capture_output=True,
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{ROOT}[cpu]"], capture_output=True,
                              text=True)
     assert install.returncode == 0, install.stderr[-2000:]
+    assert "License classifiers" not in install.stderr and "TOML table" not in install.stderr  # SPDX licence
+    check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     out = tmp_path / "demo"
