@@ -14,7 +14,6 @@ def test_demo_in_fresh_venv_without_torch(tmp_path):
     install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{ROOT}[cpu]"], capture_output=True,
                              text=True)
     assert install.returncode == 0, install.stderr[-2000:]
-    assert "License classifiers" not in install.stderr and "TOML table" not in install.stderr  # SPDX licence
     check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
