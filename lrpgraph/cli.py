@@ -258,11 +258,13 @@ def demo(out_dir, composite):
     scale = max(1, -(-DEMO_PNG_SIDE // max(session.input_shape[1:])))  # 28 px -> 224 px, nearest neighbour
     summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False,
                             formats="png,npy", png_scale=scale, inputs_png=True)
+    truth = _demo_truth(summary["records"], labels)
     index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}",
-                             truth=_demo_truth(summary["records"], labels))
+                             truth=truth)
     for record in summary["records"]:
-        if "error" not in record:
-            click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}")
+        true = truth.get(record["file"])
+        mark = "" if true in (None, record["predicted_label"]) else f"  (true: {true}, misclassified)"
+        click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}{mark}")
     click.echo(f"{summary['explained']} heatmaps and {index or os.path.join(out_dir, 'index.html')} written")
     if summary["failed"]:
         sys.exit(1)
