@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-runtime data demo test clean
+.PHONY: setup setup-runtime data demo test screenshot clean
 FASHION := /usr/share/datasets/fashion-mnist
 
 $(BIN)/python:
@@ -35,6 +35,12 @@ demo: setup-runtime
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
+
+# docs/demo.png: the demo page in headless Chromium (Debian package chromium)
+screenshot: demo
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1600 \
+		--screenshot=docs/demo.png file://$(CURDIR)/out/demo/index.html
 
 clean:
 	rm -rf out .pytest_cache
