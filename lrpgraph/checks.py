@@ -2,6 +2,9 @@
 failure is one LrpgraphError naming the value, what is allowed and what to do."""
 
 import math
+import numbers
+
+import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 
@@ -9,8 +12,8 @@ CHANNELS = {"L": 1, "RGB": 3}
 
 
 def _finite(value, name):
-    values = value if isinstance(value, tuple) else (value,)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    values = tuple(np.asarray(value).ravel().tolist()) if np.ndim(value) > 0 else (value,)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise LrpgraphError(f"{name} {value!r} is not a finite number; give a finite value")
     return values
 

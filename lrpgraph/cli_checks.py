@@ -64,7 +64,8 @@ def check_output_file(path, option, source=None):
     """An output file that can be written: its folder exists or can be made, it is not a folder, and it is
     not the input model itself (refused even with --force)."""
     if os.path.isdir(path):
-        raise LrpgraphError(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, 'model.lrp.onnx')}")
+        example = os.path.join(path, "model.lrp.onnx")
+        raise LrpgraphError(f"{option} {path} is a folder; give a file name, e.g. {example}")
     if source is not None and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
         raise LrpgraphError(f"{option} {path} is the input model itself; write the converted model to another file")
     check_output_dir(os.path.dirname(os.path.abspath(path)), option, shown=path)
