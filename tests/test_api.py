@@ -105,7 +105,13 @@ def test_importing_lrpgraph_needs_no_onnxruntime_or_torch():
     import subprocess
 
     code = ("import sys; sys.modules['onnxruntime'] = None; sys.modules['torch'] = None; import lrpgraph, "
-            "lrpgraph.train, lrpgraph.runtime; from lrpgraph.runtime.images import load_image; print('ok')")
+            "lrpgraph.train, lrpgraph.runtime; from lrpgraph.runtime.images import load_image; print('ok')\n"
+            "for module, name in (('lrpgraph.train', 'import_onnx'), ('lrpgraph', 'ExplainSession')):\n"
+            "    try:\n        getattr(__import__(module, fromlist=[name]), name)\n"
+            "    except ImportError as error:\n        print(type(error).__name__, error)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert done.stdout.strip() == "ok", done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ok" and len(lines) == 3, done.stdout + done.stderr
+    assert lines[1].startswith("MissingDependencyError") and "pip install 'lrpgraph[train]'" in lines[1]
+    assert lines[2].startswith("MissingDependencyError") and "pip install 'lrpgraph[cpu]'" in lines[2]

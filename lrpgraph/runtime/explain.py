@@ -1,7 +1,8 @@
 """Explain image files with an ExplainSession and write heatmaps, overlays, npy files and records.
 
 Output layout: each image's outputs go to out_dir / <its path below the folder it was found in>, with
-the extension replaced, e.g. images/cats/a.jpg -> out/cats/a.relevance.png. Two images that would get
+the extension replaced, e.g. images/cats/a.jpg -> out/cats/a.relevance.png; a model with several heatmap
+outputs gets one file per output, named by it (a.relevance_lrp.png, a.relevance_gig.png). Two images that would get
 the same name (a.jpg and a.png, or two files named directly from different folders) are told apart
 by keeping the extension (a.png.relevance.png) or, failing that, by a -2, -3 suffix.
 Files under out_dir are never read as inputs, so out_dir may lie inside an input folder.
