@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-runtime data demo test screenshot clean
+.PHONY: setup setup-runtime data web browser demo test screenshot clean
 FASHION := /usr/share/datasets/fashion-mnist
 
 $(BIN)/python:
@@ -25,8 +25,25 @@ data:
 		else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; \
 	fi
 
-# everything: runtime + torch, zennit, test tools, and the data the tests train on
-setup: $(BIN)/python data
+# onnxruntime-web at the version pinned in lrpgraph/web/package-lock.json, for `lrpgraph web` (Node from Debian)
+web:
+	@if ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq nodejs npm; \
+		else echo "npm missing: run 'sudo apt-get install nodejs npm'"; exit 1; fi; \
+	fi
+	cd lrpgraph/web && npm ci --no-audit --no-fund --loglevel=error
+
+# Debian's chromium for the browser test (playwright drives it; no browser is downloaded)
+browser:
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "chromium missing: run 'sudo apt-get install chromium'"; exit 1; fi; \
+	fi
+
+# everything: runtime + torch, zennit, test tools, the data the tests train on, onnxruntime-web and chromium
+setup: $(BIN)/python data web browser
 	$(BIN)/pip install --quiet -e '.[$(ORT),test]'
 	$(BIN)/pip install --quiet --no-deps lxt==2.1
 

@@ -101,8 +101,9 @@ def _options(kw):
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="SmoothGrad samples")
 @click.option("--noise-level", type=float, default=0.1, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
+@click.option("--webgpu", is_flag=True, help="exact alternatives to ops onnxruntime-web's WebGPU backend lacks")
 def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, method,
-            explain, steps, quadrature, baseline, chunk, samples, noise_level, **kw):
+            explain, steps, quadrature, baseline, chunk, samples, noise_level, webgpu, **kw):
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, save, uses_external_data
 
@@ -116,7 +117,7 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
                               explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
-                              samples=samples, noise_level=noise_level, **_options(kw))
+                              samples=samples, noise_level=noise_level, webgpu=webgpu, **_options(kw))
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
@@ -241,7 +242,8 @@ def _demo_truth(records, labels):
 @main.command()
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
-def demo(out_dir, composite):
+@click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
+def demo(out_dir, composite, web):
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
     from lrpgraph.convert import convert as convert_model, save, uses_external_data
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -250,7 +252,7 @@ def demo(out_dir, composite):
     make_output_dir(out_dir, "--out")
     labels = _read_labels(os.path.join(DEMO_DIR, "labels.txt"))
     converted = convert_model(os.path.join(DEMO_DIR, "model.onnx"), composite=composite, labels=labels,
-                              preprocess={"mode": "L"})
+                              preprocess={"mode": "L"}, webgpu=web)
     model_path = os.path.join(out_dir, "model.lrp.onnx")
     save(converted, model_path, force=True)
     click.echo(f"converted the demo model ({composite}) -> {model_path}")
@@ -266,8 +268,27 @@ def demo(out_dir, composite):
         mark = "" if true in (None, record["predicted_label"]) else f"  (true: {true}, misclassified)"
         click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}{mark}")
     click.echo(f"{summary['explained']} heatmaps and {index or os.path.join(out_dir, 'index.html')} written")
+    if web:
+        _web_site(model_path, os.path.join(out_dir, "site"), [os.path.join(DEMO_DIR, "images")], True,
+                  f"lrpgraph demo: Fashion-MNIST, {composite}")
     if summary["failed"]:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="site", show_default=True)
+@click.option("--samples", multiple=True, type=click.Path(exists=True), help="images (or folders) offered as samples")
+@click.option("--force", is_flag=True, help="replace a site written before")
+def web(model, out_dir, samples, force):
+    """A static page that explains images in the browser with onnxruntime-web (WebGPU or WASM)."""
+    _web_site(model, out_dir, samples, force)
+
+
+def _web_site(model, out_dir, samples, force, title=None):
+    from lrpgraph.web import build_site
+
+    click.echo(f"wrote {build_site(model, out_dir, samples, force, title)}; serve it: python -m http.server -d {out_dir}")
 
 
 @main.command()

@@ -20,13 +20,14 @@ EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (prot
 def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), method=None, explain=None, epsilon=None,
             stabilizer=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, steps=32,
             quadrature="riemann", baseline="zero", chunk=None, samples=16, noise_level=0.1, preprocess=None,
-            labels=None):
+            labels=None, webgpu=False):
     """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
     (methods.METHODS); explain: several at once, {"NAME": composite or method} or ["NAME=SPEC"], giving
     outputs relevance_NAME (otherwise the one output is `relevance`). target: top | index | seed | all.
-    rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. Returns the checked onnx.ModelProto."""
+    rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. webgpu: exact alternatives to the ops that
+    onnxruntime-web's WebGPU backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
     strict = passes_full_check(model)
     canon = canonicalize(model)
@@ -47,7 +48,8 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     first_bounds = bounds.first_layer_maps(canon)
     builders, inputs, rules_used = [], {}, {}
     for output, spec in explanations.items():
-        b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}")
+        b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}",
+                          webgpu=webgpu)
         gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
         seed, new_inputs = targets.seed(b, canon.logits, logits_shape[1], target, batch_dim, gradient)
 
@@ -76,6 +78,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
               "image_input": canon.image, "logits": canon.logits, "logits_output": model.graph.output[0].name,
               "outputs_probabilities": canon.outputs_probabilities, "relevance_outputs": list(explanations),
               "options": {k: v for k, v in options.items() if v is not None}, "method_options": method_options,
+              "webgpu": webgpu,
               "overrides": list(rules), "rules": rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
               "gradient_seed": {o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES
                                 for o, s in explanations.items()}}

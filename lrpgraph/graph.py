@@ -180,10 +180,12 @@ def topological(nodes, available):
 
 
 class Builder:
-    """Collects the relevance subgraph: nodes named lrp/<forward node>/<step>, and initializers."""
+    """Collects the relevance subgraph: nodes named lrp/<forward node>/<step>, and initializers.
+    webgpu: emit only ops that onnxruntime-web's WebGPU backend has where an exact alternative exists."""
 
-    def __init__(self, model, prefix="lrp"):
+    def __init__(self, model, prefix="lrp", webgpu=False):
         self.prefix = prefix
+        self.webgpu = webgpu
         self.nodes = []
         self.initializers = []
         self.scope = "graph"
@@ -238,6 +240,8 @@ class Builder:
         return self.op("Relu", [x], "pos")
 
     def neg(self, x):
+        if self.webgpu:  # x - max(x, 0) is min(x, 0) exactly
+            return self.op("Sub", [x, self.pos(x)], "neg")
         return self.op("Min", [x, self.const(0.0)], "neg")
 
     def stab(self, z, eps):
@@ -252,6 +256,11 @@ class Builder:
             return None
         if len(tensors) == 1:
             return tensors[0]
+        if self.webgpu:
+            total = tensors[0]
+            for t in tensors[1:]:
+                total = self.op("Add", [total, t], "fanin")
+            return total
         return self.op("Sum", tensors, "fanin")
 
     def reshape_like(self, r, x):

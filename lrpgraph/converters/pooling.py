@@ -1,9 +1,11 @@
 """Pooling. MaxPool: winner-take-all (all of R_j to the arg-max of window j; windows that overlap add up,
-through MaxPool's Indices and ScatterElements(reduction='add')). Average pools (AveragePool,
+through MaxPool's Indices and ScatterElements(reduction='add'), or, for WebGPU, through an unfold by a grouped Conv
+and a ConvTranspose). Average pools (AveragePool,
 GlobalAveragePool, ReduceMean): the norm rule R_i = x_i * A^T(R / stab(z)), with A^T the adjoint of the
 pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 
 import numpy as np
+import onnx
 
 from lrpgraph.converters.registry import register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES
@@ -18,6 +20,8 @@ def max_pool(ctx, unit, rule, r_outs):
     b, x, r = ctx.b, unit.inputs[0], r_outs[0]
     if rule.name == "guided":
         r = b.pos(r)
+    if b.webgpu:
+        return [_wta_unfold(ctx, unit, r)]
     attrs = {k: v for k, v in unit.attrs.items() if k != "storage_order"}
     _, indices = b.op("MaxPool", [x], "argmax", outputs=2, **attrs)
     flat = b.ints([-1])
@@ -25,6 +29,44 @@ def max_pool(ctx, unit, rule, r_outs):
     scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat], "indices_flat"),
                                          b.op("Reshape", [r, flat], "r_flat")], "scatter", axis=0, reduction="add")
     return [b.reshape_like(scattered, x)]
+
+
+def _wta_unfold(ctx, unit, r):
+    """Winner-take-all with ops that onnxruntime-web's WebGPU backend runs: a Conv with one-hot kernels (each channel
+    a separate image) unfolds the windows of x (padded with the lowest float32, so padding never wins), each window's first
+    maximum in row-major order is marked (as MaxPool's Indices pick it; float ops only: Equal to the window's
+    max, minus the hits before it through a MatMul with a triangular matrix), and a ConvTranspose with the same
+    kernels adds each window's relevance back at its winner, overlapping windows summed."""
+    b, x, attrs = ctx.b, unit.inputs[0], unit.attrs
+    shape = ctx.shape(x, unit)
+    channels, spatial, kernel = shape[1], shape[2:], list(attrs["kernel_shape"])
+    n, size = len(kernel), int(np.prod(kernel))
+    strides, dilations = list(attrs.get("strides", [1] * n)), list(attrs.get("dilations", [1] * n))
+    pads = explicit_pads(attrs.get("auto_pad", b"NOTSET"), attrs.get("pads", [0] * 2 * n), spatial, kernel,
+                          strides, dilations)
+    reach = [(kernel[i] - 1) * dilations[i] + 1 for i in range(n)]
+    out = [pool_output_size(spatial[i], reach[i], strides[i], pads[i], pads[i + n], bool(attrs.get("ceil_mode", 0)))
+           for i in range(n)]
+    end = [max((out[i] - 1) * strides[i] + reach[i] - spatial[i] - pads[i], 0) for i in range(n)]
+    lowest = b.const(float(np.finfo(np.float32).min))
+    padded = b.op("Pad", [x, b.ints([0, 0] + pads[:n] + [0, 0] + end), lowest], "pad_lowest")
+    kernels = b.const(np.eye(size, dtype=np.float32).reshape([size, 1] + kernel))  # channels folded into the batch
+    planes = b.op("Reshape", [padded, b.ints([-1, 1] + [spatial[i] + pads[i] + end[i] for i in range(n)])], "planes")
+    windows = b.op("Conv", [planes, kernels], "unfold", strides=strides, dilations=dilations)
+    windows = b.op("Reshape", [windows, b.ints([-1, channels, size, int(np.prod(out))])], "windows")
+    top = b.op("Reshape", [unit.outputs[0], b.ints([-1, channels, 1, int(np.prod(out))])], "window_max")
+    hit = b.op("Cast", [b.op("Equal", [windows, top], "is_max")], "hit", to=onnx.TensorProto.FLOAT)
+    earlier = b.op("MatMul", [b.const(np.tril(np.ones((size, size), np.float32), -1)), hit], "hits_before")
+    first = b.mul(hit, b.pos(b.sub(b.const(1.0), earlier)))  # the first maximum in row-major order
+    spread = b.mul(first, b.op("Reshape", [r, b.ints([-1, channels, 1, int(np.prod(out))])], "r_windows"))
+    spread = b.op("Reshape", [spread, b.ints([-1, size] + out)], "spread")
+    folded = b.op("ConvTranspose", [spread, kernels], "fold", strides=strides, dilations=dilations)
+    short = [max(pads[i] + spatial[i] - (out[i] - 1) * strides[i] - reach[i], 0) for i in range(n)]
+    if any(short):  # windows that stop before the input's end: zeros there
+        folded = b.op("Pad", [folded, b.ints([0] * (n + 2) + [0, 0] + short)], "pad_end")
+    folded = b.op("Slice", [folded, b.ints(pads[:n]), b.ints([pads[i] + spatial[i] for i in range(n)]),
+                            b.ints(range(2, n + 2))], "crop")
+    return b.op("Reshape", [folded, b.ints([-1, channels] + spatial)], "relevance")
 
 
 @register("AveragePool", "GlobalAveragePool", "ReduceMean", kind="avgpool")

@@ -267,13 +267,13 @@ def conv_relu(net, cin=3, cout=4):
     return net.op("Relu", [h]), (lambda t: torch.relu(conv(t))), conv
 
 
-def check_op_after_conv_relu(net, out, features, forward, conv, op, rule, x_seed):
+def check_op_after_conv_relu(net, out, features, forward, conv, op, rule, x_seed, **options):
     """x -> Conv -> Relu (conv_relu: forward, conv) -> op (ONNX output `out`, torch function `op`) -> head:
     the op carries relevance by rule(op, input, R) (move for a value-moving op, eps_rule for the norm rule),
     then the Conv by epsilon."""
     logits, head = net.head(out, features)
     x = inputs(net.x_shape, seed=x_seed)
-    y, relevance = run(net.model(logits), x)
+    y, relevance = run(net.model(logits), x, **options)
     x64 = t64(x)
     check_network(x, y, relevance, lambda t: op(forward(t)),
                   lambda r: eps_rule(conv, x64, rule(op, forward(x64), r)), head)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import lrpgraph
 from ops_helpers import Net, check_op_after_conv_relu, conv_relu, eps_rule, move, run, t64
 
 MAXPOOL_CASES = {
@@ -22,19 +23,22 @@ def onnx_max_pool(t, kernel_shape, strides, pads=(0, 0, 0, 0), ceil_mode=0):
     return F.max_pool2d(t, kernel_shape, strides, ceil_mode=bool(ceil_mode))
 
 
+@pytest.mark.parametrize("webgpu", [False, True], ids=["indices", "webgpu"])
 @pytest.mark.parametrize("case", list(MAXPOOL_CASES))
-def test_max_pool(case):
-    """x [3, 9, 9] -> Conv -> Relu -> MaxPool(case) -> head: winner-take-all, the gradient of torch's max pool."""
+def test_max_pool(case, webgpu):
+    """x [3, 9, 9] -> Conv -> Relu -> MaxPool(case) -> head: winner-take-all, the gradient of torch's max pool
+    (through MaxPool's indices, or with --webgpu through the Conv unfold, which uses none of them)."""
     attrs = MAXPOOL_CASES[case]
     net = Net([3, 9, 9], seed=70)
     a, forward, conv = conv_relu(net)
     pooled = net.op("MaxPool", [a], **attrs)
     pool = lambda t: onnx_max_pool(t, **attrs)  # noqa: E731
     features = int(np.prod(pool(torch.zeros(1, 4, 9, 9, dtype=torch.float64)).shape))
-    check_op_after_conv_relu(net, pooled, features, forward, conv, pool, move, x_seed=71)
+    check_op_after_conv_relu(net, pooled, features, forward, conv, pool, move, x_seed=71, webgpu=webgpu)
 
 
-def test_max_pool_overlapping_windows_add_up():
+@pytest.mark.parametrize("webgpu", [False, True], ids=["indices", "webgpu"])
+def test_max_pool_overlapping_windows_add_up(webgpu):
     """3x3 stride-2 windows overlap: a pixel that wins four windows receives the sum of their relevance
     (a MaxUnpool would keep only one). x -> MaxPool -> Flatten = logits, target 'seed'."""
     net = Net([1, 7, 7], seed=72)
@@ -45,13 +49,34 @@ def test_max_pool_overlapping_windows_add_up():
     x[0, 0, 2, 2] = 5.0  # the max of windows (0, 0), (0, 1), (1, 0), (1, 1)
     x[1, 0, 4, 2] = 5.0  # the max of windows (1, 0), (1, 1), (2, 0), (2, 1)
     seed = rng.uniform(0.5, 1.5, (2, 9)).astype(np.float32)
-    _, relevance = run(model, x, target="seed", seed=seed)
+    _, relevance = run(model, x, target="seed", seed=seed, webgpu=webgpu)
     grid = seed.reshape(2, 3, 3)
     assert relevance[0, 0, 2, 2] == pytest.approx(grid[0, :2, :2].sum(), rel=1e-6)
     assert relevance[1, 0, 4, 2] == pytest.approx(grid[1, 1:, :2].sum(), rel=1e-6)
     ref = move(lambda t: F.max_pool2d(t, 3, 2), t64(x), t64(seed).reshape(2, 1, 3, 3)).numpy()
     np.testing.assert_allclose(relevance, ref, rtol=1e-6, atol=1e-7)
     assert relevance.sum() == pytest.approx(seed.sum(), rel=1e-6)
+
+
+def test_webgpu_option_avoids_ops_webgpu_lacks():
+    """--webgpu: no ScatterElements, Min, Sum or MaxPool with indices in the relevance graph; ties in a window go
+    to its first maximum in row-major order, as MaxPool's indices give them."""
+    net = Net([1, 4, 4], seed=74)
+    pooled = net.op("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
+    model = net.model(net.op("Flatten", [pooled], axis=1), classes=4)
+    x = np.zeros((1, 1, 4, 4), np.float32)  # every window a tie
+    x[0, 0, 3, 2:] = 1.0  # ... except the last one: its first maximum is (3, 2)
+    seed = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    converted = lrpgraph.convert(model, target="seed", composite="epsilon", webgpu=True)
+    used = {n.op_type for n in converted.graph.node if n.name.startswith("lrp/")}
+    assert not used & {"ScatterElements", "Min", "Sum", "MaxUnpool"}
+    assert all(len(n.output) == 1 for n in converted.graph.node if n.op_type == "MaxPool")
+    _, relevance = run(model, x, target="seed", seed=seed, webgpu=True)
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, 0], expected[0, 2], expected[2, 0], expected[3, 2] = seed[0]
+    np.testing.assert_array_equal(relevance[0, 0], expected)
+    _, by_indices = run(model, x, target="seed", seed=seed)
+    np.testing.assert_array_equal(by_indices, relevance)
 
 
 def avg_pool_matrix(size, kernel, strides, pads, ceil_mode, count_include_pad):

@@ -1,0 +1,134 @@
+"""`lrpgraph web`: a static site that explains images in the browser with onnxruntime-web.
+
+The site is index.html + app.js (this folder), the converted model, model.json (what app.js needs: the
+input, the preprocessing as a plain pipeline, labels, colour maps, sample images) and onnxruntime-web's
+JS and WASM files, copied from lrpgraph/web/node_modules (`make web` runs `npm ci` there; the version
+is pinned in package.json / package-lock.json) or from the folder in $LRPGRAPH_ORT_WEB. It needs no
+network once written: serve it with any static server (`python -m http.server -d site`).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lrpgraph import graph, metadata
+from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.runtime import images, render
+
+HERE = Path(__file__).resolve().parent
+PAGE_FILES = ("index.html", "app.js")
+# ort.min.mjs is onnxruntime-web's WASM + WebGPU build; it loads the .jsep files from its own folder
+ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
+MODEL_NAME = "model.lrp.onnx"
+
+
+def ort_dist() -> Path:
+    """The folder holding onnxruntime-web's dist files, or a one-line error saying how to get them."""
+    folder = Path(os.environ.get("LRPGRAPH_ORT_WEB") or HERE / "node_modules" / "onnxruntime-web" / "dist")
+    missing = [name for name in ORT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise LrpgraphError(f"onnxruntime-web is not installed ({folder / missing[0]} is missing); run `make web` "
+                            "(npm ci in lrpgraph/web) or set LRPGRAPH_ORT_WEB to its dist folder")
+    return folder
+
+
+def pipeline(preprocess: dict | None, shape: list) -> dict:
+    """lrpgraph.runtime.images' preprocessing as explicit steps for app.js: mode, resize (shorter side or
+    exact size), crop, scale, channel order, mean and std."""
+    pre = preprocess or {}
+    steps = {"mode": images.image_mode(pre, shape), "scale": float(pre.get("scale") or 255.0),
+             "bgr": str(pre.get("channel_order", "RGB")).upper() == "BGR"}
+    resize, crop = pre.get("resize"), pre.get("crop")
+    if resize is None and crop is None:
+        steps["size"] = list(shape[1:])
+    elif resize is not None:
+        shorter = isinstance(resize, (int, float)) or (isinstance(resize, (list, tuple)) and len(resize) == 1)
+        steps["shorter" if shorter else "size"] = images._pair(resize, "resize")[0] if shorter else \
+            list(images._pair(resize, "resize"))
+    if crop is not None:
+        steps["crop"] = list(images._pair(crop, "crop"))
+    for key in ("mean", "std"):
+        if pre.get(key) is not None:
+            values = [float(v) for v in (pre[key] if isinstance(pre[key], (list, tuple)) else [pre[key]])]
+            if len(values) not in (1, shape[0]):
+                raise LrpgraphError(f"preprocess {key} has {len(values)} values for {shape[0]} channels; "
+                                    "fix the model's metadata")
+            steps[key] = values
+    return steps
+
+
+def webgpu_blocked(model) -> str | None:
+    """Why onnxruntime-web's WebGPU backend cannot run this graph (the page then uses WASM), or None.
+    Ops it merely lacks (ScatterElements, OneHot, Min, Sum, ...) run on WASM beside it; these two fail."""
+    for node in model.graph.node:
+        attrs = graph.attrs_of(node)
+        if node.op_type in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0):
+            return f"{node.op_type} with ceil_mode ('{node.name}') has no WebGPU kernel"
+        if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+            return "MaxPool with indices has no WebGPU kernel; convert with --webgpu to avoid it"
+    return None
+
+
+def site_config(model, title: str) -> dict:
+    """What app.js reads from model.json."""
+    meta = metadata.read(model)
+    config = meta.get(metadata.CONFIG)
+    if not config:
+        raise NotConvertedError("the model has no lrpgraph metadata; convert it first (lrpgraph convert MODEL)")
+    image = config["image_input"]
+    extra = [i.name for i in model.graph.input if i.name != image and i.name not in {t.name for t in model.graph.initializer}]
+    if extra:
+        raise LrpgraphError(f"the model takes more inputs than the image ({', '.join(extra)}); the page explains the "
+                            "predicted class only: convert it with --target top and an LRP composite")
+    info = next(i for i in model.graph.input if i.name == image)
+    shape = [d.dim_value or None for d in info.type.tensor_type.shape.dim][1:]
+    if len(shape) != 3 or None in shape:
+        raise LrpgraphError(f"the image input '{image}' must be [N, C, H, W] with static C, H, W; got {shape}")
+    return {"title": title, "model": MODEL_NAME, "input": image, "shape": shape,
+            "logits": config.get("logits_output") or model.graph.output[0].name,
+            "relevance": config["relevance_outputs"][0], "outputs_probabilities": config["outputs_probabilities"],
+            "pipeline": pipeline(meta.get(metadata.PREPROCESS), shape), "labels": meta.get(metadata.LABELS),
+            "colormaps": {name: [list(map(float, c)) for c in colours] for name, colours in render.COLORMAPS.items()},
+            "webgpu_blocked": webgpu_blocked(model), "samples": []}
+
+
+def build_site(model_path, out_dir, samples=(), force: bool = False, title: str | None = None) -> Path:
+    """Write the static site for a converted model to out_dir (built aside, then renamed into place)."""
+    out = Path(out_dir)
+    if out.exists() and not (force and (out / "model.json").is_file() and (out / "app.js").is_file()):
+        raise LrpgraphError(f"{out} exists; pass --force to replace a site written before, or choose another --out"
+                            if not force else f"{out} exists and is no lrpgraph site; choose another --out")
+    model = graph.load(model_path)
+    config = site_config(model, title or f"lrpgraph: {Path(model_path).name}")
+    dist = ort_dist()
+    found = images.find_images(list(samples)) if samples else []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in PAGE_FILES:
+            shutil.copyfile(HERE / name, work / name)
+        (work / "ort").mkdir()
+        for name in ORT_FILES:
+            shutil.copyfile(dist / name, work / "ort" / name)
+        shutil.copyfile(model_path, work / MODEL_NAME)
+        if found:
+            (work / "samples").mkdir()
+        for file, relative in found:
+            name = "samples/" + "_".join(Path(relative).parts)
+            shutil.copyfile(file, work / name)
+            config["samples"].append(name)
+        (work / "model.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        os.chmod(work, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(work, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out

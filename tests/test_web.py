@@ -1,0 +1,153 @@
+"""`lrpgraph web` in a real browser: Debian's chromium driven by playwright, the site served on 127.0.0.1.
+
+Each bundled sample goes through the page's file input; the page's input tensor must equal
+lrpgraph.runtime.images' exactly, and its relevance (onnxruntime-web, WASM) must equal Python
+onnxruntime's within 1e-4 L1 relative, with the same predicted class. WebGPU runs on chromium's
+software adapter (SwiftShader)."""
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrpgraph.convert import convert, save
+from lrpgraph.runtime.images import list_images, load_image
+from lrpgraph.runtime.session import ExplainSession
+from lrpgraph.web import HERE, build_site
+
+DEMO = Path(__file__).resolve().parents[1] / "lrpgraph" / "data" / "demo"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SWIFTSHADER = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]
+TIMEOUT_MS = 60_000
+
+if not CHROMIUM or not shutil.which("node"):
+    missing = "chromium" if not CHROMIUM else "node"
+    print(f"test_web skipped: {missing} is not installed (make test installs it)")
+    pytest.skip(f"{missing} is not installed (make test installs it)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def ort_web():
+    if not (HERE / "node_modules" / "onnxruntime-web").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=600)
+
+
+def _site(tmp, name, preprocess, webgpu=False, samples=()):
+    labels = (DEMO / "labels.txt").read_text().split("\n")[:10]
+    model = tmp / f"{name}.lrp.onnx"
+    save(convert(str(DEMO / "model.onnx"), labels=labels, preprocess=preprocess, webgpu=webgpu), model)
+    return model, build_site(model, tmp / name, samples or [DEMO / "images"])
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=SWIFTSHADER)
+        yield instance
+        instance.close()
+
+
+def _open(browser, url, query=""):
+    page = browser.new_page()
+    page.goto(f"{url}/index.html{query}")
+    page.wait_for_function("window.pageReady !== undefined", timeout=TIMEOUT_MS)
+    return page
+
+
+def _explain(page, file):
+    page.evaluate("window.lastResult = null")
+    page.set_input_files("#file", str(file))
+    page.wait_for_function("window.lastResult !== null", timeout=TIMEOUT_MS)
+    result = page.evaluate("window.lastResult")
+    assert "error" not in result, result
+    return result
+
+
+def _check_against_python(page, model, files, preprocess_exact=True):
+    session = ExplainSession(str(model), provider="cpu")
+    for file in files:
+        result = _explain(page, file)
+        x = load_image(file, session.preprocess, session.input_shape)
+        if preprocess_exact:
+            np.testing.assert_array_equal(np.asarray(result["input"], np.float32).reshape(x.shape), x, err_msg=file.name)
+        logits, relevance = session.explain(x[None])
+        web = np.asarray(result["relevance"], np.float64).reshape(relevance.shape)
+        l1 = np.abs(web - relevance).sum() / np.abs(relevance).sum()
+        assert l1 <= 1e-4, (file.name, l1)
+        assert result["predicted"] == int(np.argmax(logits[0])), file.name
+
+
+def test_samples_wasm(ort_web, server, browser, tmp_path):
+    root, url = server
+    model, _ = _site(root, "plain", {"mode": "L"})
+    page = _open(browser, f"{url}/plain", "?backend=wasm")
+    assert page.evaluate("window.pageReady") == "wasm"
+    files = list_images(DEMO / "images")
+    assert len(files) == 12
+    _check_against_python(page, model, files)
+    assert page.locator("#top5 li").count() == 5
+    page.close()
+
+
+def test_resize_crop_normalise(ort_web, server, browser, tmp_path):
+    """RGB files of other sizes: PIL's RGB -> L, antialiased bilinear resize along one axis (shrinking and
+    growing), centre crop with zero fill, mean/std: the page's input tensor equals Python's exactly.
+    (Resizes along both axes are left out: Pillow 13 runs its two passes in an order it picks itself.)"""
+    root, url = server
+    rng = np.random.default_rng(0)
+    files = []
+    for w, h in ((97, 30), (30, 61), (30, 22)):
+        files.append(tmp_path / f"rgb_{w}x{h}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
+    model, _ = _site(root, "resized", {"mode": "L", "resize": [30, 30], "crop": 28, "mean": [0.3], "std": [0.35]})
+    page = _open(browser, f"{url}/resized", "?backend=wasm")
+    _check_against_python(page, model, files[:2])
+    page.close()
+    model, _ = _site(root, "cropped", {"mode": "L", "crop": 28})  # 30 x 22 -> 28 x 28: zero rows added
+    page = _open(browser, f"{url}/cropped", "?backend=wasm")
+    _check_against_python(page, model, files[2:])
+    page.close()
+
+
+def test_webgpu(ort_web, server, browser):
+    """With --webgpu the graph runs on onnxruntime-web's WebGPU backend (SwiftShader here); without it the
+    MaxPool indices it cannot compute send the page to WASM, and it says why."""
+    root, url = server
+    model, _ = _site(root, "gpu", {"mode": "L"}, webgpu=True)
+    _site(root, "nogpu", {"mode": "L"})
+    page = _open(browser, f"{url}/gpu")
+    if page.evaluate("window.pageReady") != "webgpu":
+        pytest.skip(f"chromium has no WebGPU adapter here: {page.text_content('#backend')}")
+    assert "WebGPU" in page.text_content("#backend")
+    _check_against_python(page, model, list_images(DEMO / "images")[:3])
+    page.close()
+    page = _open(browser, f"{url}/nogpu")
+    assert page.evaluate("window.pageReady") == "wasm"
+    assert "MaxPool with indices" in page.text_content("#backend")
+    page.close()
