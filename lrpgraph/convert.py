@@ -30,6 +30,11 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     onnxruntime-web's WebGPU backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
     strict = passes_full_check(model)
+    if webgpu:
+        from lrpgraph.web import without_ceil_mode
+
+        if without_ceil_mode(model):
+            model = graph.infer_shapes(model)
     canon = canonicalize(model)
     options = dict(epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high,
                    flex_epsilon=flex_epsilon)

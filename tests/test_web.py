@@ -39,10 +39,10 @@ def ort_web():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=600)
 
 
-def _site(tmp, name, preprocess, webgpu=False, samples=()):
+def _site(tmp, name, preprocess, webgpu=False, samples=(), source=DEMO / "model.onnx"):
     labels = (DEMO / "labels.txt").read_text().split("\n")[:10]
     model = tmp / f"{name}.lrp.onnx"
-    save(convert(str(DEMO / "model.onnx"), labels=labels, preprocess=preprocess, webgpu=webgpu), model)
+    save(convert(str(source), labels=labels, preprocess=preprocess, webgpu=webgpu), model)
     return model, build_site(model, tmp / name, samples or [DEMO / "images"])
 
 
@@ -135,17 +135,29 @@ def test_resize_crop_normalise(ort_web, server, browser, tmp_path):
     page.close()
 
 
+def _ceil_mode_model(path):
+    """A small CNN whose MaxPool has ceil_mode (26 -> 14 windows, not 13), then AveragePool and Linear."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                              torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * 7 * 7, 10)).eval()
+    torch.onnx.export(net, (torch.rand(1, 1, 28, 28),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], dynamic_axes={"image": {0: "n"}})
+    return path
+
+
 def test_webgpu(ort_web, server, browser):
-    """With --webgpu the graph runs on onnxruntime-web's WebGPU backend (SwiftShader here); without it the
-    MaxPool indices it cannot compute send the page to WASM, and it says why."""
+    """With --webgpu the graph runs on onnxruntime-web's WebGPU backend (SwiftShader here), ceil_mode MaxPool
+    included; without it the MaxPool indices it cannot compute send the page to WASM, and it says why."""
     root, url = server
-    model, _ = _site(root, "gpu", {"mode": "L"}, webgpu=True)
+    ceil, _ = _site(root, "ceil", {"mode": "L"}, webgpu=True, source=_ceil_mode_model(root / "ceil.onnx"))
     _site(root, "nogpu", {"mode": "L"})
-    page = _open(browser, f"{url}/gpu")
-    if page.evaluate("window.pageReady") != "webgpu":
+    page = _open(browser, f"{url}/ceil")
+    if page.evaluate("window.pageReady") != "webgpu" and "no WebGPU adapter" in page.text_content("#backend"):
         pytest.skip(f"chromium has no WebGPU adapter here: {page.text_content('#backend')}")
-    assert "WebGPU" in page.text_content("#backend")
-    _check_against_python(page, model, list_images(DEMO / "images")[:3])
+    assert page.evaluate("window.pageReady") == "webgpu", page.text_content("#backend")
+    _check_against_python(page, ceil, list_images(DEMO / "images")[:4])
     page.close()
     page = _open(browser, f"{url}/nogpu")
     assert page.evaluate("window.pageReady") == "wasm"

@@ -13,6 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+from onnx import helper, numpy_helper
+
 from lrpgraph import graph, metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime import images, render
@@ -61,14 +64,55 @@ def pipeline(preprocess: dict | None, shape: list) -> dict:
 
 def webgpu_blocked(model) -> str | None:
     """Why onnxruntime-web's WebGPU backend cannot run this graph (the page then uses WASM), or None.
-    Ops it merely lacks (ScatterElements, OneHot, Min, Sum, ...) run on WASM beside it; these two fail."""
+    Ops it merely lacks (ScatterElements, OneHot, Min, Sum, ...) run on WASM beside it; these fail or, for
+    dilated pooling, give wrong values (checked with onnxruntime-web 1.30.0)."""
     for node in model.graph.node:
         attrs = graph.attrs_of(node)
-        if node.op_type in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0):
-            return f"{node.op_type} with ceil_mode ('{node.name}') has no WebGPU kernel"
+        if node.op_type not in ("MaxPool", "AveragePool"):
+            continue
+        if any(d != 1 for d in attrs.get("dilations", [])):
+            return f"{node.op_type} with dilations ('{node.name}') computes wrong values on WebGPU"
+        if attrs.get("ceil_mode", 0):
+            hint = "; convert with --webgpu to avoid it" if node.op_type == "MaxPool" else ""
+            return f"{node.op_type} with ceil_mode ('{node.name}') has no WebGPU kernel{hint}"
         if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
             return "MaxPool with indices has no WebGPU kernel; convert with --webgpu to avoid it"
     return None
+
+
+def without_ceil_mode(model) -> int:
+    """Rewrite each MaxPool with ceil_mode (onnxruntime-web's WebGPU kernel refuses it) as a Pad at the end with
+    the lowest float32 and a MaxPool without ceil_mode: the same windows, the same maxima. Returns the count."""
+    from lrpgraph.converters.pooling import pool_output_size
+
+    shapes, nodes, count = graph.tensor_shapes(model), [], 0
+    for node in model.graph.node:
+        attrs, shape = graph.attrs_of(node), shapes.get(node.input[0]) if node.input else None
+        if (node.op_type != "MaxPool" or not attrs.get("ceil_mode") or len([o for o in node.output if o]) > 1
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not shape or None in shape[2:]):
+            nodes.append(node)
+            continue
+        kernel, spatial = attrs["kernel_shape"], shape[2:]
+        n = len(kernel)
+        strides, pads = attrs.get("strides", [1] * n), list(attrs.get("pads", [0] * 2 * n))
+        reach = [(kernel[i] - 1) * attrs.get("dilations", [1] * n)[i] + 1 for i in range(n)]
+        out = [pool_output_size(spatial[i], reach[i], strides[i], pads[i], pads[i + n], True) for i in range(n)]
+        extra = [max((out[i] - 1) * strides[i] + reach[i] - spatial[i] - pads[i] - pads[i + n], 0) for i in range(n)]
+        if [(spatial[i] + pads[i] + pads[i + n] + extra[i] - reach[i]) // strides[i] + 1 for i in range(n)] != out:
+            nodes.append(node)
+            continue
+        name, count = f"{node.name or node.output[0]}/webgpu", count + 1
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array([0] * (n + 2) + [0, 0] + extra, np.int64), f"{name}/pads"),
+            numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), f"{name}/lowest")])
+        nodes.append(helper.make_node("Pad", [node.input[0], f"{name}/pads", f"{name}/lowest"], [f"{name}/padded"],
+                                      name=f"{name}/pad"))
+        nodes.append(helper.make_node("MaxPool", [f"{name}/padded"], list(node.output), name=node.name,
+                                      **{**attrs, "ceil_mode": 0}))
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return count
 
 
 def site_config(model, title: str) -> dict:
