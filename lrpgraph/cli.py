@@ -102,8 +102,10 @@ def _options(kw):
 @click.option("--noise-level", type=float, default=0.1, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--webgpu", is_flag=True, help="exact alternatives to ops onnxruntime-web's WebGPU backend lacks")
+@click.option("--format", "formats", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="ort: also write OUTPUT.ort and its required-operators config (onnxruntime mobile)")
 def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, method,
-            explain, steps, quadrature, baseline, chunk, samples, noise_level, webgpu, **kw):
+            explain, steps, quadrature, baseline, chunk, samples, noise_level, webgpu, formats, **kw):
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, save, uses_external_data
 
@@ -111,8 +113,11 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
     check_ignored(given(), specs)
     output = output or _default_output(model)
     check_output_file(output, "-o", source=model)
-    if os.path.exists(output) and not force:
-        raise LrpgraphError(f"{output} exists; pass --force to overwrite it or -o to write elsewhere")
+    from lrpgraph.mobile import ort_paths, save_ort
+
+    for path in [output] + (list(map(str, ort_paths(output))) if formats == "ort" else []):
+        if os.path.exists(path) and not force:
+            raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
@@ -124,6 +129,8 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
         raise write_error(error, "-o", output) from None
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
+    if formats == "ort":
+        click.echo("wrote {} and {}".format(*save_ort(output, force=True)))
 
 
 def _default_output(model):
