@@ -8,7 +8,7 @@ from onnx import TensorProto, external_data_helper, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, targets
 from lrpgraph.canonicalize import canonicalize
-from lrpgraph.converters import RECORDS, Context, check_rule
+from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
 from lrpgraph.version import __version__
@@ -35,7 +35,8 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
 
         if without_ceil_mode(model):
             model = graph.infer_shapes(model)
-    canon = canonicalize(model)
+    view, folded = quantized.dequantized_view(model) if quantized.is_quantized(model) else (model, set())
+    canon = canonicalize(view)
     options = dict(epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high,
                    flex_epsilon=flex_epsilon)
     method_options = dict(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
@@ -79,6 +80,8 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
         builders.append(b)
         inputs.update({i.name: i for i in new_inputs})
     _attach(model, builders, list(inputs.values()), image, explanations)
+    if view is not model:
+        quantized.shadow(model, view, folded, sum(len(b.nodes) for b in builders))
     config = {"composite": next(iter(explanations.values())), "explanations": explanations, "target": target,
               "image_input": canon.image, "logits": canon.logits, "logits_output": model.graph.output[0].name,
               "outputs_probabilities": canon.outputs_probabilities, "relevance_outputs": list(explanations),
