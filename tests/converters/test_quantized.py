@@ -41,7 +41,8 @@ def check(source, quantized, x, what):
     converted = convert(str(quantized))
     out, plain = run(converted, x), run(quantized, x)
     np.testing.assert_array_equal(out["logits"], plain["logits"])  # the forward stays int8: bit-identical
-    _, ref = qdq_relevance(quantized, x, zennit_composite("epsilon-plus"))
+    ref_logits, ref = qdq_relevance(quantized, x, zennit_composite("epsilon-plus"))
+    np.testing.assert_array_equal(ref_logits.argmax(1), plain["logits"].argmax(1))  # the class explained
     error = l1(out["relevance"], ref)
     float_heatmap = run(convert(str(source)), x)["relevance"]
     print(f"{what}: L1 to the reference {error:.2e}; to the float model's heatmap {l1(out['relevance'], float_heatmap):.3f}")
