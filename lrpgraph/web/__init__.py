@@ -17,6 +17,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from lrpgraph import graph, metadata
+from lrpgraph.converters import is_kind
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime import images, render
 
@@ -68,14 +69,14 @@ def webgpu_blocked(model) -> str | None:
     dilated pooling, give wrong values (checked with onnxruntime-web 1.30.0)."""
     for node in model.graph.node:
         attrs = graph.attrs_of(node)
-        if node.op_type not in ("MaxPool", "AveragePool"):
+        if not (is_kind(node, "maxpool") or is_kind(node, "avgpool")):
             continue
         if any(d != 1 for d in attrs.get("dilations", [])):
             return f"{node.op_type} with dilations ('{node.name}') computes wrong values on WebGPU"
         if attrs.get("ceil_mode", 0):
-            hint = "; convert with --webgpu to avoid it" if node.op_type == "MaxPool" else ""
+            hint = "; convert with --webgpu to avoid it" if is_kind(node, "maxpool") else ""
             return f"{node.op_type} with ceil_mode ('{node.name}') has no WebGPU kernel{hint}"
-        if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+        if is_kind(node, "maxpool") and len([o for o in node.output if o]) > 1:
             return "MaxPool with indices has no WebGPU kernel; convert with --webgpu to avoid it"
     return None
 
@@ -83,7 +84,7 @@ def webgpu_blocked(model) -> str | None:
 def without_ceil_mode(model) -> int:
     """Rewrite each MaxPool with ceil_mode (onnxruntime-web's WebGPU kernel refuses it) as a Pad at the end with
     the lowest float32 and a MaxPool without ceil_mode: the same windows, the same maxima. Returns the count."""
-    from lrpgraph.converters.pooling import pool_output_size
+    from lrpgraph.windows import pool_output_size
 
     shapes, nodes, count = graph.tensor_shapes(model), [], 0
     for node in model.graph.node:
