@@ -295,7 +295,8 @@ def web(model, out_dir, samples, force):
 def _web_site(model, out_dir, samples, force, title=None):
     from lrpgraph.web import build_site
 
-    click.echo(f"wrote {build_site(model, out_dir, samples, force, title)}; serve it: python -m http.server -d {out_dir}")
+    site = build_site(model, out_dir, samples, force, title)
+    click.echo(f"wrote {site}; serve it: python -m http.server -d {out_dir}")
 
 
 @main.command()

@@ -135,7 +135,8 @@ class QDQGraph(torch.nn.Module):
             inputs = [env.get(t) for t in node.input]
             layer = self.layers[str(i)] if str(i) in self.layers else None
             if node.op_type == "DequantizeLinear":  # of an activation: the pair before it passes relevance
-                out = Replay.apply(self._pair_input(node, env), torch.tensor(recorded[node.output[0]], dtype=torch.float64))
+                value = torch.tensor(recorded[node.output[0]], dtype=torch.float64)
+                out = Replay.apply(self._pair_input(node, env), value)
             elif node.op_type == "Add" and isinstance(layer, Sum):
                 out = layer(torch.stack(inputs[:2], dim=-1))
             elif node.op_type in AFFINE:  # with a constant: 'pass', as lrpgraph's affine rule

@@ -96,7 +96,8 @@ def _check_against_python(page, model, files, preprocess_exact=True):
         result = _explain(page, file)
         x = load_image(file, session.preprocess, session.input_shape)
         if preprocess_exact:
-            np.testing.assert_array_equal(np.asarray(result["input"], np.float32).reshape(x.shape), x, err_msg=file.name)
+            page_input = np.asarray(result["input"], np.float32).reshape(x.shape)
+            np.testing.assert_array_equal(page_input, x, err_msg=file.name)
         logits, relevance = session.explain(x[None])
         web = np.asarray(result["relevance"], np.float64).reshape(relevance.shape)
         l1 = np.abs(web - relevance).sum() / np.abs(relevance).sum()

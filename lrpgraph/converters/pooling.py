@@ -32,9 +32,9 @@ def max_pool(ctx, unit, rule, r_outs):
 
 
 def _wta_unfold(ctx, unit, r):
-    """Winner-take-all with ops that onnxruntime-web's WebGPU backend runs: a Conv with one-hot kernels (each channel
-    a separate image) unfolds the windows of x (padded with the lowest float32, so padding never wins), each window's first
-    maximum in row-major order is marked (as MaxPool's Indices pick it; float ops only: Equal to the window's
+    """Winner-take-all with ops that onnxruntime-web's WebGPU backend runs: a Conv with one-hot kernels (each
+    channel a separate image) unfolds the windows of x (padded with the lowest float32, so padding never wins),
+    each window's first maximum in row-major order is marked (as MaxPool's Indices pick it; float ops only: Equal to the window's
     max, minus the hits before it through a MatMul with a triangular matrix), and a ConvTranspose with the same
     kernels adds each window's relevance back at its winner, overlapping windows summed."""
     b, x, attrs = ctx.b, unit.inputs[0], unit.attrs

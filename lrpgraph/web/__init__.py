@@ -123,7 +123,8 @@ def site_config(model, title: str) -> dict:
     if not config:
         raise NotConvertedError("the model has no lrpgraph metadata; convert it first (lrpgraph convert MODEL)")
     image = config["image_input"]
-    extra = [i.name for i in model.graph.input if i.name != image and i.name not in {t.name for t in model.graph.initializer}]
+    constants = {t.name for t in model.graph.initializer}
+    extra = [i.name for i in model.graph.input if i.name != image and i.name not in constants]
     if extra:
         raise LrpgraphError(f"the model takes more inputs than the image ({', '.join(extra)}); the page explains the "
                             "predicted class only: convert it with --target top and an LRP composite")

@@ -45,7 +45,8 @@ def check(source, quantized, x, what):
     np.testing.assert_array_equal(ref_logits.argmax(1), plain["logits"].argmax(1))  # the class explained
     error = l1(out["relevance"], ref)
     float_heatmap = run(convert(str(source)), x)["relevance"]
-    print(f"{what}: L1 to the reference {error:.2e}; to the float model's heatmap {l1(out['relevance'], float_heatmap):.3f}")
+    to_float = l1(out["relevance"], float_heatmap)
+    print(f"{what}: L1 to the reference {error:.2e}; to the float model's heatmap {to_float:.3f}")
     assert np.abs(ref).sum() > 0 and error <= LIMIT, (what, error)
     quantized_ops = {n.op_type for n in onnx.load(str(quantized)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops

@@ -41,7 +41,8 @@ def test_site(tmp_path, ort_files):
     code, output = web(model, "--out", tmp_path / "site", "--samples", DEMO / "images")
     assert code == 0, output
     site = tmp_path / "site"
-    assert {p.name for p in site.iterdir()} == {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples"}
+    files = {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples"}
+    assert {p.name for p in site.iterdir()} == files
     assert sorted(p.name for p in (site / "ort").iterdir()) == sorted(ORT_FILES)
     config = json.loads((site / "model.json").read_text())
     assert config["input"] == "image" and config["shape"] == [1, 28, 28] and config["relevance"] == "relevance"
