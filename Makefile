@@ -26,7 +26,10 @@ data:
 	fi
 
 # onnxruntime-web at the version pinned in lrpgraph/web/package-lock.json, for `lrpgraph web` (Node from Debian)
-web:
+WEB_DEPS := lrpgraph/web/node_modules/.package-lock.json
+web: $(WEB_DEPS)
+
+$(WEB_DEPS): lrpgraph/web/package.json lrpgraph/web/package-lock.json
 	@if ! command -v npm >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && apt-get install -y -qq nodejs npm; \
