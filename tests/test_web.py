@@ -121,7 +121,8 @@ def test_samples_wasm(ort_web, server, browser, tmp_path):
 
 def test_resize_crop_normalise(ort_web, server, browser, tmp_path):
     """RGB files of other sizes: PIL's RGB -> L, antialiased bilinear resize along one axis (shrinking and
-    growing), centre crop with zero fill, mean/std: the page's input tensor equals Python's exactly.
+    growing), centre crop with zero fill, mean/std, and an RGB model (BGR order, per-channel mean/std): the
+    page's input tensor equals Python's exactly.
     (Resizes along both axes are left out: Pillow 13 runs its two passes in an order it picks itself.)"""
     root, url = server
     rng = np.random.default_rng(0)
@@ -137,6 +138,11 @@ def test_resize_crop_normalise(ort_web, server, browser, tmp_path):
     page = _open(browser, f"{url}/cropped", "?backend=wasm")
     _check_against_python(page, model, files[2:])
     page.close()
+    rgb = {"mode": "RGB", "crop": 28, "channel_order": "BGR", "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]}
+    model, _ = _site(root, "rgb", rgb, source=_rgb_model(root / "rgb.onnx"))
+    page = _open(browser, f"{url}/rgb", "?backend=wasm")
+    _check_against_python(page, model, files[2:])
+    page.close()
 
 
 def _ceil_mode_model(path):
@@ -147,6 +153,18 @@ def _ceil_mode_model(path):
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
                               torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * 7 * 7, 10)).eval()
     torch.onnx.export(net, (torch.rand(1, 1, 28, 28),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], dynamic_axes={"image": {0: "n"}})
+    return path
+
+
+def _rgb_model(path):
+    """A small CNN on RGB input [3, 28, 28]."""
+    import torch
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(4),
+                              torch.nn.Flatten(), torch.nn.Linear(6 * 7 * 7, 10)).eval()
+    torch.onnx.export(net, (torch.rand(1, 3, 28, 28),), str(path), dynamo=False, opset_version=17,
                       input_names=["image"], dynamic_axes={"image": {0: "n"}})
     return path
 
