@@ -30,7 +30,7 @@ COMPOSITES = {
     "flex": {"first": "flex-zbox", "conv": "gradient", "dense": "gradient", "activation": "gradient",
              "relu": "flex-relu", "sum": "gradient", "avgpool": "gradient", "bn": "gradient", "maxpool": "wta",
              "gate": "gradient", "affine": "gradient", "product": "gradient", "normaliser": "gradient",
-             "layernorm": "gradient"},
+             "lrn": "gradient", "layernorm": "gradient"},
     # transformers (REFERENCE.md section 9), in LXT's gradient form (the message is g = R / x, the heatmap x * g):
     # LRP-0 on every linear layer (the plain gradient: what LXT does where no zennit rule is attached; the
     # rules of section 2 through --rule, e.g. Conv=gamma:0.25), the identity rule on element-wise

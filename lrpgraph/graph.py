@@ -59,10 +59,33 @@ def ensure_opset(model, where):
     if opset_of(model) >= MIN_OPSET:
         return model
     try:
-        return onnx.version_converter.convert_version(model, MIN_OPSET)
+        return _upgraded(model)
     except Exception as err:  # the converter raises plain RuntimeError/IndexError on unsupported patterns
         raise LrpgraphError(f"{where}: opset {opset_of(model)} could not be upgraded to {MIN_OPSET} ({err}); "
                             f"re-export the model with opset {MIN_OPSET} or newer") from None
+
+
+def _upgraded(model):
+    """onnx's version converter; some of its adapters (Gemm, BatchNormalization before opset 7) refuse a
+    symbolic batch, so the inputs and outputs are declared with batch 1 for the conversion and their own
+    types are put back afterwards."""
+    declared = list(model.graph.input) + list(model.graph.output)
+    if not any(d.dim_param for v in declared for d in v.type.tensor_type.shape.dim):
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    for info in list(fixed.graph.input) + list(fixed.graph.output):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_value = 1
+    upgraded = onnx.version_converter.convert_version(fixed, MIN_OPSET)
+    del upgraded.graph.value_info[:]  # inferred again from the symbolic batch
+    original = {v.name: v for v in declared}
+    for info in list(upgraded.graph.input) + list(upgraded.graph.output):
+        if info.name in original:
+            info.CopyFrom(original[info.name])
+    return upgraded
 
 
 def constants_to_initializers(model):

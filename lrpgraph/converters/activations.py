@@ -119,3 +119,34 @@ def _clip_bounds(ctx, unit):
     low = float(ctx.value(inputs[1], unit, "min")) if len(inputs) > 1 and inputs[1] else attrs.get("min", -3.4e38)
     high = float(ctx.value(inputs[2], unit, "max")) if len(inputs) > 2 and inputs[2] else attrs.get("max", 3.4e38)
     return float(low), float(high)
+
+
+@activation_op("Elu")
+def elu(ctx: Context, unit, x: str, y: str) -> str:  # 1 above 0, alpha * exp(x) = y + alpha below
+    b = ctx.b
+    alpha = b.const(float(unit.attrs.get("alpha", 1.0)))
+    return _where(b, _positive(b, x), b.const(1.0), b.add(y, alpha))
+
+
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # the ONNX defaults
+
+
+@activation_op("Selu")
+def selu(ctx: Context, unit, x: str, y: str) -> str:  # gamma above 0, gamma * alpha * exp(x) below
+    b = ctx.b
+    alpha, gamma = float(unit.attrs.get("alpha", SELU_ALPHA)), float(unit.attrs.get("gamma", SELU_GAMMA))
+    below = b.mul(b.op("Exp", [x], "exp"), b.const(alpha * gamma))
+    return _where(b, _positive(b, x), b.const(gamma), below)
+
+
+@activation_op("Softplus")
+def softplus(ctx: Context, unit, x: str, y: str) -> str:  # d log(1 + e^x) / dx = sigmoid(x)
+    return ctx.b.op("Sigmoid", [x], "sigmoid")
+
+
+@activation_op("Mish")
+def mish(ctx: Context, unit, x: str, y: str) -> str:  # x tanh(sp(x)): tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
+    b = ctx.b
+    t = b.op("Tanh", [b.op("Softplus", [x], "softplus")], "tanh")
+    inner = b.mul(b.mul(x, b.op("Sigmoid", [x], "sigmoid")), b.sub(b.const(1.0), b.mul(t, t)))
+    return b.add(t, inner)

@@ -79,6 +79,27 @@ def add_sub(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
     return [unbroadcast(ctx, rx, x, unit, out), unbroadcast(ctx, ry, y, unit, out)]
 
 
+def _sum_of_signals(node, dynamic):
+    """Sum (opset <= 7 residuals): of two or more signals, or one signal plus constants."""
+    return "sum" if sum(dynamic) >= 2 else "affine"
+
+
+@register("Sum", kind="sum", classify=_sum_of_signals, keeps_nonneg=_not_affine)
+def sum_(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+    """Like a residual Add with n inputs: the norm rule R_i = x_i R / stab(sum), or the gradient (each
+    signal gets R); constants get nothing (a Sum with one signal passes R to it)."""
+    r, b, out = r_outs[0], ctx.b, unit.outputs[0]
+    signals = [t if t in ctx.signal else None for t in unit.inputs]
+    if rule.name == "norm" and unit.kind == "sum":
+        s = b.div(r, b.stab(out, rule.stabilizer))
+        parts = [b.mul(t, s) if t else None for t in signals]
+    elif rule.name in GRADIENT_RULES or rule.name == "pass":
+        parts = [r if t else None for t in signals]
+    else:
+        raise unsupported_rule(unit, rule)
+    return [unbroadcast(ctx, p, t, unit, out) if p else None for p, t in zip(parts, unit.inputs)]
+
+
 @register("Mul", kind="affine", classify=_gate_or_affine, keeps_nonneg=_not_affine,
           affine=lambda value, signal_first: (value, 0.0))
 @register("Div", kind="affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0))

@@ -50,7 +50,17 @@ for _name, _fn in {"Neg": torch.neg, "Abs": torch.abs, "Sqrt": torch.sqrt, "Exp"
 OPS.update({"MatMul": lambda ctx, a, b: torch.matmul(a, b), "Where": lambda ctx, c, a, b: torch.where(c, a, b),
             "Identity": lambda ctx, x: x, "PRelu": lambda ctx, x, slope: torch.where(x < 0, x * slope, x),
             "LeakyRelu": lambda ctx, x, alpha=0.01: F.leaky_relu(x, alpha),
-            "HardSigmoid": lambda ctx, x, alpha=0.2, beta=0.5: torch.clamp(x * alpha + beta, 0.0, 1.0)})
+            "HardSigmoid": lambda ctx, x, alpha=0.2, beta=0.5: torch.clamp(x * alpha + beta, 0.0, 1.0),
+            "Elu": lambda ctx, x, alpha=1.0: F.elu(x, alpha), "Softplus": lambda ctx, x: F.softplus(x),
+            "Selu": lambda ctx, x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875:
+                gamma * torch.where(x > 0, x, alpha * torch.expm1(x)), "Mish": lambda ctx, x: F.mish(x)})
+
+
+@op("LRN")
+def lrn(ctx, x, size, alpha=1e-4, beta=0.75, bias=1.0):  # ONNX's window: floor((size-1)/2) channels before
+    pad = [0, 0] * (x.dim() - 2) + [(size - 1) // 2, size // 2]
+    square_sum = F.pad(x * x, pad).unfold(1, size, 1).sum(-1)
+    return x / (bias + alpha / size * square_sum) ** beta
 
 
 @op("Div")
