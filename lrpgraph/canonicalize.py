@@ -14,7 +14,7 @@ from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.fusion import fuse
-from lrpgraph.graph import attrs_of, tensor_shapes, topological
+from lrpgraph.graph import attrs_of, infer_shapes, tensor_shapes, topological
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
@@ -80,9 +80,10 @@ class Canonical:
 def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
-    shapes = tensor_shapes(model)
     image, image_float = _image_input(graph, inits)
     logits, probabilities = _logits(graph)
+    logits = _flat_logits(model, logits, probabilities)
+    shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
     for node in nodes:
@@ -120,15 +121,56 @@ def _image_input(graph, inits):
 
 
 def _logits(graph):
-    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it."""
+    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it (also
+    as opset < 13 writes it once upgraded: Reshape(Softmax(Flatten(x)), Shape(x)), explained as Flatten(x))."""
     producer = {o: n for n in graph.node for o in n.output}
     name = graph.output[0].name
     node = producer.get(name)
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
+    if node is not None and node.op_type == "Reshape":
+        inner = producer.get(node.input[0])
+        if inner is not None and is_kind(inner, "head") and getattr(producer.get(inner.input[0]), "op_type", "") \
+                == "Flatten":
+            node = inner
     if node is not None and is_kind(node, "head"):
         return node.input[0], True
     return name, False
+
+
+def _flat_logits(model, logits, probabilities):
+    """Logits shaped [N, C, 1, 1] or [N, C, 1] (a Conv as the classifier) are explained as [N, C]: a Flatten
+    is added after them, and the first output (logits or probabilities of that shape) becomes [N, C] too,
+    keeping its name. Returns the tensor to explain; the model's value_info is inferred again."""
+    shapes = tensor_shapes(model)
+
+    def flat(name):
+        shape = shapes.get(name)
+        return shape is not None and len(shape) > 2 and shape[1] is not None and all(d == 1 for d in shape[2:])
+
+    output = model.graph.output[0]
+    if not flat(logits) and not flat(output.name):
+        return logits
+    new_logits = logits
+    for name in dict.fromkeys([output.name] + ([logits] if probabilities else [])):
+        if not flat(name):
+            continue
+        if name == output.name:  # the output keeps its name: the 4-D tensor is renamed
+            inner = f"{name}/unflattened"
+            for node in model.graph.node:
+                node.output[:] = [inner if t == name else t for t in node.output]
+                node.input[:] = [inner if t == name else t for t in node.input]
+            model.graph.node.append(onnx.helper.make_node("Flatten", [inner], [name], name=f"{name}/flatten", axis=1))
+            dims = output.type.tensor_type.shape.dim
+            del dims[2:]
+            if name == logits:
+                new_logits = name
+        else:
+            flat_name = f"{name}/flat"
+            model.graph.node.append(onnx.helper.make_node("Flatten", [name], [flat_name], name=flat_name, axis=1))
+            new_logits = flat_name
+    infer_shapes(model)
+    return new_logits
 
 
 def _on_path(nodes, logits, signal):
