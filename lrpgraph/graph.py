@@ -48,6 +48,7 @@ def load(model_or_path):
     constants_to_initializers(model)
     bypass_identities(model)
     model = ensure_opset(model, where)
+    weights_not_inputs(model)
     return infer_shapes(model)
 
 
@@ -86,6 +87,17 @@ def _upgraded(model):
         if info.name in original:
             info.CopyFrom(original[info.name])
     return upgraded
+
+
+def weights_not_inputs(model):
+    """IR 3 lists every initializer as a graph input as well; the weights stop being inputs (IR 4 and on
+    allow it), so that the image is the one input a session feeds."""
+    inits = {i.name for i in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):
+        keep = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 4)
 
 
 def constants_to_initializers(model):
