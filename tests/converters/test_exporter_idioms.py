@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 from onnx import helper
-from ops_helpers import Net, check_network, eps_rule, inputs, run, t64
+from ops_helpers import Net, check_network, eps_rule, inputs, move, run, t64
 
 SHAPE = [3, 6, 6]
 FEATURES = 4 * 36
@@ -74,3 +74,39 @@ def test_pad_attribute_form_opset2():
     y, relevance = run(net.model(logits), x, rules=["Conv=epsilon:0.01"])
     padded_conv = lambda t: conv(F.pad(t, (2, 1, 1, 2)))  # noqa: E731  (left, right, top, bottom)
     check_network(x, y, relevance, padded_conv, lambda r: eps_rule(padded_conv, t64(x), r, 0.01), head)
+
+
+def test_shape_computations_of_the_legacy_exporter():
+    """A channel shuffle and a flatten written as the TorchScript exporter writes x.view(...) without
+    constant folding: Shape -> Gather -> Div/Mul -> Unsqueeze -> Concat -> Reshape. onnx's shape inference
+    (with data propagation) resolves them, so the spatial sizes stay known behind the Reshapes; the shuffle
+    moves relevance as it moves values (reference: its torch gradient)."""
+    net = Net([4, 6, 6], seed=88, opset=13)
+    h, conv1, _, _ = net.conv("x", 4, 4, pads=[1, 1, 1, 1])
+
+    def dims(t):
+        shape = net.op("Shape", [t])
+        return [net.op("Gather", [shape, net.ints(i)], axis=0) for i in range(4)]
+
+    def row(*scalars):
+        return net.op("Concat", [net.op("Unsqueeze", [s, net.ints([0])]) for s in scalars], axis=0)
+
+    n, c, height, width = dims(h)
+    groups = net.ints(2)
+    split = net.op("Reshape", [h, row(n, groups, net.op("Div", [c, groups]), height, width)])
+    swapped = net.op("Transpose", [split], perm=[0, 2, 1, 3, 4])
+    shuffled = net.op("Reshape", [swapped, row(n, c, height, width)])
+    h2, conv2, _, _ = net.conv(shuffled, 4, 4, pads=[1, 1, 1, 1])
+    n, c, height, width = dims(h2)
+    flat = net.op("Reshape", [h2, row(n, net.op("Mul", [net.op("Mul", [c, height]), width]))])
+    logits, head = net.head(flat, FEATURES)
+
+    def shuffle(t):
+        return t.reshape(len(t), 2, 2, 6, 6).transpose(1, 2).reshape(len(t), 4, 6, 6)
+
+    x = inputs([4, 6, 6], seed=89)
+    x64 = t64(x)
+    y, relevance = run(net.model(logits), x, rules=["Conv=epsilon:0.01"])
+    check_network(x, y, relevance, lambda t: conv2(shuffle(conv1(t))),
+                  lambda r: eps_rule(conv1, x64, move(shuffle, conv1(x64), eps_rule(conv2, shuffle(conv1(x64)), r,
+                                                                                     0.01)), 0.01), head)
