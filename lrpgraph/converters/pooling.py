@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from lrpgraph.converters.registry import register, unsupported_rule
+from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import GRADIENT_RULES
 from lrpgraph.windows import explicit_pads, pool_output_size
 
@@ -122,6 +123,12 @@ def _average_pool_adjoint(ctx, unit, s):
     pads = explicit_pads(attrs.get("auto_pad", "NOTSET"), pads, spatial, kernel, strides, [1] * n)
     ceil, include_pad = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
     out = [pool_output_size(spatial[i], kernel[i], strides[i], pads[i], pads[i + n], ceil) for i in range(n)]
+    if unit.op == "AveragePool" and ceil and out != [-(-(spatial[i] + pads[i] + pads[i + n] - kernel[i]) // strides[i])
+                                                      + 1 for i in range(n)]:
+        raise UnsupportedModelError(
+            f"node '{unit.name}' (AveragePool): with ceil_mode its last window starts in the padding, which onnx's "
+            f"shape inference counts (ONNX Runtime would refuse the converted model); export with ceil_mode=False "
+            f"or padding {pads[:n]} lowered so that every window starts inside the input")
     # end padding that makes a plain strided window cover every output (ceil_mode adds windows)
     end = [(out[i] - 1) * strides[i] + kernel[i] - spatial[i] - pads[i] for i in range(n)]
     full_pads = pads[:n] + [max(e, 0) for e in end]
