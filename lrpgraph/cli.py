@@ -152,7 +152,12 @@ def inspect(model, **kw):
     from lrpgraph.canonicalize import canonicalize
     from lrpgraph.converters import RECORDS
 
+    from lrpgraph.convert import converted_by
+
     proto = graph.load(model)
+    if converted_by(proto):
+        click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
+        return
     counts = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
     click.echo("op coverage:")

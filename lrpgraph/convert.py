@@ -29,6 +29,12 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. webgpu: exact alternatives to the ops that
     onnxruntime-web's WebGPU backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
+    if converted_by(model):
+        where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
+        config = metadata.read(model).get(metadata.CONFIG) or {}
+        raise LrpgraphError(f"{where}: already {converted_by(model)}; convert the original classifier it was made "
+                            f"from (input '{config.get('image_input', '?')}', output "
+                            f"'{config.get('logits_output', '?')}', without the relevance outputs) instead")
     strict = passes_full_check(model)
     if webgpu:
         from lrpgraph.web import without_ceil_mode
@@ -105,6 +111,15 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
 def _vocab_size(canon):
     return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
                  if u.op == "Gather" and u.inputs[1] == canon.image and u.inputs[0] in canon.inits), None)
+
+
+def converted_by(model: onnx.ModelProto) -> str | None:
+    """'converted by lrpgraph X with composite Y' for a model lrpgraph wrote, None for any other."""
+    meta = metadata.read(model)
+    if metadata.VERSION not in meta:
+        return None
+    config = meta.get(metadata.CONFIG) or {}
+    return f"converted by lrpgraph {meta[metadata.VERSION]} with composite {config.get('composite', 'unknown')}"
 
 
 def _explanations(explain, method, composite):

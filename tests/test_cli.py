@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+import lrpgraph
 from lrpgraph import metadata
 from lrpgraph.cli import main
 
@@ -181,3 +182,17 @@ def test_rule_by_layer_path(tmp_path):
     code, output = run("inspect", path, "--rule", "/classifier/fc=epsilon:0.5")
     assert code == 0, output
     assert "epsilon:0.5" in output
+
+
+def test_converted_model_is_named_not_converted_again(model_path):
+    """convert refuses a model lrpgraph already converted (one line, exit 2, naming the original's input and
+    output and writing nothing); inspect says who converted it instead of listing its own ops."""
+    assert run("convert", model_path, "--composite", "epsilon")[0] == 0
+    converted = model_path.with_suffix(".lrp.onnx")
+    code, output = run("convert", converted, "-o", model_path.parent / "again.onnx")
+    assert_one_line_error(code, output, "already converted by lrpgraph", "composite epsilon", "input 'x'",
+                          "output 'logits'")
+    assert not (model_path.parent / "again.onnx").exists()
+    code, output = run("inspect", converted)
+    assert code == 0 and output.count("\n") == 1, output
+    assert f"converted by lrpgraph {lrpgraph.__version__} with composite epsilon" in output and "--" not in output
