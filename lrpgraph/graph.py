@@ -48,6 +48,7 @@ def load(model_or_path):
     constants_to_initializers(model)
     bypass_identities(model)
     model = ensure_opset(model, where)
+    constants_to_initializers(model)  # the version converter writes Constant nodes (Upsample's scales)
     weights_not_inputs(model)
     return infer_shapes(model)
 

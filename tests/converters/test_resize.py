@@ -1,0 +1,40 @@
+"""Per-op parity for lrpgraph/converters/resize.py: nearest Upsample (opset 9) and Resize (opset 13, by
+scales or sizes, two coordinate conventions) with integer scales move relevance back as the values moved,
+summed over the copies. Reference: the gradient of torch's repeat_interleave (float64), ops_helpers."""
+
+import pytest
+from ops_helpers import Net, check_network, eps_rule, inputs, move, run, t64
+
+from lrpgraph.errors import UnsupportedModelError
+
+
+def upsample(t):
+    return t.repeat_interleave(2, dim=2).repeat_interleave(3, dim=3)
+
+
+@pytest.mark.parametrize("form", ["upsample9", "scales", "sizes_asymmetric"])
+def test_nearest_resize_moves_relevance(form):
+    net = Net([3, 6, 6], seed=90, opset=9 if form == "upsample9" else 13)
+    h, conv, _, _ = net.conv("x", 3, 4, pads=[1, 1, 1, 1])
+    if form == "upsample9":
+        up = net.op("Upsample", [h, net.const([1, 1, 2, 3])], mode="nearest")
+    elif form == "scales":
+        up = net.op("Resize", [h, "", net.const([1, 1, 2, 3])], mode="nearest")
+    else:  # sizes include the batch (2 here)
+        up = net.op("Resize", [h, "", "", net.ints([2, 4, 12, 18])], mode="nearest",
+                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    logits, head = net.head(up, 4 * 12 * 18)
+    x = inputs([3, 6, 6], seed=91)
+    x64 = t64(x)
+    y, relevance = run(net.model(logits), x, rules=["Conv=epsilon:0.01"])
+    check_network(x, y, relevance, lambda t: upsample(conv(t)),
+                  lambda r: eps_rule(conv, x64, move(upsample, conv(x64), r), 0.01), head)
+
+
+def test_linear_resize_is_refused():
+    net = Net([3, 6, 6], seed=92, opset=13)
+    h, _, _, _ = net.conv("x", 3, 4, pads=[1, 1, 1, 1])
+    up = net.op("Resize", [h, "", net.const([1, 1, 2, 2])], mode="linear")
+    logits, _ = net.head(up, 4 * 12 * 12)
+    with pytest.raises(UnsupportedModelError, match=r"mode 'linear' is not supported \(only nearest\)"):
+        run(net.model(logits), inputs([3, 6, 6]))
