@@ -240,6 +240,8 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
         layer.bias = node.input[2]
     if node.op_type == "Conv":
         layer.attrs = _conv_attrs(node, attrs, shapes, inits, unit)
+    elif node.op_type == "ConvTranspose":
+        layer.attrs = _conv_transpose_attrs(attrs, shapes.get(node.input[1]), unit)
     elif node.op_type == "Gemm":
         layer.transpose_weight = bool(attrs.get("transB", 0))
         layer.alpha, layer.beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
@@ -274,7 +276,7 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
 def _bias_axis_ok(shape, layer):
     """An added constant is a bias when it varies along the output channel axis only."""
     shape = list(shape)
-    if layer.op == "Conv":
+    if layer.op in ("Conv", "ConvTranspose"):
         rank = len(layer.x_shape)
         shape = [1] * (rank - len(shape)) + shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1)
@@ -287,6 +289,8 @@ def _out_channels(layer, inits, shapes):
         return None
     if layer.op == "Conv":
         return w_shape[0]
+    if layer.op == "ConvTranspose":
+        return w_shape[1] * layer.attrs["group"]
     return w_shape[0] if layer.transpose_weight else w_shape[-1]
 
 
@@ -306,6 +310,17 @@ def _conv_attrs(node, attrs, shapes, inits, unit):
     return {"strides": strides, "pads": pads, "dilations": dilations, "group": attrs.get("group", 1),
             "output_padding": [conv_output_padding(spatial[i], kernel[i], strides[i], dilations[i], pads[i],
                                                    pads[i + n]) for i in range(n)]}
+
+
+def _conv_transpose_attrs(attrs, w_shape, unit):
+    """A ConvTranspose with explicit pads (no output_shape, no SAME padding: their pads depend on sizes)."""
+    if attrs.get("output_shape") or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+        raise UnsupportedModelError(f"node '{unit.name}' (ConvTranspose): output_shape and SAME padding are not "
+                                    "supported; export it with explicit pads")
+    n = len(w_shape) - 2 if w_shape else len(attrs.get("kernel_shape", []))
+    return {"strides": attrs.get("strides", [1] * n), "pads": attrs.get("pads", [0] * 2 * n),
+            "dilations": attrs.get("dilations", [1] * n), "group": attrs.get("group", 1),
+            "output_padding": attrs.get("output_padding", [0] * n)}
 
 
 def _gate_input(node, nodes, unit):

@@ -13,14 +13,14 @@ from lrpgraph.converters.registry import register, unsupported_rule
 
 @dataclass
 class LinearLayer:
-    op: str  # Conv, Gemm or MatMul
+    op: str  # Conv, ConvTranspose, Gemm or MatMul
     x: str  # input tensor
     out: str  # output of the whole unit (after bias Add / BatchNormalization)
     weight: str
     bias: str = None
     bias_from_add: bool = False  # a bias Add's constant may be shaped [1, M, 1, 1]: flattened to [M]
     x_shape: list = None
-    attrs: dict = field(default_factory=dict)  # Conv: strides, pads, dilations, group, output_padding
+    attrs: dict = field(default_factory=dict)  # Conv(Transpose): strides, pads, dilations, group, output_padding
     transpose_weight: bool = False  # Gemm transB = 0 stores W as [K, M]; 1 as [M, K]
     alpha: float = 1.0
     beta: float = 1.0
@@ -33,7 +33,7 @@ class LinearLayer:
             w, bias = self.weight, self.bias
             if self.bias_from_add:
                 bias = b.op("Reshape", [bias, b.ints([-1])], "bias")
-            if self.op != "Conv":
+            if self.op not in ("Conv", "ConvTranspose"):
                 if self.transpose_weight:
                     w = b.op("Transpose", [w], "weight_t", perm=[1, 0])
                 if self.alpha != 1.0:
@@ -58,6 +58,10 @@ class LinearLayer:
             a = self.attrs
             return b.op("Conv", [x, w] + ([bias] if bias else []), "conv", strides=a["strides"], pads=a["pads"],
                         dilations=a["dilations"], group=a["group"])
+        if self.op == "ConvTranspose":
+            a = self.attrs
+            return b.op("ConvTranspose", [x, w] + ([bias] if bias else []), "deconv", strides=a["strides"],
+                        pads=a["pads"], dilations=a["dilations"], group=a["group"], output_padding=a["output_padding"])
         if len(self.x_shape) == 2:
             return b.op("Gemm", [x, w] + ([bias] if bias else []), "gemm")
         z = b.op("MatMul", [x, w], "matmul")
@@ -69,6 +73,10 @@ class LinearLayer:
             a = self.attrs
             return b.op("ConvTranspose", [s, w], "convT", strides=a["strides"], pads=a["pads"],
                         dilations=a["dilations"], group=a["group"], output_padding=a["output_padding"])
+        if self.op == "ConvTranspose":  # its transpose is the Conv with the same weight and windows
+            a = self.attrs
+            return b.op("Conv", [s, w], "deconvT", strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
+                        group=a["group"])
         if len(self.x_shape) == 2:
             return b.op("Gemm", [s, w], "gemmT", transB=1)
         return b.op("MatMul", [s, b.op("Transpose", [w], "weight_t", perm=[1, 0])], "matmulT")
@@ -80,7 +88,7 @@ class LinearLayer:
         return b.const(np.array(values, np.float32).reshape(shape))
 
 
-@register("Conv", kind="linear", category="conv")
+@register("Conv", "ConvTranspose", kind="linear", category="conv")
 @register("Gemm", "MatMul", kind="linear", category="dense")
 def linear(ctx, unit, rule, r_outs):
     layer, signal = unit.layer, r_outs[0]
