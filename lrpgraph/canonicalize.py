@@ -276,7 +276,7 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
 def _bias_axis_ok(shape, layer):
     """An added constant is a bias when it varies along the output channel axis only."""
     shape = list(shape)
-    if layer.op in ("Conv", "ConvTranspose"):
+    if layer.convolutional:
         rank = len(layer.x_shape)
         shape = [1] * (rank - len(shape)) + shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1)

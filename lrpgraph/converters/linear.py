@@ -27,13 +27,18 @@ class LinearLayer:
     bn: dict = None  # {scale, B, mean, var, epsilon} tensor names / value of a folded BatchNormalization
     _cache: dict = field(default_factory=dict)
 
+    @property
+    def convolutional(self) -> bool:
+        """A Conv or ConvTranspose: channels on axis 1, windows over the axes after it."""
+        return self.op in ("Conv", "ConvTranspose")
+
     def weights(self, b):
         """(W, bias) of the whole unit, emitted once: Conv layout [M, C/g, k...], dense layout [K, M]."""
         if "w" not in self._cache:
             w, bias = self.weight, self.bias
             if self.bias_from_add:
                 bias = b.op("Reshape", [bias, b.ints([-1])], "bias")
-            if self.op not in ("Conv", "ConvTranspose"):
+            if not self.convolutional:
                 if self.transpose_weight:
                     w = b.op("Transpose", [w], "weight_t", perm=[1, 0])
                 if self.alpha != 1.0:
