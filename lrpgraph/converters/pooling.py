@@ -158,3 +158,19 @@ def _outer(vectors):
     for v in vectors[1:]:
         result = np.multiply.outer(result, v)
     return result
+
+
+@register("GatherND", kind="structure")
+def gather_nd(ctx, unit, rule, r_outs):
+    """Window selections with constant indices (the dynamo exporter's adaptive average pooling when the output
+    size does not divide the input): relevance and gradients go back to the positions read, and positions
+    read by several (overlapping) windows add up (ScatterND with reduction 'add')."""
+    data, indices = unit.inputs[:2]
+    if rule.name not in GRADIENT_RULES + ("pass",):
+        raise unsupported_rule(unit, rule)
+    if indices in ctx.signal or int(unit.attrs.get("batch_dims", 0)) != 0:
+        raise UnsupportedModelError(f"node '{unit.name}' (GatherND): only constant indices with batch_dims 0 are "
+                                    "supported")
+    ctx.value(indices, unit, "indices")  # a clear error if the indices are computed
+    b = ctx.b
+    return [b.op("ScatterND", [b.zeros_like(data), indices, r_outs[0]], "scatter", reduction="add"), None]
