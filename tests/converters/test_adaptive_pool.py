@@ -44,3 +44,16 @@ def test_adaptive_average_pool_not_dividing(side, out):
     (gradient,) = torch.autograd.grad(model64(x_grad)[torch.arange(2), top].sum(), x_grad)
     _, grad = run_onnx(lrpgraph.convert(onnx_bytes, method="gradient"), x.numpy())
     assert_l1(grad, gradient.numpy(), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["alexnet", pytest.param("vgg11", marks=pytest.mark.slow)])
+def test_torchvision_below_224_matches_zennit(name):
+    """AlexNet and VGG at 64 px (adaptive pooling 1x1 -> 6x6 and 2x2 -> 7x7: overlapping windows), dynamo
+    export, epsilon-plus against zennit in float64 (test_parity_zennit.check_parity, bound 1e-4)."""
+    import torchvision
+    from test_parity_zennit import check_parity
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    check_parity(model, [], x, export(model, x), "epsilon-plus", 1e-6, f"{name} 64 px", index=False)
