@@ -24,6 +24,7 @@ from lrpgraph.graph import topological
 
 from lrpgraph.train.onnx_ops import OPS, Ctx
 from lrpgraph.train import transformer_ops  # noqa: F401,E402  (registers LayerNormalization, Gelu)
+from lrpgraph.train import selection_ops  # noqa: F401,E402  (registers GatherND, ScatterND, Resize)
 
 RELEVANCE_PREFIX = "lrp/"  # names of the nodes the converter emits
 DERIVED = "derived input"  # a plan step computing a graph input inside the run (LrpModule.run's `derived`)

@@ -38,3 +38,30 @@ def test_linear_resize_is_refused():
     logits, _ = net.head(up, 4 * 12 * 12)
     with pytest.raises(UnsupportedModelError, match=r"mode 'linear' is not supported \(only nearest\)"):
         run(net.model(logits), inputs([3, 6, 6]))
+
+
+def test_importer_runs_resize_and_window_selections():
+    """The torch importer (train/selection_ops.py) computes what onnxruntime computes for a converted model
+    with a nearest Resize and with the GatherND adaptive pooling, relevance included."""
+    import numpy as np
+    import torch
+
+    import lrpgraph
+    from lrpgraph.train.importer import import_onnx
+    from zennit_ref import export, run_onnx
+
+    net = Net([3, 6, 6], seed=97, opset=13)
+    h, _, _, _ = net.conv("x", 3, 4, pads=[1, 1, 1, 1])
+    up = net.op("Resize", [h, "", net.const([1, 1, 2, 3])], mode="nearest")
+    logits, _ = net.head(up, 4 * 12 * 18)
+    torch.manual_seed(98)
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d((4, 4)), torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    x = inputs([3, 6, 6], seed=99)
+    for model in (net.model(logits), export(pooled.eval(), torch.as_tensor(x))):
+        converted = lrpgraph.convert(model, composite="epsilon")
+        y, relevance = run_onnx(converted, x)
+        module = import_onnx(converted).double()
+        out = module.run({module.image_input: torch.as_tensor(x, dtype=torch.float64)})
+        np.testing.assert_allclose(out[module.logits_output].detach().numpy(), y, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["relevance"].detach().numpy(), relevance, rtol=1e-3, atol=1e-5 * np.abs(relevance).max())

@@ -1,0 +1,38 @@
+"""Importer ops (registered into onnx_ops.OPS) that select or copy values by index: GatherND and ScatterND
+(adaptive average pooling as the dynamo exporter writes it, and its relevance path) and nearest Resize."""
+
+from types import SimpleNamespace
+
+import torch
+
+from lrpgraph.converters.resize import nearest_index_maps
+from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.train.onnx_ops import op
+
+
+@op("GatherND")
+def gather_nd(ctx, data, indices, batch_dims=0):
+    if batch_dims:
+        raise UnsupportedModelError("GatherND: only batch_dims 0 is supported")
+    return data[tuple(indices.long().unbind(-1))]
+
+
+@op("ScatterND")
+def scatter_nd(ctx, data, indices, updates, reduction="none"):
+    if reduction not in ("none", "add"):
+        raise UnsupportedModelError(f"ScatterND: reduction '{reduction}' is not supported (none or add)")
+    return data.index_put(tuple(indices.long().unbind(-1)), updates, accumulate=reduction == "add")
+
+
+@op("Resize")
+def resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
+    mode = attrs.get("mode", "nearest")
+    if mode != "nearest":
+        raise UnsupportedModelError(f"Resize: mode '{mode}' is not supported (only nearest)")
+    given = {"roi": roi, "scales": scales, "sizes": sizes}
+    names = ["x"] + [k if v is not None and v.numel() else "" for k, v in given.items()]
+    unit = SimpleNamespace(inputs=names, attrs=attrs)
+    maps = nearest_index_maps(unit, lambda name, what: given[name].detach().cpu().numpy(), list(x.shape))
+    for axis, index in enumerate(maps, start=2):
+        x = x.index_select(axis, torch.as_tensor(index, device=x.device))
+    return x
