@@ -7,7 +7,7 @@ target mode; exits 1 on any failure (an error in export, conversion or compariso
 
     python benchmarks/property_nightly.py --examples 2000           # about 1.5 s of CPU per example
     python benchmarks/property_nightly.py --reproduce 123456789     # one seed again, its architecture printed
-    python benchmarks/property_nightly.py --examples 200 --epsilon 1e-6   # the ill-conditioned case: fails
+    python benchmarks/property_nightly.py --examples 200 --epsilon 1e-6 --stabilizer 1e-6  # ill-conditioned
 """
 
 import argparse
@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the sh
 
 import torch  # noqa: E402
 
-from property_models import errors, random_architecture  # noqa: E402
-from test_property import BOUND, COMPOSITES, EPSILON  # noqa: E402
+from property_models import random_architecture  # noqa: E402
+from property_reference import errors  # noqa: E402
+from test_property import BOUND, COMPOSITES, EPSILON, STABILIZER  # noqa: E402
 
 
 def cached_exporter_registry():
@@ -43,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="first seed (default: random); example i uses seed + i")
     parser.add_argument("--reproduce", type=int, default=None, metavar="SEED", help="check only this seed, verbosely")
     parser.add_argument("--epsilon", type=float, default=EPSILON, help=f"the epsilon rule's eps (tested: {EPSILON})")
+    parser.add_argument("--stabilizer", type=float, default=STABILIZER,
+                        help=f"the other rules' stabiliser (tested: {STABILIZER})")
     parser.add_argument("--bound", type=float, default=BOUND, help=f"relative L1 bound (tested: {BOUND:.0e})")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -64,9 +67,9 @@ def main(argv=None):
         if args.reproduce is not None:
             print(arch)
         try:
-            found = errors(arch, settings)
+            found = errors(arch, settings, args.stabilizer)
         except Exception as error:  # noqa: BLE001  reported with its seed, counted as a failure
-            failures.append((seed, target, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"))
+            failures.append((seed, target, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
             print(f"FAIL seed {seed}: {failures[-1][2]}", flush=True)
             continue
         counts[target] += 1
@@ -79,14 +82,17 @@ def main(argv=None):
             failures.append((seed, target, ", ".join(f"{n} L1 {v:.2e}" for n, v in bad.items())))
             print(f"FAIL seed {seed} (target {target}): {failures[-1][2]}", flush=True)
     print(f"\n{len(seeds)} examples ({dict(counts)} by target) in {time.process_time() - began:.0f} s of CPU; "
-          f"epsilon {args.epsilon:g}, bound {args.bound:.0e}")
+          f"epsilon {args.epsilon:g}, stabiliser {args.stabilizer:g}, bound {args.bound:.0e}")
     targets = [t for t in ("top", "index", "seed", "all") if counts[t]]
     print(f"{'max L1':<28}" + "".join(f"{t:>10}" for t in targets))
     for name in COMPOSITES:
         print(f"{name:<28}" + "".join(f"{worst[name, t]:>10.1e}" for t in targets))
     print(f"\n{len(failures)} failure(s)")
+    options = f" --epsilon {args.epsilon:g} --stabilizer {args.stabilizer:g}" \
+        if (args.epsilon, args.stabilizer) != (EPSILON, STABILIZER) else ""
     for seed, target, what in failures:
-        print(f"  seed {seed} (target {target}): {what}; rerun: python benchmarks/property_nightly.py --reproduce {seed}")
+        print(f"  seed {seed} (target {target}): {what}; "
+              f"rerun: python benchmarks/property_nightly.py --reproduce {seed}{options}")
     return 1 if failures else 0
 
 
