@@ -5,7 +5,7 @@ with every LRP composite and compared with zennit in float64 under the test's fi
 line per failure with the seed that reproduces it, then a table of the largest L1 per composite and
 target mode; exits 1 on any failure (an error in export, conversion or comparison counts as one).
 
-    python benchmarks/property_nightly.py --examples 2000           # about 1.5 s of CPU per example
+    python benchmarks/property_nightly.py --examples 2000           # about 1 s of CPU per example
     python benchmarks/property_nightly.py --reproduce 123456789     # one seed again, its architecture printed
     python benchmarks/property_nightly.py --examples 200 --epsilon 1e-6 --stabilizer 1e-6  # ill-conditioned
 """

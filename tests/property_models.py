@@ -192,7 +192,7 @@ def image(arch, batch):
 
 
 def target_feed(arch, logits):
-    """(what run_onnx feeds for the target mode, the seed [N, C] put at the logits in float64 for zennit)."""
+    """(what run_converted feeds for the target mode, the seed [N, C] put at the float64 logits for zennit)."""
     mode, (n, c) = arch.get("target", "top"), logits.shape
     generator = torch.Generator().manual_seed(arch["seed"] + 3)
     if mode == "all":
