@@ -177,7 +177,8 @@ def test_random_cnn_matches_zennit(arch):
 #    subgraph itself fails to load in ONNX Runtime (the divisor map from an AveragePool of ones is
 #    inferred 4x4, the window count Conv 3x3: Mul "Incompatible dimensions"). Fixed: the converter now
 #    computes pooling sizes and divisors itself and checks such models structurally, as onnx rejects
-#    the source model too: MaxPool works; AveragePool still fails to load (strict xfail below).
+#    the source model too: MaxPool works; AveragePool is refused at convert time with one line (its divisor
+#    map cannot be multiplied in statically while onnx sizes the output 4x4).
 CEIL_POOL_IN_PADDING = [
     {"in_ch": 1, "size": 12, "classes": 3, "seed": 1, "blocks": [
         conv(1, 5, stride=2, pad=1, act="relu"),
@@ -185,10 +186,19 @@ CEIL_POOL_IN_PADDING = [
     for op in ("maxpool", "avgpool")]
 
 
-@pytest.mark.parametrize("arch", [
-    CEIL_POOL_IN_PADDING[0],
-    pytest.param(CEIL_POOL_IN_PADDING[1], marks=pytest.mark.xfail(strict=True, reason=(
-        "onnx (and so ONNX Runtime's load-time shape inference) sizes this AveragePool output 4x4 while "
-        "it computes 3x3, so the divisor map cannot be multiplied in statically")))], ids=["maxpool", "avgpool"])
-def test_pool_window_starting_in_padding(arch):
-    check(arch)
+def test_pool_window_starting_in_padding():
+    check(CEIL_POOL_IN_PADDING[0])
+
+
+def test_average_pool_window_starting_in_padding_is_refused():
+    from property_models import build, image
+    from zennit_ref import convert_bytes, export
+
+    from lrpgraph.errors import UnsupportedModelError
+
+    arch = CEIL_POOL_IN_PADDING[1]
+    onnx_bytes = export(build(arch), image(arch, 2))
+    with pytest.raises(UnsupportedModelError, match=r"AveragePool\): with ceil_mode its last window starts in the "
+                                                    r"padding") as err:
+        convert_bytes(onnx_bytes, composite="epsilon", target="top")
+    assert "\n" not in str(err.value)
