@@ -1,26 +1,32 @@
-"""Speed: plain ONNX Runtime inference vs the lrpgraph-converted model (logits + heatmap in one call) vs zennit.
+"""Speed: what an lrpgraph heatmap costs next to plain ONNX Runtime inference and next to zennit.
 
-For each torchvision model (random weights, 224x224 input) and batch size, one run measures side by side
-the median wall time of
-  (a) ORT plain   : onnxruntime on the exported model (CPU provider), logits only;
-  (b) lrpgraph    : onnxruntime on the lrpgraph-converted model, logits + `relevance` in one call;
-  (c) zennit      : the same torch model with the same composite (and the canonizers of tests/zennit_ref.py),
-                    forward + backward with the seed y_c at the top class, as lrpgraph's target 'top'.
-The three are run in turn within each repeat (a, b, c, a, b, c, ...) after one warm-up call each, so that
-drift in the machine's load hits them alike. ORT and torch are given the same intra-op thread count.
+For each torchvision model (random weights, 224x224 input) and batch size, one run times side by side,
+interleaved (forward, epsilon, epsilon-plus, zennit epsilon, zennit epsilon-plus, forward, ...), the
+median wall time per call of
+  forward        : onnxruntime on the exported model (CPU provider): logits only;
+  epsilon        : onnxruntime on the model converted with composite `epsilon` (logits + heatmap, one call);
+  epsilon-plus   : the same with composite `epsilon-plus`;
+  zennit eps/plus: the torch model with zennit's Epsilon / EpsilonPlus composites (canonizers of
+                   tests/zennit_ref.py), forward + backward with the seed y_c at the top class.
+ORT and torch get the same intra-op thread count. Peak resident memory of each ONNX Runtime session is
+measured in a child process per session (its ru_maxrss after loading and two calls).
 
-    python benchmarks/speed.py                                   # defaults; see docs/speed.md for time and memory
-    python benchmarks/speed.py --models resnet18 --batches 1 --repeats 2
-    python benchmarks/speed.py --out out/speed.md --plot         # also writes out/speed.png
+    python benchmarks/speed.py                                   # every model, batches 1 and 32
+    python benchmarks/speed.py --models resnet18 --batches 1 --repeats 3
+    python benchmarks/speed.py --models resnet18 --batches 1 --profile    # + kernel time by op type
+    python benchmarks/speed.py --ig                              # + IG (32 steps) vs 32 gradient calls
 """
 
 import argparse
-import gc
+import collections
+import copy
+import json
 import os
 import platform
-import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,41 +40,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the sh
 import lrpgraph  # noqa: E402
 from zennit_ref import export, l1, torchvision_model, zennit_composite  # noqa: E402
 
-METHODS = ("ORT plain", "lrpgraph", "zennit")
+MODELS = ("resnet18", "vgg16_bn", "mobilenet_v2", "densenet121")
+COMPOSITES = ("epsilon", "epsilon-plus")
+COLUMNS = ("forward",) + COMPOSITES + tuple(f"zennit {c}" for c in COMPOSITES)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet18", "vgg16_bn"],
-                   help="torchvision model names (default: resnet18 vgg16_bn)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help=f"torchvision models (default: {' '.join(MODELS)})")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per method and case (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per method before timing (default: 1)")
-    p.add_argument("--heavy", nargs="*", default=["vgg16_bn:32"], metavar="MODEL:BATCH",
-                   help="cases timed with --heavy-repeats instead of --repeats (default: vgg16_bn:32)")
-    p.add_argument("--heavy-repeats", type=int, default=2, help="timed calls for the --heavy cases (default: 2)")
-    p.add_argument("--composite", default="epsilon-plus", help="lrpgraph / zennit composite (default: epsilon-plus)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (default: 5)")
+    p.add_argument("--heavy-repeats", type=int, default=2,
+                   help="timed rounds where one zennit call takes over 10 s (default: 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each before timing (default: 1)")
     p.add_argument("--epsilon", type=float, default=1e-6, help="epsilon and stabilizer of the rules (default: 1e-6)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="intra-op threads for ORT and torch alike (default: all cores this process may use)")
-    p.add_argument("--pause", type=float, default=0.1,
-                   help="seconds of idle between timed calls, so one runtime's spinning threads do not slow the "
-                        "next (default: 0.1)")
+                   help="intra-op threads for ORT and torch alike (default: the CPUs this process may use)")
+    p.add_argument("--pause", type=float, default=0.1, help="idle seconds between timed calls (default: 0.1)")
+    p.add_argument("--no-zennit", action="store_true", help="leave zennit out (faster runs)")
+    p.add_argument("--no-memory", action="store_true", help="leave out the per-session peak memory")
+    p.add_argument("--profile", action="store_true",
+                   help="also print onnxruntime's kernel time by op type for forward, epsilon, epsilon-plus")
+    p.add_argument("--ig", action="store_true",
+                   help="also time IG (32 steps, one call) against 32 separate gradient calls, batch 1")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lrpgraph-speed"),
+                   help="folder for the exported and converted models (default: a temporary folder)")
     p.add_argument("--out", help="also write the markdown tables to this file")
-    p.add_argument("--plot", action="store_true",
-                   help="write a PNG bar chart of the times next to --out (same name, .png), else ./speed.png")
-    args = p.parse_args(argv)
-    for case in args.heavy:
-        if not (case.count(":") == 1 and case.split(":")[1].isdigit()):
-            p.error(f"--heavy {case}: write MODEL:BATCH, e.g. vgg16_bn:32")
-    return args
+    return p.parse_args(argv)
 
 
-def ort_session(model_bytes, threads):
+def ort_session(model, threads, profile_prefix=None):
     options = ort.SessionOptions()  # defaults (graph optimisations: all), apart from the thread count
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def zennit_call(modified, x):
@@ -80,154 +88,190 @@ def zennit_call(modified, x):
     c = y.argmax(1)
     seed[rows, c] = y[rows, c]
     (grad,) = torch.autograd.grad(y, x, seed.detach())
-    return y.detach().numpy(), grad.numpy()
+    return grad.numpy()
 
 
-def time_side_by_side(calls, warmup, repeats, pause):
-    """calls: {name: fn}. Warm each up, then time them in turn, repeats rounds. Returns ({name: [s]}, last outputs)."""
+def interleaved(calls, warmup, repeats, pause):
+    """calls: {name: fn}. Warm each up, then time them in turn, repeats rounds: ({name: median s}, outputs)."""
     outputs = {}
     for name, fn in calls.items():
         for _ in range(warmup):
             outputs[name] = fn()
-            time.sleep(pause)
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
+            time.sleep(pause)
             start = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - start)
-            time.sleep(pause)
-    return times, outputs
+    return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
-def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+MEMORY_CHILD = """import resource, sys
+import numpy as np, onnxruntime as ort
+path, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+for _ in range(2):
+    session.run(None, {session.get_inputs()[0].name: x})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
 
 
-def bench_model(name, args, rows, builds):
-    model, canonizers = torchvision_model(name, seed=args.seed)
-    for p in model.parameters():
+def peak_memory_mib(path, batch, threads):
+    """Peak resident memory (MiB) of a child process that only loads one session and calls it twice."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(batch), str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def models_for(name, args):
+    """Paths of the exported model and its conversions (cached in args.cache)."""
+    folder = Path(args.cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch_model, canonizers = torchvision_model(name, seed=args.seed)
+    for p in torch_model.parameters():
         p.requires_grad_(False)  # inference-time explanation: gradients w.r.t. the input only
-    example = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed))
+    paths = {"forward": folder / f"{name}.onnx"}
+    if not paths["forward"].exists():
+        export(torch_model, torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed)),
+               str(paths["forward"]))
+    plain = onnx.load(str(paths["forward"]))
+    for composite in COMPOSITES:
+        start = time.perf_counter()
+        converted = lrpgraph.convert(plain, composite=composite, target="top", epsilon=args.epsilon,
+                                     stabilizer=args.epsilon)
+        paths[composite] = folder / f"{name}.{composite}.lrp.onnx"
+        onnx.save(converted, str(paths[composite]))
+        print(f"{name}: {composite} converted in {time.perf_counter() - start:.1f} s", flush=True)
+    return torch_model, canonizers, paths
 
-    start = time.perf_counter()
-    plain_bytes = export(model, example)
-    export_s = time.perf_counter() - start
-    start = time.perf_counter()
-    converted = lrpgraph.convert(onnx.load_from_string(plain_bytes), composite=args.composite, target="top",
-                                 epsilon=args.epsilon, stabilizer=args.epsilon)
-    convert_s = time.perf_counter() - start
-    lrp_bytes = converted.SerializeToString()
-    builds.append(dict(model=name, export_s=export_s, convert_s=convert_s, plain_mb=len(plain_bytes) / 2**20,
-                       lrp_mb=len(lrp_bytes) / 2**20))
-    print(f"{name}: export {export_s:.1f} s, conversion {convert_s:.1f} s, "
-          f"{len(plain_bytes) / 2**20:.1f} MB -> {len(lrp_bytes) / 2**20:.1f} MB", flush=True)
 
-    plain = ort_session(plain_bytes, args.threads)
-    lrp = ort_session(lrp_bytes, args.threads)
-    del plain_bytes, lrp_bytes, converted
-    composite = zennit_composite(args.composite, args.epsilon, args.epsilon, canonizers=canonizers)
-    with composite.context(model) as modified:  # hooks and canonizers registered once, as a conversion is
+def bench_model(name, args, rows):
+    torch_model, canonizers, paths = models_for(name, args)
+    sessions = {k: ort_session(str(p), args.threads) for k, p in paths.items()}
+    modified = {}  # one copy of the torch model per zennit composite, its hooks registered outside the timing
+    for c in () if args.no_zennit else COMPOSITES:
+        modified[c] = copy.deepcopy(torch_model)
+        zennit_composite(c, args.epsilon, args.epsilon, canonizers=canonizers).register(modified[c])
+    for batch in args.batches:
+        x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed + batch))
+        calls = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x.numpy()})) for k, s in sessions.items()}
+        calls.update({f"zennit {c}": (lambda m=m: zennit_call(m, x)) for c, m in modified.items()})
+        repeats = args.repeats
+        if modified and batch * (15 if "vgg" in name or "densenet" in name else 3) > 100:
+            repeats = args.heavy_repeats
+        start = time.perf_counter()
+        ms, outputs = interleaved(calls, args.warmup, repeats, args.pause)
+        row = dict(model=name, batch=batch, repeats=repeats, **{k: 1e3 * v for k, v in ms.items()})
+        for c in COMPOSITES:
+            if f"zennit {c}" in outputs:
+                names = [o.name for o in sessions[c].get_outputs()]
+                row[f"l1 {c}"] = l1(dict(zip(names, outputs[c]))["relevance"], outputs[f"zennit {c}"])
+        if not args.no_memory:
+            for k in sessions:
+                row[f"mem {k}"] = peak_memory_mib(paths[k], batch, args.threads)
+        rows.append(row)
+        print(f"  batch {batch}: " + ", ".join(f"{k} {row[k]:.1f} ms" for k in COLUMNS if k in row)
+              + f" ({repeats} rounds, {time.perf_counter() - start:.0f} s)", flush=True)
+    if args.profile:
         for batch in args.batches:
-            x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed + batch))
-            feed_plain = {plain.get_inputs()[0].name: x.numpy()}
-            feed_lrp = {lrp.get_inputs()[0].name: x.numpy()}
-            heavy = f"{name}:{batch}" in args.heavy
-            repeats = args.heavy_repeats if heavy else args.repeats
-            calls = {"ORT plain": lambda: plain.run(None, feed_plain),
-                     "lrpgraph": lambda: lrp.run(None, feed_lrp),
-                     "zennit": lambda: zennit_call(modified, x)}
-            start = time.perf_counter()
-            times, outputs = time_side_by_side(calls, args.warmup, repeats, args.pause)
-            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            heat = dict(zip([o.name for o in lrp.get_outputs()], outputs["lrpgraph"]))["relevance"]
-            row = dict(model=name, batch=batch, repeats=repeats, heavy=heavy, **ms,
-                       l1=l1(heat, outputs["zennit"][1]), wall_s=time.perf_counter() - start)
-            rows.append(row)
-            print(f"  batch {batch:>3} ({repeats} repeats{', heavy' if heavy else ''}): "
-                  + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
-                  + f"; heatmap L1 lrpgraph vs zennit {row['l1']:.1e}; {row['wall_s']:.0f} s; "
-                  f"peak RSS so far {peak_rss_gb():.1f} GB", flush=True)
-            del outputs, calls
-            gc.collect()
-    del plain, lrp, model
-    gc.collect()
+            print(profile_table(name, batch, paths, args))
 
 
-def markdown(rows, builds, args):
-    lines = ["| model | batch | repeats | ORT plain ms | lrpgraph ms | zennit ms | lrpgraph/plain | zennit/lrpgraph |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+def profile_table(name, batch, paths, args):
+    """onnxruntime's profiler: kernel time by op type (share of the run, ms per call) for each session."""
+    x = np.random.default_rng(args.seed).random((batch, 3, 224, 224), dtype=np.float32)
+    per = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in ("forward",) + COMPOSITES:
+            session = ort_session(str(paths[key]), args.threads, os.path.join(tmp, key))
+            feed = {session.get_inputs()[0].name: x}
+            session.run(None, feed)
+            calls = max(args.repeats, 1)
+            for _ in range(calls):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+            kernel = collections.Counter()
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    kernel[e["args"]["op_name"]] += e["dur"] / 1e3 / (calls + 1)
+            per[key] = kernel
+    ops = sorted(set().union(*per.values()), key=lambda op: -max(per[k][op] for k in per))
+    lines = [f"\nkernel time by op type, {name} batch {batch} (share of all kernel time, ms per call)",
+             "| op | " + " | ".join(per) + " |", "|---|" + "---:|" * len(per)]
+    totals = {k: sum(v.values()) for k, v in per.items()}
+    for op in ops[:14]:
+        lines.append(f"| {op} | " + " | ".join(
+            f"{100 * per[k][op] / totals[k]:.1f} % ({per[k][op]:.1f})" if per[k][op] else "" for k in per) + " |")
+    lines.append("| all kernels | " + " | ".join(f"{totals[k]:.1f} ms" for k in per) + " |")
+    return "\n".join(lines)
+
+
+def ig_row(args):
+    """IG with 32 steps (the steps share one call) vs 32 separate calls of the gradient model, resnet18, batch 1."""
+    torch_model, _ = torchvision_model("resnet18", seed=args.seed)
+    path = Path(args.cache) / "resnet18.onnx"
+    if not path.exists():
+        export(torch_model, torch.rand(2, 3, 224, 224), str(path))
+    plain = onnx.load(str(path))
+    ig = ort_session(lrpgraph.convert(plain, method="ig", steps=32).SerializeToString(), args.threads)
+    grad = ort_session(lrpgraph.convert(plain, method="gradient").SerializeToString(), args.threads)
+    x = np.random.default_rng(args.seed).random((1, 3, 224, 224), dtype=np.float32)
+    feed = {ig.get_inputs()[0].name: x}
+    calls = {"IG, 32 steps, one call": lambda: ig.run(None, feed),
+             "32 gradient calls": lambda: [grad.run(None, feed) for _ in range(32)]}
+    ms, _ = interleaved(calls, args.warmup, args.repeats, args.pause)
+    return {k: 1e3 * v for k, v in ms.items()}
+
+
+def markdown(rows, args):
+    zennit = not args.no_zennit
+    head = ["model", "batch", "rounds"] + [f"{c} ms" for c in COLUMNS if zennit or "zennit" not in c]
+    head += ["eps / fwd", "plus / fwd"] + (["zennit eps / eps", "zennit plus / plus"] if zennit else [])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['repeats']}{'*' if r['heavy'] else ''} "
-                     f"| {r['ORT plain']:.1f} | {r['lrpgraph']:.1f} | {r['zennit']:.1f} "
-                     f"| {r['lrpgraph'] / r['ORT plain']:.2f} | {r['zennit'] / r['lrpgraph']:.2f} |")
-    if any(r["heavy"] for r in rows):
-        lines.append("")
-        lines.append(f"\\* heavy case: {args.heavy_repeats} timed call(s) per method instead of {args.repeats}, "
-                     "to keep the run short; its median is less robust.")
-    lines += ["", "| model | export s | conversion s | original MB | converted MB | converted/original |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for b in builds:
-        lines.append(f"| {b['model']} | {b['export_s']:.1f} | {b['convert_s']:.1f} | {b['plain_mb']:.1f} "
-                     f"| {b['lrp_mb']:.1f} | {b['lrp_mb'] / b['plain_mb']:.2f} |")
-    lines += ["", "Heatmap agreement (L1 relative error, lrpgraph vs zennit, last timed call): "
-              + ", ".join(f"{r['model']} b{r['batch']} {r['l1']:.1e}" for r in rows)]
+        cells = [r["model"], str(r["batch"]), str(r["repeats"])]
+        cells += [f"{r[c]:.1f}" for c in COLUMNS if c in r]
+        cells += [f"{r['epsilon'] / r['forward']:.2f}", f"{r['epsilon-plus'] / r['forward']:.2f}"]
+        if zennit:
+            cells += [f"{r['zennit epsilon'] / r['epsilon']:.2f}", f"{r['zennit epsilon-plus'] / r['epsilon-plus']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not args.no_memory:
+        lines += ["", "| model | batch | peak RSS forward MiB | epsilon MiB | epsilon-plus MiB | plus / forward |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['mem forward']:.0f} | {r['mem epsilon']:.0f} "
+                         f"| {r['mem epsilon-plus']:.0f} | {r['mem epsilon-plus'] / r['mem forward']:.2f} |")
+    if zennit:
+        lines += ["", "Heatmap L1 relative error vs zennit (last timed call): " + ", ".join(
+            f"{r['model']} b{r['batch']} eps {r['l1 epsilon']:.1e} plus {r['l1 epsilon-plus']:.1e}" for r in rows)]
     return "\n".join(lines) + "\n"
-
-
-def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['model']}\nbatch {r['batch']}" for r in rows]
-    xs = np.arange(len(rows))
-    width = 0.27
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4.5))
-    for i, method in enumerate(METHODS):
-        values = [r[method] for r in rows]
-        bars = ax.bar(xs + (i - 1) * width, values, width, label=method)
-        ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=7, padding=2)
-    ax.set_xticks(xs, labels)
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=min(r[m] for r in rows for m in METHODS) / 3)  # so the shortest bar still shows
-    ax.set_ylabel("median wall time per call (ms, log scale)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    heavy = [h for h in args.heavy if h.split(":")[0] in args.models and int(h.split(":")[1]) in args.batches]
-    header = (f"composite {args.composite} (epsilon {args.epsilon:g}), target top; threads: ORT intra-op "
-              f"{args.threads}, torch {torch.get_num_threads()} (of {os.cpu_count()} CPUs); onnxruntime "
-              f"{ort.__version__} CPUExecutionProvider, torch {torch.__version__}; {platform.processor() or platform.machine()}; "
-              f"repeats {args.repeats} (heavy cases {', '.join(heavy) or 'none'}: {args.heavy_repeats}), "
-              f"warm-up {args.warmup}; load average at start {os.getloadavg()[0]:.1f}")
+    header = (f"epsilon {args.epsilon:g}, target top; threads: ORT intra-op {args.threads}, torch "
+              f"{torch.get_num_threads()} (of {os.cpu_count()} CPUs); onnxruntime {ort.__version__} CPU, torch "
+              f"{torch.__version__}; {platform.machine()}; load average at start {os.getloadavg()[0]:.1f}")
     print(header, flush=True)
-    rows, builds = [], []
-    start = time.perf_counter()
+    rows, start = [], time.perf_counter()
     for name in args.models:
-        bench_model(name, args, rows, builds)
-    table = markdown(rows, builds, args)
-    print()
-    print(table)
+        bench_model(name, args, rows)
+    table = markdown(rows, args)
+    if args.ig:
+        ig = ig_row(args)
+        table += "\nresnet18, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ig.items()) + (
+            f"; ratio {ig['IG, 32 steps, one call'] / ig['32 gradient calls']:.2f}\n")
+    print("\n" + table)
     print(f"total {time.perf_counter() - start:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(header + "\n\n" + table)
-        print(f"wrote {out}")
-    if args.plot:
-        path = Path(args.out).with_suffix(".png") if args.out else Path("speed.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plot(rows, path, f"{args.composite}, {args.threads} threads")
-        print(f"wrote {path}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(header + "\n\n" + table)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class LinearLayer:
     alpha: float = 1.0
     beta: float = 1.0
     bn: dict = None  # {scale, B, mean, var, epsilon} tensor names / value of a folded BatchNormalization
+    w_shape: list = None  # the weight's static shape (Conv: [M, C/group, k...]), when known
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -73,9 +74,17 @@ class LinearLayer:
         return b.add(z, bias) if bias else z
 
     def backward(self, b, s, w):
-        """The transposed map: the gradient of sum(s * layer(x, w)) with respect to x."""
+        """The transposed map: the gradient of sum(s * layer(x, w)) with respect to x.
+
+        A stride-1 Conv's is itself a Conv, with the kernel flipped and its channel axes swapped (see
+        flipped_kernel): onnxruntime runs that in its blocked-layout Conv, which its ConvTranspose is
+        not (about 1.2x slower, plus layout reorders between the two). Strided Convs keep ConvTranspose."""
         if self.op == "Conv":
             a = self.attrs
+            pads = self._adjoint_pads()
+            if pads is not None:
+                return b.op("Conv", [s, self.flipped_kernel(b, w)], "convT", pads=pads, dilations=a["dilations"],
+                            group=a["group"])
             return b.op("ConvTranspose", [s, w], "convT", strides=a["strides"], pads=a["pads"],
                         dilations=a["dilations"], group=a["group"], output_padding=a["output_padding"])
         if self.op == "ConvTranspose":  # its transpose is the Conv with the same weight and windows
@@ -85,6 +94,35 @@ class LinearLayer:
         if len(self.x_shape) == 2:
             return b.op("Gemm", [s, w], "gemmT", transB=1)
         return b.op("MatMul", [s, b.op("Transpose", [w], "weight_t", perm=[1, 0])], "matmulT")
+
+    def _adjoint_pads(self):
+        """The pads of the stride-1 Conv that is this Conv's adjoint, or None where there is none (strides,
+        unknown kernel, or more padding than the kernel spans: the adjoint would need negative pads)."""
+        a, shape = self.attrs, self.w_shape
+        if not shape or any(v is None for v in shape) or any(st != 1 for st in a["strides"]) \
+                or any(a["output_padding"]):
+            return None
+        n = len(shape) - 2
+        span = [(shape[2 + i] - 1) * a["dilations"][i] for i in range(n)]
+        pads = [span[i % n] - p for i, p in enumerate(a["pads"])]
+        return pads if min(pads) >= 0 else None
+
+    def flipped_kernel(self, b, w):
+        """w [M, C/g, k...] -> [C, M/g, k...] reversed along every spatial axis, per group: the kernel of the
+        adjoint. Nodes on the weight (onnxruntime folds them into a constant when the session loads; the
+        importer recomputes them from the shared parameter, so training sees the dependency)."""
+        group, (m, cg), n = self.attrs["group"], self.w_shape[:2], len(self.w_shape) - 2
+        kernel = list(self.w_shape[2:])
+        if group == 1:
+            w = b.op("Transpose", [w], "kernel_t", perm=[1, 0] + list(range(2, n + 2)))
+        elif m // group > 1 and cg > 1:
+            w = b.op("Reshape", [w, b.ints([group, m // group, cg] + kernel)], "kernel_groups")
+            w = b.op("Transpose", [w], "kernel_t", perm=[0, 2, 1] + list(range(3, n + 3)))
+            w = b.op("Reshape", [w, b.ints([group * cg, m // group] + kernel)], "kernel_ungroup")
+        elif m // group > 1 or cg > 1:  # one of the two per-group axes is 1: a plain reshape swaps them
+            w = b.op("Reshape", [w, b.ints([group * cg, m // group] + kernel)], "kernel_t")
+        axes = list(range(2, n + 2))
+        return b.op("Slice", [w, b.ints([-1] * n), b.ints([-2**63] * n), b.ints(axes), b.ints([-1] * n)], "flip")
 
     def per_channel(self, b, value):
         """A constant broadcastable over the input: one value, or one per input channel (axis 1)."""
@@ -99,6 +137,8 @@ def linear(ctx, unit, rule, r_outs):
     layer, signal = unit.layer, r_outs[0]
     b = ctx.b
     nonneg = layer.x in ctx.nonneg
+    if layer.op == "Conv" and layer.w_shape is None:
+        layer.w_shape = ctx.shapes.get(layer.weight)
     if rules.is_linear(rule) and ctx.message == "gradient":
         return [linear_message(ctx, layer, rule, signal)]
     if rules.is_linear(rule):
