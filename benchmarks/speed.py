@@ -42,6 +42,7 @@ from zennit_ref import export, l1, torchvision_model, zennit_composite  # noqa: 
 
 MODELS = ("resnet18", "vgg16_bn", "mobilenet_v2", "densenet121")
 COMPOSITES = ("epsilon", "epsilon-plus")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 COLUMNS = ("forward",) + COMPOSITES + tuple(f"zennit {c}" for c in COMPOSITES)
 
 
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="intra-op threads for ORT and torch alike (default: the CPUs this process may use)")
     p.add_argument("--pause", type=float, default=0.1, help="idle seconds between timed calls (default: 0.1)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or this process's CPU time (user + system, all threads; ORT's spinning off): "
+                        "steadier when other jobs share the cores, best with --threads 1 (default: wall)")
     p.add_argument("--no-zennit", action="store_true", help="leave zennit out (faster runs)")
     p.add_argument("--no-memory", action="store_true", help="leave out the per-session peak memory")
     p.add_argument("--profile", action="store_true",
@@ -70,9 +74,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def ort_session(model, threads, profile_prefix=None):
+def ort_session(model, threads, profile_prefix=None, spinning=True):
     options = ort.SessionOptions()  # defaults (graph optimisations: all), apart from the thread count
     options.intra_op_num_threads = threads
+    if not spinning:  # idle worker threads would burn CPU time that --clock cpu counts
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -91,7 +97,7 @@ def zennit_call(modified, x):
     return grad.numpy()
 
 
-def interleaved(calls, warmup, repeats, pause):
+def interleaved(calls, warmup, repeats, pause, clock=time.perf_counter):
     """calls: {name: fn}. Warm each up, then time them in turn, repeats rounds: ({name: median s}, outputs)."""
     outputs = {}
     for name, fn in calls.items():
@@ -101,9 +107,9 @@ def interleaved(calls, warmup, repeats, pause):
     for _ in range(repeats):
         for name, fn in calls.items():
             time.sleep(pause)
-            start = time.perf_counter()
+            start = clock()
             outputs[name] = fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
@@ -151,7 +157,7 @@ def models_for(name, args):
 
 def bench_model(name, args, rows):
     torch_model, canonizers, paths = models_for(name, args)
-    sessions = {k: ort_session(str(p), args.threads) for k, p in paths.items()}
+    sessions = {k: ort_session(str(p), args.threads, spinning=args.clock == "wall") for k, p in paths.items()}
     modified = {}  # one copy of the torch model per zennit composite, its hooks registered outside the timing
     for c in () if args.no_zennit else COMPOSITES:
         modified[c] = copy.deepcopy(torch_model)
@@ -164,7 +170,7 @@ def bench_model(name, args, rows):
         if modified and batch * (15 if "vgg" in name or "densenet" in name else 3) > 100:
             repeats = args.heavy_repeats
         start = time.perf_counter()
-        ms, outputs = interleaved(calls, args.warmup, repeats, args.pause)
+        ms, outputs = interleaved(calls, args.warmup, repeats, args.pause, CLOCKS[args.clock])
         row = dict(model=name, batch=batch, repeats=repeats, **{k: 1e3 * v for k, v in ms.items()})
         for c in COMPOSITES:
             if f"zennit {c}" in outputs:
@@ -217,13 +223,14 @@ def ig_row(args):
     if not path.exists():
         export(torch_model, torch.rand(2, 3, 224, 224), str(path))
     plain = onnx.load(str(path))
-    ig = ort_session(lrpgraph.convert(plain, method="ig", steps=32).SerializeToString(), args.threads)
-    grad = ort_session(lrpgraph.convert(plain, method="gradient").SerializeToString(), args.threads)
+    spinning = args.clock == "wall"
+    ig = ort_session(lrpgraph.convert(plain, method="ig", steps=32).SerializeToString(), args.threads, None, spinning)
+    grad = ort_session(lrpgraph.convert(plain, method="gradient").SerializeToString(), args.threads, None, spinning)
     x = np.random.default_rng(args.seed).random((1, 3, 224, 224), dtype=np.float32)
     feed = {ig.get_inputs()[0].name: x}
     calls = {"IG, 32 steps, one call": lambda: ig.run(None, feed),
              "32 gradient calls": lambda: [grad.run(None, feed) for _ in range(32)]}
-    ms, _ = interleaved(calls, args.warmup, args.repeats, args.pause)
+    ms, _ = interleaved(calls, args.warmup, args.repeats, args.pause, CLOCKS[args.clock])
     return {k: 1e3 * v for k, v in ms.items()}
 
 
@@ -254,7 +261,7 @@ def markdown(rows, args):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    header = (f"epsilon {args.epsilon:g}, target top; threads: ORT intra-op {args.threads}, torch "
+    header = (f"epsilon {args.epsilon:g}, target top; {args.clock} clock; threads: ORT intra-op {args.threads}, torch "
               f"{torch.get_num_threads()} (of {os.cpu_count()} CPUs); onnxruntime {ort.__version__} CPU, torch "
               f"{torch.__version__}; {platform.machine()}; load average at start {os.getloadavg()[0]:.1f}")
     print(header, flush=True)

@@ -154,7 +154,7 @@ def linear_relevance(b, layer, rule, relevance, nonneg_input=False, output=None)
     output tensor, reused as the denominator by the epsilon rule and for gamma's sign masks."""
     groups = LINEAR_RULES[rule.name][2](*rule.params)
     eps = rule.params[0] if rule.name == "epsilon" else rule.stabilizer
-    mods = _Modifiers(b, layer, rule)
+    mods = _Modifiers(b, layer, rule, nonneg_input)
     result = []
     for group in groups:
         terms = [t for t in group.terms if not (nonneg_input and t.input == "neg")]
@@ -168,7 +168,10 @@ def linear_relevance(b, layer, rule, relevance, nonneg_input=False, output=None)
         if group.mask:
             test = "Greater" if group.mask == "pos" else "Less"
             r = b.mul(r, b.op("Cast", [b.op(test, [output, b.const(0.0)], "mask")], "maskf", to=1))
-        s = b.div(r, b.stab(z, eps))
+        if _nonnegative(terms) and not (rule.name == "epsilon" and output is not None):
+            s = b.div(r, b.add(z, b.const(eps)))  # z >= 0 (every term is): stab(z) = z + eps, no sign test
+        else:
+            s = b.div(r, b.stab(z, eps))
         parts = []
         for t in terms:
             back = layer.backward(b, s, mods.weight(t.weight))
@@ -178,6 +181,16 @@ def linear_relevance(b, layer, rule, relevance, nonneg_input=False, output=None)
             r_in = b.mul(r_in, b.const(group.coef))
         result.append(r_in)
     return b.sum(result)
+
+
+_SIGNS = {"pos": 1, "neg": -1, "ones": 1, "square": 1}  # the modifiers with a known sign
+
+
+def _nonnegative(terms):
+    """True when every term's forward is >= 0 whatever the input and weights (z+ of zplus and alpha-beta's
+    first group, flat, wsquare): then stab(z) = z + eps exactly (the sign test always picks +eps)."""
+    return all(t.sign > 0 and _SIGNS.get(t.input, 0) * _SIGNS.get(t.weight, 0) > 0
+               and t.bias in ("pos", "square", "zero") for t in terms)
 
 
 def _signed_sum(b, tensors, signs):
@@ -193,8 +206,9 @@ def _signed_sum(b, tensors, signs):
 class _Modifiers:
     """Emits (once each) the modified inputs, weights and biases that a rule's terms ask for."""
 
-    def __init__(self, b, layer, rule):
+    def __init__(self, b, layer, rule, nonneg_input=False):
         self.b, self.layer, self.rule = b, layer, rule
+        self.nonneg_input = nonneg_input  # x >= 0 is known: x+ = x
         self.cache = {}
 
     def _once(self, key, make):
@@ -207,7 +221,7 @@ class _Modifiers:
         if kind == "x":
             return x
         if kind == "pos":
-            return self._once("in+", lambda: b.pos(x))
+            return x if self.nonneg_input else self._once("in+", lambda: b.pos(x))
         if kind == "neg":
             return self._once("in-", lambda: b.neg(x))
         if kind == "ones":

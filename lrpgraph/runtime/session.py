@@ -47,12 +47,20 @@ SEED_INPUT = "relevance_seed"
 DEFAULT_BATCH_SIZE = 32
 
 
-def choose_providers(provider):
-    """The ORT provider list for provider None (CUDA when available), 'cpu' or 'cuda'."""
+def cuda_options(tf32=False, device_id=0):
+    """CUDA provider options: TF32 off unless asked for (TF32 matmuls and convolutions change heatmaps by
+    about 1e-3), on the given GPU."""
+    return {"use_tf32": "1" if tf32 else "0", "device_id": str(int(device_id))}
+
+
+def choose_providers(provider, tf32=False, device_id=0):
+    """The ORT provider list for provider None (CUDA when available), 'cpu' or 'cuda'; CUDA with
+    cuda_options(tf32, device_id)."""
     available = ort.get_available_providers()
     name = None if provider is None else str(provider).lower()
+    cuda = (CUDA, cuda_options(tf32, device_id))
     if name is None:
-        return [CUDA, CPU] if CUDA in available else [CPU]
+        return [cuda, CPU] if CUDA in available else [CPU]
     if name in ("cpu", CPU.lower()):
         return [CPU]
     if name in ("cuda", "gpu", CUDA.lower()):
@@ -61,7 +69,7 @@ def choose_providers(provider):
                 "provider 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
                 f"(available: {', '.join(available)}); install onnxruntime-gpu or use provider 'cpu'"
             )
-        return [CUDA, CPU]
+        return [cuda, CPU]
     raise LrpgraphError(f"unknown provider {provider!r}; use 'cpu', 'cuda' or leave it out to pick CUDA when present")
 
 
@@ -103,12 +111,18 @@ def _read_metadata(session, name):
 
 class ExplainSession:
     """A converted model in ONNX Runtime; .explain(batch, target) -> (logits, relevance). .ort_session is the
-    underlying onnxruntime.InferenceSession, .providers the providers it really uses."""
+    underlying onnxruntime.InferenceSession, .providers the providers it really uses. On CUDA: tf32=False
+    keeps float32 arithmetic exact to float32 (use_tf32 0); device_id picks the GPU (torch tensors on
+    another GPU are copied to it and the results back)."""
 
-    def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE):
+    def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE,
+                 tf32=False, device_id=0):
         source, self.name = _load(path_or_model)
         options = _session_options(threads, optimization)
-        requested = choose_providers(provider)
+        if not isinstance(device_id, (int, np.integer)) or isinstance(device_id, bool) or device_id < 0:
+            raise LrpgraphError(f"device_id must be a GPU index (an integer >= 0), got {device_id!r}")
+        self.device_id = int(device_id)
+        requested = choose_providers(provider, bool(tf32), self.device_id)
         try:
             self.ort_session = ort.InferenceSession(source, sess_options=options, providers=requested)
         except Exception as error:  # ORT raises its own exception types
@@ -116,7 +130,7 @@ class ExplainSession:
             raise LrpgraphError(f"onnxruntime cannot load {self.name}: {first}") from None
         self.providers = list(self.ort_session.get_providers())
         self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
-        if requested[0] == CUDA and self.device != "cuda":
+        if requested[0] != CPU and self.device != "cuda":
             raise LrpgraphError(
                 f"provider 'cuda' asked for, but onnxruntime fell back to {self.providers[0]} for {self.name} "
                 "(CUDA/cuDNN libraries missing?); fix the CUDA install or use provider 'cpu'"
@@ -373,8 +387,8 @@ class ExplainSession:
                 np.ascontiguousarray(x.cpu().numpy()), target, size, NumpyOps(self)
             )
             return torch.from_numpy(logits).to(home), [torch.from_numpy(r).to(home) for r in relevance], explained
-        if home.type == "cuda" and (home.index or 0) != 0:  # the CUDA provider runs on device 0
-            x = x.to("cuda:0").contiguous()
+        if home.type == "cuda" and (home.index or 0) != self.device_id:  # the CUDA provider's own GPU
+            x = x.to(f"cuda:{self.device_id}").contiguous()
             logits, relevance, explained = self._explain_rows(x, target, size, TorchOps(self))
             return logits.to(home), [r.to(home) for r in relevance], explained
         return self._explain_rows(x.contiguous(), target, size, TorchOps(self))
