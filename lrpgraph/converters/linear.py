@@ -113,16 +113,17 @@ class LinearLayer:
         importer recomputes them from the shared parameter, so training sees the dependency)."""
         group, (m, cg), n = self.attrs["group"], self.w_shape[:2], len(self.w_shape) - 2
         kernel = list(self.w_shape[2:])
+        # flipped first: the importer's gradient then reaches the weight through a gather (a fresh tensor)
+        w = b.op("Slice", [w, b.ints([-1] * n), b.ints([-2**63] * n), b.ints(range(2, n + 2)), b.ints([-1] * n)],
+                 "flip")
         if group == 1:
-            w = b.op("Transpose", [w], "kernel_t", perm=[1, 0] + list(range(2, n + 2)))
-        elif m // group > 1 and cg > 1:
+            return b.op("Transpose", [w], "kernel_t", perm=[1, 0] + list(range(2, n + 2)))
+        if m // group > 1 and cg > 1:
             w = b.op("Reshape", [w, b.ints([group, m // group, cg] + kernel)], "kernel_groups")
             w = b.op("Transpose", [w], "kernel_t", perm=[0, 2, 1] + list(range(3, n + 3)))
-            w = b.op("Reshape", [w, b.ints([group * cg, m // group] + kernel)], "kernel_ungroup")
-        elif m // group > 1 or cg > 1:  # one of the two per-group axes is 1: a plain reshape swaps them
+        if m // group > 1 or cg > 1:  # with one of the two per-group axes 1, a plain reshape swaps them
             w = b.op("Reshape", [w, b.ints([group * cg, m // group] + kernel)], "kernel_t")
-        axes = list(range(2, n + 2))
-        return b.op("Slice", [w, b.ints([-1] * n), b.ints([-2**63] * n), b.ints(axes), b.ints([-1] * n)], "flip")
+        return w
 
     def per_channel(self, b, value):
         """A constant broadcastable over the input: one value, or one per input channel (axis 1)."""

@@ -142,6 +142,11 @@ CONV_RULE_CASES = {
     "depthwise": dict(group=4, pads=[1, 1, 1, 1], cout=4),
     "no_bias": dict(strides=[2, 2], pads=[1, 1, 1, 1], bias=False),
     "relu_input": dict(strides=[2, 2], pads=[1, 1, 1, 1], relu=True),  # a non-negative input (x- terms vanish)
+    # stride 1: the adjoint is a Conv with the flipped kernel (linear.LinearLayer.flipped_kernel)
+    "stride1_asym_pads": dict(pads=[0, 1, 2, 0]),
+    "stride1_groups4_cout8": dict(group=4, pads=[1, 1, 1, 1], cout=8),  # one input channel per group
+    "stride1_groups2_cout2": dict(group=2, pads=[1, 1, 1, 1], cout=2),  # one output channel per group
+    "stride1_pads_beyond_kernel": dict(pads=[3, 0, 0, 3]),  # no Conv adjoint: ConvTranspose
 }
 
 
