@@ -15,6 +15,9 @@ MAXPOOL_CASES = {
     "ceil_mode": dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
     "ceil_mode_pads": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
     "stride1": dict(kernel_shape=[2, 3], strides=[1, 1]),
+    # windows that tile the input: routed without MaxPool's Indices (pooling._route_tiled)
+    "tiling_3x3": dict(kernel_shape=[3, 3], strides=[3, 3]),
+    "tiling_2x2_floor": dict(kernel_shape=[2, 2], strides=[2, 2]),  # 9 x 9: the last row and column get none
 }
 
 
@@ -77,6 +80,24 @@ def test_webgpu_option_avoids_ops_webgpu_lacks():
     np.testing.assert_array_equal(relevance[0, 0], expected)
     _, by_indices = run(model, x, target="seed", seed=seed)
     np.testing.assert_array_equal(by_indices, relevance)
+
+
+@pytest.mark.parametrize("kernel", [[2, 2], [2, 3]])
+def test_tiled_max_pool_ties_go_to_the_first(kernel):
+    """Windows that tile the input, with ties (whole windows of zeros, equal maxima): all of R_j goes to
+    the first maximum in row-major order, as torch's max pool gradient (and MaxPool's Indices) route it."""
+    net = Net([2, 6, 6], seed=74)
+    pooled = net.op("MaxPool", ["x"], kernel_shape=kernel, strides=kernel)
+    out = [6 // kernel[0], 6 // kernel[1]]
+    model = net.model(net.op("Flatten", [pooled], axis=1), classes=2 * out[0] * out[1])
+    rng = np.random.default_rng(75)
+    x = rng.choice(np.array([0.0, 0.5, 1.0], np.float32), size=(3, 2, 6, 6))
+    x[0] = 0.0  # every window a tie
+    seed = rng.uniform(0.5, 1.5, (3, 2 * out[0] * out[1])).astype(np.float32)
+    _, relevance = run(model, x, target="seed", seed=seed)
+    ref = move(lambda t: F.max_pool2d(t, kernel, kernel), t64(x), t64(seed).reshape(3, 2, *out)).numpy()
+    np.testing.assert_array_equal(relevance, ref.astype(np.float32))
+    assert ((relevance != 0).sum(axis=(2, 3)) <= out[0] * out[1]).all()  # one winner per window
 
 
 def avg_pool_matrix(size, kernel, strides, pads, ceil_mode, count_include_pad):
