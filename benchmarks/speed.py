@@ -63,6 +63,8 @@ def parse_args(argv=None):
                         "steadier when other jobs share the cores, best with --threads 1 (default: wall)")
     p.add_argument("--no-zennit", action="store_true", help="leave zennit out (faster runs)")
     p.add_argument("--no-memory", action="store_true", help="leave out the per-session peak memory")
+    p.add_argument("--memory-settings", action="store_true",
+                   help="also print epsilon-plus's peak memory and CPU time with ORT's arena / memory pattern off")
     p.add_argument("--profile", action="store_true",
                    help="also print onnxruntime's kernel time by op type for forward, epsilon, epsilon-plus")
     p.add_argument("--ig", action="store_true",
@@ -113,24 +115,29 @@ def interleaved(calls, warmup, repeats, pause, clock=time.perf_counter):
     return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
-MEMORY_CHILD = """import resource, sys
+MEMORY_CHILD = """import resource, sys, time
 import numpy as np, onnxruntime as ort
-path, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, batch, threads, setting = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
+options.enable_cpu_mem_arena = setting not in ("no-arena", "neither")
+options.enable_mem_pattern = setting not in ("no-pattern", "neither")
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+start = time.process_time()
 for _ in range(2):
     session.run(None, {session.get_inputs()[0].name: x})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, (time.process_time() - start) / 2)
 """
+MEMORY_SETTINGS = ("default", "no-arena", "no-pattern", "neither")  # onnxruntime's CPU arena and memory pattern
 
 
-def peak_memory_mib(path, batch, threads):
-    """Peak resident memory (MiB) of a child process that only loads one session and calls it twice."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(batch), str(threads)],
+def peak_memory_mib(path, batch, threads, setting="default"):
+    """(peak resident MiB, CPU s per call) of a child process that only loads one session and calls it twice."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(batch), str(threads), setting],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    peak, cpu = out.stdout.split()[-2:]
+    return float(peak), float(cpu)
 
 
 def models_for(name, args):
@@ -178,7 +185,11 @@ def bench_model(name, args, rows):
                 row[f"l1 {c}"] = l1(dict(zip(names, outputs[c]))["relevance"], outputs[f"zennit {c}"])
         if not args.no_memory:
             for k in sessions:
-                row[f"mem {k}"] = peak_memory_mib(paths[k], batch, args.threads)
+                row[f"mem {k}"] = peak_memory_mib(paths[k], batch, args.threads)[0]
+        if args.memory_settings:
+            print(f"  batch {batch}, epsilon-plus, peak MiB / CPU s per call by ORT setting: " + ", ".join(
+                "{} {:.0f} / {:.2f}".format(m, *peak_memory_mib(paths["epsilon-plus"], batch, args.threads, m))
+                for m in MEMORY_SETTINGS), flush=True)
         rows.append(row)
         print(f"  batch {batch}: " + ", ".join(f"{k} {row[k]:.1f} ms" for k in COLUMNS if k in row)
               + f" ({repeats} rounds, {time.perf_counter() - start:.0f} s)", flush=True)

@@ -4,7 +4,7 @@ and one mechanism turns that data into ONNX nodes, as zennit's BasicHook does in
 For a group of terms t = (input modifier, weight modifier, bias modifier, sign):
     z_g  = sum_t sign_t * layer(in_t(x), w_t(W), b_t(b))          (a forward Conv/Gemm per term)
     s_g  = mask_g(R) / stab(z_g)
-    R_in = sum_g coef_g * sum_t sign_t * in_t(x) * layer^T(s_g, w_t(W))   (a ConvTranspose/Gemm per term)
+    R_in = sum_g coef_g * sum_t sign_t * in_t(x) * layer^T(s_g, w_t(W))   (the layer's adjoint per term)
 """
 
 from dataclasses import dataclass
