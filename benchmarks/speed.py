@@ -9,7 +9,7 @@ median wall time per call of
   zennit eps/plus: the torch model with zennit's Epsilon / EpsilonPlus composites (canonizers of
                    tests/zennit_ref.py), forward + backward with the seed y_c at the top class.
 ORT and torch get the same intra-op thread count. Peak resident memory of each ONNX Runtime session is
-measured in a child process per session (its ru_maxrss after loading and two calls).
+measured in a child process per session (its VmHWM after loading and two calls).
 
     python benchmarks/speed.py                                   # every model, batches 1 and 32
     python benchmarks/speed.py --models resnet18 --batches 1 --repeats 3
@@ -115,7 +115,7 @@ def interleaved(calls, warmup, repeats, pause, clock=time.perf_counter):
     return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
-MEMORY_CHILD = """import resource, sys, time
+MEMORY_CHILD = """import sys, time
 import numpy as np, onnxruntime as ort
 path, batch, threads, setting = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 options = ort.SessionOptions()
@@ -127,7 +127,9 @@ x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
 start = time.process_time()
 for _ in range(2):
     session.run(None, {session.get_inputs()[0].name: x})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, (time.process_time() - start) / 2)
+# VmHWM: the peak of this process's own memory (ru_maxrss would include the parent's, copied at fork)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(peak / 1024, (time.process_time() - start) / 2)
 """
 MEMORY_SETTINGS = ("default", "no-arena", "no-pattern", "neither")  # onnxruntime's CPU arena and memory pattern
 
