@@ -168,11 +168,14 @@ def test_provider_choice(make_model):
         assert ExplainSession(model).device == "cpu"
 
 
+CUDA_NO_TF32 = ("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "0"})  # TF32 off unless asked for
+
+
 @pytest.mark.parametrize("available, provider, expected", [
     (["CPUExecutionProvider"], None, ["CPUExecutionProvider"]),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], None, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], None, [CUDA_NO_TF32, "CPUExecutionProvider"]),
     (["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu", ["CPUExecutionProvider"]),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", [CUDA_NO_TF32, "CPUExecutionProvider"]),
     (["CPUExecutionProvider"], "cuda", "no CUDAExecutionProvider"),
 ])
 def test_provider_list_for_each_installation(monkeypatch, available, provider, expected):
