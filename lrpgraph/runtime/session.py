@@ -78,6 +78,9 @@ def _session_options(threads, optimization):
     if optimization not in OPTIMIZATION:
         raise LrpgraphError(f"unknown optimization {optimization!r}; use one of {', '.join(OPTIMIZATION)}")
     options.graph_optimization_level = OPTIMIZATION[optimization]
+    # memory pattern off: resnet18 epsilon-plus at batch 32 peaks at 1421 instead of 2197 MiB, same CPU time
+    # (benchmarks/speed.py --memory-settings, docs/speed.md)
+    options.enable_mem_pattern = False
     if threads is not None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise LrpgraphError(f"threads must be a positive integer, got {threads!r}")
