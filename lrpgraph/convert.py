@@ -252,7 +252,7 @@ def write_optimized(path, force=False, repeats=3):
     optimisations when loading. Returns (seconds to load path, seconds to load the copy, kept)."""
     import time
 
-    import onnxruntime as ort
+    from lrpgraph.ort import onnxruntime as ort
 
     out = optimized_path(path)
     if os.path.exists(out) and not force:

@@ -32,9 +32,8 @@ from lrpgraph.runtime import tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.ort import onnxruntime as ort
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
+from lrpgraph.runtime.providers import CPU, CUDA, choose_providers, cuda_options  # noqa: F401  (public here too)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -45,32 +44,6 @@ TARGET_INPUT = "target"
 NOISE_SEED_INPUT = "noise_seed"
 SEED_INPUT = "relevance_seed"
 DEFAULT_BATCH_SIZE = 32
-
-
-def cuda_options(tf32=False, device_id=0):
-    """CUDA provider options: TF32 off unless asked for (TF32 matmuls and convolutions change heatmaps by
-    about 1e-3), on the given GPU."""
-    return {"use_tf32": "1" if tf32 else "0", "device_id": str(int(device_id))}
-
-
-def choose_providers(provider, tf32=False, device_id=0):
-    """The ORT provider list for provider None (CUDA when available), 'cpu' or 'cuda'; CUDA with
-    cuda_options(tf32, device_id)."""
-    available = ort.get_available_providers()
-    name = None if provider is None else str(provider).lower()
-    cuda = (CUDA, cuda_options(tf32, device_id))
-    if name is None:
-        return [cuda, CPU] if CUDA in available else [CPU]
-    if name in ("cpu", CPU.lower()):
-        return [CPU]
-    if name in ("cuda", "gpu", CUDA.lower()):
-        if CUDA not in available:
-            raise LrpgraphError(
-                "provider 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu or use provider 'cpu'"
-            )
-        return [cuda, CPU]
-    raise LrpgraphError(f"unknown provider {provider!r}; use 'cpu', 'cuda' or leave it out to pick CUDA when present")
 
 
 def _session_options(threads, optimization):
