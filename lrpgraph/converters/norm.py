@@ -33,13 +33,7 @@ def layer_norm(ctx, unit, rule, r_outs):
     if rule.name != "identity" and rule.name not in GRADIENT_RULES:
         raise unsupported_rule(unit, rule)
     x, scale = unit.inputs[0], unit.inputs[1]
-    rank = len(ctx.shapes[x])
-    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
-    eps = float(unit.attrs.get("epsilon", 1e-5))
-
-    def mean(t):
-        return b.op("ReduceMean", [t, axes], "mean", keepdims=1)
-
+    mean, eps = _normaliser_mean(ctx, unit)
     centred = b.sub(x, mean(x))
     sigma = b.op("Sqrt", [b.add(mean(b.mul(centred, centred)), b.const(eps))], "sigma")
     g = b.mul(r, scale) if scale else r  # a LayerNorm written out without a scale (fusion.py)
@@ -48,6 +42,13 @@ def layer_norm(ctx, unit, rule, r_outs):
     normed = b.div(centred, sigma)
     inner = b.sub(b.sub(g, mean(g)), b.mul(normed, mean(b.mul(g, normed))))
     return [b.div(inner, sigma)] + rest
+
+
+def _normaliser_mean(ctx, unit):
+    """(the mean over the normalised axes, from `axis` on, as a function of a tensor; the node's epsilon)."""
+    b, rank = ctx.b, len(ctx.shapes[unit.inputs[0]])
+    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
+    return (lambda t: b.op("ReduceMean", [t, axes], "mean", keepdims=1)), float(unit.attrs.get("epsilon", 1e-5))
 
 
 @register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient"})
@@ -59,13 +60,7 @@ def rms_norm(ctx, unit, rule, r_outs):
     if rule.name != "identity" and rule.name not in GRADIENT_RULES:
         raise unsupported_rule(unit, rule)
     x, scale = unit.inputs[0], unit.inputs[1]
-    rank = len(ctx.shapes[x])
-    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
-    eps = float(unit.attrs.get("epsilon", 1e-5))
-
-    def mean(t):
-        return b.op("ReduceMean", [t, axes], "mean", keepdims=1)
-
+    mean, eps = _normaliser_mean(ctx, unit)
     rms = b.op("Sqrt", [b.add(mean(b.mul(x, x)), b.const(eps))], "rms")
     t = b.mul(r, scale)
     if rule.name == "identity":
