@@ -83,8 +83,8 @@ class LinearLayer:
             a = self.attrs
             pads = self._adjoint_pads()
             if pads is not None:
-                return b.op("Conv", [s, self.flipped_kernel(b, w)], "convT", pads=pads, dilations=a["dilations"],
-                            group=a["group"])
+                return b.op("Conv", [s, self.flipped_kernel(b, w)], "convT", strides=a["strides"], pads=pads,
+                            dilations=a["dilations"], group=a["group"])  # strides all 1, written out for WebGPU
             return b.op("ConvTranspose", [s, w], "convT", strides=a["strides"], pads=a["pads"],
                         dilations=a["dilations"], group=a["group"], output_padding=a["output_padding"])
         if self.op == "ConvTranspose":  # its transpose is the Conv with the same weight and windows
