@@ -27,6 +27,7 @@ import torchvision
 from torch import nn
 
 import lrpgraph
+from zennit_ref import l1  # noqa: E402
 
 FLEX_EPS = 0.01
 STAB = 1e-6
@@ -224,10 +225,6 @@ def run(proto, x, target=None):
         feeds["target"] = np.asarray(target, np.int64)
     out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     return out["y"], out["relevance"]
-
-
-def l1(a, ref):
-    return float(np.abs(a - ref).sum() / np.abs(ref).sum())
 
 
 @pytest.mark.parametrize("target", ["top", "index"])

@@ -12,12 +12,9 @@ import lrpgraph
 pytest.importorskip("lxt")
 import lxt_ref  # noqa: E402
 import transformer_models as tm  # noqa: E402
+from zennit_ref import l1  # noqa: E402
 
 TOL = 1e-4
-
-
-def l1(a, ref):
-    return float(np.abs(a - ref).sum() / np.abs(ref).sum())
 
 
 def case(tmp, tiny):

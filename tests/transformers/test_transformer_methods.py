@@ -13,12 +13,9 @@ import transformer_models as tm
 from lrpgraph.train.importer import import_onnx
 from lrpgraph.train.isnet import Heatmaps, resolve
 from lrpgraph.train.loss import heatmap_loss
+from zennit_ref import l1  # noqa: E402
 
 pytest.importorskip("torchvision")
-
-
-def l1(a, ref):
-    return float(np.abs(a - ref).sum() / np.abs(ref).sum())
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,9 @@ import lrpgraph
 pytest.importorskip("lxt")
 import lxt_ref  # noqa: E402
 import transformer_models as tm  # noqa: E402
+from zennit_ref import l1  # noqa: E402
 
 TOL = 1e-4
-
-
-def l1(a, ref):
-    return float(np.abs(a - ref).sum() / np.abs(ref).sum())
 
 
 @pytest.fixture(scope="module")
