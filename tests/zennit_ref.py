@@ -190,28 +190,6 @@ def randomize_batch_norm(model, generator):
     return model
 
 
-def calibrate_batch_norm(model, generator, side=112, samples=4):
-    """Give every BatchNorm random affine parameters and the statistics of its own input on a batch of
-    uniform images, as training leaves them: pre-activations centred with unit variance, so that ReLU
-    kinks, max-pooling ties and near-zero denominators are as rare as in a trained network (random
-    statistics let a deep random net drift, and float32 then decides ties that float64 decides otherwise)."""
-
-    def calibrate(module, inputs):
-        module.running_mean.copy_(inputs[0].mean((0, 2, 3)))
-        module.running_var.copy_(inputs[0].var((0, 2, 3)) + 1e-5)
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in norms:
-        n = m.num_features
-        m.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
-        m.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
-    hooks = [m.register_forward_pre_hook(calibrate) for m in norms]
-    model.eval()(torch.rand(samples, 3, side, side, generator=generator))
-    for hook in hooks:
-        hook.remove()
-    return model
-
-
 def zero_biases(model, x):
     """All biases and BatchNorm shifts zero (for conservation checks), with each BatchNorm's variance set to
     the mean square of its input on x, as training would: without shifts a random deep net's activations
@@ -234,9 +212,8 @@ def zero_biases(model, x):
     return model
 
 
-def torchvision_model(name, seed=0, statistics="random"):
-    """(model in eval mode, zennit canonizers) for resnet18, vgg16_bn, densenet121, mobilenet_v2, with random
-    BatchNorm statistics or statistics "calibrated" on uniform images (calibrate_batch_norm)."""
+def torchvision_model(name, seed=0):
+    """(model in eval mode, zennit canonizers) for resnet18, vgg16_bn, densenet121, mobilenet_v2."""
     import torchvision
     from zennit.canonizers import CompositeCanonizer
 
@@ -247,11 +224,7 @@ def torchvision_model(name, seed=0, statistics="random"):
     elif name == "mobilenet_v2":
         model = Pooled(model.features, model.classifier)
     with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        if statistics == "calibrated":
-            calibrate_batch_norm(model, generator)
-        else:
-            randomize_batch_norm(model, generator)
+        randomize_batch_norm(model, torch.Generator().manual_seed(seed))
     if name.startswith("resnet"):
         canonizers = [resnet_canonizer()]
     elif name == "densenet121":
@@ -263,10 +236,10 @@ def torchvision_model(name, seed=0, statistics="random"):
     return model.eval(), canonizers
 
 
-def vgg16_bn_small_head(statistics="random"):
+def vgg16_bn_small_head():
     """torchvision vgg16_bn (13 Conv+BN+ReLU, 5 MaxPool) with a narrow head (AdaptiveAvgPool2d(1),
     512-256-256-10): its own 7 x 7 adaptive pool and 4096-wide head need 224 px."""
-    model, canonizers = torchvision_model("vgg16_bn", statistics=statistics)
+    model, canonizers = torchvision_model("vgg16_bn")
     torch.manual_seed(1)
     model.avgpool = torch.nn.AdaptiveAvgPool2d(1)
     model.classifier = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(True), torch.nn.Dropout(),
