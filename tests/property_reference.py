@@ -105,6 +105,11 @@ def relative_l1(ours, reference):
 # ---------------------------------------------------------------- the comparison
 
 
+class Vacuous(Exception):
+    """Every reference heatmap of an example is exactly zero (e.g. a ReLU that kills every unit): agreeing with
+    it would prove nothing, so the example does not count."""
+
+
 def run_converted(converted, x, mode, feed):
     """(logits, relevance) of the converted model on x, feeding `target` [N] (index) or `relevance_seed` [N, C]."""
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -122,7 +127,8 @@ def errors(arch, settings, stabilizer):
     """Export the model (batch 2), convert it with every (composite, epsilon) setting and the stabilizer of the
     other rules, run a batch of 3 with the architecture's target mode, and return
     {(composite, epsilon): relative L1 against zennit in float64}.
-    Raises AssertionError where the converted model's logits differ from torch's."""
+    Raises AssertionError where the converted model's logits differ from torch's, Vacuous where every
+    reference heatmap is exactly zero."""
     model = build(arch)
     onnx_bytes = export(model, image(arch, 2))
     x = image(arch, 3)
@@ -131,7 +137,7 @@ def errors(arch, settings, stabilizer):
         logits64 = model.double()(x.double())
     model.float()
     mode = arch.get("target", "top")
-    out = {}
+    out, signal = {}, 0.0
     for name, eps in settings:
         converted = convert_bytes(onnx_bytes, composite=name, target=mode, epsilon=eps, stabilizer=stabilizer,
                                   low=low, high=high)
@@ -145,4 +151,7 @@ def errors(arch, settings, stabilizer):
             seed = lambda logits: logits  # noqa: E731  zennit's own float64 logits
         reference = reference_relevance(model, x, reference_composite(name, eps, stabilizer, low, high), seed)
         out[(name, eps)] = relative_l1(relevance, reference)
+        signal += float(np.abs(np.asarray(reference)).sum())
+    if signal == 0.0:
+        raise Vacuous(f"every reference heatmap is zero for {arch}")
     return out

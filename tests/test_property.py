@@ -75,10 +75,10 @@ are unchanged).
 import functools
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 
 from property_models import architectures
-from property_reference import errors
+from property_reference import Vacuous, errors
 
 COMPOSITES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
               "epsilon-alpha2-beta1-flat"]
@@ -110,7 +110,10 @@ def build_exporter_registry_once():
 
 
 def check(arch):
-    found = errors(arch, SETTINGS, STABILIZER)
+    try:
+        found = errors(arch, SETTINGS, STABILIZER)
+    except Vacuous:  # every heatmap zero: agreement would prove nothing, so hypothesis draws another example
+        assume(False)
     print({name: f"{error:.1e}" for (name, _), error in found.items()})
     failures = [f"{name}: L1 {error:.2e}" for (name, _), error in found.items() if not error <= BOUND]
     assert not failures, f"{'; '.join(failures)} (bound {BOUND:.0e}, target {arch.get('target', 'top')}) for {arch}"
