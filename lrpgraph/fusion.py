@@ -1,8 +1,12 @@
 """Transformer blocks written out in elementary ops, recognised as one unit each for the relevance walk:
-LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mul scale, + Add shift) and
-GELU as x * 0.5 * (1 + Erf(x / sqrt 2)) in its usual orders. The forward graph is not changed: the matched
-nodes are replaced, in the list the walker explains, by one LayerNormalization or Gelu node reading the
-pattern's input and writing its output (REFERENCE.md section 9: the rules apply to the whole unit)."""
+LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mul scale, + Add shift);
+RMSNorm as Pow (or Mul), ReduceMean, Add eps, Sqrt, then Div, or Reciprocal and Mul (+ Mul scale); GELU as
+x * 0.5 * (1 + Erf(x / sqrt 2)) and in its tanh form x * 0.5 * (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+in their usual orders; an Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', or
+'nk,ck->nc') as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
+replaced, in the list the walker explains, by one LayerNormalization, RMSNormalization, Gelu, MatMul or
+Gemm node reading the pattern's input and writing its output (REFERENCE.md section 9: the rules apply to
+the whole unit)."""
 
 import math
 
@@ -23,9 +27,15 @@ def fuse(nodes, inits):
     for node in nodes:
         match = None
         if node.op_type == "Div":
-            match = _layer_norm(node, producer, consumers, inits)
+            match = _layer_norm(node, producer, consumers, inits) or _rms_norm(node, producer, consumers, inits)
+        elif node.op_type == "Mul":
+            match = _rms_norm(node, producer, consumers, inits)
         elif node.op_type == "Erf":
             match = _gelu(node, producer, consumers, inits)
+        elif node.op_type == "Tanh":
+            match = _gelu_tanh(node, producer, consumers, inits)
+        elif node.op_type == "Einsum":
+            match = _einsum_layer(node, inits)
         if match is not None and not (set(map(id, match[0])) & replaced) and _closed(match, consumers):
             members, fused = match
             replaced.update(map(id, members))
@@ -109,11 +119,53 @@ def _gelu(erf, producer, consumers, inits):
                               or scaled.op_type == "Mul" and _scalar(inits, _other(scaled, scaled.input[0]), 1 / math.sqrt(2))):
         return None
     x = scaled.input[0] if scaled.op_type == "Div" or scaled.input[0] not in inits else scaled.input[1]
-    add = _only(consumers, erf.output[0])
-    if add is None or add.op_type != "Add" or not _scalar(inits, _other(add, erf.output[0]), 1.0):
+    return _gelu_tail(x, erf, [scaled, erf], producer, consumers, inits)
+
+
+def _gelu_tanh(tanh, producer, consumers, inits):
+    """Tanh(c (x + 0.044715 x^3)), c = sqrt(2 / pi), with x^3 as Pow(x, 3) or x * x * x; then the tail."""
+    scaled = producer.get(tanh.input[0])
+    if scaled is None or scaled.op_type != "Mul":
         return None
-    members, out, half, with_x = [scaled, erf, add], add.output[0], False, False
-    for _ in range(2):  # (1 + erf) times x and times 0.5, in either order, or times (x * 0.5)
+    inner = next((producer.get(t) for t in scaled.input if _scalar(inits, _other(scaled, t), math.sqrt(2 / math.pi))),
+                 None)
+    if inner is None or inner.op_type != "Add":
+        return None
+    for x, other in (inner.input, inner.input[::-1]):
+        times = producer.get(other)
+        if times is None or times.op_type != "Mul":
+            continue
+        cubed = next((t for t in times.input if _scalar(inits, _other(times, t), 0.044715)), None)
+        cube = _cube(cubed, x, producer, inits) if cubed is not None else None
+        if cube is not None:
+            members = cube + [times, inner, scaled, tanh]
+            return _gelu_tail(x, tanh, members, producer, consumers, inits, approximate="tanh")
+    return None
+
+
+def _cube(tensor, x, producer, inits):
+    """The nodes computing tensor = x^3 (Pow(x, 3), x * (x * x) or (x * x) * x), or None."""
+    node = producer.get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "Pow":
+        return [node] if node.input[0] == x and _scalar(inits, node.input[1], 3.0) else None
+    if node.op_type != "Mul" or x not in node.input:
+        return None
+    square = producer.get(_other(node, x))
+    if square is not None and square.op_type == "Mul" and list(square.input) == [x, x]:
+        return [square, node]
+    return None
+
+
+def _gelu_tail(x, f, members, producer, consumers, inits, **attrs):
+    """The GELU after its inner function f (Erf or Tanh): (1 + f) times x and times 0.5, in either order, or
+    times (x * 0.5)."""
+    add = _only(consumers, f.output[0])
+    if add is None or add.op_type != "Add" or not _scalar(inits, _other(add, f.output[0]), 1.0):
+        return None
+    members, out, half, with_x = members + [add], add.output[0], False, False
+    for _ in range(2):
         nxt = _only(consumers, out)
         if nxt is None or nxt.op_type != "Mul":
             return None
@@ -135,4 +187,54 @@ def _gelu(erf, producer, consumers, inits):
             break
     if not (half and with_x):
         return None
-    return members, helper.make_node("Gelu", [x], [out], name=erf.name or out)
+    return members, helper.make_node("Gelu", [x], [out], name=f.name or out, **attrs)
+
+
+def _rms_norm(last, producer, consumers, inits):
+    """x / Sqrt(ReduceMean(x^2) + eps) (Div, or Mul by a Reciprocal or by 1 / Sqrt), times a constant scale."""
+    if last.op_type == "Div":
+        x, sqrt, recip = last.input[0], producer.get(last.input[1]), []
+    else:
+        for x, other in (last.input, last.input[::-1]):
+            inv = producer.get(other)
+            if inv is not None and (inv.op_type == "Reciprocal" or inv.op_type == "Div" and _scalar(inits, inv.input[0], 1.0)):
+                sqrt, recip = producer.get(inv.input[-1]), [inv]
+                break
+        else:
+            return None
+    if sqrt is None or sqrt.op_type != "Sqrt" or (add := producer.get(sqrt.input[0])) is None or add.op_type != "Add":
+        return None
+    mean = producer.get(add.input[0]) or producer.get(add.input[1])
+    eps = _const(inits, _other(add, mean.output[0])) if mean is not None else None
+    if mean is None or mean.op_type != "ReduceMean" or eps is None or eps.size != 1 or _axes(mean, inits) != [-1]:
+        return None
+    square = producer.get(mean.input[0])
+    if square is None or not (square.op_type == "Pow" and square.input[0] == x and _scalar(inits, square.input[1], 2.0)
+                              or square.op_type == "Mul" and list(square.input) == [x, x]):
+        return None
+    members, out, scale = [square, mean, add, sqrt] + recip + [last], last.output[0], ""
+    nxt = _only(consumers, out)
+    if nxt is not None and nxt.op_type == "Mul" and _other(nxt, out) in inits:
+        scale, out = _other(nxt, out), nxt.output[0]
+        members.append(nxt)
+    return members, helper.make_node("RMSNormalization", [x, scale], [out], name=last.name or out, axis=-1,
+                                     epsilon=float(eps))
+
+
+def _einsum_layer(node, inits):
+    """An Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', 'bk,kc->bc', any letters),
+    as MatMul, or x @ W^T on a 2-D x ('nk,ck->nc') as Gemm with transB; other constant Einsums stay (refused)."""
+    equation = attrs_of(node).get("equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if len(node.input) != 2 or node.input[0] in inits or node.input[1] not in inits or "->" not in equation:
+        return None
+    (a, w), out = equation.split("->")[0].split(","), equation.split("->")[1]
+    if len(w) != 2 or len(set(a.replace(".", ""))) != len(a.replace(".", "")) or len(a) < 1:
+        return None
+    k = a[-1]
+    lead = a[:-1]
+    if w == k + w[1] and out == lead + w[1] and w[1] not in a:
+        return [node], helper.make_node("MatMul", list(node.input), list(node.output), name=node.name)
+    if w == w[0] + k and out == lead + w[0] and w[0] not in a and len(lead) == 1:
+        return [node], helper.make_node("Gemm", list(node.input), list(node.output), name=node.name, transB=1)
+    return None

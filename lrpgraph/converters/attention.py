@@ -1,5 +1,5 @@
 """Transformer ops (REFERENCE.md section 9): a Softmax inside the graph, products of two signals
-(attention's Q K^T and A V, an element-wise a * b), Gather by constant indices (a class token, a
+(attention's Q K^T and A V as MatMul or Einsum, an element-wise a * b), Gather by constant indices (a class token, a
 fused qkv) and of token ids (the embedding table), Expand, Where, GELU, and the linear layers and
 activations under the transformer composites.
 
@@ -9,7 +9,7 @@ products change the plain gradient, so no relevance is divided by a value that m
 - linear layer, an LRP rule of rules.py: g_x = R_x / x with R_x the rule's relevance for R_y = y g_y
   (epsilon: g_x = W^T (g_y y / stab(y)), no division by x; linear.py);
 - element-wise activation, 'identity' (AttnLRP's identity rule R_x = R_y): g_x = g_y f(x) / x (activations.py);
-- product y = a (x) b (MatMul or Mul of two signals): 'uniform' (AttnLRP) each operand gets half of the
+- product y = a (x) b (MatMul, Einsum or Mul of two signals): 'uniform' (AttnLRP) each operand gets half of the
   product rule's gradient; 'cp' (CP-LRP) the operand computed by a Softmax (the attention probabilities,
   unit.gate) is a constant and the other operand gets the full gradient (without a Softmax operand, as
   'uniform'); 'gradient' the product rule;
@@ -17,6 +17,7 @@ products change the plain gradient, so no relevance is divided by a value that m
   is its gradient: R_z = z (R_s - s sum R_s))."""
 
 import math
+import string
 
 import numpy as np
 
@@ -93,6 +94,8 @@ def product(ctx, unit, rule, r_outs):
         raise unsupported_rule(unit, rule)
     if unit.op == "MatMul":
         ga, gb = _matmul_back(ctx, unit, g)
+    elif unit.op == "Einsum":
+        ga, gb = _einsum_back(ctx, unit, g)
     else:
         ga = unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out)
         gb = unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out)
@@ -102,6 +105,50 @@ def product(ctx, unit, rule, r_outs):
         return [None, gb] if unit.gate == 0 else [ga, None]
     half = b.const(0.5)
     return [b.mul(ga, half), b.mul(gb, half)]
+
+
+def einsum_terms(ctx, unit):
+    """(term of a, term of b, term of the output) of a two-operand Einsum, '...' written out as letters."""
+    equation = unit.attrs.get("equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    terms = lhs.split(",")
+    shapes = [ctx.shapes.get(t) for t in unit.inputs[:2]]
+    if len(terms) != 2 or None in shapes:
+        raise UnsupportedModelError(f"node '{unit.name}' (Einsum): only two operands of known rank are supported")
+    spans = [len(shape) - len(term) + 3 if "..." in term else 0 for term, shape in zip(terms, shapes)]
+    spare = "".join(c for c in string.ascii_letters if c not in equation)[:max(spans)]
+    terms = [term.replace("...", spare[len(spare) - n:]) for term, n in zip(terms, spans)]
+    if not arrow:  # implicit output: the broadcast axes, then the letters used once, in alphabetical order
+        out = "..." + "".join(sorted(c for c in set(lhs) if c.isalpha() and lhs.count(c) == 1))
+    out = out.replace("...", spare)
+    a, b = terms
+    size = {}
+    for term, shape in zip(terms, shapes):
+        for letter, dim in zip(term, shape):
+            if dim is not None and size.setdefault(letter, dim) != dim:
+                raise UnsupportedModelError(f"node '{unit.name}' (Einsum): axis '{letter}' is broadcast ({size[letter]} "
+                                            f"against {dim}); only equal sizes are supported")
+    if any(len(set(t)) != len(t) for t in (a, b, out)) or set(a) - set(b + out) or set(b) - set(a + out):
+        raise UnsupportedModelError(f"node '{unit.name}' (Einsum): '{equation}' repeats a letter in one term or "
+                                    "sums an axis of one operand alone; only products of two operands are supported")
+    return a, b, out
+
+
+def _einsum_back(ctx, unit, s):
+    """(d<s, y>/da, d<s, y>/db) for y = einsum(a, b): each an Einsum of s and the other operand."""
+    ta, tb, to = einsum_terms(ctx, unit)
+    a_name, b_name = unit.inputs[:2]
+    return (ctx.b.op("Einsum", [s, b_name], "grad_a", equation=f"{to},{tb}->{ta}"),
+            ctx.b.op("Einsum", [s, a_name], "grad_b", equation=f"{to},{ta}->{tb}"))
+
+
+def _einsum_kind(node, dynamic):
+    if all(dynamic[:2]):
+        return "product"
+    raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum): an Einsum of the input with a "
+                                "constant is supported as x @ W only ('...k,kc->...c', or 'nk,ck->nc'); export it "
+                                "as MatMul")
 
 
 def _t(b, x, rank):
@@ -125,6 +172,7 @@ PRODUCT_RULES = {"uniform", "cp", "gradient"}
 extend("MatMul", "product", product, PRODUCT_RULES,
        classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
 extend("Mul", "product", product, PRODUCT_RULES)
+register("Einsum", kind="product", rules=PRODUCT_RULES, classify=_einsum_kind)(product)
 extend("Mul", "gate", gate, {"pass", "gradient", "cp"})
 extend("Softmax", "normaliser", softmax, {"gradient"}, classify=lambda node, dynamic: "normaliser")
 
@@ -135,14 +183,15 @@ def gelu(ctx, unit, x, y):
     b = ctx.b
     approximate = unit.attrs.get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-    if approximate == "tanh":  # 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx, u = c (x + 0.044715 x^3)
+    if approximate == "tanh":
+        # 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx, u = c (x + 0.044715 x^3), written with p = sigmoid(2 u)
+        # = (1 + tanh(u)) / 2 as p + 2 x p (1 - p) du/dx. (Written with Tanh next to a written-out forward GELU,
+        # onnxruntime 1.32's optimizer refused the model: "Node input ... is not ... output of a previous node".)
         c = math.sqrt(2 / math.pi)
         x2 = b.mul(x, x)
-        u = b.mul(b.const(c), b.add(x, b.mul(b.const(0.044715), b.mul(x2, x))))
-        th = b.op("Tanh", [u], "tanh")
-        du = b.mul(b.const(c), b.add(b.const(1.0), b.mul(b.const(3 * 0.044715), x2)))
-        return b.add(b.mul(b.const(0.5), b.add(b.const(1.0), th)),
-                     b.mul(b.mul(b.const(0.5), x), b.mul(b.sub(b.const(1.0), b.mul(th, th)), du)))
+        p = b.op("Sigmoid", [b.mul(b.const(2 * c), b.add(x, b.mul(b.const(0.044715), b.mul(x2, x))))], "sigmoid")
+        du = b.add(b.const(2 * c), b.mul(b.const(6 * c * 0.044715), x2))  # 2 du/dx
+        return b.add(p, b.mul(b.mul(x, du), b.mul(p, b.sub(b.const(1.0), p))))
     cdf = b.mul(b.const(0.5), b.add(b.const(1.0), b.op("Erf", [b.mul(x, b.const(1 / math.sqrt(2)))], "erf")))
     pdf = b.mul(b.const(1 / math.sqrt(2 * math.pi)), b.op("Exp", [b.mul(b.mul(x, x), b.const(-0.5))], "exp"))
     return b.add(cdf, b.mul(x, pdf))

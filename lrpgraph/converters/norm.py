@@ -2,6 +2,8 @@
 LRP composites pass relevance through it ('pass', as zennit does); gradient rule sets scale by
 scale / sqrt(var + eps)."""
 
+import math
+
 from lrpgraph.converters.registry import Context, register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
@@ -45,10 +47,19 @@ def layer_norm(ctx, unit, rule, r_outs):
 
 
 def _normaliser_mean(ctx, unit):
-    """(the mean over the normalised axes, from `axis` on, as a function of a tensor; the node's epsilon)."""
-    b, rank = ctx.b, len(ctx.shapes[unit.inputs[0]])
-    axes = b.ints(list(range(int(unit.attrs.get("axis", -1)) % rank, rank)))
-    return (lambda t: b.op("ReduceMean", [t, axes], "mean", keepdims=1)), float(unit.attrs.get("epsilon", 1e-5))
+    """(the mean over the normalised axes, from `axis` on, as a function of a tensor; the node's epsilon).
+    A ReduceSum divided by the count: ReduceMean takes its axes as an input only from opset 18 on."""
+    b, shape = ctx.b, ctx.shapes[unit.inputs[0]]
+    first = int(unit.attrs.get("axis", -1)) % len(shape)
+    axes = b.ints(list(range(first, len(shape))))
+
+    def mean(t):
+        total = b.op("ReduceSum", [t, axes], "sum", keepdims=1)
+        if all(d is not None for d in shape[first:]):
+            return b.mul(total, b.const(1.0 / math.prod(shape[first:])))
+        return b.div(total, b.op("ReduceSum", [b.add(b.zeros_like(t), b.const(1.0)), axes], "count", keepdims=1))
+
+    return mean, float(unit.attrs.get("epsilon", 1e-5))
 
 
 @register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient"})
@@ -62,7 +73,7 @@ def rms_norm(ctx, unit, rule, r_outs):
     x, scale = unit.inputs[0], unit.inputs[1]
     mean, eps = _normaliser_mean(ctx, unit)
     rms = b.op("Sqrt", [b.add(mean(b.mul(x, x)), b.const(eps))], "rms")
-    t = b.mul(r, scale)
+    t = b.mul(r, scale) if scale else r  # an RMSNorm written out without a scale (fusion.py)
     if rule.name == "identity":
         return [b.div(t, rms)] + rest
     inner = b.sub(t, b.mul(x, b.div(mean(b.mul(t, x)), b.mul(rms, rms))))

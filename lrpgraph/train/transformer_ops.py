@@ -1,5 +1,5 @@
 """Importer ops of transformer graphs (registered into onnx_ops.OPS): LayerNormalization, RMSNormalization
-and Gelu; Softmax,
+Gelu and Einsum; Softmax,
 MatMul of two tensors, Gather, Expand, Where and Erf are in onnx_ops already."""
 
 import torch
@@ -23,3 +23,8 @@ def gelu(ctx, x, approximate="none"):
 def rms_norm(ctx, x, scale, axis=-1, epsilon=1e-5, stash_type=1):
     axes = tuple(range(axis % x.dim(), x.dim()))
     return x * torch.rsqrt(x.pow(2).mean(axes, keepdim=True) + epsilon) * scale
+
+
+@op("Einsum")
+def einsum(ctx, *xs, equation):
+    return torch.einsum(equation, *xs)
