@@ -22,6 +22,10 @@ def emit(b, model, canon, method, seed, options, walk):
     check_method_options(options.get("steps", 32), options.get("samples", 16), options.get("noise_level", 0.1),
                          options.get("chunk"))
 
+    if not canon.image_float and is_method(method):  # token ids: the methods act on the word embeddings
+        from lrpgraph.methods import tokens
+
+        return tokens.emit(b, model, canon, method, seed, options, walk)
     if method in ("gradient", "input-x-gradient"):
         grad = walk(canon, gradient_plan(canon.units), seed)
         grad = b.zeros_like(canon.image) if grad is None else grad

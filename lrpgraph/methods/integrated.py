@@ -46,7 +46,7 @@ def emit(b, model, canon, seed, options, walk, guided=False):
         if baseline:
             moved = b.add(moved, b.op("Unsqueeze", [baseline, b.ints([0])], "unsqueeze"))
         expanded = expand(b, moved, x)
-        nodes, clone = clone_path(model, canon, expanded, prefix)
+        nodes, clone = clone_path(model, canon, expanded, prefix, b, m)
         add_nodes(b, nodes)
         grad = walk(clone, gradient_plan(clone.units, guided), tile(b, seed, m))
         b.scope = f"path{start // chunk}"

@@ -6,21 +6,27 @@ import copy
 from lrpgraph.canonicalize import Canonical
 
 
-def clone_path(model, canon, new_input, prefix):
+def clone_path(model, canon, new_input, prefix, b=None, m=None):
     """Copy every node between the image input and the logits (shape computations included) so that it
-    reads new_input instead; returns (nodes, canonical view of the clone for the walker)."""
+    reads new_input instead; returns (nodes, canonical view of the clone for the walker). With a builder b
+    and the number of points m, the model's other inputs with a batch axis (a text model's token ids,
+    attention mask and segments, whose explained input is the word embeddings) are repeated m times along
+    it and the nodes that read them cloned too, the embeddings' own Gather excepted (nodes added to b)."""
     graph = model.graph
-    dependent = {canon.image}
+    repeated = _repeated_inputs(b, graph, canon, m) if b is not None else {}
+    dependent = {canon.image} | set(repeated)
     for node in graph.node:  # graph order is topological (checked on load)
-        if any(t in dependent for t in node.input):
+        if canon.image not in node.output and any(t in dependent for t in node.input):
             dependent.update(t for t in node.output if t)
     needed, keep = {canon.logits}, []
     for node in reversed(list(graph.node)):
-        if any(o in needed for o in node.output) and any(t in dependent for t in node.input):
+        if any(o in needed for o in node.output) and any(t in dependent for t in node.input) \
+                and canon.image not in node.output:
             keep.append(node)
             needed.update(node.input)
     rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
     rename[canon.image] = new_input
+    rename.update(repeated)
     nodes = []
     for node in keep[::-1]:
         clone = copy.deepcopy(node)
@@ -29,6 +35,21 @@ def clone_path(model, canon, new_input, prefix):
         clone.output[:] = [rename.get(t, t) for t in node.output]
         nodes.append(clone)
     return nodes, _renamed(canon, rename, prefix)
+
+
+def _repeated_inputs(b, graph, canon, m):
+    """{graph input: its copy repeated m times along the batch, [m * N, ...] point-major} for the inputs other
+    than the explained one whose first axis is dynamic (the batch)."""
+    weights = {i.name for i in graph.initializer}
+    out = {}
+    for info in graph.input:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in weights or info.name == canon.image or not dims or dims[0].dim_value:
+            continue
+        points = b.op("Expand", [b.op("Unsqueeze", [info.name, b.ints([0])], "unsqueeze"),
+                                 b.ints([m] + [1] * len(dims))], "repeat")
+        out[info.name] = expand(b, points, info.name)
+    return out
 
 
 def _renamed(canon, rename, prefix):

@@ -88,7 +88,7 @@ def emit(b, model, canon, seed, options, walk, taylor=False):
     seed_input.doc_string = "seed of the in-graph Gaussian noise (SmoothGrad/SmoothTaylor), int64 [1]"
     offsets = b.mul(emit_noise(b, shape, SEED_INPUT), sigma)  # [n, N, ...] (sigma broadcasts per sample)
     points = expand(b, b.add(offsets, b.op("Unsqueeze", [x, b.ints([0])], "unsqueeze")), x)
-    nodes, clone = clone_path(model, canon, points, f"{b.prefix}/noisy")
+    nodes, clone = clone_path(model, canon, points, f"{b.prefix}/noisy", b, samples)
     add_nodes(b, nodes)
     grad = walk(clone, gradient_plan(clone.units), tile(b, seed, samples))
     b.scope = "output"
