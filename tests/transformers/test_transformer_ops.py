@@ -164,3 +164,56 @@ def test_einsum_with_a_constant_that_is_no_matmul_is_refused(data):
     last.attribute[0].s = b"bd,cd->cb"  # the logits transposed: not x @ W
     with pytest.raises(UnsupportedModelError, match=f"node '{last.name}' \\(Einsum\\).*MatMul"):
         lrpgraph.convert(model, composite="attn-lrp")
+
+
+class _Block(torch.nn.Module):
+    """Linear, transformers' LlamaRMSNorm, a tanh GELU (torch's or transformers' NewGELU), mean over tokens,
+    Linear: the written-out forms come from the exporters themselves."""
+
+    def __init__(self, act):
+        from transformers.activations import NewGELUActivation
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.norm, self.b = torch.nn.Linear(D, D), LlamaRMSNorm(D, eps=EPS), torch.nn.Linear(D, C)
+        self.act = NewGELUActivation() if act == "newgelu" else torch.nn.GELU(approximate="tanh")
+        with torch.no_grad():
+            self.norm.weight.add_(0.1 * torch.randn(D))
+
+    def forward(self, x):
+        return self.b(self.act(self.norm(self.a(x))).mean(1))
+
+
+@pytest.mark.parametrize("act", ["newgelu", "torch"])
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_exported_rms_norm_and_tanh_gelu(act, dynamo):
+    """As torch.onnx.export writes them (legacy at opset 17: Pow, ReduceMean, Add, Sqrt, Div(1, .), Mul, Casts,
+    tanh GELU written out; dynamo: Reciprocal, and Gelu(approximate='tanh') or NewGELU written out): attn-lrp
+    equals LXT's rules in float64 (rms constant, identity on GELU)."""
+    pytest.importorskip("transformers")
+    import io
+
+    import onnx
+
+    block = _Block(act).eval()
+    x = torch.randn(3, L, D, generator=torch.Generator().manual_seed(1))
+    if dynamo:
+        model = torch.onnx.export(block, (x,), None, dynamo=True, verbose=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).model_proto
+    else:
+        f = io.BytesIO()
+        torch.onnx.export(block, (x,), f, dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+        model = onnx.load_from_string(f.getvalue())
+    converted = lrpgraph.convert(model, composite="attn-lrp")
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    relevance = session.run(None, {session.get_inputs()[0].name: x.numpy()})[1]
+
+    double = block.double()
+    x64 = x.double().requires_grad_(True)
+    h = double.a(x64)
+    rms = torch.sqrt(h.pow(2).mean(-1, keepdim=True) + EPS).detach()
+    r = double.norm.weight * (h / rms)
+    y = double.b((r * (double.act(r) / r).detach()).mean(1))
+    (g,) = torch.autograd.grad(y, x64, torch.nn.functional.one_hot(y.argmax(1), C).double())
+    assert l1(relevance, (x64 * g).detach().numpy()) <= 1e-5
