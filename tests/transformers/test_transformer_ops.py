@@ -60,7 +60,8 @@ class Graph:
 
 def build(w, form, layout):
     """form: 'fused' (RMSNormalization, Gelu tanh; opset 23) or 'reciprocal' / 'div' (written out, opset 17);
-    layout: 'last' (scores [q, k], Softmax on the last axis) or 'axis2' (scores [k, q], Softmax on axis 2)."""
+    layout: 'last' (scores [q, k], Softmax on the last axis), 'ellipsis' (the same written '...qd,...kd->...qk')
+    or 'axis2' (scores [k, q], Softmax on axis 2)."""
     g = Graph(w, 23 if form == "fused" else 17)
     h = g.op("MatMul", ["x", "w0"])
     if form == "fused":
@@ -78,6 +79,11 @@ def build(w, form, layout):
         a = g.op("Softmax", [g.op("Where", [g.const(causal, bool), g.op("Mul", [s, g.const(DH ** -0.5)]),
                                             g.const(-np.inf)])], axis=-1)
         o = g.op("Einsum", [a, v], equation="bhqk,bhkd->bhqd")
+    elif layout == "ellipsis":
+        s = g.op("Einsum", [q, k], equation="...qd,...kd->...qk")
+        a = g.op("Softmax", [g.op("Where", [g.const(causal, bool), g.op("Mul", [s, g.const(DH ** -0.5)]),
+                                            g.const(-np.inf)])], axis=-1)
+        o = g.op("Einsum", [a, v], equation="...qk,...kd->...qd")
     else:
         s = g.op("Einsum", [q, k], equation="bhqd,bhkd->bhkq")
         a = g.op("Softmax", [g.op("Where", [g.const(causal.T, bool), g.op("Mul", [s, g.const(DH ** -0.5)]),
@@ -129,7 +135,7 @@ def l1(a, b):
 
 
 @pytest.mark.parametrize("form", ["fused", "reciprocal", "div"])
-@pytest.mark.parametrize("layout", ["last", "axis2"])
+@pytest.mark.parametrize("layout", ["last", "axis2", "ellipsis"])
 @pytest.mark.parametrize("mode", ["attn-lrp", "cp-lrp", "gradient"])
 def test_attention_block_matches_torch(data, form, layout, mode):
     w, x = data

@@ -84,3 +84,35 @@ def test_importer_matches_onnxruntime_on_bert(bert, composite):
         ours = {k: v.numpy() for k, v in import_onnx(converted).run(feeds).items()}
     for name, value in ref.items():
         assert l1(ours[name], value) <= 1e-5, name
+
+
+def test_explain_reads_json_lines(bert, tmp_path):
+    """`lrpgraph explain` reads token ids (and masks) from JSON lines, one sequence a line, any length; masked
+    tokens get zero relevance and are left out of the page; a malformed line is refused in one line."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lrpgraph.cli import main
+    from lrpgraph.convert import save
+
+    onnx_bytes, feeds = bert
+    path = tmp_path / "bert.lrp.onnx"
+    converted = lrpgraph.convert(onnx_bytes, composite="attn-lrp")
+    save(converted, path)
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    rows = [{"input_ids": ids[1].tolist(), "attention_mask": mask[1].tolist()}, {"input_ids": ids[2, :5].tolist()}]
+    (tmp_path / "ids.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "ids.jsonl"), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "t" / "tokens.json").read_text())
+    assert [len(r["relevance"]) for r in records] == [12, 5]
+    one = {"input_ids": ids[1:2], "attention_mask": mask[1:2], "token_type_ids": np.zeros_like(ids[1:2])}
+    np.testing.assert_allclose(records[0]["relevance"], run(converted, one)["relevance"][0], rtol=1e-5, atol=1e-9)
+    assert all(v == 0 for v, m in zip(records[0]["relevance"], mask[1]) if not m)
+    page = (tmp_path / "t" / "index.html").read_text()
+    assert page.count("<span") == int(mask[1].sum()) + 5
+    (tmp_path / "bad.jsonl").write_text('{"input_ids": [1, 2, 3]}\nnot json\n')
+    bad = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1 and "line 2" in bad.output
+    assert not (tmp_path / "b" / "tokens.json").exists()
