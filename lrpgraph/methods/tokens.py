@@ -38,6 +38,7 @@ def emit(b, model, canon, method, seed, options, walk):
     else:
         heat, inputs = smooth.emit(b, model, view, seed, options, walk, taylor=method == "smoothtaylor")
     b.scope = "output"
-    if method in ("gradient", "smoothgrad"):
-        return b.op("ReduceL2", [heat, b.ints([-1])], "per_token", keepdims=0), inputs
+    if method in ("gradient", "smoothgrad"):  # the L2 norm as Sqrt(ReduceSum): ReduceL2 takes axes as an input from opset 18
+        return b.op("Sqrt", [b.op("ReduceSum", [b.mul(heat, heat), b.ints([-1])], "square_sum", keepdims=0)],
+                    "per_token"), inputs
     return b.op("ReduceSum", [heat, b.ints([-1])], "per_token", keepdims=0), inputs

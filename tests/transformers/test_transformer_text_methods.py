@@ -116,3 +116,22 @@ def test_explain_reads_json_lines(bert, tmp_path):
     bad = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1 and "line 2" in bad.output
     assert not (tmp_path / "b" / "tokens.json").exists()
+
+
+def test_legacy_export_at_opset_17_explains_alike(bert):
+    """The same BERT exported by the legacy exporter at opset 17 (GELU written out with Erf, Constant nodes,
+    the axes of reductions as attributes): attn-lrp, cp-lrp, gradient and IG give the heatmaps of the dynamo
+    export (opset 20), which the tests above check against LXT and autograd."""
+    import io
+
+    onnx_bytes, feeds = bert
+    ids, mask, types = (torch.tensor(feeds[k][:2]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    f = io.BytesIO()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(tm._Logits(tm.bert(seed=0)), (ids, mask, types), f, dynamo=False, opset_version=17,
+                      input_names=names, output_names=["logits"], dynamic_axes={k: {0: "N", 1: "L"} for k in names})
+    explain = {"a": "attn-lrp", "c": "cp-lrp", "g": "gradient", "ig": "ig"}
+    legacy = run(lrpgraph.convert(f.getvalue(), explain=explain, steps=STEPS), feeds)
+    dynamo = run(lrpgraph.convert(onnx_bytes, explain=explain, steps=STEPS), feeds)
+    for name in explain:
+        assert l1(legacy[f"relevance_{name}"], dynamo[f"relevance_{name}"]) <= 1e-5, name
