@@ -191,8 +191,7 @@ class _Block(torch.nn.Module):
         return self.b(self.act(self.norm(self.a(x))).mean(1))
 
 
-@pytest.mark.parametrize("act", ["newgelu", "torch"])
-@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("act, dynamo", [("newgelu", False), ("newgelu", True), ("torch", True)])
 def test_exported_rms_norm_and_tanh_gelu(act, dynamo):
     """As torch.onnx.export writes them (legacy at opset 17: Pow, ReduceMean, Add, Sqrt, Div(1, .), Mul, Casts,
     tanh GELU written out; dynamo: Reciprocal, and Gelu(approximate='tanh') or NewGELU written out): attn-lrp
