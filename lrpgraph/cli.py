@@ -167,11 +167,17 @@ def inspect(model, **kw):
         return
     counts = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
-    click.echo("op coverage:")
+    try:
+        canon, error = canonicalize(proto), None
+    except LrpgraphError as err:
+        canon, error = None, err
+    click.echo("op coverage:" + ("" if error else "  (ok*: within a written-out LayerNorm, RMSNorm or GELU "
+                                                    "explained as one unit, or off the explained path)"))
     for op, count in sorted(counts.items()):
-        mark = "ok" if op in RECORDS else "--"
-        click.echo(f"  {mark}  {op:<22} {count}")
-    canon = canonicalize(proto)
+        mark = "ok" if op in RECORDS else "--" if error else "ok*"
+        click.echo(f"  {mark:<3} {op:<22} {count}")
+    if error:
+        raise error
     options = _options(kw)
     plan = composites.plan(canon.units, options.pop("composite"), options.pop("rules"),
                            first_bounds=bounds.first_layer_maps(canon), **options)

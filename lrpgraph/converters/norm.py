@@ -62,12 +62,14 @@ def _normaliser_mean(ctx, unit):
     return mean, float(unit.attrs.get("epsilon", 1e-5))
 
 
-@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient"})
+@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
 def rms_norm(ctx, unit, rule, r_outs):
     """y = scale x / rms(x), rms over the axes from `axis` on (opset 23). 'identity': rms is a constant
-    (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative."""
+    (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R unchanged."""
     r, b = r_outs[0], ctx.b
     rest = [None] * (len(unit.inputs) - 1)
+    if rule.name == "pass":
+        return [r] + rest
     if rule.name != "identity" and rule.name not in GRADIENT_RULES:
         raise unsupported_rule(unit, rule)
     x, scale = unit.inputs[0], unit.inputs[1]

@@ -164,6 +164,22 @@ def test_written_out_ops_become_one_unit_each(data):
     assert not {op for op, _ in kinds} & {"Pow", "Tanh", "Reciprocal", "Sqrt"}
 
 
+def test_inspect_marks_the_written_out_ops(data, tmp_path):
+    """`lrpgraph inspect` lists the ops inside a fused unit as covered (ok*), and the units with their rules."""
+    import onnx
+    from click.testing import CliRunner
+
+    from lrpgraph.cli import main
+
+    onnx.save(build(data[0], "reciprocal", "last"), str(tmp_path / "block.onnx"))
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "block.onnx"), "--composite", "attn-lrp"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(any(line.split()[:2] == ["ok*", op] for line in lines) for op in ("Pow", "Reciprocal", "Sqrt"))
+    assert any(line.split()[1:] == ["RMSNormalization", "identity"] for line in lines)
+    assert any(line.split()[1:] == ["Einsum", "uniform"] for line in lines)
+
+
 def test_einsum_with_a_constant_that_is_no_matmul_is_refused(data):
     model = build(data[0], "fused", "last")
     last = model.graph.node[-1]
