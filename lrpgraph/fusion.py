@@ -2,8 +2,8 @@
 LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mul scale, + Add shift);
 RMSNorm as Pow (or Mul), ReduceMean, Add eps, Sqrt, then Div, or Reciprocal and Mul (+ Mul scale); GELU as
 x * 0.5 * (1 + Erf(x / sqrt 2)) and in its tanh form x * 0.5 * (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-in their usual orders; an Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', or
-'nk,ck->nc') as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
+in their usual orders; an Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c') or
+x @ W^T ('...k,ck->...c') as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
 replaced, in the list the walker explains, by one LayerNormalization, RMSNormalization, Gelu, MatMul or
 Gemm node reading the pattern's input and writing its output (REFERENCE.md section 9: the rules apply to
 the whole unit)."""
@@ -222,8 +222,8 @@ def _rms_norm(last, producer, consumers, inits):
 
 
 def _einsum_layer(node, inits):
-    """An Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', 'bk,kc->bc', any letters),
-    as MatMul, or x @ W^T on a 2-D x ('nk,ck->nc') as Gemm with transB; other constant Einsums stay (refused)."""
+    """An Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', 'blk,kc->blc', any letters)
+    as MatMul, or x @ W^T ('...k,ck->...c') as Gemm with transB; other constant Einsums stay (refused)."""
     equation = attrs_of(node).get("equation", b"")
     equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
     if len(node.input) != 2 or node.input[0] in inits or node.input[1] not in inits or "->" not in equation:
@@ -235,6 +235,7 @@ def _einsum_layer(node, inits):
     lead = a[:-1]
     if w == k + w[1] and out == lead + w[1] and w[1] not in a:
         return [node], helper.make_node("MatMul", list(node.input), list(node.output), name=node.name)
-    if w == w[0] + k and out == lead + w[0] and w[0] not in a and len(lead) == 1:
+    if w == w[0] + k and out == lead + w[0] and w[0] not in a:  # x @ W^T (nn.Linear's layout), x of any rank:
+        # a Gemm with transB for the walker, whose dense layer transposes W once and multiplies as MatMul does
         return [node], helper.make_node("Gemm", list(node.input), list(node.output), name=node.name, transB=1)
     return None

@@ -147,8 +147,8 @@ def _einsum_kind(node, dynamic):
     if all(dynamic[:2]):
         return "product"
     raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum): an Einsum of the input with a "
-                                "constant is supported as x @ W only ('...k,kc->...c', or 'nk,ck->nc'); export it "
-                                "as MatMul")
+                                "constant is supported as x @ W or x @ W^T only ('...k,kc->...c', '...k,ck->...c'); "
+                                "export it as MatMul")
 
 
 def _t(b, x, rank):

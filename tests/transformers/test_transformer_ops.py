@@ -1,6 +1,6 @@
 """The transformer ops as other exporters write them, in one attention block built node by node: Einsum of
 two activations ('bhqd,bhkd->bhqk' and 'bhqk,bhkd->bhqd', or the scores transposed with the Softmax on
-axis 2), Einsum with a constant weight (as MatMul 'bld,de->ble' and as Gemm 'bd,cd->bc'), a causal mask
+axis 2), Einsum with a constant weight (x @ W 'bld,de->ble', x @ W^T 'bld,ed->ble' and 'bd,cd->bc'), a causal mask
 by Where with -inf, RMSNorm (RMSNormalization at opset 23, or written out at opset 17: Pow, ReduceMean,
 Add eps, Sqrt, Reciprocal or Div, Mul, Mul weight) and GELU in its tanh form (Gelu approximate='tanh' at
 opset 23, or written out as HF's NewGELU). Against torch in float64 with LXT's rules written as detaches
@@ -72,7 +72,8 @@ def build(w, form, layout):
         n = g.op("Mul", ["scale", n])
     heads = lambda t: g.op("Transpose", [g.op("Reshape", [t, g.const([0, 0, H, DH], np.int64)])], perm=[0, 2, 1, 3])  # noqa: E731
     q = heads(g.op("Einsum", [n, "wq"], equation="bld,de->ble"))
-    k, v = heads(g.op("MatMul", [n, "wk"])), heads(g.op("MatMul", [n, "wv"]))
+    k = heads(g.op("Einsum", [n, g.const(w["wk"].T)], equation="bld,ed->ble"))  # nn.Linear's weight layout
+    v = heads(g.op("MatMul", [n, "wv"]))
     causal = np.tril(np.ones((L, L), bool))
     if layout == "last":
         s = g.op("Einsum", [q, k], equation="bhqd,bhkd->bhqk")
@@ -183,7 +184,7 @@ def test_inspect_marks_the_written_out_ops(data, tmp_path):
 def test_einsum_with_a_constant_that_is_no_matmul_is_refused(data):
     model = build(data[0], "fused", "last")
     last = model.graph.node[-1]
-    last.attribute[0].s = b"bd,cd->cb"  # the logits transposed: not x @ W
+    last.attribute[0].s = b"bd,cd->cb"  # the logits transposed: not x @ W or x @ W^T
     with pytest.raises(UnsupportedModelError, match=f"node '{last.name}' \\(Einsum\\).*MatMul"):
         lrpgraph.convert(model, composite="attn-lrp")
 
