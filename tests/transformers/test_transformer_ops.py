@@ -239,3 +239,22 @@ def test_exported_rms_norm_and_tanh_gelu(act, dynamo):
     y = double.b((r * (double.act(r) / r).detach()).mean(1))
     (g,) = torch.autograd.grad(y, x64, torch.nn.functional.one_hot(y.argmax(1), C).double())
     assert l1(relevance, (x64 * g).detach().numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("composite", ["epsilon-plus", "epsilon-gamma-box", "epsilon-alpha2-beta1", "flex"])
+def test_einsum_layers_explain_as_matmul(composite):
+    """Under every rule set an Einsum x @ W^T with its bias Add is the layer MatMul(x, W^T) + b is (whose rules
+    tests/converters check against zennit): the same heatmap (up to the rounding of Einsum's own kernel)."""
+    rng = np.random.default_rng(3)
+    w, v = rng.standard_normal((6, D)), rng.standard_normal((C, 6))
+
+    def model(einsum):
+        g = Graph({}, 18)
+        h = g.op("Einsum", ["x", g.const(w)], equation="bld,ed->ble") if einsum else g.op("MatMul", ["x", g.const(w.T)])
+        r = g.op("Relu", [g.op("Add", [h, g.const(np.full(6, 0.1))])])
+        return g.model(g.op("Einsum", [g.mean(r, 1, 0), g.const(v)], equation="bd,cd->bc"))
+
+    x = np.random.default_rng(4).standard_normal((2, L, D)).astype(np.float32)
+    heat = [ort.InferenceSession(lrpgraph.convert(model(e), composite=composite).SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[1] for e in (True, False)]
+    assert np.abs(heat[1]).max() > 0 and l1(heat[0], heat[1]) <= 1e-6
