@@ -250,11 +250,12 @@ def expand(ctx, unit, rule, r_outs):
     if rule.name not in GRADIENT_RULES + ("pass",):
         raise unsupported_rule(unit, rule)
     x, out = unit.inputs[0], unit.outputs[0]
-    if unit.op == "Tile":
-        repeats = [int(v) for v in ctx.value(unit.inputs[1], unit, "repeats")]
-        shape = ctx.shape(x, unit)
-        if any(k != 1 and d != 1 for k, d in zip(repeats, shape)):
-            raise UnsupportedModelError(f"node '{unit.name}' (Tile): only tiling axes of size 1 is supported")
+    if unit.op == "Tile":  # any repeats, constant or computed: R viewed as [k0, d0, k1, d1, ...], summed over the k
+        b, rank = ctx.b, len(ctx.shapes[x])
+        pairs = b.op("Concat", [b.op("Unsqueeze", [unit.inputs[1], b.ints([1])], "repeats"),
+                                b.op("Unsqueeze", [b.op("Shape", [x], "shape"), b.ints([1])], "sizes")], "pairs", axis=1)
+        tiles = b.op("Reshape", [r_outs[0], b.op("Reshape", [pairs, b.ints([-1])], "tiles_shape")], "tiles")
+        return [b.op("ReduceSum", [tiles, b.ints(list(range(0, 2 * rank, 2)))], "untile", keepdims=0), None]
     return [unbroadcast(ctx, r_outs[0], x, unit, out), None]
 
 

@@ -258,3 +258,33 @@ def test_einsum_layers_explain_as_matmul(composite):
     heat = [ort.InferenceSession(lrpgraph.convert(model(e), composite=composite).SerializeToString(),
                                  providers=["CPUExecutionProvider"]).run(None, {"x": x})[1] for e in (True, False)]
     assert np.abs(heat[1]).max() > 0 and l1(heat[0], heat[1]) <= 1e-6
+
+
+@pytest.mark.parametrize("computed", [False, True])
+def test_tile_of_a_signal(computed):
+    """Tile of an activation, by constant repeats or by repeats computed from a shape (any axis, sizes above
+    1 too): the gradient sums the tiles back, as torch autograd does through .repeat()."""
+    rng = np.random.default_rng(5)
+    w, v = rng.standard_normal((D, 4)), rng.standard_normal((C, 4))
+    g = Graph({}, 18)
+    h = g.op("MatMul", ["x", g.const(w)])  # [N, L, 4]
+    if computed:  # [1, L // 3, 2] from the input's shape
+        length = g.op("Slice", [g.op("Shape", ["x"]), g.const([1], np.int64), g.const([2], np.int64)])
+        third = g.op("Div", [length, g.const([3], np.int64)])
+        reps = g.op("Concat", [g.const([1], np.int64), third, g.const([2], np.int64)], axis=0)
+    else:
+        reps = g.const([1, L // 3, 2], np.int64)
+    tiled = g.op("Tile", [g.op("Tanh", [h]), reps])  # [N, L * L // 3, 8]
+    weight = rng.standard_normal((L * (L // 3), 8))
+    pooled = g.op("ReduceMean", [g.op("Mul", [tiled, g.const(weight)]),
+                                 g.const([1], np.int64)], keepdims=0)
+    model = g.model(g.op("Einsum", [g.op("Slice", [pooled, g.const([0], np.int64), g.const([4], np.int64),
+                                                   g.const([1], np.int64)]), g.const(v)], equation="bd,cd->bc"))
+    x = np.random.default_rng(6).standard_normal((2, L, D)).astype(np.float32)
+    ours = ort.InferenceSession(lrpgraph.convert(model, method="gradient").SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[1]
+    x64 = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    t = torch.tanh(x64 @ torch.tensor(w)).repeat(1, L // 3, 2)
+    y = ((t * torch.tensor(weight)).mean(1)[:, :4]) @ torch.tensor(v).T
+    (grad,) = torch.autograd.grad(y, x64, torch.nn.functional.one_hot(y.argmax(1), C).double())
+    assert l1(ours, grad.numpy()) <= 1e-5
