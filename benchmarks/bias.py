@@ -127,13 +127,13 @@ class Explained:
         import onnxruntime as ort
 
         model = lrpgraph.convert(onnx.load(str(path)), composite=composite, target="top")
-        config = metadata.read(model)[metadata.CONFIG]
+        record = metadata.Record.from_model(model)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.image = self.session.get_inputs()[0].name
-        self.outputs = [config["logits"], (config.get("relevance_outputs") or ["relevance"])[0]]
+        self.outputs = [record.logits, record.relevance_outputs[0]]
 
     def __call__(self, images, batch=256):
         x = images[:, None].astype(np.float32) / 255.0

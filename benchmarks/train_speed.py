@@ -59,7 +59,7 @@ class Case:
         plain = tiny_cnn(classes, 1, args.size, tuple(args.widths), seed=0)
         explained = lrpgraph.convert(plain, **isnet.conversion(variant))
         self.module = import_onnx(explained)
-        spec = isnet.resolve(variant, metadata.read(explained)[metadata.CONFIG])
+        spec = isnet.resolve(variant, metadata.Record.from_model(explained))
         self.heatmaps = isnet.Heatmaps(self.module, spec, classes)
         self.loss = ISNetLoss()
         self.params = list(self.module.weights.values())

@@ -11,7 +11,6 @@ from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
-from lrpgraph.version import __version__
 
 RELEVANCE = "relevance"
 EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (protobuf's limit is 2 GiB)
@@ -29,12 +28,12 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. webgpu: exact alternatives to the ops that
     onnxruntime-web's WebGPU backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
     model = graph.load(model_or_path)
-    if converted_by(model):
-        where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
-        config = metadata.read(model).get(metadata.CONFIG) or {}
+    where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
+    done = metadata.Record.from_model(model, where)
+    if done is not None:
         raise LrpgraphError(f"{where}: already {converted_by(model)}; convert the original classifier it was made "
-                            f"from (input '{config.get('image_input', '?')}', output "
-                            f"'{config.get('logits_output', '?')}', without the relevance outputs) instead")
+                            f"from (input '{done.image_input or '?'}', output "
+                            f"'{done.logits_output or '?'}', without the relevance outputs) instead")
     strict = passes_full_check(model)
     if webgpu:
         from lrpgraph.web import without_ceil_mode
@@ -88,22 +87,16 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     _attach(model, builders, list(inputs.values()), image, explanations)
     if view is not model:
         quantized.shadow(model, view, folded, sum(len(b.nodes) for b in builders))
-    config = {"composite": next(iter(explanations.values())), "explanations": explanations, "target": target,
-              "image_input": canon.image, "logits": canon.logits, "logits_output": model.graph.output[0].name,
-              "outputs_probabilities": canon.outputs_probabilities, "relevance_outputs": list(explanations),
-              "options": {k: v for k, v in options.items() if v is not None}, "method_options": method_options,
-              "webgpu": webgpu,
-              "overrides": list(rules), "rules": rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
-              "gradient_seed": {o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES
-                                for o, s in explanations.items()}}
+    record = metadata.Record(
+        composite=next(iter(explanations.values())), explanations=explanations, target=target, image_input=canon.image,
+        logits=canon.logits, logits_output=model.graph.output[0].name, outputs_probabilities=canon.outputs_probabilities,
+        options={k: v for k, v in options.items() if v is not None}, method_options=method_options, webgpu=webgpu,
+        overrides=list(rules), rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
+        gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
+        preprocess=preprocess or None, labels=list(labels) if labels else None)
     if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
-        config.update(token_input=True, vocab_size=_vocab_size(canon))
-    metadata.write(model, metadata.VERSION, __version__)
-    metadata.write(model, metadata.CONFIG, config)
-    if preprocess:
-        metadata.write(model, metadata.PREPROCESS, preprocess)
-    if labels:
-        metadata.write(model, metadata.LABELS, list(labels))
+        record.token_input, record.vocab_size = True, _vocab_size(canon)
+    record.write(model)
     check(model, strict)
     return model
 
@@ -115,11 +108,10 @@ def _vocab_size(canon):
 
 def converted_by(model: onnx.ModelProto) -> str | None:
     """'converted by lrpgraph X with composite Y' for a model lrpgraph wrote, None for any other."""
-    meta = metadata.read(model)
-    if metadata.VERSION not in meta:
+    record = metadata.Record.from_model(model)
+    if record is None:
         return None
-    config = meta.get(metadata.CONFIG) or {}
-    return f"converted by lrpgraph {meta[metadata.VERSION]} with composite {config.get('composite', 'unknown')}"
+    return f"converted by lrpgraph {record.version} with composite {record.composite}"
 
 
 def _explanations(explain, method, composite):

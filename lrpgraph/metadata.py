@@ -1,23 +1,133 @@
-"""Keys and (de)serialisation of what lrpgraph records in a converted model's metadata_props.
+"""What a converted model carries, as one typed record (Record), and its layout in the model's metadata_props.
 
 A converted model carries:
   lrpgraph.version     the lrpgraph version that wrote it
-  lrpgraph.config      JSON: {"composite", "target", "image_input", "logits", "outputs_probabilities",
-                        "relevance_outputs": [names], "options": {...}, "rules": {node: rule}}
+  lrpgraph.config      JSON: {"format", "composite", "explanations", "target", "image_input", "logits",
+                        "logits_output", "outputs_probabilities", "relevance_outputs": [names], "options": {...},
+                        "method_options": {...}, "rules": {node: rule}, "overrides", "gradient_seed", "webgpu",
+                        and for token models "token_input", "vocab_size"}
   lrpgraph.preprocess  JSON (optional): {"resize": [h, w] | int, "crop": [h, w] | int, "mean": [...],
                         "std": [...], "mode": "L" | "RGB", "channel_order": "RGB" | "BGR", "scale": 255.0}
   lrpgraph.labels      JSON (optional): list of class names
+
+"format" is the layout's version (FORMAT). lrpgraph 0.1.0 wrote no "format" (format 0): the same keys, some
+possibly missing (explanations, logits_output, gradient_seed, ...); Record.from_props fills them as that
+version's readers did. convert writes a Record (to_props); the runtime session, evaluate, the importer and
+the trainer read one (Record.from_model / from_props) instead of the keys.
 """
 
 import json
+from dataclasses import asdict, dataclass, field, fields
+
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.version import __version__
 
 VERSION = "lrpgraph.version"
 CONFIG = "lrpgraph.config"
 PREPROCESS = "lrpgraph.preprocess"
 LABELS = "lrpgraph.labels"
+FORMAT = 1  # the layout written now; 0: lrpgraph 0.1.0's (no "format" key)
+RELEVANCE = "relevance"
+# gradient-seeded composites of lrpgraph 0.1.0 models that lack "gradient_seed" (composites.GRADIENT_COMPOSITES then)
+_OLD_GRADIENT = ("flex", "attn-lrp", "cp-lrp")
 
 
-def read(model):
+@dataclass
+class Record:
+    """Everything lrpgraph records about a converted model. Tensor names may be None on old models that
+    did not record them; readers then take the graph's first input / output."""
+
+    composite: str = "unknown"  # the first heatmap's composite or method
+    target: str = "top"  # top | index | seed | all
+    image_input: str | None = None
+    logits: str | None = None  # the pre-softmax logits tensor
+    logits_output: str | None = None  # the graph output holding the logits (or probabilities)
+    outputs_probabilities: bool = False
+    explanations: dict = field(default_factory=dict)  # {relevance output: composite or method}
+    options: dict = field(default_factory=dict)  # the rule options given (rules.RuleOptions.to_dict)
+    method_options: dict = field(default_factory=dict)
+    rules: dict = field(default_factory=dict)  # {node: rule text} of the first LRP heatmap
+    overrides: list = field(default_factory=list)
+    gradient_seed: dict = field(default_factory=dict)  # {relevance output: True if its seed is a gradient}
+    webgpu: bool = False
+    token_input: bool = False
+    vocab_size: int | None = None
+    preprocess: dict | None = None
+    labels: list | None = None
+    version: str = __version__  # the lrpgraph version that wrote the model
+    format: int = FORMAT
+
+    @property
+    def relevance_outputs(self) -> list:
+        """The heatmap outputs, in the model's order."""
+        return list(self.explanations) or [RELEVANCE]
+
+    def is_gradient(self, output: str) -> bool:
+        """True when output's seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
+        return bool(self.gradient_seed.get(output, False))
+
+    def config(self) -> dict:
+        """The lrpgraph.config JSON object."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("preprocess", "labels", "version")}
+        out["relevance_outputs"] = self.relevance_outputs
+        if not self.token_input:
+            del out["token_input"], out["vocab_size"]
+        return out
+
+    def to_props(self) -> dict:
+        """{metadata_props key: text}, as they are written into the model."""
+        props = {VERSION: self.version, CONFIG: json.dumps(self.config(), sort_keys=True)}
+        if self.preprocess:
+            props[PREPROCESS] = json.dumps(self.preprocess, sort_keys=True)
+        if self.labels:
+            props[LABELS] = json.dumps(list(self.labels), sort_keys=True)
+        return props
+
+    def write(self, model) -> None:
+        """Store the record in an onnx.ModelProto's metadata_props (replacing an older one)."""
+        for key, text in self.to_props().items():
+            _set(model, key, text)
+
+    @classmethod
+    def from_props(cls, props, where: str = "the model") -> "Record | None":
+        """The record of metadata props {key: text} (a ModelProto's, or onnxruntime's custom metadata map);
+        None if they hold no lrpgraph.config (not a converted model)."""
+        if CONFIG not in props:
+            return None
+        try:
+            config = json.loads(props[CONFIG])
+            preprocess = json.loads(props[PREPROCESS]) if props.get(PREPROCESS) else None
+            labels = json.loads(props[LABELS]) if props.get(LABELS) else None
+        except ValueError as error:
+            raise LrpgraphError(f"{where}: lrpgraph metadata is not valid JSON ({error}); convert the model again") \
+                from None
+        if not isinstance(config, dict):
+            raise LrpgraphError(f"{where}: lrpgraph.config is not a JSON object; convert the model again")
+        return cls.from_config(config, preprocess, labels, props.get(VERSION, "unknown"))
+
+    @classmethod
+    def from_config(cls, config: dict, preprocess: dict | None = None, labels: list | None = None,
+                    version: str = "unknown") -> "Record":
+        """The record of an lrpgraph.config object, of this layout or of lrpgraph 0.1.0's."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in config.items() if k in known}
+        composite = config.get("composite", "unknown")
+        outputs = list(config.get("relevance_outputs") or [RELEVANCE])
+        explanations = config.get("explanations") or {}  # JSON sorts its keys: the outputs' order is in the list
+        values["explanations"] = {o: explanations.get(o, composite) for o in outputs}
+        values["explanations"].update(explanations)
+        if "gradient_seed" not in config:
+            values["gradient_seed"] = {o: s in _OLD_GRADIENT for o, s in values["explanations"].items()}
+        values.setdefault("format", 0)
+        return cls(**values, preprocess=preprocess, labels=labels, version=version)
+
+    @classmethod
+    def from_model(cls, model, where: str = "the model") -> "Record | None":
+        """The record of an onnx.ModelProto; None if lrpgraph did not convert it."""
+        return cls.from_props({p.key: p.value for p in model.metadata_props}, where)
+
+
+def read(model) -> dict:
     """The lrpgraph metadata of an onnx.ModelProto as a dict {key: parsed value}; {} if not converted."""
     out = {}
     for prop in model.metadata_props:
@@ -28,12 +138,23 @@ def read(model):
     return out
 
 
-def write(model, key, value):
+def write(model, key: str, value) -> None:
     """Set one metadata property (JSON-encoded unless it is the version string), replacing an old one."""
-    text = value if key == VERSION else json.dumps(value, sort_keys=True)
+    _set(model, key, value if key == VERSION else json.dumps(value, sort_keys=True))
+
+
+def _set(model, key, text):
     for prop in model.metadata_props:
         if prop.key == key:
             prop.value = text
             return
     entry = model.metadata_props.add()
     entry.key, entry.value = key, text
+
+
+def strip(model) -> None:
+    """Remove every lrpgraph metadata property from an onnx.ModelProto (the others stay, in order)."""
+    props = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("lrpgraph.")]
+    del model.metadata_props[:]
+    for key, value in props:
+        model.metadata_props.add(key=key, value=value)

@@ -35,10 +35,10 @@ DEFAULT_BATCH_SIZE = 256
 
 def _roles(model):
     """(image input, logits tensor) of a plain or converted classifier."""
-    config = metadata.read(model).get(metadata.CONFIG) or {}
+    record = metadata.Record.from_model(model) or metadata.Record()
     inits = {i.name for i in model.graph.initializer}
-    image = config.get("image_input") or next((i.name for i in model.graph.input if i.name not in inits), None)
-    logits = config.get("logits")
+    image = record.image_input or next((i.name for i in model.graph.input if i.name not in inits), None)
+    logits = record.logits
     if not logits:
         output = model.graph.output[0].name
         producer = next((n for n in model.graph.node if output in n.output), None)

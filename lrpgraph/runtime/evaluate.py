@@ -47,15 +47,14 @@ class HeatmapModel:
 
     def __init__(self, model, provider=None, threads=None, seed=0):
         self.proto = graph.read(model)
-        meta = metadata.read(self.proto)
-        if metadata.CONFIG not in meta:
+        self.record = metadata.Record.from_model(self.proto)
+        if self.record is None:
             raise NotConvertedError("the model has no lrpgraph metadata: evaluate a converted model "
                                     "(run `lrpgraph convert` first)")
-        self.config, self.preprocess = meta[metadata.CONFIG], meta.get(metadata.PREPROCESS)
-        self.outputs = list(self.config.get("relevance_outputs") or ["relevance"])
-        self.gradient_seed = self.config.get("gradient_seed") or {}
+        self.preprocess = self.record.preprocess
+        self.outputs = self.record.relevance_outputs
         self.session = open_session(self.proto, provider, threads)
-        self.image_input = self.config.get("image_input") or self.session.get_inputs()[0].name
+        self.image_input = self.record.image_input or self.session.get_inputs()[0].name
         names = {i.name for i in self.session.get_inputs()}
         odd = sorted(names - {self.image_input, *KNOWN_INPUTS})
         if odd:
@@ -80,7 +79,7 @@ class HeatmapModel:
         onehot = np.eye(logits.shape[1], dtype=np.float32)[classes]
         out = {}
         for gradient in (True, False):  # one seed input: a one-hot gradient or logit x one-hot relevance
-            names = [o for o in self.outputs if bool(self.gradient_seed.get(o, False)) == gradient]
+            names = [o for o in self.outputs if self.record.is_gradient(o) == gradient]
             if names:
                 feeds["relevance_seed"] = onehot if gradient else onehot * logits.astype(np.float32)
                 out.update(zip(names, self.session.run(names, feeds)))
@@ -88,9 +87,9 @@ class HeatmapModel:
 
     def seed_sums(self, output, logits, classes):
         """The seed sum that LRP relevance conserves; NaN for gradient-family outputs."""
-        if self.gradient_seed.get(output, False):
+        if self.record.is_gradient(output):
             return np.full(len(classes), np.nan)
-        if self.config.get("target") == "all":
+        if self.record.target == "all":
             return logits.astype(np.float64).sum(1)
         return logits[np.arange(len(classes)), classes].astype(np.float64)
 

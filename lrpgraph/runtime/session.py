@@ -73,16 +73,15 @@ def _load(path_or_model):
     return path, path
 
 
-def _read_metadata(session, name):
-    """lrpgraph metadata from ORT's custom metadata map, parsed by lrpgraph.metadata.read."""
-    holder = onnx.ModelProto()
-    for key, value in session.get_modelmeta().custom_metadata_map.items():
-        prop = holder.metadata_props.add()
-        prop.key, prop.value = key, value
-    try:
-        return metadata.read(holder)
-    except ValueError as error:
-        raise LrpgraphError(f"{name}: lrpgraph metadata is not valid JSON ({error}); convert the model again") from None
+def _read_record(session, name):
+    """The lrpgraph metadata.Record from ORT's custom metadata map."""
+    record = metadata.Record.from_props(session.get_modelmeta().custom_metadata_map, name)
+    if record is None:
+        raise NotConvertedError(
+            f"{name} has no lrpgraph metadata: it is not a converted model; "
+            "run `lrpgraph convert` on it first and use the .lrp.onnx it writes"
+        )
+    return record
 
 
 class ExplainSession:
@@ -115,21 +114,14 @@ class ExplainSession:
         self._read_config()
 
     def _read_config(self):
-        meta = _read_metadata(self.ort_session, self.name)
-        if metadata.CONFIG not in meta:
-            raise NotConvertedError(
-                f"{self.name} has no lrpgraph metadata: it is not a converted model; "
-                "run `lrpgraph convert` on it first and use the .lrp.onnx it writes"
-            )
-        self.config = meta[metadata.CONFIG]
-        self.preprocess = meta.get(metadata.PREPROCESS)
-        self.labels = meta.get(metadata.LABELS)
-        self.version = meta.get(metadata.VERSION)
-        self.target_mode = self.config.get("target")
-        self.outputs_probabilities = bool(self.config.get("outputs_probabilities", False))
+        self.record = record = _read_record(self.ort_session, self.name)
+        self.config = record.config()  # the lrpgraph.config object, as stored
+        self.preprocess, self.labels, self.version = record.preprocess, record.labels, record.version
+        self.target_mode = record.target
+        self.outputs_probabilities = record.outputs_probabilities
         inputs = {i.name: i for i in self.ort_session.get_inputs()}
         outputs = {o.name: o for o in self.ort_session.get_outputs()}
-        self.tokens = tokens.is_token_model(self.config)
+        self.tokens = record.token_input
         self._find_tensors(inputs, outputs)
         shape = list(inputs[self.image_input].shape)
         if self.tokens:  # token ids [N, L]: explain_inputs feeds them and the other inputs by name
@@ -146,11 +138,11 @@ class ExplainSession:
 
     def _find_tensors(self, inputs, outputs):
         """Set image_input, logits_output, relevance_output and target_input; check they exist."""
-        config = self.config
-        self.image_input = config.get("image_input") or next(iter(inputs), None)
-        logits = config.get("logits") if config.get("logits") in outputs else None
-        self.logits_output = config.get("logits_output") or logits or next(iter(outputs), None)
-        self.relevance_outputs = list(config.get("relevance_outputs") or ["relevance"])
+        record = self.record
+        self.image_input = record.image_input or next(iter(inputs), None)
+        logits = record.logits if record.logits in outputs else None
+        self.logits_output = record.logits_output or logits or next(iter(outputs), None)
+        self.relevance_outputs = record.relevance_outputs
         self.relevance_output = self.relevance_outputs[0]  # the first (the only one on most models)
         for role, tensor, known in (
             ("image input", self.image_input, inputs),
@@ -227,7 +219,7 @@ class ExplainSession:
 
     def _gradient_seed(self, output):
         """True when output's seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
-        return bool(self.config.get("gradient_seed", {}).get(output, False))
+        return self.record.is_gradient(output)
 
     def check_target(self, target, n=1):
         """Raise LrpgraphError now if target cannot be used with this model (for n images)."""

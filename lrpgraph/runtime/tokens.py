@@ -16,10 +16,6 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
 
 
-def is_token_model(config):
-    return bool(config.get("token_input"))
-
-
 def explain_inputs(session, inputs, target=None):
     """(logits [N, C], relevance [N, L], explained classes) for token ids and the other inputs by name."""
     graph_inputs = {i.name: i for i in session.ort_session.get_inputs()}
@@ -34,7 +30,7 @@ def explain_inputs(session, inputs, target=None):
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.dtype.kind not in "iu" or ids.ndim != 2:
         raise LrpgraphError(f"{session.image_input} must be integer token ids [N, L] (got {ids.dtype} {list(ids.shape)})")
-    vocab = session.config.get("vocab_size")
+    vocab = session.record.vocab_size
     bad = np.argwhere((ids < 0) | (ids >= vocab)) if vocab else np.zeros((0, 2))
     if len(bad):
         i, j = (int(v) for v in bad[0])

@@ -86,7 +86,8 @@ class LrpModule(nn.Module):
         super().__init__()
         g = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.config = metadata.read(model).get(metadata.CONFIG)
+        self.record = metadata.Record.from_model(model)
+        self.config = None if self.record is None else self.record.config()
         inits = {i.name: i for i in g.initializer}
         nodes, constants = [], {}
         for node in g.node:
@@ -103,7 +104,7 @@ class LrpModule(nn.Module):
             value = torch.from_numpy(numpy_helper.to_array(init).copy())
             key = _key(name, taken)
             self.onnx_names[key] = name
-            if value.is_floating_point() and name not in stats and (name in forward_reads or self.config is None):
+            if value.is_floating_point() and name not in stats and (name in forward_reads or self.record is None):
                 self.weights[key] = nn.Parameter(value)
                 self._where[name] = ("weights", key)
             else:
@@ -120,10 +121,10 @@ class LrpModule(nn.Module):
             self.nodes.append((node.op_type, node.name, list(node.input), list(node.output), attrs))
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
-        cfg = self.config or {}
-        self.image_input = cfg.get("image_input", self.input_names[0])
-        self.logits_output = cfg.get("logits_output", self.output_names[0])
-        self.relevance_output = (cfg.get("relevance_outputs") or ["relevance"])[0]
+        record = self.record or metadata.Record()
+        self.image_input = record.image_input or self.input_names[0]
+        self.logits_output = record.logits_output or self.output_names[0]
+        self.relevance_output = record.relevance_outputs[0]
         self._plans = {}
 
     def tensor(self, onnx_name):
@@ -220,11 +221,11 @@ class LrpModule(nn.Module):
     def forward(self, x, target=None, seed=None):
         """(logits, relevance). target: int class per sample [N] (models converted with target 'index');
         seed: [N, C] (target 'seed'); neither for 'top' and 'all'."""
-        if self.config is None:
+        if self.record is None:
             raise NotConvertedError("this model was not converted by lrpgraph (no lrpgraph.config metadata), so it "
                                     "has no relevance output; convert it with lrpgraph.convert(...) first, or use "
                                     "module.logits(x) / module.run(feeds) for the plain forward")
-        mode, feeds = self.config.get("target"), {self.image_input: x}
+        mode, feeds = self.record.target, {self.image_input: x}
         given = {"index": (target, targets.TARGET_INPUT, "target"), "seed": (seed, targets.SEED_INPUT, "seed")}
         for m, (value, input_name, arg) in given.items():
             if mode == m and value is None:

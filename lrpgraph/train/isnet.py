@@ -48,17 +48,17 @@ def conversion(variant, flex_epsilon=0.01):
     return dict(composite="flex", target="seed", flex_epsilon=flex_epsilon)
 
 
-def is_converted(model):
-    return metadata.CONFIG in metadata.read(model)
+def is_converted(model: onnx.ModelProto) -> bool:
+    return metadata.Record.from_model(model) is not None
 
 
-def strip_relevance(explained):
+def strip_relevance(explained: onnx.ModelProto) -> onnx.ModelProto:
     """The plain classifier inside a converted model: its original outputs, only the nodes they need."""
-    config = metadata.read(explained)[metadata.CONFIG]
+    record = metadata.Record.from_model(explained)
     plain = onnx.ModelProto()
     plain.CopyFrom(explained)
     g = plain.graph
-    keep_outputs = [o for o in g.output if o.name not in set(config["relevance_outputs"])]
+    keep_outputs = [o for o in g.output if o.name not in set(record.relevance_outputs)]
     needed, nodes = {o.name for o in keep_outputs}, []
     for node in reversed(list(g.node)):
         if any(o in needed for o in node.output):
@@ -73,10 +73,7 @@ def strip_relevance(explained):
         del field[:]
         field.extend(kept)
     del g.value_info[:]
-    props = [(p.key, p.value) for p in plain.metadata_props if not p.key.startswith("lrpgraph.")]
-    del plain.metadata_props[:]
-    for key, value in props:
-        plain.metadata_props.add(key=key, value=value)
+    metadata.strip(plain)
     return plain
 
 
@@ -93,21 +90,21 @@ def prepare(model_or_path, variant, flex_epsilon=0.01, labels=None):
     is_path = isinstance(model_or_path, (str, os.PathLike))
     where = os.fspath(model_or_path) if is_path else "the model"
     if is_converted(source):
-        resolve(variant, metadata.read(source)[metadata.CONFIG], where)
+        resolve(variant, metadata.Record.from_model(source, where), where)
         return strip_relevance(source), source, False
     original = onnx.load(os.fspath(model_or_path)) if is_path else model_or_path
     explained = lrpgraph.convert(original, labels=labels, **conversion(variant, flex_epsilon))
     return original, explained, True
 
 
-def num_classes(explained):
+def num_classes(explained: onnx.ModelProto) -> int:
     """The number of logits of a converted model (static, the converter requires it)."""
-    config = metadata.read(explained)[metadata.CONFIG]
+    logits = metadata.Record.from_model(explained).logits
     inferred = onnx.shape_inference.infer_shapes(explained)
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if info.name == config["logits"]:
+        if info.name == logits:
             return int(info.type.tensor_type.shape.dim[1].dim_value)
-    raise LrpgraphError(f"the logits '{config['logits']}' have no inferred shape; give a model with static classes")
+    raise LrpgraphError(f"the logits '{logits}' have no inferred shape; give a model with static classes")
 
 
 @dataclass
@@ -122,16 +119,18 @@ class Spec:
     image: str
 
 
-def resolve(variant, config, where="the model"):
-    """A Spec for the variant from a converted model's lrpgraph.config; LrpgraphError if it lacks something."""
+def resolve(variant: str, record: "metadata.Record | dict | None", where: str = "the model") -> Spec:
+    """A Spec for the variant from a converted model's metadata.Record (or its lrpgraph.config object);
+    LrpgraphError if it lacks something."""
     if variant not in VARIANTS:
         raise LrpgraphError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
-    if not config:
+    if not record:
         raise NotConvertedError(f"{where} was not converted by lrpgraph; give the plain model to the trainer")
-    target, explanations = config["target"], config["explanations"]
-    gradient_seed = config.get("gradient_seed", {o: s == "flex" for o, s in explanations.items()})
+    if isinstance(record, dict):
+        record = metadata.Record.from_config(record)
+    target, explanations = record.target, record.explanations
     have = ", ".join(f"{o}={s}" for o, s in explanations.items())
-    common = dict(target=target, logits=config["logits"], image=config["image_input"])
+    common = dict(target=target, logits=record.logits, image=record.image_input)
     if variant == "dual":
         zplus = [o for o, s in explanations.items() if s in ZPLUS_COMPOSITES]
         eps = [o for o, s in explanations.items() if s == "epsilon"]
@@ -152,10 +151,10 @@ def resolve(variant, config, where="the model"):
         raise LrpgraphError(f"variant '{variant}' needs a model converted with target {' or '.join(allowed)}; "
                             f"{where} has target '{target}' ({have}); give the plain model and the trainer "
                             "converts it (composite flex, target seed)")
-    if variant != "plain" and explanations[names[0]] not in ("flex",) and gradient_seed[names[0]]:
+    if variant != "plain" and explanations[names[0]] not in ("flex",) and record.is_gradient(names[0]):
         raise LrpgraphError(f"variant '{variant}' needs LRP-Flex or an LRP composite; {where} explains {have}; "
                             "give the plain model and the trainer converts it")
-    return Spec(variant, [names[0]], bool(gradient_seed[names[0]]), **common)
+    return Spec(variant, [names[0]], record.is_gradient(names[0]), **common)
 
 
 def selective_gradient(logits, classes, e=SELECTIVE_E):

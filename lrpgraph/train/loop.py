@@ -108,10 +108,11 @@ class Trainer:
             raise LrpgraphError(f"{self.out} holds a checkpoint; pass --resume to continue it or --force to start over")
         if c.resume:
             explained = onnx.load(self.start_explained)
-            isnet.resolve(c.variant, metadata.read(explained).get(metadata.CONFIG), str(self.start_explained))
+            isnet.resolve(c.variant, metadata.Record.from_model(explained), str(self.start_explained))
         else:
             plain, explained, _ = isnet.prepare(str(c.model), c.variant, c.flex_epsilon)
-        self.spec = isnet.resolve(c.variant, metadata.read(explained)[metadata.CONFIG])
+        record = metadata.Record.from_model(explained)
+        self.spec = isnet.resolve(c.variant, record)
         self.classes = isnet.num_classes(explained)
         image = next(i for i in explained.graph.input if i.name == self.spec.image)
         shape = [d.dim_value or None for d in image.type.tensor_type.shape.dim]
@@ -121,7 +122,7 @@ class Trainer:
         found = len(self.train_set.classes)
         if found > self.classes:
             raise LrpgraphError(f"{c.images} has {found} class folders but the model has {self.classes} outputs")
-        pre = metadata.read(explained).get(metadata.PREPROCESS) or {}
+        pre = record.preprocess or {}
         self.mean = torch.tensor(pre["mean"]).reshape(1, -1, 1, 1) if pre.get("mean") else None
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None
         if not c.resume and dist.rank == 0:  # the graphs the run starts from; write_back needs them at the end

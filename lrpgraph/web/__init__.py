@@ -118,11 +118,10 @@ def without_ceil_mode(model) -> int:
 
 def site_config(model, title: str) -> dict:
     """What app.js reads from model.json."""
-    meta = metadata.read(model)
-    config = meta.get(metadata.CONFIG)
-    if not config:
+    record = metadata.Record.from_model(model)
+    if record is None:
         raise NotConvertedError("the model has no lrpgraph metadata; convert it first (lrpgraph convert MODEL)")
-    image = config["image_input"]
+    image = record.image_input
     constants = {t.name for t in model.graph.initializer}
     extra = [i.name for i in model.graph.input if i.name != image and i.name not in constants]
     if extra:
@@ -133,9 +132,9 @@ def site_config(model, title: str) -> dict:
     if len(shape) != 3 or None in shape:
         raise LrpgraphError(f"the image input '{image}' must be [N, C, H, W] with static C, H, W; got {shape}")
     return {"title": title, "model": MODEL_NAME, "input": image, "shape": shape,
-            "logits": config.get("logits_output") or model.graph.output[0].name,
-            "relevance": config["relevance_outputs"][0], "outputs_probabilities": config["outputs_probabilities"],
-            "pipeline": pipeline(meta.get(metadata.PREPROCESS), shape), "labels": meta.get(metadata.LABELS),
+            "logits": record.logits_output or model.graph.output[0].name,
+            "relevance": record.relevance_outputs[0], "outputs_probabilities": record.outputs_probabilities,
+            "pipeline": pipeline(record.preprocess, shape), "labels": record.labels,
             "colormaps": {name: [list(map(float, c)) for c in colours] for name, colours in render.COLORMAPS.items()},
             "webgpu_blocked": webgpu_blocked(model), "samples": []}
 
