@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER
 
 CHANNELS = {"L": 1, "RGB": 3}
 
@@ -18,16 +19,19 @@ def _finite(value, name):
     return values
 
 
-def check_rule_options(epsilon=None, stabilizer=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0,
-                       flex_epsilon=0.01):
-    """The composites' numeric options: finite; epsilon, gamma >= 0; stabiliser, flex eps > 0; low < high."""
+def check_rule_options(options) -> None:
+    """The composites' numeric options (rules.RuleOptions): finite; epsilon, gamma >= 0; stabiliser, flex eps > 0;
+    low < high."""
+    epsilon, stabilizer, gamma, alpha, beta = (options.epsilon, options.stabilizer, options.gamma, options.alpha,
+                                               options.beta)
+    low, high, flex_epsilon = options.low, options.high, options.flex_epsilon
     if epsilon is not None and _finite(epsilon, "--epsilon")[0] < 0:
         raise LrpgraphError(f"--epsilon {epsilon:g} is negative; give epsilon >= 0 (e.g. 1e-6, 0.25)")
     if _finite(stabilizer, "--stabilizer")[0] <= 0:
         raise LrpgraphError(f"--stabilizer {stabilizer:g} must be > 0 (it keeps denominators away from zero; "
-                            "default 1e-6)")
+                            f"default {DEFAULT_STABILIZER:g})")
     if _finite(gamma, "--gamma")[0] < 0:
-        raise LrpgraphError(f"--gamma {gamma:g} is negative; give gamma >= 0 (default 0.25)")
+        raise LrpgraphError(f"--gamma {gamma:g} is negative; give gamma >= 0 (default {DEFAULT_GAMMA:g})")
     _finite(alpha, "--alpha")
     _finite(beta, "--beta")
     if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
@@ -35,7 +39,7 @@ def check_rule_options(epsilon=None, stabilizer=1e-6, gamma=0.25, alpha=2.0, bet
                             "beta >= 0 (e.g. --alpha 2 --beta 1)")
     check_bounds(low, high, "--low/--high")
     if _finite(flex_epsilon, "--flex-epsilon")[0] <= 0:
-        raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default 0.01)")
+        raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default {DEFAULT_FLEX_EPSILON:g})")
 
 
 def check_bounds(low, high, where):

@@ -9,11 +9,14 @@ import click
 from lrpgraph.cli_checks import check_ignored, check_output_dir, check_output_file, given, make_output_dir, write_error
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
+from lrpgraph.methods.options import MethodOptions
+from lrpgraph.rules import RuleOptions
 from lrpgraph.version import __version__
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
                    "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
 METHOD_NAMES = list(METHODS)
+DEFAULTS, METHOD_DEFAULTS = RuleOptions(), MethodOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
@@ -39,16 +42,18 @@ def rule_options(fn):
                      help="rule preset (zennit's names)"),
         click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
                      help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
-        click.option("--epsilon", type=float, default=None, help="eps of the epsilon rule [1e-6]"),
-        click.option("--stabilizer", type=float, default=1e-6, show_default=True, help="stabiliser of the other rules"),
-        click.option("--gamma", type=float, default=0.25, show_default=True),
-        click.option("--alpha", type=float, default=2.0, show_default=True),
-        click.option("--beta", type=float, default=1.0, show_default=True),
-        click.option("--low", type=float, default=0.0, show_default=True,
+        click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
+        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True,
+                     help="stabiliser of the other rules"),
+        click.option("--gamma", type=float, default=DEFAULTS.gamma, show_default=True),
+        click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True),
+        click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True),
+        click.option("--low", type=float, default=DEFAULTS.low, show_default=True,
                      help="lowest image value, for zbox (carried through in-graph normalisation)"),
-        click.option("--high", type=float, default=1.0, show_default=True,
+        click.option("--high", type=float, default=DEFAULTS.high, show_default=True,
                      help="highest image value, for zbox (carried through in-graph normalisation)"),
-        click.option("--flex-epsilon", type=float, default=0.01, show_default=True, help="eps of LRP-Flex's ReLUs"),
+        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True,
+                     help="eps of LRP-Flex's ReLUs"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -76,9 +81,9 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
 
 
-def _options(kw):
-    keys = ("composite", "rules", "epsilon", "stabilizer", "gamma", "alpha", "beta", "low", "high", "flex_epsilon")
-    return {k: kw[k] for k in keys}
+def _rule_options(kw):
+    """The rule options given on the command line, as the one object the converter takes."""
+    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
 
 
 @main.command()
@@ -92,14 +97,14 @@ def _options(kw):
 @click.option("--method", "-m", type=click.Choice(METHOD_NAMES), help="a gradient-family method instead of LRP")
 @click.option("--explain", "explain", multiple=True, metavar="NAME=SPEC",
               help="several heatmaps in one model: output relevance_NAME per composite or method (repeatable)")
-@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="IG path steps")
-@click.option("--quadrature", type=click.Choice(["riemann", "gauss-legendre"]), default="riemann", show_default=True)
-@click.option("--baseline", type=click.Choice(["zero", "blur", "input"]), default="zero", show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=METHOD_DEFAULTS.steps, show_default=True, help="IG path steps")
+@click.option("--quadrature", type=click.Choice(["riemann", "gauss-legendre"]), default=METHOD_DEFAULTS.quadrature, show_default=True)
+@click.option("--baseline", type=click.Choice(["zero", "blur", "input"]), default=METHOD_DEFAULTS.baseline, show_default=True,
               help="IG baseline: zeros, a blurred copy of the image, or a graph input `baseline`")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, help="IG steps per cloned forward pass "
               "(bounds memory for large step counts)")
-@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="SmoothGrad samples")
-@click.option("--noise-level", type=float, default=0.1, show_default=True, help="SmoothGrad sigma / (max - min)")
+@click.option("--samples", type=click.IntRange(min=1), default=METHOD_DEFAULTS.samples, show_default=True, help="SmoothGrad samples")
+@click.option("--noise-level", type=float, default=METHOD_DEFAULTS.noise_level, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--webgpu", is_flag=True, help="exact alternatives to ops onnxruntime-web's WebGPU backend lacks")
 @click.option("--format", "formats", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
@@ -123,9 +128,11 @@ def convert(model, output, target, labels, resize, crop, mean, std, mode, channe
             raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
-    converted = convert_model(model, target=target, preprocess=preprocess or None, labels=names, method=method,
-                              explain=explain, steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk,
-                              samples=samples, noise_level=noise_level, webgpu=webgpu, **_options(kw))
+    method_options = MethodOptions(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
+                                   noise_level=noise_level)
+    converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
+                              options=_rule_options(kw), method_options=method_options, preprocess=preprocess or None,
+                              labels=names, webgpu=webgpu)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
@@ -178,9 +185,8 @@ def inspect(model, **kw):
         click.echo(f"  {mark:<3} {op:<22} {count}")
     if error:
         raise error
-    options = _options(kw)
-    plan = composites.plan(canon.units, options.pop("composite"), options.pop("rules"),
-                           first_bounds=bounds.first_layer_maps(canon), **options)
+    plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),
+                           first_bounds=bounds.first_layer_maps(canon))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
     click.echo("rules:")

@@ -7,7 +7,7 @@ overrides by op type or node name come on top. Which rules a node accepts is its
 from lrpgraph.checks import check_rule, check_rule_options
 from lrpgraph.converters import RECORDS
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import DEFAULT_STABILIZER, make_rule, parse_rule
+from lrpgraph.rules import RuleOptions, make_rule, parse_rule
 
 TRANSFORMER = {"first": "gradient", "conv": "gradient", "dense": "gradient", "activation": "identity",
                "layernorm": "identity", "normaliser": "gradient", "sum": "gradient", "avgpool": "gradient",
@@ -47,19 +47,20 @@ GRADIENT_COMPOSITES = {"flex", "attn-lrp", "cp-lrp"}
 MESSAGE_COMPOSITES = {"attn-lrp", "cp-lrp"}
 
 
-def plan(units: list, composite="epsilon-plus", overrides=(), epsilon=None, stabilizer=DEFAULT_STABILIZER, gamma=0.25,
-         alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, first_bounds=None) -> dict:
+def plan(units: list, composite: str = "epsilon-plus", overrides=(), options: RuleOptions | None = None,
+         first_bounds: dict | None = None) -> dict:
     """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
-    name or a layer's module path (from its weight's name); a name wins over an op type. low, high: the
-    image's value range; first_bounds {unit name: (low, high) -> (low, high)} (bounds.first_layer_maps)
-    carries it to a first layer behind in-graph normalisation for the composites' zbox rules."""
+    name or a layer's module path (from its weight's name); a name wins over an op type. options: the rule
+    options (options.low, options.high: the image's value range); first_bounds {unit name: (low, high) ->
+    (low, high)} (bounds.first_layer_maps) carries it to a first layer behind in-graph normalisation for the
+    composites' zbox rules."""
     if composite not in COMPOSITES:
         raise LrpgraphError(f"unknown composite '{composite}'; choose one of {', '.join(COMPOSITES)}")
-    check_rule_options(epsilon, stabilizer, gamma, alpha, beta, low, high, flex_epsilon)
+    options = options or RuleOptions()
+    check_rule_options(options)
+    stabilizer = options.stabilizer
     table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
-    eps = DEFAULT_STABILIZER if epsilon is None else epsilon
-    params = {"epsilon": (eps,), "gamma": (gamma,), "alpha-beta": (alpha, beta), "zbox": (low, high),
-              "flex-zbox": (0.0, 1.0), "flex-relu": (flex_epsilon,)}
+    params = options.params()
     by_key = _parse_overrides(overrides, units, stabilizer)
     chosen = {}
     for unit in units:

@@ -2,6 +2,7 @@
 
 import os
 from collections import defaultdict
+from dataclasses import replace
 
 import onnx
 from onnx import TensorProto, external_data_helper, helper
@@ -11,22 +12,27 @@ from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
+from lrpgraph.methods.options import MethodOptions
+from lrpgraph.rules import RuleOptions
 
 RELEVANCE = "relevance"
 EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (protobuf's limit is 2 GiB)
 
 
-def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), method=None, explain=None, epsilon=None,
-            stabilizer=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0, flex_epsilon=0.01, steps=32,
-            quadrature="riemann", baseline="zero", chunk=None, samples=16, noise_level=0.1, preprocess=None,
-            labels=None, webgpu=False):
+def convert(model_or_path, composite: str = "epsilon-plus", target: str = "top", rules=(), method: str | None = None,
+            explain=None, options: RuleOptions | None = None, method_options: MethodOptions | None = None,
+            preprocess: dict | None = None, labels=None, webgpu: bool = False, **option_values) -> onnx.ModelProto:
     """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
     (methods.METHODS); explain: several at once, {"NAME": composite or method} or ["NAME=SPEC"], giving
     outputs relevance_NAME (otherwise the one output is `relevance`). target: top | index | seed | all.
-    rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. webgpu: exact alternatives to the ops that
-    onnxruntime-web's WebGPU backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
+    rules: overrides 'OpType=rule:params' or 'NAME=rule:params'. options: the rule options (rules.RuleOptions),
+    method_options the methods' (methods.options.MethodOptions); option_values: any of their fields by name
+    (epsilon=..., stabilizer, gamma, alpha, beta, low, high, flex_epsilon; steps, quadrature, baseline, chunk,
+    samples, noise_level), on top of them. webgpu: exact alternatives to the ops that onnxruntime-web's WebGPU
+    backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
+    options, method_options = build_options(options, method_options, **option_values)
     model = graph.load(model_or_path)
     where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
     done = metadata.Record.from_model(model, where)
@@ -42,10 +48,6 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
             model = graph.infer_shapes(model)
     view, folded = quantized.dequantized_view(model) if quantized.is_quantized(model) else (model, set())
     canon = canonicalize(view)
-    options = dict(epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high,
-                   flex_epsilon=flex_epsilon)
-    method_options = dict(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
-                          noise_level=noise_level)
     logits_shape = canon.shapes.get(canon.logits)
     if not logits_shape or len(logits_shape) != 2 or logits_shape[1] is None:
         raise LrpgraphError(f"the logits '{canon.logits}' must have a static shape [N, classes] (got {logits_shape})")
@@ -74,7 +76,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
             heat, more = methods.emit(b, model, canon, spec, seed, method_options, walk_with)
             new_inputs = new_inputs + more
         else:
-            plan = composites.plan(canon.units, spec, rules, first_bounds=first_bounds, **options)
+            plan = composites.plan(canon.units, spec, rules, options, first_bounds=first_bounds)
             rules_used[output] = {name: str(rule) for name, rule in plan.items()}
             heat = walk_with(canon, plan, seed)
             heat = b.zeros_like(canon.image) if heat is None else heat
@@ -90,7 +92,7 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     record = metadata.Record(
         composite=next(iter(explanations.values())), explanations=explanations, target=target, image_input=canon.image,
         logits=canon.logits, logits_output=model.graph.output[0].name, outputs_probabilities=canon.outputs_probabilities,
-        options={k: v for k, v in options.items() if v is not None}, method_options=method_options, webgpu=webgpu,
+        options=options.to_dict(), method_options=method_options.to_dict(), webgpu=webgpu,
         overrides=list(rules), rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
         gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
         preprocess=preprocess or None, labels=list(labels) if labels else None)
@@ -99,6 +101,19 @@ def convert(model_or_path, composite="epsilon-plus", target="top", rules=(), met
     record.write(model)
     check(model, strict)
     return model
+
+
+def build_options(options: RuleOptions | None = None, method_options: MethodOptions | None = None,
+                  **values) -> tuple:
+    """(RuleOptions, MethodOptions): the given objects (default ones if None) with the fields in values
+    replaced; the one place where lrpgraph.convert's option keywords become the typed options."""
+    unknown = [k for k in values if k not in RuleOptions.names() + MethodOptions.names()]
+    if unknown:
+        raise TypeError(f"convert() got an unexpected keyword argument {unknown[0]!r}")
+    rule = replace(options or RuleOptions(), **{k: v for k, v in values.items() if k in RuleOptions.names()})
+    method = replace(method_options or MethodOptions(),
+                     **{k: v for k, v in values.items() if k in MethodOptions.names()})
+    return rule, method
 
 
 def _vocab_size(canon):

@@ -7,11 +7,48 @@ For a group of terms t = (input modifier, weight modifier, bias modifier, sign):
     R_in = sum_g coef_g * sum_t sign_t * in_t(x) * layer^T(s_g, w_t(W))   (the layer's adjoint per term)
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from lrpgraph.errors import LrpgraphError
 
 DEFAULT_STABILIZER = 1e-6
+DEFAULT_GAMMA = 0.25
+DEFAULT_ALPHA, DEFAULT_BETA = 2.0, 1.0
+DEFAULT_LOW, DEFAULT_HIGH = 0.0, 1.0  # the image's value range (zbox)
+DEFAULT_FLEX_EPSILON = 0.01  # LRP-Flex's ReLU eps
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The composites' numeric rule options, from the CLI (or lrpgraph.convert's keywords) to the rules.
+
+    epsilon: the epsilon rule's eps (None: the stabiliser); stabilizer: the other rules' denominator
+    stabiliser; gamma; alpha, beta (alpha - beta = 1); low, high: the image's value range for zbox (a number
+    or one per channel); flex_epsilon: LRP-Flex's ReLU eps."""
+
+    epsilon: float | None = None
+    stabilizer: float = DEFAULT_STABILIZER
+    gamma: float = DEFAULT_GAMMA
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+    low: float | tuple = DEFAULT_LOW
+    high: float | tuple = DEFAULT_HIGH
+    flex_epsilon: float = DEFAULT_FLEX_EPSILON
+
+    @classmethod
+    def names(cls) -> tuple:
+        return tuple(f.name for f in fields(cls))
+
+    def params(self) -> dict:
+        """{rule name: its parameters} that the composites give the rules they choose."""
+        eps = self.stabilizer if self.epsilon is None else self.epsilon
+        return {"epsilon": (eps,), "gamma": (self.gamma,), "alpha-beta": (self.alpha, self.beta),
+                "zbox": (self.low, self.high), "flex-zbox": (DEFAULT_LOW, DEFAULT_HIGH),
+                "flex-relu": (self.flex_epsilon,)}
+
+    def to_dict(self) -> dict:
+        """The options given (None left out), as the model's metadata records them."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -88,9 +125,9 @@ def _wsquare():
 LINEAR_RULES = {
     "epsilon": (("epsilon",), (DEFAULT_STABILIZER,), _epsilon),
     "zplus": ((), (), _zplus),
-    "alpha-beta": (("alpha", "beta"), (2.0, 1.0), _alpha_beta),
-    "gamma": (("gamma",), (0.25,), _gamma),
-    "zbox": (("low", "high"), (0.0, 1.0), _zbox),
+    "alpha-beta": (("alpha", "beta"), (DEFAULT_ALPHA, DEFAULT_BETA), _alpha_beta),
+    "gamma": (("gamma",), (DEFAULT_GAMMA,), _gamma),
+    "zbox": (("low", "high"), (DEFAULT_LOW, DEFAULT_HIGH), _zbox),
     "flat": ((), (), _flat),
     "wsquare": ((), (), _wsquare),
 }
@@ -101,8 +138,8 @@ OTHER_RULES = {
     "norm": ((), ()),  # R_i = x_i R_j / stab(sum of the inputs of j)
     "wta": ((), ()),  # max pooling: all of R_j to the arg-max of its window
     "gradient": ((), ()),  # the plain gradient (gradient-family methods, flex)
-    "flex-relu": (("epsilon",), (0.01,)),  # ReLU gradient times a / (a + eps)
-    "flex-zbox": (("low", "high"), (0.0, 1.0)),  # relevance z * g at the output, then zbox (flex's first layer)
+    "flex-relu": (("epsilon",), (DEFAULT_FLEX_EPSILON,)),  # ReLU gradient times a / (a + eps)
+    "flex-zbox": (("low", "high"), (DEFAULT_LOW, DEFAULT_HIGH)),  # relevance z * g at the output, then zbox (flex's first layer)
     "guided": ((), ()),  # guided non-linearity: only positive gradients pass ReLU / MaxPool
     # transformers (REFERENCE.md section 9; arithmetic in converters/attention.py and norm.py)
     "uniform": ((), ()),  # AttnLRP: a product of two signals gives each operand half

@@ -7,6 +7,7 @@ forward path over an expanded batch (steps x N), so one ONNX Runtime call does t
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import integrated, smooth
 from lrpgraph.methods.gradient import gradient_plan
+from lrpgraph.methods.options import MethodOptions
 
 METHODS = ("gradient", "input-x-gradient", "ig", "guided-ig", "smoothgrad", "smoothtaylor")
 
@@ -15,12 +16,9 @@ def is_method(name: str) -> bool:
     return name in METHODS
 
 
-def emit(b, model, canon, method, seed, options, walk):
+def emit(b, model, canon, method: str, seed: str, options: MethodOptions, walk):
     """Emit the method's attribution for the image; returns (tensor, [new graph inputs])."""
-    from lrpgraph.checks import check_method_options
-
-    check_method_options(options.get("steps", 32), options.get("samples", 16), options.get("noise_level", 0.1),
-                         options.get("chunk"))
+    options.check()
 
     if not canon.image_float and is_method(method):  # token ids: the methods act on the word embeddings
         from lrpgraph.methods import tokens

@@ -27,12 +27,12 @@ def quadrature(steps, rule="riemann"):
 
 
 def emit(b, model, canon, seed, options, walk, guided=False):
-    steps = int(options.get("steps", 32))
-    points, weights = quadrature(steps, options.get("quadrature", "riemann"))
-    chunk = int(options.get("chunk") or steps)
+    steps = int(options.steps)
+    points, weights = quadrature(steps, options.quadrature)
+    chunk = int(options.chunk or steps)
     x = canon.image
     b.scope = "baseline"
-    baseline, inputs = _baseline(b, model, canon, options.get("baseline", "zero"))
+    baseline, inputs = _baseline(b, model, canon, options.baseline)
     diff = b.sub(x, baseline) if baseline else x
     rank = len(canon.image_shape)
     total = None

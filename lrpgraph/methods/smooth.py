@@ -75,8 +75,8 @@ def emit_noise(b, shape_tensor, seed):
 
 
 def emit(b, model, canon, seed, options, walk, taylor=False):
-    samples = int(options.get("samples", 16))
-    level = float(options.get("noise_level", 0.1))
+    samples = int(options.samples)
+    level = float(options.noise_level)
     x = canon.image
     rank = len(canon.image_shape)
     b.scope = "noise"

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from lrpgraph.rules import DEFAULT_FLEX_EPSILON
+
 VARIANTS = ("plain", "original", "dual", "selective", "stochastic")  # isnet.VARIANTS, without importing torch
 
 
@@ -49,7 +51,7 @@ VARIANTS = ("plain", "original", "dual", "selective", "stochastic")  # isnet.VAR
 @click.option("--psi", type=click.Choice(["hybrid", "L2"]), default="hybrid", show_default=True)
 @click.option("--tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="auto-tune C1/C2: so many warm-up epochs on cross-entropy only, then C1C2Tuner")
-@click.option("--flex-epsilon", type=float, default=0.01, show_default=True, help="eps of LRP-Flex's ReLUs")
+@click.option("--flex-epsilon", type=float, default=DEFAULT_FLEX_EPSILON, show_default=True, help="eps of LRP-Flex's ReLUs")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoints/last.pt (bit-identically)")
 @click.option("--force", is_flag=True, help="start over in an OUT that holds a checkpoint")

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.rules import DEFAULT_FLEX_EPSILON
 from lrpgraph.train import isnet
 from lrpgraph.train.loss import ISNetLoss
 
@@ -46,7 +47,7 @@ class TrainConfig:
     C2: float = 25.0
     psi: str = "hybrid"
     tune_epochs: int = 0  # C1/C2 auto-tuning: warm-up epochs on CE only
-    flex_epsilon: float = 0.01
+    flex_epsilon: float = DEFAULT_FLEX_EPSILON
     seed: int = 0
     resume: bool = False
     force: bool = False

@@ -27,6 +27,7 @@ import torch
 
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.rules import DEFAULT_FLEX_EPSILON
 from lrpgraph.targets import SEED_INPUT as SEED
 from lrpgraph.targets import TARGET_INPUT as TARGET
 
@@ -41,7 +42,7 @@ DUAL_EXPLAIN = {"zplus": "zplus", "epsilon": "epsilon"}
 ZPLUS_COMPOSITES = ("zplus", "epsilon-plus", "epsilon-plus-flat")
 
 
-def conversion(variant, flex_epsilon=0.01):
+def conversion(variant: str, flex_epsilon: float = DEFAULT_FLEX_EPSILON) -> dict:
     """Keyword arguments of lrpgraph.convert that give a plain model what the variant needs."""
     if variant == "dual":
         return dict(explain=dict(DUAL_EXPLAIN), target="all")
@@ -77,7 +78,7 @@ def strip_relevance(explained: onnx.ModelProto) -> onnx.ModelProto:
     return plain
 
 
-def prepare(model_or_path, variant, flex_epsilon=0.01, labels=None):
+def prepare(model_or_path, variant: str, flex_epsilon: float = DEFAULT_FLEX_EPSILON, labels: list | None = None) -> tuple:
     """(plain ModelProto, explained ModelProto, converted_here) for a plain or an already converted model.
 
     A plain model is converted for the variant; a converted one is checked (resolve) and its plain part
