@@ -25,7 +25,7 @@ import onnx
 from lrpgraph import graph, metadata
 from lrpgraph.converters import is_kind
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.ort import onnxruntime as ort
+from lrpgraph.ort import Runner
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 DEFAULT_BATCH_SIZE = 256
@@ -69,15 +69,11 @@ def plain_model(model):
     return plain
 
 
-def open_session(model, provider, threads):
-    """An onnxruntime session of a ModelProto (or bytes) on the chosen provider."""
-    from lrpgraph.runtime.session import choose_providers
+def open_session(model, provider=None, threads=None, noise_seed=0) -> Runner:
+    """An lrpgraph.ort.Runner of a ModelProto (or bytes) on the chosen provider."""
+    from lrpgraph.runtime.providers import choose_providers
 
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, sess_options=options, providers=choose_providers(provider))
+    return Runner(model, choose_providers(provider), threads, noise_seed=noise_seed)
 
 
 def softmax(logits):
@@ -92,8 +88,8 @@ class Classifier:
 
     def __init__(self, model, provider=None, threads=None, batch_size=DEFAULT_BATCH_SIZE):
         self.model = plain_model(graph.read(model))
-        self.session = open_session(self.model, provider, threads)
-        self.image_input = self.session.get_inputs()[0].name
+        self.runner = open_session(self.model, provider, threads)
+        self.image_input = next(iter(self.runner.inputs))
         self.batch_size = int(batch_size)
         self.calls = 0
 
@@ -101,7 +97,8 @@ class Classifier:
         images = np.ascontiguousarray(images, dtype=np.float32)
         parts = []
         for start in range(0, len(images), self.batch_size):
-            parts.append(self.session.run(None, {self.image_input: images[start:start + self.batch_size]})[0])
+            feeds = self.runner.feeds(self.image_input, images[start:start + self.batch_size])
+            parts.append(self.runner.run(None, feeds)[0])
             self.calls += 1
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 

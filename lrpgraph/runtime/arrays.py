@@ -2,7 +2,7 @@
 
 Each backend runs one chunk of rows through the session's onnxruntime session and does the little array work
 the batching needs (take / put rows, scale rows, concatenate, an empty result) in its own array type:
-- NumpyOps feeds numpy arrays to InferenceSession.run.
+- NumpyOps feeds numpy arrays through the session's lrpgraph.ort.Runner.
 - TorchOps binds torch tensors with IO binding on their own device (CPU, or CUDA device 0), so nothing is
   copied; the target feed is moved to that device and the logits are bound to a preallocated tensor when
   their shape and dtype are known (else onnxruntime allocates them on the CPU and they are moved over).
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from lrpgraph.errors import LrpgraphError
+from lrpgraph.ort import run_error
 
 
 def is_torch(value):
@@ -23,11 +23,6 @@ def is_torch(value):
 
 def to_numpy(array):
     return array.detach().cpu().numpy() if is_torch(array) else np.asarray(array)
-
-
-def _run_error(session, error):
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return LrpgraphError(f"onnxruntime failed running {session.name}: {first}")
 
 
 class NumpyOps:
@@ -40,14 +35,7 @@ class NumpyOps:
         """(logits, [relevance per heatmap output]) for the rows x and the target feed (None when the model takes
         none)."""
         s = self.session
-        feeds = {s.image_input: x}
-        if s.target_input is not None:
-            feeds[s.target_input] = feed
-        feeds.update(s.constant_feeds())
-        try:
-            logits, *relevance = s.ort_session.run([s.logits_output, *s.relevance_outputs], feeds)
-        except Exception as error:  # ORT raises its own exception types
-            raise _run_error(s, error) from None
+        logits, *relevance = s.runner.run([s.logits_output, *s.relevance_outputs], s.runner.feeds(s.image_input, x, feed))
         return logits, relevance
 
     @staticmethod
@@ -105,7 +93,7 @@ class TorchOps:
         try:
             s.ort_session.run_with_iobinding(binding)
         except Exception as error:  # ORT raises its own exception types
-            raise _run_error(s, error) from None
+            raise run_error(s.name, error) from None
         binding.synchronize_outputs()
         if logits is None:
             logits = torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(x.device)

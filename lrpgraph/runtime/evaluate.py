@@ -21,6 +21,7 @@ from PIL import Image
 
 from lrpgraph import graph, metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.ort import SEED_INPUT
 from lrpgraph.metrics import (Classifier, auc, background_fraction, conservation_error, deletion, insertion,
                               open_session, pointing_game, softmax)
 from lrpgraph.runtime.explain import output_bases
@@ -53,14 +54,12 @@ class HeatmapModel:
                                     "(run `lrpgraph convert` first)")
         self.preprocess = self.record.preprocess
         self.outputs = self.record.relevance_outputs
-        self.session = open_session(self.proto, provider, threads)
-        self.image_input = self.record.image_input or self.session.get_inputs()[0].name
-        names = {i.name for i in self.session.get_inputs()}
-        odd = sorted(names - {self.image_input, *KNOWN_INPUTS})
+        self.runner = open_session(self.proto, provider, threads, noise_seed=seed)
+        self.image_input = self.record.image_input or next(iter(self.runner.inputs))
+        odd = sorted(set(self.runner.inputs) - {self.image_input, *KNOWN_INPUTS})
         if odd:
             raise LrpgraphError(f"the model takes input(s) {', '.join(odd)} that evaluate cannot feed; convert it "
                                 "without them (e.g. IG with --baseline zero or blur)")
-        self.inputs, self.seed = names, int(seed)
         shape = next(i for i in self.proto.graph.input if i.name == self.image_input).type.tensor_type.shape
         dims = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
         if len(dims) != 4:
@@ -69,20 +68,16 @@ class HeatmapModel:
 
     def heatmaps(self, images, classes, logits):
         """{output: relevance [N, C, H, W]} explaining classes [N] (logits [N, K] give LRP seeds)."""
-        feeds = {self.image_input: np.ascontiguousarray(images, dtype=np.float32)}
-        if "target" in self.inputs:
-            feeds["target"] = classes.astype(np.int64)
-        if "noise_seed" in self.inputs:
-            feeds["noise_seed"] = np.array([self.seed], np.int64)
-        if "relevance_seed" not in self.inputs:
-            return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
-        onehot = np.eye(logits.shape[1], dtype=np.float32)[classes]
+        runner = self.runner
+        if runner.target_input != SEED_INPUT:
+            feeds = runner.feeds(self.image_input, images, runner.target_feed(classes, logits.shape[1]))
+            return dict(zip(self.outputs, runner.run(self.outputs, feeds)))
         out = {}
         for gradient in (True, False):  # one seed input: a one-hot gradient or logit x one-hot relevance
             names = [o for o in self.outputs if self.record.is_gradient(o) == gradient]
             if names:
-                feeds["relevance_seed"] = onehot if gradient else onehot * logits.astype(np.float32)
-                out.update(zip(names, self.session.run(names, feeds)))
+                seed = runner.target_feed(classes, logits.shape[1], None if gradient else logits)
+                out.update(zip(names, runner.run(names, runner.feeds(self.image_input, images, seed))))
         return out
 
     def seed_sums(self, output, logits, classes):

@@ -25,52 +25,16 @@ import os
 import sys
 
 import numpy as np
-import onnx
 
 from lrpgraph import metadata
 from lrpgraph.runtime import tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
-from lrpgraph.ort import onnxruntime as ort
+from lrpgraph.ort import onnxruntime as ort  # noqa: F401  (the module onnxruntime, as lrpgraph uses it)
+from lrpgraph.ort import NOISE_SEED_INPUT, OPTIMIZATION, SEED_INPUT, TARGET_INPUT, Runner, session_options, source_of  # noqa: F401
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
 from lrpgraph.runtime.providers import CPU, CUDA, choose_providers, cuda_options  # noqa: F401  (public here too)
 
-OPTIMIZATION = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-TARGET_INPUT = "target"
-NOISE_SEED_INPUT = "noise_seed"
-SEED_INPUT = "relevance_seed"
 DEFAULT_BATCH_SIZE = 32
-
-
-def _session_options(threads, optimization):
-    options = ort.SessionOptions()
-    if optimization not in OPTIMIZATION:
-        raise LrpgraphError(f"unknown optimization {optimization!r}; use one of {', '.join(OPTIMIZATION)}")
-    options.graph_optimization_level = OPTIMIZATION[optimization]
-    # memory pattern off: resnet18 epsilon-plus at batch 32 peaks at 1421 instead of 2197 MiB, same CPU time
-    # (benchmarks/speed.py --memory-settings, docs/speed.md)
-    options.enable_mem_pattern = False
-    if threads is not None:
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise LrpgraphError(f"threads must be a positive integer, got {threads!r}")
-        options.intra_op_num_threads = threads
-    return options
-
-
-def _load(path_or_model):
-    """(what ORT takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes."""
-    if isinstance(path_or_model, onnx.ModelProto):
-        return path_or_model.SerializeToString(), "the given model"
-    if isinstance(path_or_model, (bytes, bytearray)):
-        return bytes(path_or_model), "the given model bytes"
-    path = os.fspath(path_or_model)
-    if not os.path.isfile(path):
-        raise LrpgraphError(f"model file {path} does not exist; give the path of a converted .onnx file")
-    return path, path
 
 
 def _read_record(session, name):
@@ -92,18 +56,15 @@ class ExplainSession:
 
     def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE,
                  tf32=False, device_id=0):
-        source, self.name = _load(path_or_model)
-        options = _session_options(threads, optimization)
+        source, self.name = source_of(path_or_model)
+        session_options(threads, optimization)  # bad options are refused before the providers are looked at
         if not isinstance(device_id, (int, np.integer)) or isinstance(device_id, bool) or device_id < 0:
             raise LrpgraphError(f"device_id must be a GPU index (an integer >= 0), got {device_id!r}")
         self.device_id = int(device_id)
         requested = choose_providers(provider, bool(tf32), self.device_id)
-        try:
-            self.ort_session = ort.InferenceSession(source, sess_options=options, providers=requested)
-        except Exception as error:  # ORT raises its own exception types
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise LrpgraphError(f"onnxruntime cannot load {self.name}: {first}") from None
-        self.providers = list(self.ort_session.get_providers())
+        self.runner = Runner(source, requested, threads, optimization, name=self.name)
+        self.ort_session = self.runner.session
+        self.providers = self.runner.providers
         self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
         if requested[0] != CPU and self.device != "cuda":
             raise LrpgraphError(
@@ -119,8 +80,7 @@ class ExplainSession:
         self.preprocess, self.labels, self.version = record.preprocess, record.labels, record.version
         self.target_mode = record.target
         self.outputs_probabilities = record.outputs_probabilities
-        inputs = {i.name: i for i in self.ort_session.get_inputs()}
-        outputs = {o.name: o for o in self.ort_session.get_outputs()}
+        inputs, outputs = self.runner.inputs, self.runner.outputs
         self.tokens = record.token_input
         self._find_tensors(inputs, outputs)
         shape = list(inputs[self.image_input].shape)
@@ -154,22 +114,18 @@ class ExplainSession:
                     f"{self.name}: its metadata names {tensor!r} as the {role}, but the graph has no such tensor; "
                     "convert the model again"
                 )
+        self.target_input = self.runner.target_input
         if self.tokens:
-            self.target_input = next((n for n in (TARGET_INPUT, SEED_INPUT) if n in inputs), None)
-            self.noise_seed = None
             return
         if inputs[self.image_input].type != "tensor(float)":
             raise LrpgraphError(
                 f"{self.name}: image input {self.image_input!r} is {inputs[self.image_input].type}, not float32"
             )
-        self.target_input = next((n for n in (TARGET_INPUT, SEED_INPUT) if n in inputs), None)
         want = {"index": TARGET_INPUT, "seed": SEED_INPUT}.get(self.target_mode)
         if want is not None and self.target_input != want:
             raise LrpgraphError(
                 f"{self.name}: converted with target {self.target_mode!r} but has no {want!r} input; convert it again"
             )
-        # SmoothGrad/SmoothTaylor draw their noise from this seed: a fixed default keeps runs reproducible
-        self.noise_seed = np.array([0], dtype=np.int64) if NOISE_SEED_INPUT in inputs else None
         extra = [n for n in inputs if n not in (self.image_input, self.target_input, NOISE_SEED_INPUT)]
         if extra:
             raise LrpgraphError(
@@ -262,13 +218,7 @@ class ExplainSession:
         return np.ascontiguousarray(seed)
 
     def _class_feed(self, classes):
-        if self.target_input == TARGET_INPUT:
-            return classes.astype(np.int64)
-        if self.num_classes is None:
-            raise LrpgraphError(
-                f"{self.name}: the number of classes is not static; give a float seed array instead of class indices"
-            )
-        return np.eye(self.num_classes, dtype=np.float32)[classes]
+        return self.runner.target_feed(classes, self.num_classes)
 
     # ---- running -------------------------------------------------------------------------------
 
@@ -342,7 +292,7 @@ class ExplainSession:
 
     def constant_feeds(self):
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
-        return {} if self.noise_seed is None else {NOISE_SEED_INPUT: self.noise_seed}
+        return self.runner.constant_feeds()
 
     def _explain_torch(self, batch, target, size):
         torch = sys.modules["torch"]

@@ -18,7 +18,7 @@ from lrpgraph.files import atomic_write
 
 def explain_inputs(session, inputs, target=None):
     """(logits [N, C], relevance [N, L], explained classes) for token ids and the other inputs by name."""
-    graph_inputs = {i.name: i for i in session.ort_session.get_inputs()}
+    graph_inputs = session.runner.inputs
     fed_by_session = {session.target_input, "noise_seed"}
     unknown = [k for k in inputs if k not in graph_inputs or k in fed_by_session]
     if unknown:
@@ -59,7 +59,7 @@ def explain_inputs(session, inputs, target=None):
 
     def once(feed):
         extra = {} if feed is None else {session.target_input: feed}
-        return session.ort_session.run(run, {**feeds, **extra, **session.constant_feeds()})
+        return session.runner.run(run, {**feeds, **extra, **session.constant_feeds()})
 
     logits, relevance = once(plan.feed)
     explained = plan.explained
