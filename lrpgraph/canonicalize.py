@@ -14,7 +14,7 @@ from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.fusion import fuse
-from lrpgraph.graph import attrs_of, infer_shapes, tensor_shapes, topological
+from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
@@ -174,14 +174,8 @@ def _flat_logits(model, logits, probabilities):
 
 
 def _on_path(nodes, logits, signal):
-    needed, kept = {logits}, []
-    for node in reversed(nodes):
-        if is_kind(node, "shape") or not any(o in needed for o in node.output):
-            continue
-        if any(t in signal for t in node.input):
-            kept.append(node)
-            needed.update(t for t in node.input if t in signal)
-    return kept[::-1]
+    return needed_nodes(nodes, [logits], keep=lambda node: not is_kind(node, "shape") and
+                        any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
 def _check_supported(nodes):

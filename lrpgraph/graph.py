@@ -8,7 +8,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from lrpgraph.errors import LrpgraphError
+from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 
 MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
 
@@ -106,18 +106,8 @@ def constants_to_initializers(model):
     graph = model.graph
     keep = []
     for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name in ("value", "value_float", "value_floats", "value_int", "value_ints"):
-            attr = node.attribute[0]
-            if attr.name == "value":
-                tensor = numpy_helper.to_array(attr.t)
-            elif attr.name == "value_float":
-                tensor = np.array(attr.f, np.float32)
-            elif attr.name == "value_floats":
-                tensor = np.array(list(attr.floats), np.float32)
-            elif attr.name == "value_int":
-                tensor = np.array(attr.i, np.int64)
-            else:
-                tensor = np.array(list(attr.ints), np.int64)
+        tensor = constant_value(node) if node.op_type == "Constant" else None
+        if tensor is not None:
             graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
         else:
             keep.append(node)
@@ -311,5 +301,46 @@ class Builder:
                        value=helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0]))
 
 
-def attrs_of(node):
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def attrs_of(node, decoded: bool = False) -> dict:
+    """A node's attributes {name: value}. decoded: strings as str, tensors as numpy arrays, and subgraph
+    attributes refused (UnsupportedModelError), as the importer's torch ops take them."""
+    if not decoded:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, (onnx.GraphProto, onnx.FunctionProto)) or a.type == onnx.AttributeProto.GRAPHS:
+            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): subgraph attributes are not supported")
+        out[a.name] = v
+    return out
+
+
+def constant_value(node) -> np.ndarray | None:
+    """The value of a Constant node given as a tensor, float(s) or int(s); None for its other forms."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    if attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+        dtype = np.float32 if attr.name.startswith("value_float") else np.int64
+        return np.array(helper.get_attribute_value(attr), dtype)
+    return None
+
+
+def needed_nodes(nodes: list, outputs, keep=None, follow=None, ends=None) -> list:
+    """The nodes (in their topological order) that computing the tensors `outputs` runs: one backward walk.
+    keep(node): a node it rejects is neither kept nor walked through; follow(tensor): only the tensors it
+    accepts are needed in turn; ends(node) -> (inputs, outputs) for nodes that are not NodeProtos."""
+    needed, kept = set(outputs), []
+    for node in reversed(list(nodes)):
+        ins, outs = ends(node) if ends is not None else (node.input, node.output)
+        if not any(o in needed for o in outs) or (keep is not None and not keep(node)):
+            continue
+        kept.append(node)
+        needed.update(t for t in ins if t and (follow is None or follow(t)))
+    return kept[::-1]

@@ -50,11 +50,8 @@ def plain_model(model):
     """The part of a (converted) classifier that computes its logits: image in, `logits` out (pre-softmax).
     The nodes that only the heatmaps need are dropped, so running it costs one forward pass."""
     image, logits = _roles(model)
-    needed, keep = {logits}, []
-    for node in reversed(list(model.graph.node)):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(t for t in node.input if t)
+    keep = graph.needed_nodes(model.graph.node, [logits])
+    needed = {logits} | {t for node in keep for t in node.input if t}
     inputs = [i for i in model.graph.input if i.name in needed]
     inits = {i.name for i in model.graph.initializer}
     extra = [i.name for i in inputs if i.name != image and i.name not in inits]
@@ -62,10 +59,9 @@ def plain_model(model):
         raise LrpgraphError(f"the logits '{logits}' must depend on the image input '{image}' alone"
                             + (f" (they also read {', '.join(extra)})" if extra else ""))
     out = onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)
-    graph = onnx.helper.make_graph(keep[::-1], "plain", inputs, [out],
-                                   [i for i in model.graph.initializer if i.name in needed])
-    graph.value_info.extend(v for v in model.graph.value_info if v.name in needed and v.name != logits)
-    plain = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    cut = onnx.helper.make_graph(keep, "plain", inputs, [out], [i for i in model.graph.initializer if i.name in needed])
+    cut.value_info.extend(v for v in model.graph.value_info if v.name in needed and v.name != logits)
+    plain = onnx.helper.make_model(cut, opset_imports=model.opset_import, ir_version=model.ir_version)
     return plain
 
 

@@ -4,6 +4,7 @@ along the batch axis as [m * N, ...] (point-major), with its units renamed for t
 import copy
 
 from lrpgraph.canonicalize import Canonical
+from lrpgraph.graph import needed_nodes
 
 
 def clone_path(model, canon, new_input, prefix, b=None, m=None):
@@ -18,17 +19,13 @@ def clone_path(model, canon, new_input, prefix, b=None, m=None):
     for node in graph.node:  # graph order is topological (checked on load)
         if canon.image not in node.output and any(t in dependent for t in node.input):
             dependent.update(t for t in node.output if t)
-    needed, keep = {canon.logits}, []
-    for node in reversed(list(graph.node)):
-        if any(o in needed for o in node.output) and any(t in dependent for t in node.input) \
-                and canon.image not in node.output:
-            keep.append(node)
-            needed.update(node.input)
+    keep = needed_nodes(graph.node, [canon.logits], keep=lambda node: canon.image not in node.output
+                        and any(t in dependent for t in node.input))
     rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
     rename[canon.image] = new_input
     rename.update(repeated)
     nodes = []
-    for node in keep[::-1]:
+    for node in keep:
         clone = copy.deepcopy(node)
         clone.name = f"{prefix}/{node.name or node.output[0]}"
         clone.input[:] = [rename.get(t, t) for t in node.input]

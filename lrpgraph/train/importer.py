@@ -13,14 +13,13 @@ statistics. Float ops run in the module's dtype (`.double()` runs all of them, c
 import inspect
 
 import numpy as np
-import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from torch import nn
 
 from lrpgraph import graph, metadata, targets
 from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelError
-from lrpgraph.graph import topological
+from lrpgraph.graph import attrs_of, constant_value, needed_nodes, topological
 
 from lrpgraph.train.onnx_ops import OPS, Ctx
 from lrpgraph.train import transformer_ops  # noqa: F401,E402  (registers LayerNormalization, Gelu)
@@ -28,20 +27,6 @@ from lrpgraph.train import selection_ops  # noqa: F401,E402  (registers GatherND
 
 RELEVANCE_PREFIX = "lrp/"  # names of the nodes the converter emits
 DERIVED = "derived input"  # a plan step computing a graph input inside the run (LrpModule.run's `derived`)
-
-
-def _attrs(node):
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
-        elif isinstance(v, (onnx.GraphProto, onnx.FunctionProto)) or a.type == onnx.AttributeProto.GRAPHS:
-            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): subgraph attributes are not supported")
-        out[a.name] = v
-    return out
 
 
 def _check_signature(node, attrs):
@@ -55,13 +40,6 @@ def _check_signature(node, attrs):
             raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): attribute(s) {unknown} not supported")
     if "_op" in params:
         attrs["_op"] = node.op_type
-
-
-def _constant_value(node, attrs):
-    (key, v), = attrs.items()
-    if key == "value":
-        return v
-    return np.array(v, np.float32 if key.startswith("value_float") else np.int64)
 
 
 _RESERVED = set(dir(nn.ParameterDict())) | set(dir(nn.Module()))
@@ -92,7 +70,11 @@ class LrpModule(nn.Module):
         nodes, constants = [], {}
         for node in g.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                constants[node.output[0]] = _constant_value(node, _attrs(node))
+                value = constant_value(node)
+                if value is None:
+                    raise UnsupportedModelError(f"Constant node '{node.name}': only tensor, float(s) and int(s) values "
+                                                "are supported")
+                constants[node.output[0]] = value
             else:
                 nodes.append(node)
         nodes = topological(nodes, set(inits) | set(constants) | {i.name for i in g.input})
@@ -116,7 +98,7 @@ class LrpModule(nn.Module):
             self._where[name] = ("consts", key)
         self.nodes = []
         for node in nodes:
-            attrs = _attrs(node)
+            attrs = attrs_of(node, decoded=True)
             _check_signature(node, attrs)
             self.nodes.append((node.op_type, node.name, list(node.input), list(node.output), attrs))
         self.input_names = [i.name for i in g.input if i.name not in inits]
@@ -155,12 +137,7 @@ class LrpModule(nn.Module):
                 if circular:
                     raise LrpgraphError(f"derived input(s) {', '.join(circular)}: the source depends on the input")
                 nodes = first + [(DERIVED, f"derived/{name}", [source], [name], {}) for name, source in derived] + later
-            needed, steps = set(outputs), []
-            for node in reversed(nodes):
-                if any(o in needed for o in node[3]):
-                    steps.append(node)
-                    needed.update(t for t in node[2] if t)
-            steps.reverse()
+            steps = needed_nodes(nodes, outputs, ends=lambda node: (node[2], node[3]))
             last, drop = {}, [[] for _ in steps]
             for i, node in enumerate(steps):
                 for t in node[2]:

@@ -27,6 +27,7 @@ import torch
 
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError, NotConvertedError
+from lrpgraph.graph import needed_nodes
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
 from lrpgraph.targets import SEED_INPUT as SEED
 from lrpgraph.targets import TARGET_INPUT as TARGET
@@ -60,14 +61,11 @@ def strip_relevance(explained: onnx.ModelProto) -> onnx.ModelProto:
     plain.CopyFrom(explained)
     g = plain.graph
     keep_outputs = [o for o in g.output if o.name not in set(record.relevance_outputs)]
-    needed, nodes = {o.name for o in keep_outputs}, []
-    for node in reversed(list(g.node)):
-        if any(o in needed for o in node.output):
-            nodes.append(node)
-            needed.update(t for t in node.input if t)
+    nodes = needed_nodes(g.node, [o.name for o in keep_outputs])
+    needed = {o.name for o in keep_outputs} | {t for node in nodes for t in node.input if t}
     inputs = [i for i in g.input if i.name in needed]
     inits = [i for i in g.initializer if i.name in needed]
-    for field, items in ((g.node, nodes[::-1]), (g.output, keep_outputs), (g.input, inputs), (g.initializer, inits)):
+    for field, items in ((g.node, nodes), (g.output, keep_outputs), (g.input, inputs), (g.initializer, inits)):
         kept = [type(x)() for x in items]
         for new, old in zip(kept, items):
             new.CopyFrom(old)
