@@ -21,7 +21,7 @@ from lrpgraph.windows import conv_output_padding, explicit_pads
 class Initializers(Mapping):
     """Initializer values by name, converted to numpy only when read (weights are rarely needed here)."""
 
-    def __init__(self, initializers):
+    def __init__(self, initializers: list):
         self._protos = {i.name: i for i in initializers}
         self._arrays = {}
 

@@ -19,7 +19,7 @@ def _finite(value, name):
     return values
 
 
-def check_rule_options(options) -> None:
+def check_rule_options(options: "RuleOptions") -> None:
     """The composites' numeric options (rules.RuleOptions): finite; epsilon, gamma >= 0; stabiliser, flex eps > 0;
     low < high."""
     epsilon, stabilizer, gamma, alpha, beta = (options.epsilon, options.stabilizer, options.gamma, options.alpha,
@@ -42,7 +42,7 @@ def check_rule_options(options) -> None:
         raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default {DEFAULT_FLEX_EPSILON:g})")
 
 
-def check_bounds(low, high, where):
+def check_bounds(low: float | tuple, high: float | tuple, where: str) -> None:
     """zbox bounds: finite, and low < high (per channel where they are tuples)."""
     lows, highs = _finite(low, f"{where} low"), _finite(high, f"{where} high")
     if len(lows) > 1 and len(highs) > 1 and len(lows) != len(highs):
@@ -54,7 +54,7 @@ def check_bounds(low, high, where):
                                 "below the highest (e.g. --low 0 --high 1, or zbox:-2.1:2.6)")
 
 
-def check_rule(rule, where):
+def check_rule(rule: "Rule", where: str) -> None:
     """A rule parsed from --rule: finite parameters, and the ranges its formula needs."""
     for value in rule.params:
         _finite(value, f"{where}: parameter")
@@ -67,7 +67,8 @@ def check_rule(rule, where):
         raise LrpgraphError(f"{where}: flex-relu eps {rule.params[0]:g} must be > 0, e.g. flex-relu:0.01")
 
 
-def check_method_options(steps=32, samples=16, noise_level=0.1, chunk=None):
+def check_method_options(steps: int = 32, samples: int = 16, noise_level: float = 0.1,
+                         chunk: int | None = None) -> None:
     """Gradient-family options: positive counts, a finite noise level >= 0."""
     for name, value in (("--steps", steps), ("--samples", samples), ("--chunk", chunk)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -83,7 +84,7 @@ def _sizes(value, name):
     return items
 
 
-def check_preprocess(preprocess, input_shape, where="the model"):
+def check_preprocess(preprocess: dict | None, input_shape: tuple | list, where: str = "the model") -> None:
     """Preprocessing that the model's input can take: input_shape (C, H, W), None where not static."""
     pre = preprocess or {}
     channels, height, width = (tuple(input_shape) + (None, None, None))[:3]
@@ -124,7 +125,7 @@ def check_preprocess(preprocess, input_shape, where="the model"):
                                 f"use --resize/--crop {height} {width}")
 
 
-def check_labels(labels, classes, where="the model"):
+def check_labels(labels: list | None, classes: int | None, where: str = "the model") -> None:
     """Class names: one per class of the model (classes None: not static, not checked)."""
     if labels is not None and classes is not None and len(labels) != classes:
         raise LrpgraphError(f"--labels gives {len(labels)} class names but {where} has {classes} classes; "

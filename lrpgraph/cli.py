@@ -3,6 +3,7 @@
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 import click
 
@@ -22,7 +23,7 @@ DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
 
 class Group(click.Group):
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except LrpgraphError as err:
@@ -32,11 +33,11 @@ class Group(click.Group):
 
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="lrpgraph")
-def main():
+def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
 
 
-def rule_options(fn):
+def rule_options(fn: Callable) -> Callable:
     options = [
         click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
                      help="rule preset (zennit's names)"),
@@ -60,7 +61,7 @@ def rule_options(fn):
     return fn
 
 
-def preprocess_options(fn):
+def preprocess_options(fn: Callable) -> Callable:
     """Image preprocessing: stored in the model by convert, applied (and overridden) by explain."""
     options = [
         click.option("--resize", type=int, multiple=True, help="resize: shorter side, or H W (repeat the flag)"),
@@ -111,8 +112,10 @@ def _rule_options(kw):
               help="ort: also write OUTPUT.ort and its required-operators config (onnxruntime mobile)")
 @click.option("--optimize", is_flag=True, help="also write onnxruntime's optimised copy (OUTPUT with .ort.onnx, "
               "for the CPU provider) when it loads faster")
-def convert(model, output, target, labels, resize, crop, mean, std, mode, channel_order, scale, force, method,
-            explain, steps, quadrature, baseline, chunk, samples, noise_level, webgpu, formats, optimize, **kw):
+def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
+            std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
+            method: str | None, explain: tuple, steps: int, quadrature: str, baseline: str, chunk: int | None,
+            samples: int, noise_level: float, webgpu: bool, formats: str, optimize: bool, **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
 
@@ -160,7 +163,7 @@ def _read_labels(path):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @rule_options
-def inspect(model, **kw):
+def inspect(model: str, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
     from lrpgraph import bounds, composites, graph
     from lrpgraph.canonicalize import canonicalize
@@ -217,8 +220,10 @@ def inspect(model, **kw):
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
-def explain(model, inputs, out_dir, target, overlay, cmap, formats, json_out, html, png_scale, batch_size, provider,
-            threads, quiet, vocab, resize, crop, mean, std, mode, channel_order, scale):
+def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
+            json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
+            quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
+            channel_order: str | None, scale: float | None) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -274,7 +279,7 @@ def _demo_truth(records, labels):
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
-def demo(out_dir, composite, web):
+def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
     from lrpgraph.convert import convert as convert_model, save, uses_external_data
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -311,7 +316,7 @@ def demo(out_dir, composite, web):
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="site", show_default=True)
 @click.option("--samples", multiple=True, type=click.Path(exists=True), help="images (or folders) offered as samples")
 @click.option("--force", is_flag=True, help="replace a site written before")
-def web(model, out_dir, samples, force):
+def web(model: str, out_dir: str, samples: tuple, force: bool) -> None:
     """A static page that explains images in the browser with onnxruntime-web (WebGPU or WASM)."""
     _web_site(model, out_dir, samples, force)
 
@@ -341,7 +346,8 @@ def _web_site(model, out_dir, samples, force, title=None):
 @click.option("--no-plots", is_flag=True, help="write no curve plots")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
-def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_size, no_plots, provider, threads):
+def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_dir: str | None, step: int | None,
+             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output."""
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
@@ -370,7 +376,8 @@ def evaluate(model, data, masks_dir, metrics, out_dir, step, fill, seed, batch_s
 @click.option("--bias", type=float, default=1.0, show_default=True,
               help="probability that a training image carries its class's artefact")
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_dataset(root, classes, size, train_per_class, val_per_class, test_per_class, bias, seed):
+def make_dataset(root: str, classes: str, size: int, train_per_class: int, val_per_class: int, test_per_class: int,
+                 bias: float, seed: int) -> None:
     """Write background-biased Fashion-MNIST to ROOT: train/, [val/,] test-biased/, test-unbiased/,
     test-confounded/, each with images/<class>/ and masks/<class>/ (the layout `lrpgraph train` reads)."""
     from lrpgraph.datasets import write_benchmark

@@ -32,18 +32,18 @@ METHOD_OPTION_USERS = {
 }
 
 
-def given(ctx=None):
+def given(ctx: click.Context | None = None) -> set:
     """Names of the parameters the user gave on the command line (or through the environment)."""
     ctx = ctx or click.get_current_context()
     return {name for name in ctx.params
             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
-def flag(name):
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-") if name != "rules" else "--rule"
 
 
-def check_ignored(chosen, specs):
+def check_ignored(chosen: set, specs: list) -> None:
     """Refuse options that no composite or method in specs (the explained composites/methods) would read."""
     if "explain" in chosen:
         for name in ("method", "composite"):
@@ -60,7 +60,7 @@ def check_ignored(chosen, specs):
                                     f"{', '.join(sorted(users))}; leave it out or choose one of those")
 
 
-def check_output_file(path, option, source=None):
+def check_output_file(path: str | os.PathLike, option: str, source: str | os.PathLike | None = None) -> None:
     """An output file that can be written: its folder exists or can be made, it is not a folder, and it is
     not the input model itself (refused even with --force)."""
     if os.path.isdir(path):
@@ -71,7 +71,7 @@ def check_output_file(path, option, source=None):
     check_output_dir(os.path.dirname(os.path.abspath(path)), option, shown=path)
 
 
-def check_output_dir(path, option, shown=None):
+def check_output_dir(path: str | os.PathLike, option: str, shown: str | None = None) -> None:
     """A folder that exists or can be created: the nearest existing ancestor is a writable folder."""
     shown = shown if shown is not None else path
     current = os.path.abspath(path)
@@ -86,7 +86,7 @@ def check_output_dir(path, option, shown=None):
         raise LrpgraphError(f"{option} {shown}: cannot write in {current} (no permission); choose another path")
 
 
-def make_output_dir(path, option):
+def make_output_dir(path: str | os.PathLike, option: str) -> None:
     """Create the output folder (after check_output_dir); an OSError becomes one line."""
     check_output_dir(path, option)
     try:
@@ -96,7 +96,7 @@ def make_output_dir(path, option):
             from None
 
 
-def write_error(error, option, path):
+def write_error(error: OSError, option: str, path: str | os.PathLike) -> LrpgraphError:
     """One line for an OSError met while writing under path."""
     where = error.filename or path
     return LrpgraphError(f"{option} {path}: cannot write {where} ({error.strerror or error}); choose another path")

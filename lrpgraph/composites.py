@@ -47,7 +47,7 @@ GRADIENT_COMPOSITES = {"flex", "attn-lrp", "cp-lrp"}
 MESSAGE_COMPOSITES = {"attn-lrp", "cp-lrp"}
 
 
-def plan(units: list, composite: str = "epsilon-plus", overrides=(), options: RuleOptions | None = None,
+def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple = (), options: RuleOptions | None = None,
          first_bounds: dict | None = None) -> dict:
     """{unit name: Rule} for every unit. overrides: 'OpType=rule:params' or 'NAME=rule:params', NAME a node
     name or a layer's module path (from its weight's name); a name wins over an op type. options: the rule

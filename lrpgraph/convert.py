@@ -19,9 +19,11 @@ RELEVANCE = "relevance"
 EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (protobuf's limit is 2 GiB)
 
 
-def convert(model_or_path, composite: str = "epsilon-plus", target: str = "top", rules=(), method: str | None = None,
-            explain=None, options: RuleOptions | None = None, method_options: MethodOptions | None = None,
-            preprocess: dict | None = None, labels=None, webgpu: bool = False, **option_values) -> onnx.ModelProto:
+def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composite: str = "epsilon-plus",
+            target: str = "top", rules: list | tuple = (), method: str | None = None,
+            explain: dict | list | None = None, options: RuleOptions | None = None,
+            method_options: MethodOptions | None = None, preprocess: dict | None = None, labels: list | None = None,
+            webgpu: bool = False, **option_values) -> onnx.ModelProto:
     """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
@@ -151,7 +153,7 @@ def _explanations(explain, method, composite):
     return out
 
 
-def walk(ctx, canon, plan, seed):
+def walk(ctx: Context, canon: "Canonical", plan: dict, seed: str) -> str | None:
     """Visit the units in reverse topological order, carrying relevance from outputs to inputs; where a
     tensor feeds several units, the relevance arriving from each is summed. Returns the image's relevance."""
     pending = defaultdict(list)
@@ -188,7 +190,7 @@ def _attach(model, builders, new_inputs, image, explanations):
         g.output.append(info)
 
 
-def check(model, strict=True):
+def check(model: onnx.ModelProto, strict: bool = True) -> None:
     """onnx.checker with full shape inference (strict), or only the structural check for a source model
     that onnx's own shape inference already rejects (e.g. pooling with ceil_mode in onnx <= 1.23)."""
     try:
@@ -198,7 +200,7 @@ def check(model, strict=True):
                             "please report it with the model") from None
 
 
-def passes_full_check(model):
+def passes_full_check(model: onnx.ModelProto) -> bool:
     try:
         onnx.checker.check_model(graph.skeleton(model), full_check=True)
         return True
@@ -206,7 +208,7 @@ def passes_full_check(model):
         return False
 
 
-def save(model, path, force=False, external=None):
+def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, external: bool | None = None) -> None:
     """Write atomically (temporary file, then rename); refuse to overwrite without force.
 
     external: weights in PATH.data next to the model (ONNX external data), as models over protobuf's 2 GB
@@ -238,7 +240,7 @@ def save(model, path, force=False, external=None):
     atomic_write(path, lambda file: file.write(model.SerializeToString()))
 
 
-def uses_external_data(path):
+def uses_external_data(path: str | os.PathLike) -> bool:
     """Whether the ONNX file at path keeps its weights in external data files."""
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         return False
@@ -246,13 +248,13 @@ def uses_external_data(path):
     return any(external_data_helper.uses_external_data(t) for t in light.graph.initializer)
 
 
-def optimized_path(path):
+def optimized_path(path: str | os.PathLike) -> str:
     """Where write_optimized puts onnxruntime's optimised copy of a converted model: NAME.ort.onnx."""
     root, ext = os.path.splitext(os.fspath(path))
     return (root if ext == ".onnx" else os.fspath(path)) + ".ort.onnx"
 
 
-def write_optimized(path, force=False, repeats=3):
+def write_optimized(path: str | os.PathLike, force: bool = False, repeats: int = 3) -> tuple:
     """Also write onnxruntime's offline-optimised model (level 'extended': constant folding, e.g. w+ and the
     flipped kernels, and the CPU provider's fusions; no hardware-specific layouts) next to path, and keep
     it only when it loads faster. The graph's arithmetic is unchanged: the session would apply the same

@@ -51,11 +51,11 @@ SHAPES = np.array([
 ARTEFACT = SHAPES.shape[1]
 
 
-def fashion_dir():
+def fashion_dir() -> Path:
     return Path(os.environ.get("LRPGRAPH_FASHION_MNIST", DEFAULT_DIR))
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     dims = data[3]
@@ -63,7 +63,7 @@ def read_idx(path):
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_fashion_mnist(split="train"):
+def load_fashion_mnist(split: str = "train") -> tuple:
     """(images uint8 N x 28 x 28, labels uint8 N) of the train or test split."""
     if split not in ("train", "test"):
         raise LrpgraphError(f"split {split!r}: train or test")
@@ -78,7 +78,7 @@ def load_fashion_mnist(split="train"):
     return read_idx(paths[0]), read_idx(paths[1])
 
 
-def artefact_box(k, size):
+def artefact_box(k: int, size: int) -> tuple:
     """(top, left) of class k's 3 x 3 artefact on a size x size canvas: a place on the outer ring."""
     lo, hi, mid = 0, size - ARTEFACT, (size - ARTEFACT) // 2
     q1, q3 = (size - ARTEFACT) // 4, 3 * (size - ARTEFACT) // 4
@@ -87,13 +87,13 @@ def artefact_box(k, size):
     return places[k]
 
 
-def draw_artefact(canvas, k):
+def draw_artefact(canvas: np.ndarray, k: int) -> None:
     """Paint class k's artefact (white shape, black 3 x 3 box) into canvas (H x W float) in place."""
     top, left = artefact_box(k, canvas.shape[0])
     canvas[top:top + ARTEFACT, left:left + ARTEFACT] = np.where(SHAPES[k], 255.0, 0.0)
 
 
-def garment_mask(garment):
+def garment_mask(garment: np.ndarray) -> np.ndarray:
     """The garment's pixels (> 0) with the holes filled: every pixel that the background, entered from the
     border of the garment's box through 4-neighbours, cannot reach."""
     inside = garment > 0
@@ -120,7 +120,7 @@ class BiasedSet:
     classes: tuple  # Fashion-MNIST label of each class index
 
     @property
-    def names(self):
+    def names(self) -> list:
         return [f"{i}_{CLASS_NAMES[c]}" for i, c in enumerate(self.classes)]
 
 
@@ -135,8 +135,9 @@ def _check(classes, size, mode, bias):
         raise LrpgraphError(f"bias {bias}: a probability in [0, 1]")
 
 
-def biased_fashion_mnist(split="train", mode="biased", per_class=100, classes=(0, 1, 5, 8), size=36, seed=0,
-                         bias=1.0, offset=0):
+def biased_fashion_mnist(split: str = "train", mode: str = "biased", per_class: int = 100,
+                         classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0, bias: float = 1.0,
+                         offset: int = 0) -> BiasedSet:
     """A BiasedSet of per_class garments of each of `classes` (Fashion-MNIST labels; class index = position).
 
     split: train or test garments; mode: biased | unbiased | confounded (see the module doc); bias: in the
@@ -188,7 +189,7 @@ def biased_fashion_mnist(split="train", mode="biased", per_class=100, classes=(0
     return BiasedSet(images, masks, targets.astype(np.int64), artefacts, classes)
 
 
-def write_folders(data, root):
+def write_folders(data: BiasedSet, root: Path) -> tuple:
     """root/images/<class>/<i>.png and root/masks/<class>/<i>.png (the layout `lrpgraph train` reads);
     returns (images folder, masks folder)."""
     from PIL import Image
@@ -203,8 +204,8 @@ def write_folders(data, root):
     return root / "images", root / "masks"
 
 
-def write_benchmark(root, train_per_class=400, test_per_class=100, val_per_class=0, classes=(0, 1, 5, 8), size=36,
-                    seed=0, bias=1.0):
+def write_benchmark(root: Path, train_per_class: int = 400, test_per_class: int = 100, val_per_class: int = 0,
+                    classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0, bias: float = 1.0) -> dict:
     """The whole benchmark under root: train/ (biased with probability bias), optionally val/ (biased, from the
     train split, disjoint from train/), and test-biased/, test-unbiased/, test-confounded/ (test split), each
     with images/ and masks/. Returns {name: (images folder, masks folder)}."""

@@ -1,10 +1,11 @@
 """Writing files so that a reader never sees half of one: a temporary file next to the target, then a rename."""
 
 import os
+from collections.abc import Callable
 import secrets
 
 
-def atomic_write(path, write, binary=True, durable=False):
+def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True, durable: bool = False) -> None:
     """Call write(file) on a temporary file next to path, then rename it to path (creating the folder).
 
     The file gets the usual umask permissions (os.open with 0o666, not mkstemp's 0o600). durable: fsync

@@ -16,7 +16,7 @@ from onnx import helper
 from lrpgraph.graph import attrs_of
 
 
-def fuse(nodes, inits):
+def fuse(nodes: list, inits: dict) -> list:
     """nodes with every recognised pattern replaced by one synthetic node (in the place of its last node)."""
     producer = {o: n for n in nodes for o in n.output}
     consumers = {}

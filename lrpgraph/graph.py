@@ -2,6 +2,7 @@
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
 
 
-def read(model_or_path):
+def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """The onnx.ModelProto as given: a proto (itself), serialized bytes or a path. LrpgraphError with one
     line for a missing or unreadable file."""
     if isinstance(model_or_path, onnx.ModelProto):
@@ -30,7 +31,7 @@ def read(model_or_path):
                             "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
 
 
-def load(model_or_path):
+def load(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """An onnx.ModelProto from a path, bytes or a proto (copied), with Constant nodes turned into
     initializers, an opset of at least MIN_OPSET, and shapes inferred. Raises LrpgraphError for unreadable
     input."""
@@ -53,11 +54,11 @@ def load(model_or_path):
     return infer_shapes(model)
 
 
-def opset_of(model):
+def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def ensure_opset(model, where):
+def ensure_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     if opset_of(model) >= MIN_OPSET:
         return model
     try:
@@ -90,7 +91,7 @@ def _upgraded(model):
     return upgraded
 
 
-def weights_not_inputs(model):
+def weights_not_inputs(model: onnx.ModelProto) -> None:
     """IR 3 lists every initializer as a graph input as well; the weights stop being inputs (IR 4 and on
     allow it), so that the image is the one input a session feeds."""
     inits = {i.name for i in model.graph.initializer}
@@ -101,7 +102,7 @@ def weights_not_inputs(model):
     model.ir_version = max(model.ir_version, 4)
 
 
-def constants_to_initializers(model):
+def constants_to_initializers(model: onnx.ModelProto) -> None:
     """Constant nodes holding tensors become initializers, so weights look the same however they were stored."""
     graph = model.graph
     keep = []
@@ -115,7 +116,7 @@ def constants_to_initializers(model):
     graph.node.extend(keep)
 
 
-def bypass_identities(model):
+def bypass_identities(model: onnx.ModelProto) -> None:
     """Identity nodes that only rename an initializer (the TorchScript exporter shares equal weights
     this way) are removed and their readers read the initializer, so BatchNorm folding still sees weights."""
     graph = model.graph
@@ -132,7 +133,7 @@ def bypass_identities(model):
     graph.node.extend(keep)
 
 
-def infer_shapes(model):
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with value_info for every tensor whose shape can be inferred (on its skeleton)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
@@ -143,7 +144,7 @@ def infer_shapes(model):
     return model
 
 
-def skeleton(model, limit=4096):
+def skeleton(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
     """A copy of the model without the data of its large initializers (they become typed graph inputs):
     what the checker and shape inference need, without serialising hundreds of MB of weights."""
     light = onnx.ModelProto()
@@ -170,7 +171,7 @@ def skeleton(model, limit=4096):
     return light
 
 
-def tensor_shapes(model):
+def tensor_shapes(model: onnx.ModelProto) -> dict:
     """{name: [dim or None]} for every tensor whose rank is known (None: symbolic, e.g. the batch)."""
     shapes = {}
     graph = model.graph
@@ -183,7 +184,7 @@ def tensor_shapes(model):
     return shapes
 
 
-def topological(nodes, available):
+def topological(nodes: list, available: set) -> list:
     """Nodes in an order where each node comes after the producers of its inputs (Kahn's algorithm)."""
     producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     deps = [{producers[t] for t in node.input if t in producers and t not in available} for node in nodes]
@@ -209,7 +210,7 @@ class Builder:
     """Collects the relevance subgraph: nodes named lrp/<forward node>/<step>, and initializers.
     webgpu: emit only ops that onnxruntime-web's WebGPU backend has where an exact alternative exists."""
 
-    def __init__(self, model, prefix="lrp", webgpu=False):
+    def __init__(self, model: onnx.ModelProto, prefix: str = "lrp", webgpu: bool = False):
         self.prefix = prefix
         self.webgpu = webgpu
         self.nodes = []
@@ -220,7 +221,7 @@ class Builder:
         self._taken = {t for n in model.graph.node for t in list(n.input) + list(n.output)}
         self._taken |= {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
 
-    def fresh(self, step):
+    def fresh(self, step: str) -> str:
         self._steps[(self.scope, step)] += 1
         k = self._steps[(self.scope, step)]
         name = f"{self.prefix}/{self.scope}/{step}" + (f"_{k}" if k > 1 else "")
@@ -229,14 +230,14 @@ class Builder:
         self._taken.add(name)
         return name
 
-    def op(self, op_type, inputs, step=None, outputs=1, **attrs):
+    def op(self, op_type: str, inputs: list, step: str | None = None, outputs: int = 1, **attrs) -> str | list:
         """Emit one node; returns its output name (or a list when outputs > 1)."""
         name = self.fresh(step or op_type.lower())
         outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
         return outs[0] if outputs == 1 else outs
 
-    def const(self, value, dtype=np.float32):
+    def const(self, value: float | list | np.ndarray, dtype: type = np.float32) -> str:
         """An initializer holding value (cached: equal constants are stored once)."""
         array = np.asarray(value, dtype=dtype)
         key = (array.dtype.str, array.shape, array.tobytes())
@@ -246,37 +247,37 @@ class Builder:
             self._consts[key] = name
         return self._consts[key]
 
-    def ints(self, values):
+    def ints(self, values: list) -> str:
         return self.const(list(values), np.int64)
 
     # small arithmetic helpers, each one ONNX node
-    def add(self, a, b):
+    def add(self, a: str, b: str) -> str:
         return self.op("Add", [a, b], "add")
 
-    def sub(self, a, b):
+    def sub(self, a: str, b: str) -> str:
         return self.op("Sub", [a, b], "sub")
 
-    def mul(self, a, b):
+    def mul(self, a: str, b: str) -> str:
         return self.op("Mul", [a, b], "mul")
 
-    def div(self, a, b):
+    def div(self, a: str, b: str) -> str:
         return self.op("Div", [a, b], "div")
 
-    def pos(self, x):
+    def pos(self, x: str) -> str:
         return self.op("Relu", [x], "pos")
 
-    def neg(self, x):
+    def neg(self, x: str) -> str:
         if self.webgpu:  # x - max(x, 0) is min(x, 0) exactly
             return self.op("Sub", [x, self.pos(x)], "neg")
         return self.op("Min", [x, self.const(0.0)], "neg")
 
-    def stab(self, z, eps):
+    def stab(self, z: str, eps: float) -> str:
         """z + eps * s(z) with s(0) = +1 (never Sign alone: Sign(0) = 0)."""
         nonneg = self.op("GreaterOrEqual", [z, self.const(0.0)], "sign")
         shift = self.op("Where", [nonneg, self.const(eps), self.const(-eps)], "shift")
         return self.op("Add", [z, shift], "stab")
 
-    def sum(self, tensors):
+    def sum(self, tensors: list) -> str | None:
         tensors = [t for t in tensors if t is not None]
         if not tensors:
             return None
@@ -289,19 +290,19 @@ class Builder:
             return total
         return self.op("Sum", tensors, "fanin")
 
-    def reshape_like(self, r, x):
+    def reshape_like(self, r: str, x: str) -> str:
         return self.op("Reshape", [r, self.op("Shape", [x], "shape")], "reshape")
 
-    def zeros_like(self, x):
+    def zeros_like(self, x: str) -> str:
         return self.op("ConstantOfShape", [self.op("Shape", [x], "shape")], "zeros",
                        value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
 
-    def ones_like(self, x):
+    def ones_like(self, x: str) -> str:
         return self.op("ConstantOfShape", [self.op("Shape", [x], "shape")], "ones",
                        value=helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0]))
 
 
-def attrs_of(node, decoded: bool = False) -> dict:
+def attrs_of(node: onnx.NodeProto, decoded: bool = False) -> dict:
     """A node's attributes {name: value}. decoded: strings as str, tensors as numpy arrays, and subgraph
     attributes refused (UnsupportedModelError), as the importer's torch ops take them."""
     if not decoded:
@@ -319,7 +320,7 @@ def attrs_of(node, decoded: bool = False) -> dict:
     return out
 
 
-def constant_value(node) -> np.ndarray | None:
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a Constant node given as a tensor, float(s) or int(s); None for its other forms."""
     if len(node.attribute) != 1:
         return None
@@ -332,7 +333,8 @@ def constant_value(node) -> np.ndarray | None:
     return None
 
 
-def needed_nodes(nodes: list, outputs, keep=None, follow=None, ends=None) -> list:
+def needed_nodes(nodes: list, outputs: list | set, keep: Callable | None = None, follow: Callable | None = None,
+                 ends: Callable | None = None) -> list:
     """The nodes (in their topological order) that computing the tensors `outputs` runs: one backward walk.
     keep(node): a node it rejects is neither kept nor walked through; follow(tensor): only the tensors it
     accepts are needed in turn; ends(node) -> (inputs, outputs) for nodes that are not NodeProtos."""

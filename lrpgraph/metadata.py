@@ -17,6 +17,7 @@ the trainer read one (Record.from_model / from_props) instead of the keys.
 """
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 from lrpgraph.errors import LrpgraphError
@@ -83,13 +84,13 @@ class Record:
             props[LABELS] = json.dumps(list(self.labels), sort_keys=True)
         return props
 
-    def write(self, model) -> None:
+    def write(self, model: "onnx.ModelProto") -> None:
         """Store the record in an onnx.ModelProto's metadata_props (replacing an older one)."""
         for key, text in self.to_props().items():
             _set(model, key, text)
 
     @classmethod
-    def from_props(cls, props, where: str = "the model") -> "Record | None":
+    def from_props(cls, props: Mapping, where: str = "the model") -> "Record | None":
         """The record of metadata props {key: text} (a ModelProto's, or onnxruntime's custom metadata map);
         None if they hold no lrpgraph.config (not a converted model)."""
         if CONFIG not in props:
@@ -122,12 +123,12 @@ class Record:
         return cls(**values, preprocess=preprocess, labels=labels, version=version)
 
     @classmethod
-    def from_model(cls, model, where: str = "the model") -> "Record | None":
+    def from_model(cls, model: "onnx.ModelProto", where: str = "the model") -> "Record | None":
         """The record of an onnx.ModelProto; None if lrpgraph did not convert it."""
         return cls.from_props({p.key: p.value for p in model.metadata_props}, where)
 
 
-def read(model) -> dict:
+def read(model: "onnx.ModelProto") -> dict:
     """The lrpgraph metadata of an onnx.ModelProto as a dict {key: parsed value}; {} if not converted."""
     out = {}
     for prop in model.metadata_props:
@@ -138,7 +139,7 @@ def read(model) -> dict:
     return out
 
 
-def write(model, key: str, value) -> None:
+def write(model: "onnx.ModelProto", key: str, value: object) -> None:
     """Set one metadata property (JSON-encoded unless it is the version string), replacing an old one."""
     _set(model, key, value if key == VERSION else json.dumps(value, sort_keys=True))
 
@@ -152,7 +153,7 @@ def _set(model, key, text):
     entry.key, entry.value = key, text
 
 
-def strip(model) -> None:
+def strip(model: "onnx.ModelProto") -> None:
     """Remove every lrpgraph metadata property from an onnx.ModelProto (the others stay, in order)."""
     props = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("lrpgraph.")]
     del model.metadata_props[:]

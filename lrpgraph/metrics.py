@@ -46,7 +46,7 @@ def _roles(model):
     return image, logits
 
 
-def plain_model(model):
+def plain_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The part of a (converted) classifier that computes its logits: image in, `logits` out (pre-softmax).
     The nodes that only the heatmaps need are dropped, so running it costs one forward pass."""
     image, logits = _roles(model)
@@ -65,14 +65,15 @@ def plain_model(model):
     return plain
 
 
-def open_session(model, provider=None, threads=None, noise_seed=0) -> Runner:
+def open_session(model: onnx.ModelProto | bytes, provider: str | None = None, threads: int | None = None,
+                 noise_seed: int = 0) -> Runner:
     """An lrpgraph.ort.Runner of a ModelProto (or bytes) on the chosen provider."""
     from lrpgraph.runtime.providers import choose_providers
 
     return Runner(model, choose_providers(provider), threads, noise_seed=noise_seed)
 
 
-def softmax(logits):
+def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
@@ -82,14 +83,15 @@ class Classifier:
     """The plain model part of an ONNX classifier (path, ModelProto or bytes; plain or converted) in ONNX
     Runtime: .logits(images) and .probabilities(images) for images [N, C, H, W], in batches."""
 
-    def __init__(self, model, provider=None, threads=None, batch_size=DEFAULT_BATCH_SIZE):
+    def __init__(self, model: object, provider: str | None = None, threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
         self.model = plain_model(graph.read(model))
         self.runner = open_session(self.model, provider, threads)
         self.image_input = next(iter(self.runner.inputs))
         self.batch_size = int(batch_size)
         self.calls = 0
 
-    def logits(self, images):
+    def logits(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
         parts = []
         for start in range(0, len(images), self.batch_size):
@@ -98,7 +100,7 @@ class Classifier:
             self.calls += 1
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
-    def probabilities(self, images):
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))
 
 
@@ -107,7 +109,7 @@ class Classifier:
 class Curves:
     """fractions [K + 1] of pixels changed, probabilities [N, K + 1] of the explained classes, auc [N]."""
 
-    def __init__(self, kind, fractions, probabilities, classes):
+    def __init__(self, kind: str, fractions: np.ndarray, probabilities: np.ndarray, classes: np.ndarray):
         self.kind, self.fractions, self.probabilities, self.classes = kind, fractions, probabilities, classes
         self.auc = np.array([auc(fractions, p) for p in probabilities])
 
@@ -116,18 +118,18 @@ class Curves:
                 f"mean AUC {self.auc.mean():.4f})")
 
 
-def auc(fractions, values):
+def auc(fractions: np.ndarray, values: np.ndarray) -> float:
     """Trapezoid rule over the fractions (x in [0, 1])."""
     x, y = np.asarray(fractions, np.float64), np.asarray(values, np.float64)
     return float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum())
 
 
-def default_step(height, width):
+def default_step(height: int, width: int) -> int:
     """About 100 steps per curve: round(H * W / 100) pixels per step (RISE used 224 at 224 x 224)."""
     return max(1, round(height * width / 100))
 
 
-def pixel_order(relevance):
+def pixel_order(relevance: np.ndarray) -> np.ndarray:
     """Flat pixel indices [N, H * W], most relevant first (relevance summed over channels; stable)."""
     heat = _heat(relevance)
     return np.argsort(-heat.reshape(len(heat), -1), axis=1, kind="stable")
@@ -143,13 +145,13 @@ def _heat(relevance):
     raise LrpgraphError(f"relevance must be [N, C, H, W] or [N, H, W], got shape {list(r.shape)}")
 
 
-def gaussian_kernel(size=BLUR_SIZE, sigma=BLUR_SIGMA):
+def gaussian_kernel(size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
     t = np.arange(size) - size // 2
     g = np.exp(-t**2 / (2 * sigma**2))
     return g / g.sum()  # the 2-D kernel is the outer product: separable, sums to 1
 
 
-def blur(images, size=BLUR_SIZE, sigma=BLUR_SIGMA):
+def blur(images: np.ndarray, size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
     """Gaussian blur of each channel, zero padding (RISE's insertion start), float32 [N, C, H, W]."""
     x = np.asarray(images, dtype=np.float64)
     g, pad = gaussian_kernel(size, sigma), size // 2
@@ -167,7 +169,8 @@ def _steps(count, step):
     return np.append(np.arange(0, count, step), count)
 
 
-def perturbation_curves(classifier, start, finish, relevance, classes, step=None, kind="perturbation"):
+def perturbation_curves(classifier: Classifier, start: np.ndarray, finish: np.ndarray, relevance: np.ndarray,
+                        classes: np.ndarray | None, step: int | None = None, kind: str = "perturbation") -> Curves:
     """Move each image from start to finish, `step` pixels at a time, most relevant first; track the
     probability of classes [N]. start, finish: [N, C, H, W] (finish may broadcast). Returns Curves."""
     start = np.asarray(start, dtype=np.float32)
@@ -200,7 +203,8 @@ def _classes(classifier, images, classes):
     return np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(images),))
 
 
-def deletion(classifier, images, relevance, classes=None, step=None, fill=0.0):
+def deletion(classifier: Classifier, images: np.ndarray, relevance: np.ndarray, classes: np.ndarray | None = None,
+             step: int | None = None, fill: float | np.ndarray = 0.0) -> Curves:
     """Deletion curves (lower AUC is better): the most relevant pixels are replaced by fill first.
     classes: explained class per image (default: the predicted one); fill broadcasts to the images
     (a number, per channel [C, 1, 1], or whole images)."""
@@ -209,7 +213,8 @@ def deletion(classifier, images, relevance, classes=None, step=None, fill=0.0):
                                "deletion")
 
 
-def insertion(classifier, images, relevance, classes=None, step=None, blurred=None):
+def insertion(classifier: Classifier, images: np.ndarray, relevance: np.ndarray, classes: np.ndarray | None = None,
+              step: int | None = None, blurred: np.ndarray | None = None) -> Curves:
     """Insertion curves (higher AUC is better): from a blurred copy (default blur()), the most relevant
     pixels of the image are put back first."""
     images = np.asarray(images, dtype=np.float32)
@@ -229,7 +234,7 @@ def _masks(masks, heat):
     return m != 0
 
 
-def background_fraction(relevance, masks):
+def background_fraction(relevance: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """sum(|R| (1 - M)) / sum(|R|) per image (|R| summed over channels); NaN for an all-zero heatmap."""
     r = np.abs(np.asarray(relevance, dtype=np.float64))
     heat = r.sum(axis=1) if r.ndim == 4 else r
@@ -240,7 +245,7 @@ def background_fraction(relevance, masks):
         return np.where(total > 0, outside / total, np.nan)
 
 
-def pointing_game(relevance, masks):
+def pointing_game(relevance: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """True where the arg-max of the channel-summed heatmap lies inside the mask."""
     heat = _heat(relevance)
     m = _masks(masks, heat).reshape(len(heat), -1)
@@ -248,7 +253,7 @@ def pointing_game(relevance, masks):
     return m[np.arange(len(heat)), peak]
 
 
-def conservation_error(relevance, seed_sums):
+def conservation_error(relevance: np.ndarray, seed_sums: np.ndarray) -> np.ndarray:
     """|sum R - s| / |s| per image."""
     r = np.asarray(relevance, dtype=np.float64)
     total = r.reshape(len(r), -1).sum(1)

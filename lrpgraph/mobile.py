@@ -17,13 +17,13 @@ from pathlib import Path
 from lrpgraph.errors import LrpgraphError
 
 
-def ort_paths(onnx_path) -> tuple[Path, Path]:
+def ort_paths(onnx_path: str | os.PathLike) -> tuple[Path, Path]:
     """(MODEL.ort, MODEL.required_operators.config) beside MODEL.onnx, as onnxruntime's converter names them."""
     path = Path(onnx_path)
     return path.with_suffix(".ort"), path.with_suffix(".required_operators.config")
 
 
-def save_ort(onnx_path, force: bool = False) -> tuple[Path, Path]:
+def save_ort(onnx_path: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
     """Write the ORT-format model and its required-operators config beside onnx_path (built in a temporary
     folder, then renamed into place); refuse to overwrite either without force."""
     targets = ort_paths(onnx_path)

@@ -50,7 +50,7 @@ def session_options(threads: int | None = None, optimization: str = "all") -> "o
     return options
 
 
-def source_of(path_or_model) -> tuple:
+def source_of(path_or_model: object) -> tuple:
     """(what onnxruntime takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes."""
     if isinstance(path_or_model, (bytes, bytearray)):
         return bytes(path_or_model), "the given model bytes"
@@ -68,7 +68,7 @@ class Runner:
     providers: the list onnxruntime takes (runtime.providers.choose_providers); noise_seed: what is fed to a
     `noise_seed` input (SmoothGrad/SmoothTaylor draw their noise from it: fixed, so runs are reproducible)."""
 
-    def __init__(self, model, providers: list, threads: int | None = None, optimization: str = "all",
+    def __init__(self, model: object, providers: list, threads: int | None = None, optimization: str = "all",
                  noise_seed: int = 0, name: str | None = None):
         source, self.name = source_of(model)
         self.name = name or self.name
@@ -87,7 +87,8 @@ class Runner:
         """Inputs fed the same value on every run: {noise_seed: [k]} on SmoothGrad/SmoothTaylor models."""
         return {} if self.noise_seed is None else {NOISE_SEED_INPUT: self.noise_seed}
 
-    def target_feed(self, classes: np.ndarray, num_classes: int | None, logits: np.ndarray | None = None):
+    def target_feed(self, classes: np.ndarray, num_classes: int | None,
+                    logits: np.ndarray | None = None) -> np.ndarray | None:
         """What the model's target input takes for the explained classes [N]: the indices for `target`; for
         `relevance_seed` the one-hot rows (a gradient seed), times each row's logits when logits [N, K] are
         given (a relevance seed, logit x one-hot). None for a model without a target input."""
@@ -103,7 +104,7 @@ class Runner:
         onehot = np.eye(num_classes, dtype=np.float32)[classes]
         return onehot if logits is None else onehot * np.asarray(logits, np.float32)
 
-    def feeds(self, image_input: str, images, target=None, **more) -> dict:
+    def feeds(self, image_input: str, images: np.ndarray, target: np.ndarray | None = None, **more) -> dict:
         """The feed dict: the images (float32, contiguous), the target feed when there is one, the constant
         feeds, and any further inputs by name."""
         feeds = {image_input: np.ascontiguousarray(images, dtype=np.float32)}

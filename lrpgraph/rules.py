@@ -150,7 +150,7 @@ OTHER_RULES = {
 GRADIENT_RULES = ("gradient", "flex-relu", "guided")  # carry a gradient, not a relevance
 
 
-def make_rule(name, params=(), stabilizer=DEFAULT_STABILIZER, where="rule"):
+def make_rule(name: str, params: tuple = (), stabilizer: float = DEFAULT_STABILIZER, where: str = "rule") -> Rule:
     """A Rule with its parameters checked (defaults fill missing ones)."""
     table = {**{k: v[:2] for k, v in LINEAR_RULES.items()}, **OTHER_RULES}
     if name not in table:
@@ -169,7 +169,7 @@ def make_rule(name, params=(), stabilizer=DEFAULT_STABILIZER, where="rule"):
     return Rule(name, values, stabilizer)
 
 
-def parse_rule(text, stabilizer=DEFAULT_STABILIZER, where="rule"):
+def parse_rule(text: str, stabilizer: float = DEFAULT_STABILIZER, where: str = "rule") -> Rule:
     """'alpha-beta:2:1' -> Rule('alpha-beta', (2.0, 1.0))."""
     name, *params = text.strip().split(":")
     try:
@@ -180,11 +180,12 @@ def parse_rule(text, stabilizer=DEFAULT_STABILIZER, where="rule"):
     return make_rule(name, numbers, stabilizer, where)
 
 
-def is_linear(rule):
+def is_linear(rule: Rule) -> bool:
     return rule.name in LINEAR_RULES
 
 
-def linear_relevance(b, layer, rule, relevance, nonneg_input=False, output=None):
+def linear_relevance(b: "Builder", layer: "LinearLayer", rule: Rule, relevance: str, nonneg_input: bool = False,
+                     output: str | None = None) -> str:
     """Emit the relevance at a linear layer's input for a rule in LINEAR_RULES (see the module docstring).
 
     layer: converters.linear.LinearLayer (forward/backward emitters, weights); output: the layer's own

@@ -13,7 +13,7 @@ TARGET_INPUT = "target"
 SEED_INPUT = "relevance_seed"
 
 
-def seed(b, logits, num_classes, mode, batch_dim, gradient=False):
+def seed(b: "Builder", logits: str, num_classes: int, mode: str, batch_dim: str | int, gradient: bool = False) -> tuple:
     """Emit the seed; returns (seed tensor, [new graph inputs])."""
     if mode not in TARGETS:
         raise LrpgraphError(f"unknown target mode '{mode}'; choose one of {', '.join(TARGETS)}")

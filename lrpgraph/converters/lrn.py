@@ -23,7 +23,7 @@ def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: i
 
 
 @register("LRN", kind="normaliser", rules={"pass", "gradient"}, category="lrn", keeps_nonneg=True)
-def lrn(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def lrn(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r = r_outs[0]
     if rule.name == "pass":
         return [r]

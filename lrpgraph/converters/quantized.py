@@ -28,16 +28,16 @@ SHADOW = "lrp/shadow/"
 
 # a Q -> DQ pair keeps a non-negative activation non-negative (its clipping may only remove negatives)
 @register(*QDQ, kind="structure")
-def quantize_linear(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def quantize_linear(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Q and DQ pass relevance (and gradients: the straight-through estimator) to their data input."""
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
 
 
-def is_quantized(model) -> bool:
+def is_quantized(model: "onnx.ModelProto") -> bool:
     return any(node.op_type in QDQ for node in model.graph.node)
 
 
-def dequantize(q, scale, zero_point=None, axis=1):
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, axis: int = 1) -> np.ndarray:
     """DequantizeLinear in numpy, as onnxruntime computes it: (q - zero_point) * scale in float32, with a
     per-tensor scale or a per-channel one along axis."""
     q = np.asarray(q)
@@ -55,7 +55,7 @@ def _channel_shape(q, values, axis):
     return shape
 
 
-def dequantized_view(model):
+def dequantized_view(model: "onnx.ModelProto") -> tuple:
     """(a copy of model in which every DequantizeLinear of constants is a float initializer of the same name,
     {those names}). The relevance rules read weights from this view; the forward keeps the int8 ones."""
     view = copy.deepcopy(model)
@@ -74,7 +74,7 @@ def dequantized_view(model):
     return view, folded
 
 
-def shadow(model, view, folded, count):
+def shadow(model: "onnx.ModelProto", view: "onnx.ModelProto", folded: set, count: int) -> None:
     """Give the relevance nodes (the last `count` nodes of model) their own float copy of the forward they read.
 
     onnxruntime fuses DequantizeLinear -> op -> QuantizeLinear into one int8 kernel only where nothing else

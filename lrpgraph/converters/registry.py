@@ -17,6 +17,7 @@ A converter is called as fn(ctx, unit, rule, r_outs) and returns the signal for 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from onnx import NodeProto
 
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
@@ -107,7 +108,7 @@ class OpRecord:
     def category_of(self, kind: str) -> str:
         return self.category if kind == self.kind and self.category else kind
 
-    def check(self, flag: str, unit, inits: Mapping) -> bool:
+    def check(self, flag: str, unit: "Unit", inits: Mapping) -> bool:
         value = getattr(self, flag)
         return bool(value(unit, inits)) if callable(value) else bool(value)
 
@@ -123,14 +124,14 @@ class Context:
     nonneg: set = field(default_factory=set)  # tensors known to be >= 0 (ReLU outputs and what only moves them)
     message: str = "relevance"  # "gradient": LRP rules receive and return g = R / x (attn-lrp, cp-lrp)
 
-    def value(self, name: str, unit, what: str):
+    def value(self, name: str, unit: "Unit", what: str) -> np.ndarray:
         """The numpy value of a constant input, or a clear error naming the node."""
         if name not in self.inits:
             raise UnsupportedModelError(f"node '{unit.name}' ({unit.op}): its {what} ('{name}') must be a constant "
                                         "initializer; fold constants first (e.g. onnxsim) or re-export")
         return self.inits[name]
 
-    def shape(self, name: str, unit) -> list:
+    def shape(self, name: str, unit: "Unit") -> list:
         shape = self.shapes.get(name)
         if shape is None or any(d is None for d in shape[1:]):
             raise UnsupportedModelError(f"node '{unit.name}' ({unit.op}): the shape of '{name}' is unknown or not "
@@ -225,12 +226,12 @@ def node_name(node: NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def unsupported_rule(unit, rule: Rule) -> UnsupportedModelError:
+def unsupported_rule(unit: "Unit", rule: Rule) -> UnsupportedModelError:
     return UnsupportedModelError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to this op; "
                                  "choose another with --rule")
 
 
-def check_rule(unit, rule: Rule) -> None:
+def check_rule(unit: "Unit", rule: Rule) -> None:
     """The walker's check: the rule is one the unit's record accepts for its kind."""
     if rule.name not in RECORDS[unit.op].rules_for(unit.kind):
         raise unsupported_rule(unit, rule)

@@ -4,6 +4,8 @@ input value. Which input index each output index copies (along each spatial axis
 coordinate transformation and rounding attributes; it is computed here by running the node itself on an
 index ramp with onnx's reference evaluator, then applied as a 0/1 matrix per axis (MatMul)."""
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -13,7 +15,7 @@ from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
 
 
-def nearest_index_maps(unit, inits_of, shape: list) -> list:
+def nearest_index_maps(unit: "Unit", inits_of: Callable, shape: list) -> list:
     """[map per spatial axis]: map[i] = the input index that output index i copies."""
     rank = len(shape)
     constants = []
@@ -42,7 +44,7 @@ def nearest_index_maps(unit, inits_of, shape: list) -> list:
 
 
 @register("Resize", kind="structure")
-def resize(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def resize(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     mode = unit.attrs.get("mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode != "nearest":

@@ -11,7 +11,7 @@ from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
 
-def unbroadcast(ctx: Context, t: str, to: str, unit, frm: str) -> str:
+def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:
     """Sum t (shaped like tensor frm) over the axes along which tensor `to` was broadcast."""
     b = ctx.b
     src, dst = ctx.shapes.get(frm), ctx.shapes.get(to)
@@ -51,7 +51,7 @@ def _not_affine(unit, inits):
           affine=lambda value, signal_first: (1.0, value))
 @register("Sub", kind="sum", classify=_sum_or_affine, keeps_nonneg=False,
           affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value))
-def add_sub(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def add_sub(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -85,7 +85,7 @@ def _sum_of_signals(node, dynamic):
 
 
 @register("Sum", kind="sum", classify=_sum_of_signals, keeps_nonneg=_not_affine)
-def sum_(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def sum_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Like a residual Add with n inputs: the norm rule R_i = x_i R / stab(sum), or the gradient (each
     signal gets R); constants get nothing (a Sum with one signal passes R to it)."""
     r, b, out = r_outs[0], ctx.b, unit.outputs[0]
@@ -103,7 +103,7 @@ def sum_(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
 @register("Mul", kind="affine", classify=_gate_or_affine, keeps_nonneg=_not_affine,
           affine=lambda value, signal_first: (value, 0.0))
 @register("Div", kind="affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0))
-def mul_div(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def mul_div(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r, b = r_outs[0], ctx.b
     x, y = unit.inputs[:2]
     out = unit.outputs[0]
@@ -131,17 +131,17 @@ def mul_div(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
 
 
 @register("Identity", "Dropout", kind="structure")
-def identity(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def identity(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze", kind="structure")
-def reshape(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def reshape(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [ctx.b.reshape_like(r_outs[0], unit.inputs[0])] + [None] * (len(unit.inputs) - 1)
 
 
 @register("Transpose", kind="structure")
-def transpose(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def transpose(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     perm = list(unit.attrs.get("perm", range(len(ctx.shapes[unit.inputs[0]]))[::-1]))
     inverse = [perm.index(i) for i in range(len(perm))]
     return [ctx.b.op("Transpose", [r_outs[0]], "transpose", perm=inverse)]
@@ -152,7 +152,7 @@ def _no_negative_constant(unit, inits):
 
 
 @register("Concat", kind="structure", keeps_nonneg=_no_negative_constant)
-def concat(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def concat(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     axis = unit.attrs["axis"]
     sizes = []
     for t in unit.inputs:
@@ -164,7 +164,7 @@ def concat(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
 
 
 @register("Split", kind="structure")
-def split(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def split(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     parts = [r if r is not None else b.zeros_like(out) for r, out in zip(r_outs, unit.outputs)]
     joined = b.op("Concat", parts, "concat", axis=unit.attrs.get("axis", 0))
@@ -172,7 +172,7 @@ def split(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
 
 
 @register("Slice", kind="structure")
-def slice_(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def slice_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     x = unit.inputs[0]
     shape = ctx.shapes.get(x)
@@ -202,7 +202,7 @@ def _pads_with_zero(unit, inits):
 
 
 @register("Pad", kind="structure", keeps_nonneg=_pads_with_zero)
-def pad(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def pad(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     mode = unit.attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode

@@ -4,6 +4,8 @@ gradients (IG), guided IG (guided non-linearity), SmoothGrad and SmoothTaylor (R
 Methods that need the model at other inputs (IG's path points, SmoothGrad's noisy copies) clone the
 forward path over an expanded batch (steps x N), so one ONNX Runtime call does the whole method."""
 
+from collections.abc import Callable
+
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import integrated, smooth
 from lrpgraph.methods.gradient import gradient_plan
@@ -16,7 +18,8 @@ def is_method(name: str) -> bool:
     return name in METHODS
 
 
-def emit(b, model, canon, method: str, seed: str, options: MethodOptions, walk):
+def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", method: str, seed: str, options: MethodOptions,
+         walk: Callable) -> tuple:
     """Emit the method's attribution for the image; returns (tensor, [new graph inputs])."""
     options.check()
 

@@ -4,6 +4,8 @@ the input, or a graph input `baseline`. Guided IG uses guided gradients (only po
 ReLU-like units and MaxPool). Steps lie along the batch axis; `chunk` steps per cloned forward path
 bound the memory of large step counts."""
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import TensorProto, helper
 
@@ -14,7 +16,7 @@ from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 BASELINE_INPUT = "baseline"
 
 
-def quadrature(steps, rule="riemann"):
+def quadrature(steps: int, rule: str = "riemann") -> tuple:
     """(points a_k in [0, 1], weights w_k) of the path integral."""
     if steps < 1:
         raise LrpgraphError(f"steps must be at least 1 (got {steps})")
@@ -26,7 +28,8 @@ def quadrature(steps, rule="riemann"):
     raise LrpgraphError(f"unknown quadrature '{rule}'; use riemann or gauss-legendre")
 
 
-def emit(b, model, canon, seed, options, walk, guided=False):
+def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+         walk: Callable, guided: bool = False) -> tuple:
     steps = int(options.steps)
     points, weights = quadrature(steps, options.quadrature)
     chunk = int(options.chunk or steps)
@@ -74,7 +77,7 @@ def _baseline(b, model, canon, kind):
     raise LrpgraphError(f"unknown baseline '{kind}'; use zero, blur or input")
 
 
-def blur(b, x, shape, size=11, sigma=5.0):
+def blur(b: "Builder", x: str, shape: list, size: int = 11, sigma: float = 5.0) -> str:
     """Gaussian blur per channel (kernel 11, sigma 5, as RISE's insertion metric), zero padding."""
     if len(shape) != 4:
         raise LrpgraphError("the blurred baseline needs an image input [N, C, H, W]")

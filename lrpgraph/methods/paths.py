@@ -7,7 +7,8 @@ from lrpgraph.canonicalize import Canonical
 from lrpgraph.graph import needed_nodes
 
 
-def clone_path(model, canon, new_input, prefix, b=None, m=None):
+def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefix: str, b: "Builder | None" = None,
+               m: int | None = None) -> tuple:
     """Copy every node between the image input and the logits (shape computations included) so that it
     reads new_input instead; returns (nodes, canonical view of the clone for the walker). With a builder b
     and the number of points m, the model's other inputs with a batch axis (a text model's token ids,
@@ -70,22 +71,22 @@ def _renamed(canon, rename, prefix):
                      {r(t) for t in canon.nonneg})
 
 
-def expand(b, points, x):
+def expand(b: "Builder", points: str, x: str) -> str:
     """[m, N, ...] -> [m * N, ...]."""
     rest = b.op("Slice", [b.op("Shape", [x], "shape"), b.ints([1]), b.ints([2**62])], "rest_shape")
     return b.op("Reshape", [points, b.op("Concat", [b.ints([-1]), rest], "shape", axis=0)], "expand_batch")
 
 
-def fold(b, t, x, m):
+def fold(b: "Builder", t: str, x: str, m: int) -> str:
     """[m * N, ...] -> [m, N, ...]."""
     return b.op("Reshape", [t, b.op("Concat", [b.ints([m]), b.op("Shape", [x], "shape")], "shape", axis=0)],
                 "fold_batch")
 
 
-def tile(b, seed, m):
+def tile(b: "Builder", seed: str, m: int) -> str:
     """A seed [N, C] repeated for each of m points: [m * N, C], point-major."""
     return b.op("Tile", [seed, b.ints([m, 1])], "tile_seed")
 
 
-def add_nodes(b, nodes):
+def add_nodes(b: "Builder", nodes: list) -> None:
     b.nodes.extend(nodes)

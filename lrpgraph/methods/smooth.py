@@ -5,6 +5,8 @@ The noise eps_i ~ N(0, 1) is drawn in the graph from the int64 input `noise_seed
 integer hash and Box-Muller, so a run is reproducible and `noise(seed, shape)` here gives the same
 numbers in numpy."""
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import TensorProto, helper
 
@@ -24,7 +26,7 @@ def _hash(v, seed):
     return s ^ (s // 65536)
 
 
-def noise(seed, shape):
+def noise(seed: int, shape: tuple) -> np.ndarray:
     """The graph's standard normal noise, in numpy (float32), for references and tests."""
     count = int(np.prod(shape))
     idx = np.arange(count, dtype=np.int64)
@@ -57,7 +59,7 @@ def _emit_xorshift(b, s):
     return out
 
 
-def emit_noise(b, shape_tensor, seed):
+def emit_noise(b: "Builder", shape_tensor: str, seed: str) -> str:
     """Standard normal noise of a dynamic shape (an int64 shape tensor), float32."""
     count = b.op("ReduceProd", [shape_tensor], "count", keepdims=0)
     idx = b.op("Range", [b.const(0, np.int64), count, b.const(1, np.int64)], "index")
@@ -74,7 +76,8 @@ def emit_noise(b, shape_tensor, seed):
     return b.op("Reshape", [z, shape_tensor], "noise")
 
 
-def emit(b, model, canon, seed, options, walk, taylor=False):
+def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+         walk: Callable, taylor: bool = False) -> tuple:
     samples = int(options.samples)
     level = float(options.noise_level)
     x = canon.image

@@ -16,22 +16,22 @@ import numpy as np
 from lrpgraph.ort import run_error
 
 
-def is_torch(value):
+def is_torch(value: object) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def to_numpy(array):
+def to_numpy(array: object) -> np.ndarray:
     return array.detach().cpu().numpy() if is_torch(array) else np.asarray(array)
 
 
 class NumpyOps:
     """numpy arrays through InferenceSession.run."""
 
-    def __init__(self, session):
+    def __init__(self, session: "ExplainSession"):
         self.session = session
 
-    def run(self, x, feed):
+    def run(self, x: np.ndarray, feed: np.ndarray | None) -> tuple:
         """(logits, [relevance per heatmap output]) for the rows x and the target feed (None when the model takes
         none)."""
         s = self.session
@@ -39,35 +39,35 @@ class NumpyOps:
         return logits, relevance
 
     @staticmethod
-    def take(array, rows):
+    def take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array[rows])
 
     @staticmethod
-    def put(array, rows, values):
+    def put(array: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         array[rows] = values
         return array
 
     @staticmethod
-    def scale(array, factors):
+    def scale(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
         return array * factors.astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
 
     @staticmethod
-    def cat(parts):
+    def cat(parts: list) -> np.ndarray:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @staticmethod
-    def empty(x, classes):
+    def empty(x: np.ndarray, classes: int) -> tuple:
         return np.zeros((0, classes), dtype=np.float32), np.zeros(x.shape, dtype=np.float32)
 
 
 class TorchOps:
     """torch tensors on the session's own device, bound with IO binding."""
 
-    def __init__(self, session):
+    def __init__(self, session: "ExplainSession"):
         self.session = session
         self.torch = sys.modules["torch"]
 
-    def run(self, x, feed):
+    def run(self, x: "torch.Tensor", feed: np.ndarray | None) -> tuple:
         """One run with IO binding: inputs and outputs are torch tensors on x's device."""
         s, torch = self.session, self.torch
         kind, index = ("cuda", x.device.index or 0) if x.device.type == "cuda" else ("cpu", 0)
@@ -99,19 +99,19 @@ class TorchOps:
             logits = torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(x.device)
         return logits, relevance
 
-    def take(self, array, rows):
+    def take(self, array: "torch.Tensor", rows: np.ndarray) -> "torch.Tensor":
         return array[self.torch.from_numpy(rows).to(array.device)].contiguous()
 
-    def put(self, array, rows, values):
+    def put(self, array: "torch.Tensor", rows: np.ndarray, values: "torch.Tensor") -> "torch.Tensor":
         array[self.torch.from_numpy(rows).to(array.device)] = values
         return array
 
-    def scale(self, array, factors):
+    def scale(self, array: "torch.Tensor", factors: np.ndarray) -> "torch.Tensor":
         factors = self.torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(array.device)
         return array * factors.reshape((-1,) + (1,) * (array.dim() - 1))
 
-    def cat(self, parts):
+    def cat(self, parts: list) -> "torch.Tensor":
         return parts[0] if len(parts) == 1 else self.torch.cat(parts)
 
-    def empty(self, x, classes):
+    def empty(self, x: "torch.Tensor", classes: int) -> tuple:
         return x.new_zeros((0, classes)), x.new_zeros(tuple(x.shape))

@@ -13,7 +13,9 @@ folder it writes metrics.csv and, with matplotlib, curves/<image>.curves.png.
 import csv
 import io
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ MASK_METRICS = ("background", "pointing")
 KNOWN_INPUTS = ("target", "relevance_seed", "noise_seed")
 
 
-def parse_metrics(text):
+def parse_metrics(text: str) -> list:
     chosen = [m.strip().lower() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
@@ -46,7 +48,7 @@ class HeatmapModel:
     """A converted model in ONNX Runtime: every heatmap output for a batch, explaining the predicted
     class (fed through `target` / `relevance_seed` where the model takes them; `noise_seed` is fed seed)."""
 
-    def __init__(self, model, provider=None, threads=None, seed=0):
+    def __init__(self, model: object, provider: str | None = None, threads: int | None = None, seed: int = 0):
         self.proto = graph.read(model)
         self.record = metadata.Record.from_model(self.proto)
         if self.record is None:
@@ -66,7 +68,7 @@ class HeatmapModel:
             raise LrpgraphError(f"the image input {self.image_input} must be [N, C, H, W], got {len(dims)} dims")
         self.input_shape = tuple(dims[1:])
 
-    def heatmaps(self, images, classes, logits):
+    def heatmaps(self, images: np.ndarray, classes: np.ndarray, logits: np.ndarray) -> dict:
         """{output: relevance [N, C, H, W]} explaining classes [N] (logits [N, K] give LRP seeds)."""
         runner = self.runner
         if runner.target_input != SEED_INPUT:
@@ -80,7 +82,7 @@ class HeatmapModel:
                 out.update(zip(names, runner.run(names, runner.feeds(self.image_input, images, seed))))
         return out
 
-    def seed_sums(self, output, logits, classes):
+    def seed_sums(self, output: str, logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """The seed sum that LRP relevance conserves; NaN for gradient-family outputs."""
         if self.record.is_gradient(output):
             return np.full(len(classes), np.nan)
@@ -88,7 +90,7 @@ class HeatmapModel:
             return logits.astype(np.float64).sum(1)
         return logits[np.arange(len(classes)), classes].astype(np.float64)
 
-    def black(self):
+    def black(self) -> np.ndarray:
         """The model input value of a black pixel, per channel [C, 1, 1] (0 without preprocess metadata)."""
         mode = image_mode(self.preprocess, self.input_shape)
         return to_array(Image.new(mode, (1, 1)), self.preprocess)
@@ -135,8 +137,11 @@ def _load_chunk(found, chunk, heatmaps, failed, on_failure):
     return kept, (np.stack(images) if images else None)
 
 
-def evaluate(model, paths, metrics=("deletion", "insertion"), masks_dir=None, out_dir=None, step=None, fill="black",
-             batch_size=16, provider=None, threads=None, seed=0, plots=True, on_failure=_report_failure):
+def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletion", "insertion"),
+             masks_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+             step: int | None = None, fill: str | float = "black", batch_size: int = 16, provider: str | None = None,
+             threads: int | None = None, seed: int = 0, plots: bool = True,
+             on_failure: Callable | None = _report_failure) -> dict:
     """Evaluate every heatmap output of a converted model on image files (folders walked recursively).
 
     masks_dir holds a mask per image under the same relative name (PNG; nonzero = foreground), needed for
@@ -217,7 +222,7 @@ def _number(value, what):
         raise LrpgraphError(f"--{what} must be 'black' or a number, got {value!r}") from None
 
 
-def summarize(rows, outputs):
+def summarize(rows: list, outputs: list) -> dict:
     """{output: {column: mean over images (NaN-aware)}}."""
     summary = {}
     for output in outputs:
@@ -228,7 +233,7 @@ def summarize(rows, outputs):
     return summary
 
 
-def format_table(summary, images=None):
+def format_table(summary: dict, images: int | None = None) -> str:
     """A markdown table: one row per heatmap output, the mean of each metric."""
     columns = list(next(iter(summary.values()), {}))
     lines = ["| output | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]

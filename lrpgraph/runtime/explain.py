@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -33,7 +34,7 @@ WRITE_THREADS = 2  # PNG encoding and file writes release the GIL: they overlap 
 OVERLAY_ALPHA = 0.5
 
 
-def parse_formats(formats):
+def parse_formats(formats: str | tuple | list) -> tuple:
     """A tuple of output formats from ('png', 'npy') or a comma-separated string 'png,npy'."""
     items = formats.split(",") if isinstance(formats, str) else list(formats)
     chosen = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
@@ -43,7 +44,7 @@ def parse_formats(formats):
     return chosen
 
 
-def output_bases(found):
+def output_bases(found: list) -> list:
     """For each (file, relative path): the relative output name without extension, made unique."""
     bases, used = [], set()
     for _, relative in found:
@@ -116,7 +117,7 @@ def _output_names(base, formats, overlay, outputs=("relevance",), inputs_png=Fal
     return names
 
 
-def upscale(array, factor):
+def upscale(array: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement of an H x W (x 3) picture by an integer factor (pixels stay square)."""
     return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
@@ -192,8 +193,10 @@ def _report_failure(file, message):
     tqdm.write(f"skipped: {message}" if str(file) in message else f"skipped {file}: {message}", file=sys.stderr)
 
 
-def explain_paths(session, paths, out_dir, target=None, batch_size=16, formats=("png",), overlay=False, cmap="bwr",
-                  json_lines=None, progress=True, on_failure=_report_failure, png_scale=1, inputs_png=False):
+def explain_paths(session: "ExplainSession", paths: list, out_dir: str | os.PathLike,
+                  target: int | np.ndarray | None = None, batch_size: int = 16, formats: tuple | str = ("png",),
+                  overlay: bool = False, cmap: str = "bwr", json_lines: Callable | None = None, progress: bool = True,
+                  on_failure: Callable | None = _report_failure, png_scale: int = 1, inputs_png: bool = False) -> dict:
     """Explain the images in paths (files and folders); write outputs under out_dir; return a summary.
 
     target: None (each image's predicted class) or one class index for all images. formats: 'png'

@@ -27,11 +27,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 CHANNELS = {"L": 1, "RGB": 3}
 
 
-def is_image_name(path):
+def is_image_name(path: str | os.PathLike) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def find_images(paths, exclude=None):
+def find_images(paths: list, exclude: str | os.PathLike | None = None) -> list:
     """[(file, relative path)] for files and folders (walked recursively, sorted), in argument order.
 
     A file named directly is kept whatever its extension (it fails when loaded if it is no image);
@@ -67,7 +67,7 @@ def find_images(paths, exclude=None):
     return found
 
 
-def list_images(paths, exclude=None):
+def list_images(paths: list, exclude: str | os.PathLike | None = None) -> list:
     """The image files found in paths (see find_images), as a list of Paths."""
     return [file for file, _ in find_images(paths, exclude)]
 
@@ -84,7 +84,7 @@ def _pair(value, what):
     )
 
 
-def image_mode(preprocess, input_shape):
+def image_mode(preprocess: dict | None, input_shape: tuple) -> str:
     """'L' or 'RGB': from the preprocess metadata, else from the model's channel count."""
     channels = input_shape[0] if input_shape else None
     mode = (preprocess or {}).get("mode")
@@ -103,7 +103,7 @@ def image_mode(preprocess, input_shape):
     return mode
 
 
-def open_image(path, mode):
+def open_image(path: str | os.PathLike, mode: str) -> Image.Image:
     """The image at path as a PIL image in mode ('L' or 'RGB'); the first frame of animations."""
     try:
         with Image.open(path) as image:
@@ -115,7 +115,7 @@ def open_image(path, mode):
         raise LrpgraphError(f"cannot read image {path}: {reason}") from None
 
 
-def resize_shorter(size, side):
+def resize_shorter(size: tuple, side: int) -> tuple:
     """(w, h) after resizing (w, h) so that the shorter side is `side`, as torchvision computes it."""
     w, h = size
     short, long = (w, h) if w <= h else (h, w)
@@ -123,14 +123,14 @@ def resize_shorter(size, side):
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
-def center_crop(image, height, width):
+def center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     """Centre crop to height x width, torchvision's offsets; areas outside the image become zero."""
     w, h = image.size
     top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
     return image.crop((left, top, left + width, top + height))
 
 
-def resize_and_crop(image, preprocess, input_shape):
+def resize_and_crop(image: Image.Image, preprocess: dict | None, input_shape: tuple) -> Image.Image:
     """The PIL image after the preprocess resize and crop (or straight resize to the model's H x W)."""
     height, width = (input_shape[1], input_shape[2]) if input_shape else (None, None)
     resize = (preprocess or {}).get("resize")
@@ -153,7 +153,7 @@ def resize_and_crop(image, preprocess, input_shape):
     return image
 
 
-def to_array(image, preprocess, channels=None):
+def to_array(image: Image.Image, preprocess: dict | None, channels: int | None = None) -> np.ndarray:
     """float32 C x H x W from a PIL image (mode L or RGB): scale, channel order, mean and std."""
     pre = preprocess or {}
     array = np.asarray(image, dtype=np.float32)
@@ -173,7 +173,7 @@ def to_array(image, preprocess, channels=None):
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_image_and_display(path, preprocess, input_shape):
+def load_image_and_display(path: str | os.PathLike, preprocess: dict | None, input_shape: tuple) -> tuple:
     """(float32 C x H x W model input, uint8 H x W x 3 display image) for one file."""
     mode = image_mode(preprocess, input_shape)
     image = resize_and_crop(open_image(path, mode), preprocess, input_shape)
@@ -188,6 +188,6 @@ def load_image_and_display(path, preprocess, input_shape):
     return array, display
 
 
-def load_image(path, preprocess, input_shape):
+def load_image(path: str | os.PathLike, preprocess: dict | None, input_shape: tuple) -> np.ndarray:
     """float32 C x H x W for one image file, preprocessed as the model expects."""
     return load_image_and_display(path, preprocess, input_shape)[0]

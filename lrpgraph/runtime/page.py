@@ -33,7 +33,7 @@ def _link(target, out_dir):
         return Path(os.path.abspath(target)).as_uri()
 
 
-def colour_bar(cmap="bwr"):
+def colour_bar(cmap: str = "bwr") -> str:
     """HTML: the colour map as a bar from -max|R| to +max|R|, with its meaning."""
     stops = render.COLORMAPS.get(cmap, render.COLORMAPS["bwr"])
     colours = ", ".join(f"rgb({round(r * 255)},{round(g * 255)},{round(b * 255)})" for r, g, b in stops)
@@ -87,7 +87,8 @@ def _text(record, truth):
     return "<td>" + "<br>".join(lines) + "</td>"
 
 
-def write_index_html(out_dir, records, title="lrpgraph explanations", cmap="bwr", truth=None):
+def write_index_html(out_dir: str | os.PathLike, records: list, title: str = "lrpgraph explanations", cmap: str = "bwr",
+                     truth: dict | None = None) -> None:
     """Write out_dir/index.html; truth {file: true class label} adds the true class and flags mistakes."""
     truth = {str(k): v for k, v in (truth or {}).items()}
     outputs = _outputs_of(records)

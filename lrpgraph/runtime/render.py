@@ -4,6 +4,8 @@ A heatmap is scaled by max |R|, so zero relevance is the middle colour of the ma
 magnitude of either sign reaches its end: with 'bwr' red is positive, blue negative, white zero.
 """
 
+import os
+
 import numpy as np
 from PIL import Image
 
@@ -19,7 +21,7 @@ COLORMAPS = {
 }
 
 
-def colorize(values, cmap="bwr"):
+def colorize(values: np.ndarray, cmap: str = "bwr") -> np.ndarray:
     """uint8 H x W x 3 colours for values in [-1, 1] (clipped), through a named symmetric map."""
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"unknown colour map {cmap!r}; use one of {', '.join(COLORMAPS)}")
@@ -30,7 +32,7 @@ def colorize(values, cmap="bwr"):
     return np.round(rgb * 255.0).astype(np.uint8).reshape(np.shape(values) + (3,))
 
 
-def relevance_2d(relevance):
+def relevance_2d(relevance: np.ndarray) -> np.ndarray:
     """H x W relevance: C x H x W is summed over channels; NaN and infinities become 0."""
     array = np.asarray(relevance, dtype=np.float64)
     if array.ndim == 3:
@@ -40,14 +42,14 @@ def relevance_2d(relevance):
     return np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def heatmap_rgb(relevance, cmap="bwr"):
+def heatmap_rgb(relevance: np.ndarray, cmap: str = "bwr") -> np.ndarray:
     """uint8 H x W x 3 heatmap of one image's relevance (H x W, or C x H x W summed over channels)."""
     array = relevance_2d(relevance)
     peak = np.abs(array).max() if array.size else 0.0
     return colorize(array / peak if peak > 0 else array, cmap)
 
 
-def overlay(image_rgb, heat_rgb, alpha=0.5):
+def overlay(image_rgb: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """uint8 blend (1 - alpha) * image + alpha * heatmap; a grey H x W image is repeated to RGB."""
     if not 0.0 <= float(alpha) <= 1.0:
         raise LrpgraphError(f"overlay alpha must be between 0 and 1, got {alpha}")
@@ -60,7 +62,7 @@ def overlay(image_rgb, heat_rgb, alpha=0.5):
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def save_png(path, array, compress_level=1):
+def save_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 1) -> None:
     """Write a uint8 H x W x 3 (or H x W) array as a PNG, atomically; floats are taken as [0, 1].
 
     compress_level 1 (zlib's fastest) is several times faster than PIL's default 6 on heatmaps and
@@ -74,11 +76,11 @@ def save_png(path, array, compress_level=1):
     return atomic_write(path, lambda file: image.save(file, format="PNG", compress_level=compress_level))
 
 
-def save_npy(path, array):
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an array as .npy, atomically."""
     return atomic_write(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False))
 
 
-def save_text(path, text):
+def save_text(path: str | os.PathLike, text: str) -> None:
     """Write a UTF-8 text file, atomically."""
     return atomic_write(path, lambda file: file.write(text), binary=False)

@@ -54,8 +54,9 @@ class ExplainSession:
     keeps float32 arithmetic exact to float32 (use_tf32 0); device_id picks the GPU (torch tensors on
     another GPU are copied to it and the results back)."""
 
-    def __init__(self, path_or_model, provider=None, threads=None, optimization="all", batch_size=DEFAULT_BATCH_SIZE,
-                 tf32=False, device_id=0):
+    def __init__(self, path_or_model: str | os.PathLike | bytes | object, provider: str | None = None,
+                 threads: int | None = None, optimization: str = "all", batch_size: int = DEFAULT_BATCH_SIZE,
+                 tf32: bool = False, device_id: int = 0):
         source, self.name = source_of(path_or_model)
         session_options(threads, optimization)  # bad options are refused before the providers are looked at
         if not isinstance(device_id, (int, np.integer)) or isinstance(device_id, bool) or device_id < 0:
@@ -133,7 +134,7 @@ class ExplainSession:
                 "give them default values (initializers) before converting"
             )
 
-    def explain_inputs(self, inputs, target=None):
+    def explain_inputs(self, inputs: dict, target: int | np.ndarray | None = None) -> tuple:
         """(logits, relevance [N, L]) of a text model: inputs {graph input name: array} (token ids and, if
         given, attention_mask, token_type_ids, ...; see runtime/tokens.py for defaults), target as explain's."""
         return tokens.explain_inputs(self, inputs, target)[:2]
@@ -177,7 +178,7 @@ class ExplainSession:
         """True when output's seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
         return self.record.is_gradient(output)
 
-    def check_target(self, target, n=1):
+    def check_target(self, target: object, n: int = 1) -> None:
         """Raise LrpgraphError now if target cannot be used with this model (for n images)."""
         self._target_feed(target, n)
 
@@ -229,11 +230,12 @@ class ExplainSession:
             raise LrpgraphError(f"batch has shape {list(shape)}; {self.name} expects [N, {text}] float32 images")
 
     @property
-    def several(self):
+    def several(self) -> bool:
         """True when the model has several heatmap outputs (convert --explain NAME=SPEC ...)."""
         return len(self.relevance_outputs) > 1
 
-    def explain(self, batch, target=None, batch_size=None, return_targets=False):
+    def explain(self, batch: object, target: object = None, batch_size: int | None = None,
+                return_targets: bool = False) -> tuple:
         """(logits, relevance) for a batch [N, C, H, W]; with return_targets also the explained classes.
 
         relevance is an array [N, C, H, W] on a model with one heatmap output; on a model with several
@@ -290,7 +292,7 @@ class ExplainSession:
         relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(self.relevance_outputs))]
         return ops.cat(logits_parts), relevance, explained
 
-    def constant_feeds(self):
+    def constant_feeds(self) -> dict:
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
         return self.runner.constant_feeds()
 

@@ -16,7 +16,7 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
 
 
-def explain_inputs(session, inputs, target=None):
+def explain_inputs(session: "ExplainSession", inputs: dict, target: int | np.ndarray | None = None) -> tuple:
     """(logits [N, C], relevance [N, L], explained classes) for token ids and the other inputs by name."""
     graph_inputs = session.runner.inputs
     fed_by_session = {session.target_input, "noise_seed"}
@@ -73,7 +73,7 @@ def explain_inputs(session, inputs, target=None):
     return logits, relevance, explained
 
 
-def read_token_file(path):
+def read_token_file(path: str) -> list:
     """[{input name: array [L]}, ...] from .npy (ids [N, L] or [L]) or .jsonl ({"input_ids": [...], ...} a line)."""
     if not os.path.isfile(path):
         raise LrpgraphError(f"{path}: no such file; give token ids as .npy or .jsonl files")
@@ -99,7 +99,7 @@ def read_token_file(path):
     return rows
 
 
-def read_vocab(path):
+def read_vocab(path: str | os.PathLike) -> dict:
     """{id: token string} from a tokenizers tokenizer.json (model.vocab as a dict or a list, added_tokens)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -113,7 +113,8 @@ def read_vocab(path):
         raise LrpgraphError(f"{path}: not a tokenizer.json with model.vocab (the `tokenizers` format)") from None
 
 
-def explain_token_files(session, paths, out_dir, vocab=None, target=None):
+def explain_token_files(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, vocab: dict | None = None,
+                        target: int | None = None) -> list:
     """Explain every sequence of the files; write tokens.json and index.html (tokens coloured by relevance)."""
     names = read_vocab(vocab) if vocab else {}
     records = []
@@ -133,7 +134,7 @@ def explain_token_files(session, paths, out_dir, vocab=None, target=None):
     return records
 
 
-def token_page(records):
+def token_page(records: list) -> str:
     """An HTML page: one line per sequence, each token's background red (positive) or blue (negative) with
     opacity |R| / max |R| of its sequence; padding tokens are not shown."""
     lines = []

@@ -7,6 +7,8 @@
 The names are imported on first use, so `import lrpgraph.train` works (and says what to install) without torch.
 """
 
+from typing import NoReturn
+
 from lrpgraph.errors import MissingDependencyError
 
 PUBLIC = {
@@ -20,7 +22,7 @@ PUBLIC = {
 TRAIN_PACKAGES = ("torch", "torchvision", "matplotlib")
 
 
-def require_torch(error):
+def require_torch(error: ModuleNotFoundError) -> NoReturn:
     """Turn a ModuleNotFoundError for torch (or another [train] package) into one clear line; else re-raise."""
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in TRAIN_PACKAGES:
         raise MissingDependencyError(

@@ -60,7 +60,7 @@ VARIANTS = ("plain", "original", "dual", "selective", "stochastic")  # isnet.VAR
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="torch intra-op threads per process")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(model, quiet, **options):
+def train(model: str, quiet: bool, **options) -> None:
     """Train MODEL (a plain ONNX classifier, or one converted for the variant) with the ISNet heatmap loss."""
     from lrpgraph.errors import LrpgraphError
     from lrpgraph.train import require_torch

@@ -58,7 +58,7 @@ class TrainConfig:
     progress: bool = True
 
 
-def check_options(c):
+def check_options(c: TrainConfig) -> None:
     """Raise LrpgraphError naming the first option of TrainConfig c that cannot work."""
     checks = [(c.variant in isnet.VARIANTS, f"--variant {c.variant}: choose one of {', '.join(isnet.VARIANTS)}"),
               (c.selective_class in isnet.SELECTIVE_CLASSES, "--selective-class: predicted or lowest"),

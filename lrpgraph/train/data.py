@@ -114,7 +114,7 @@ def _size_pair(size):
     return int(h), int(w)
 
 
-def load_mask(path, size=None):
+def load_mask(path: str | Path, size: tuple | None = None) -> torch.Tensor:
     """Read a mask file as a float32 1 x H x W tensor, 1 where any colour channel is nonzero.
 
     With size = (h, w) the mask is area-averaged to h x w and re-binarised (any foreground -> 1).
@@ -133,7 +133,7 @@ def load_mask(path, size=None):
     return torch.from_numpy(np.ascontiguousarray(fg))[None]
 
 
-def load_image(path, grayscale=False, size=None):
+def load_image(path: str | Path, grayscale: bool = False, size: tuple | None = None) -> torch.Tensor:
     """Read an image as float32 C x H x W in [0, 1] (C = 1 grayscale, 3 RGB), optionally resized."""
     with _open(path, "image") as image:
         image = image.convert("L" if grayscale else "RGB")
@@ -154,7 +154,8 @@ class MaskedImageFolder(Dataset):
     Options: grayscale (1 channel, else RGB 3), size (int or (h, w)) to resize images and masks.
     """
 
-    def __init__(self, root=None, masks_root=None, samples=None, grayscale=False, size=None):
+    def __init__(self, root: str | Path | None = None, masks_root: str | Path | None = None,
+                 samples: list | None = None, grayscale: bool = False, size: tuple | None = None):
         if samples is not None:
             if root is not None or masks_root is not None:
                 raise LrpgraphError(

@@ -22,7 +22,7 @@ from lrpgraph.errors import LrpgraphError
 class Distributed:
     """The process group of a torchrun launch (WORLD_SIZE > 1: gloo on CPU, NCCL on GPUs), or one process."""
 
-    def __init__(self, device="auto"):
+    def __init__(self, device: str = "auto"):
         import torch.distributed as dist
 
         self.dist, self.owned = dist, False
@@ -44,7 +44,7 @@ class Distributed:
         if self.world > 1:
             self.world, self.rank = dist.get_world_size(), dist.get_rank()
 
-    def sum(self, tensor):
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) in place; float64 CPU tensors travel through the device for NCCL."""
         if self.world > 1:
             moved = tensor.to(self.device)
@@ -52,14 +52,14 @@ class Distributed:
             tensor.copy_(moved)
         return tensor
 
-    def gather(self, obj):
+    def gather(self, obj: object) -> list:
         if self.world == 1:
             return [obj]
         out = [None] * self.world
         self.dist.all_gather_object(out, obj)
         return out
 
-    def agree(self, error):
+    def agree(self, error: BaseException | None) -> None:
         """Every rank calls this at the same point with its own error (an exception or None); if any rank failed,
         every rank raises: the failing rank its own exception, the others an LrpgraphError naming it."""
         messages = self.gather(None if error is None else f"{type(error).__name__}: {error}"
@@ -71,10 +71,10 @@ class Distributed:
             rank, message = failed[0]
             raise LrpgraphError(f"rank {rank} of {self.world} failed: {message}")
 
-    def barrier(self):
+    def barrier(self) -> None:
         if self.world > 1:
             self.dist.barrier()
 
-    def close(self):
+    def close(self) -> None:
         if self.owned and self.dist.is_initialized():
             self.dist.destroy_process_group()

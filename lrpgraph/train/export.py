@@ -61,7 +61,8 @@ def _session(path):
     return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
 
 
-def probe_feeds(module, session, example=None, seed=0):
+def probe_feeds(module: "LrpModule", session: ort.InferenceSession, example: np.ndarray | None = None,
+                seed: int = 0) -> dict:
     """Inputs for the explained model: example (or uniform [0, 1) noise, batch 2) plus target / seed."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -105,8 +106,9 @@ def _compare(module, session, feeds, names, tolerance, what):
     return errors
 
 
-def write_back(module, plain_onnx_path, explained_onnx_path, out_plain, out_explained, example=None,
-               tolerance=1e-5):
+def write_back(module: "LrpModule", plain_onnx_path: str | os.PathLike, explained_onnx_path: str | os.PathLike,
+               out_plain: str | os.PathLike, out_explained: str | os.PathLike, example: np.ndarray | None = None,
+               tolerance: float = 1e-5) -> dict:
     """Write the module's parameters (and buffers) into both ONNX files and check the round trip.
 
     Returns {"written": {"plain": n, "explained": n}, "errors": {output: L1 relative error}}."""

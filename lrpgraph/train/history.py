@@ -16,7 +16,7 @@ COLUMNS = ("epoch", "phase", "lr", "loss", "cross_entropy", "heatmap", "backgrou
            "val_accuracy", "val_background_fraction", "samples_per_s", "seconds", "C1", "C2")
 
 
-def write_metrics(out, history):
+def write_metrics(out: Path, history: list) -> None:
     """metrics.csv (atomically) and loss.png / accuracy.png."""
     def write(f):
         text = [",".join(COLUMNS)] + [",".join(_cell(row.get(k)) for k in COLUMNS) for row in history]
@@ -54,7 +54,7 @@ def _cell(value):
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def read_metrics(out):
+def read_metrics(out: Path) -> list:
     """metrics.csv of the run in out, as a list of dicts (column -> string)."""
     with open(Path(out) / "metrics.csv") as f:
         return list(csv.DictReader(f))

@@ -11,8 +11,11 @@ statistics. Float ops run in the module's dtype (`.double()` runs all of them, c
 """
 
 import inspect
+import os
+from collections.abc import Callable
 
 import numpy as np
+import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
@@ -60,7 +63,7 @@ class LrpModule(nn.Module):
     weights: nn.ParameterDict of the float initializers ('.' in names replaced; onnx_names maps back);
     buffers of `consts`: the rest (BatchNorm statistics, converter constants, integers, Constant nodes)."""
 
-    def __init__(self, model):
+    def __init__(self, model: onnx.ModelProto):
         super().__init__()
         g = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -109,12 +112,12 @@ class LrpModule(nn.Module):
         self.relevance_output = record.relevance_outputs[0]
         self._plans = {}
 
-    def tensor(self, onnx_name):
+    def tensor(self, onnx_name: str) -> torch.Tensor:
         """The parameter or buffer holding an initializer (by its ONNX name)."""
         where, key = self._where[onnx_name]
         return self.weights[key] if where == "weights" else getattr(self.consts, key)
 
-    def initializer_names(self):
+    def initializer_names(self) -> list:
         """The ONNX names of every initializer the module holds (parameters and buffers)."""
         return list(self.onnx_names.values())
 
@@ -154,7 +157,8 @@ class LrpModule(nn.Module):
                 return t.dtype, t.device
         return torch.get_default_dtype(), torch.device("cpu")
 
-    def run(self, feeds, outputs=None, detach=None, derived=None):
+    def run(self, feeds: dict, outputs: list | None = None, detach: Callable | None = None,
+            derived: dict | None = None) -> dict:
         """Run the graph: feeds {input name: tensor or array} -> {output name: tensor} (all graph outputs by
         default). detach: optional predicate on node names; those nodes read the parameters detached (to see
         which path a gradient comes from). derived: {input name: (source tensor, fn)}: that graph input is
@@ -191,11 +195,12 @@ class LrpModule(nn.Module):
                 env.pop(t, None)
         return {o: env[o] for o in outputs}
 
-    def logits(self, x):
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The plain forward (only the nodes the logits need)."""
         return self.run({self.image_input: x}, [self.logits_output])[self.logits_output]
 
-    def forward(self, x, target=None, seed=None):
+    def forward(self, x: torch.Tensor, target: torch.Tensor | np.ndarray | None = None,
+                seed: torch.Tensor | None = None) -> tuple:
         """(logits, relevance). target: int class per sample [N] (models converted with target 'index');
         seed: [N, C] (target 'seed'); neither for 'top' and 'all'."""
         if self.record is None:
@@ -216,6 +221,6 @@ class LrpModule(nn.Module):
         return out[self.logits_output], out[self.relevance_output]
 
 
-def import_onnx(path_or_model):
+def import_onnx(path_or_model: str | os.PathLike | bytes | onnx.ModelProto) -> LrpModule:
     """An LrpModule from an ONNX file path, serialized bytes or an onnx.ModelProto."""
     return LrpModule(graph.read(path_or_model))

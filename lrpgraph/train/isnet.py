@@ -20,6 +20,7 @@ zplus (or epsilon-plus) and epsilon, target all or seed; plain: any).
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -76,7 +77,8 @@ def strip_relevance(explained: onnx.ModelProto) -> onnx.ModelProto:
     return plain
 
 
-def prepare(model_or_path, variant: str, flex_epsilon: float = DEFAULT_FLEX_EPSILON, labels: list | None = None) -> tuple:
+def prepare(model_or_path: str | os.PathLike | onnx.ModelProto, variant: str,
+            flex_epsilon: float = DEFAULT_FLEX_EPSILON, labels: list | None = None) -> tuple:
     """(plain ModelProto, explained ModelProto, converted_here) for a plain or an already converted model.
 
     A plain model is converted for the variant; a converted one is checked (resolve) and its plain part
@@ -156,7 +158,7 @@ def resolve(variant: str, record: "metadata.Record | dict | None", where: str = 
     return Spec(variant, [names[0]], record.is_gradient(names[0]), **common)
 
 
-def selective_gradient(logits, classes, e=SELECTIVE_E):
+def selective_gradient(logits: torch.Tensor, classes: torch.Tensor, e: float = SELECTIVE_E) -> torch.Tensor:
     """d eta_c / d y for eta_c = log(p_c + e) - log(1 - p_c + e), p = softmax(y): N x C, differentiable."""
     p = torch.softmax(logits, dim=1)
     pc = p.gather(1, classes[:, None])
@@ -164,7 +166,7 @@ def selective_gradient(logits, classes, e=SELECTIVE_E):
     return (1.0 / (pc + e) + 1.0 / (1.0 - pc + e)) * pc * (onehot - p)
 
 
-def stochastic_classes(logits, uniform, other):
+def stochastic_classes(logits: torch.Tensor, uniform: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Predicted class where uniform < 5/11, else the other class `other` (drawn in [0, C-2]) skipping it."""
     predicted = logits.argmax(1)
     other = other.to(predicted.device)
@@ -172,7 +174,7 @@ def stochastic_classes(logits, uniform, other):
     return torch.where(uniform.to(predicted.device) < PREDICTED_PROBABILITY, predicted, other)
 
 
-def draw(generator, n, classes):
+def draw(generator: torch.Generator, n: int, classes: int) -> tuple:
     """The stochastic variant's random numbers for n samples (drawn for the global batch on every rank)."""
     return torch.rand(n, generator=generator), torch.randint(0, max(classes - 1, 1), (n,), generator=generator)
 
@@ -180,12 +182,12 @@ def draw(generator, n, classes):
 class Heatmaps:
     """Computes logits and heatmaps N x K x C x h x w of a variant with an imported LrpModule."""
 
-    def __init__(self, module, spec, classes, selective_class="predicted"):
+    def __init__(self, module: "LrpModule", spec: Spec, classes: int, selective_class: str = "predicted"):
         if selective_class not in SELECTIVE_CLASSES:
             raise LrpgraphError(f"--selective-class '{selective_class}': choose one of {', '.join(SELECTIVE_CLASSES)}")
         self.module, self.spec, self.classes, self.selective_class = module, spec, classes, selective_class
 
-    def run(self, x, outputs, derived=None, fn=None):
+    def run(self, x: torch.Tensor, outputs: list, derived: str | None = None, fn: Callable | None = None) -> dict:
         """module.run on image x; the `derived` graph input (target or seed) = fn(logits) inside the same run."""
         m = self.module
         return m.run({m.image_input: x}, outputs, derived={derived: (self.spec.logits, fn)} if derived else None)
@@ -201,10 +203,10 @@ class Heatmaps:
         return out[self.spec.logits], torch.stack(maps, 1)
 
     # -- the variants ------------------------------------------------------------------------------------
-    def logits(self, x):
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, [self.spec.logits])[self.spec.logits]
 
-    def __call__(self, x, draws=None):
+    def __call__(self, x: torch.Tensor, draws: tuple | None = None) -> tuple:
         """(logits N x C, heatmaps N x K x C x h x w) of the training variant (draws: stochastic's numbers)."""
         s, outputs = self.spec, [self.spec.logits] + self.spec.outputs
         if s.variant == "plain":
@@ -238,7 +240,7 @@ class Heatmaps:
         maps = maps.reshape(c, n, *maps.shape[1:]).transpose(0, 1)
         return out[self.spec.logits][:n], maps
 
-    def predicted(self, x):
+    def predicted(self, x: torch.Tensor) -> tuple:
         """(logits, heatmaps N x K x C x h x w) explaining the predicted class (dual: all logits), for validation."""
         s, outputs = self.spec, [self.spec.logits] + self.spec.outputs
         if s.target in ("top", "all"):

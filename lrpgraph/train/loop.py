@@ -19,6 +19,7 @@ processes gives the single-process result up to float32 rounding, and --resume c
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
 from lrpgraph.train import isnet
-from lrpgraph.train.config import RESUME_KEYS, check_options
+from lrpgraph.train.config import RESUME_KEYS, TrainConfig, check_options
 from lrpgraph.train.data import MaskedImageFolder
 from lrpgraph.train.distributed import Distributed
 from lrpgraph.train.history import COLUMNS, write_metrics
@@ -84,7 +85,7 @@ def _collate(items):
 
 
 class Trainer:
-    def __init__(self, config, dist):
+    def __init__(self, config: TrainConfig, dist: Distributed):
         self.c, self.dist = config, dist
         error, explained = None, None
         try:
@@ -220,7 +221,7 @@ class Trainer:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
-    def train_epoch(self, progress):
+    def train_epoch(self, progress: Callable) -> dict:
         c, phase = self.c, self.phase()
         batches = self._batches(len(self.train_set), shuffle=True)
         tuning = phase == "warmup" and self.epoch + 1 == c.tune_epochs
@@ -276,13 +277,13 @@ class Trainer:
         return dict(zip(COLUMNS[3:8], means), train_accuracy=(sums[5] / sums[6]).item(), samples_per_s=seen / seconds,
                     seconds=seconds, phase=phase)
 
-    def phase(self):
+    def phase(self) -> str:
         if self.c.variant == "plain":
             return "plain"
         return "warmup" if self.epoch < self.c.tune_epochs else "isnet"
 
     @torch.no_grad()
-    def validate(self):
+    def validate(self) -> tuple:
         if self.val_set is None:
             return None, None
         sums = torch.zeros(4, dtype=torch.float64)
@@ -300,7 +301,7 @@ class Trainer:
         return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item() if sums[3] > 0 else float("nan")
 
     # -- the run -------------------------------------------------------------------------------------------
-    def run(self, progress):
+    def run(self, progress: Callable) -> dict:
         c, ran = self.c, 0
         while self.epoch < c.epochs:
             if c.stop_after is not None and ran >= c.stop_after:
@@ -338,7 +339,7 @@ def _number(value):
     return value.detach().item() if torch.is_tensor(value) else float(value)
 
 
-def train(config, progress=None):
+def train(config: TrainConfig, progress: Callable | None = None) -> dict:
     """Run (or resume) a training; returns {"stopped", "epoch", "history", "write_back", "C1", "C2", "module"}
     (write_back: export.write_back's report on rank 0; module: the trained LrpModule)."""
     if config.threads:

@@ -43,7 +43,7 @@ def _check_binary(mask, where):
         )
 
 
-def resize_mask(mask, size):
+def resize_mask(mask: torch.Tensor, size: tuple) -> torch.Tensor:
     """Resize binary masks N x 1 x H x W (or N x H x W) to N x 1 x h x w.
 
     Average pooling (adaptive_avg_pool2d: plain kernel = stride pooling for an integer factor,
@@ -69,7 +69,7 @@ def resize_mask(mask, size):
     return (pooled > 0).to(mask.dtype)
 
 
-def gwrp(x, d):
+def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
     """Global weighted ranked pooling over the last two (spatial) dims: ... x h x w -> ...
 
     Values sorted descending v_(0) >= v_(1) >= ..., GWRP = sum_i d^i v_(i) / sum_i d^i.
@@ -111,7 +111,7 @@ def _check_options(E, d, C1, C2, psi):
         raise LrpgraphError(f"heatmap_loss: d = {d} is outside [0, 1]")
 
 
-def foreground_term(F, C1=1.0, C2=25.0, psi="hybrid"):
+def foreground_term(F: torch.Tensor, C1: float = 1.0, C2: float = 25.0, psi: str = "hybrid") -> torch.Tensor:
     """Step 4 per (n, k): (min(F/C1, 1) - 1)^2 + psi(F); the caller takes the mean over K."""
     low = (torch.clamp(F / C1, max=1.0) - 1.0) ** 2
     ratio = C2 / C1
@@ -123,7 +123,8 @@ def foreground_term(F, C1=1.0, C2=25.0, psi="hybrid"):
     return low + torch.where(F.detach() <= edge, l2, l1)
 
 
-def heatmap_loss(heatmaps, masks, A=1.0, B=1.0, E=1.0, d=0.9, C1=1.0, C2=25.0, psi="hybrid"):
+def heatmap_loss(heatmaps: torch.Tensor, masks: torch.Tensor, A: float = 1.0, B: float = 1.0, E: float = 1.0,
+                 d: float = 0.9, C1: float = 1.0, C2: float = 25.0, psi: str = "hybrid") -> HeatmapLoss:
     """The ISNet heatmap loss L_H of REFERENCE.md section 5, steps 1-5; returns a HeatmapLoss.
 
     heatmaps: N x K x C x h x w (or N x C x h x w, K = 1); masks: N x 1 x H x W or N x H x W,
@@ -161,7 +162,8 @@ def heatmap_loss(heatmaps, masks, A=1.0, B=1.0, E=1.0, d=0.9, C1=1.0, C2=25.0, p
 class ISNetLoss(nn.Module):
     """(1 - P) CrossEntropy(logits, labels) + P L_H, with the heatmap loss options held here."""
 
-    def __init__(self, P=0.7, A=1.0, B=1.0, E=1.0, d=0.9, C1=1.0, C2=25.0, psi="hybrid"):
+    def __init__(self, P: float = 0.7, A: float = 1.0, B: float = 1.0, E: float = 1.0, d: float = 0.9, C1: float = 1.0,
+                 C2: float = 25.0, psi: str = "hybrid"):
         super().__init__()
         if not 0.0 <= P <= 1.0:
             raise LrpgraphError(f"ISNetLoss: P = {P} is outside [0, 1]; it weighs CE against L_H")
@@ -169,7 +171,8 @@ class ISNetLoss(nn.Module):
         self.P, self.A, self.B, self.E, self.d = P, A, B, E, d
         self.C1, self.C2, self.psi = C1, C2, psi
 
-    def forward(self, logits, labels, heatmaps, masks):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, heatmaps: torch.Tensor,
+                masks: torch.Tensor) -> ISNetLossParts:
         """Return ISNetLossParts(total, cross_entropy, heatmap, background, foreground)."""
         ce = nn.functional.cross_entropy(logits, labels)
         parts = heatmap_loss(
@@ -178,14 +181,14 @@ class ISNetLoss(nn.Module):
         total = (1.0 - self.P) * ce + self.P * parts.total
         return ISNetLossParts(total, ce, parts.total, parts.background, parts.foreground)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"P={self.P}, A={self.A}, B={self.B}, E={self.E}, d={self.d}, "
             f"C1={self.C1}, C2={self.C2}, psi={self.psi!r}"
         )
 
 
-def total_relevance(heatmaps):
+def total_relevance(heatmaps: torch.Tensor) -> torch.Tensor:
     """Per sample and map sum |H| over channels and pixels: N x K (N x 1 for N x C x h x w)."""
     H = _as_five_dims(heatmaps)
     return torch.abs(H).sum(dim=(-3, -2, -1))
@@ -204,7 +207,7 @@ class C1C2Tuner:
         self.mean = 0.0
         self.m2 = 0.0
 
-    def update(self, values):
+    def update(self, values: object) -> None:
         """Add values (a tensor, array or sequence of any shape; every element is one value)."""
         if torch.is_tensor(values):
             values = values.detach().cpu().to(torch.float64).numpy()
@@ -224,10 +227,10 @@ class C1C2Tuner:
         self.count = n
 
     @property
-    def std(self):
+    def std(self) -> float:
         return float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
 
-    def result(self):
+    def result(self) -> tuple:
         """Return (C1, C2) from the values seen so far."""
         if self.count == 0:
             raise LrpgraphError(

@@ -2,6 +2,7 @@
 evaluator): every forward op the converter explains and every op it emits for the relevance path."""
 
 import math
+from collections.abc import Callable
 from functools import reduce
 
 import numpy as np
@@ -16,7 +17,7 @@ DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: to
 OPS = {}
 
 
-def op(*names):
+def op(*names) -> Callable:
     def register(fn):
         for name in names:
             OPS[name] = fn
@@ -27,10 +28,10 @@ def op(*names):
 class Ctx:
     """What an op may read besides its inputs and attributes: the float dtype, device, output count, opset."""
 
-    def __init__(self, dtype, device, opset):
+    def __init__(self, dtype: torch.dtype, device: torch.device, opset: int):
         self.dtype, self.device, self.opset, self.outputs = dtype, device, opset, 1
 
-    def onnx_dtype(self, to):
+    def onnx_dtype(self, to: int) -> torch.dtype:
         return self.dtype if to == 1 else DTYPES[to]  # FLOAT follows the module (float64 after .double())
 
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 
 from lrpgraph import graph, metadata
@@ -63,7 +64,7 @@ def pipeline(preprocess: dict | None, shape: list) -> dict:
     return steps
 
 
-def webgpu_blocked(model) -> str | None:
+def webgpu_blocked(model: onnx.ModelProto) -> str | None:
     """Why onnxruntime-web's WebGPU backend cannot run this graph (the page then uses WASM), or None.
     Ops it merely lacks (ScatterElements, OneHot, Min, Sum, ...) run on WASM beside it; these fail or, for
     dilated pooling, give wrong values (checked with onnxruntime-web 1.30.0)."""
@@ -81,7 +82,7 @@ def webgpu_blocked(model) -> str | None:
     return None
 
 
-def without_ceil_mode(model) -> int:
+def without_ceil_mode(model: onnx.ModelProto) -> int:
     """Rewrite each MaxPool with ceil_mode (onnxruntime-web's WebGPU kernel refuses it) as a Pad at the end with
     the lowest float32 and a MaxPool without ceil_mode: the same windows, the same maxima. Returns the count."""
     from lrpgraph.windows import pool_output_size
@@ -116,7 +117,7 @@ def without_ceil_mode(model) -> int:
     return count
 
 
-def site_config(model, title: str) -> dict:
+def site_config(model: onnx.ModelProto, title: str) -> dict:
     """What app.js reads from model.json."""
     record = metadata.Record.from_model(model)
     if record is None:
@@ -139,7 +140,8 @@ def site_config(model, title: str) -> dict:
             "webgpu_blocked": webgpu_blocked(model), "samples": []}
 
 
-def build_site(model_path, out_dir, samples=(), force: bool = False, title: str | None = None) -> Path:
+def build_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, samples: list | tuple = (),
+               force: bool = False, title: str | None = None) -> Path:
     """Write the static site for a converted model to out_dir (built aside, then renamed into place)."""
     out = Path(out_dir)
     if out.exists() and not (force and (out / "model.json").is_file() and (out / "app.js").is_file()):
