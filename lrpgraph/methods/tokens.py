@@ -6,14 +6,16 @@ embeddings as in BERT); methods that give an attribution (input x gradient, IG a
 zero embedding, SmoothTaylor) give its sum over the hidden axis, as the LRP composites do. Position and
 segment embeddings are not scaled or noised: they are not the tokens' own."""
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import integrated, smooth
 from lrpgraph.methods.gradient import gradient_plan
+from lrpgraph.methods.options import MethodOptions
 
 
-def embedding_view(canon):
+def embedding_view(canon: "Canonical") -> "Canonical":
     """The canonical view whose explained input is the word embeddings: the units after the Gather."""
     gather = next(u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.image)
     e = gather.outputs[0]
@@ -21,7 +23,8 @@ def embedding_view(canon):
                    image_float=True)
 
 
-def emit(b, model, canon, method, seed, options, walk):
+def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", method: str, seed: str, options: MethodOptions,
+         walk: Callable) -> tuple:
     """(relevance [N, L], [new graph inputs]) of a gradient-family method on a text model."""
     view = embedding_view(canon)
     e, inputs = view.image, []
@@ -31,9 +34,9 @@ def emit(b, model, canon, method, seed, options, walk):
         b.scope = "output"
         heat = b.mul(heat, e) if method == "input-x-gradient" else heat
     elif method in ("ig", "guided-ig"):
-        if options.get("baseline", "zero") != "zero":
+        if options.baseline != "zero":
             raise LrpgraphError(f"{method} on a text model starts from the zero embedding; the baseline "
-                                f"'{options.get('baseline')}' applies to image inputs only (use --baseline zero)")
+                                f"'{options.baseline}' applies to image inputs only (use --baseline zero)")
         heat, inputs = integrated.emit(b, model, view, seed, options, walk, guided=method == "guided-ig")
     else:
         heat, inputs = smooth.emit(b, model, view, seed, options, walk, taylor=method == "smoothtaylor")
