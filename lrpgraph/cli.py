@@ -44,17 +44,13 @@ def rule_options(fn: Callable) -> Callable:
         click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
                      help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
         click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True,
-                     help="stabiliser of the other rules"),
-        click.option("--gamma", type=float, default=DEFAULTS.gamma, show_default=True),
-        click.option("--alpha", type=float, default=DEFAULTS.alpha, show_default=True),
-        click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True),
-        click.option("--low", type=float, default=DEFAULTS.low, show_default=True,
-                     help="lowest image value, for zbox (carried through in-graph normalisation)"),
-        click.option("--high", type=float, default=DEFAULTS.high, show_default=True,
-                     help="highest image value, for zbox (carried through in-graph normalisation)"),
-        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True,
-                     help="eps of LRP-Flex's ReLUs"),
+        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help="stabiliser of the other rules"),
+        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True)
+          for name in ("gamma", "alpha", "beta")),
+        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True,
+                       help=f"{what} image value, for zbox (carried through in-graph normalisation)")
+          for name, what in (("low", "lowest"), ("high", "highest"))),
+        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True, help="eps of LRP-Flex's ReLUs"),
     ]
     for option in reversed(options):
         fn = option(fn)
