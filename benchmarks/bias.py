@@ -43,81 +43,104 @@ from fashion_data import tiny_cnn
 import lrpgraph
 from lrpgraph import datasets, metadata, metrics
 
-VARIANTS = ("plain", "original", "dual", "selective", "stochastic")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bias_report import markdown, read_csv, write_csv, write_markdown  # noqa: E402
+
+VARIANTS = ("original", "dual", "selective", "stochastic")
 QUICK = {"classes": "0,1,5,8", "size": 36, "train_per_class": 400, "test_per_class": 100, "widths": "16,32",
-         "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "momentum": 0.9}
+         "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "schedule": "none",
+         "P": 0.7, "warm_start": "no", "selective_class": "predicted", "seeds": "0,1,2"}
 FULL = {"classes": "0,1,2,3,4,5,6,7,8,9", "size": 64, "train_per_class": 2000, "test_per_class": 500,
-        "widths": "32,64", "epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9}
+        "widths": "32,64", "epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
+        "schedule": "none", "P": 0.7, "warm_start": "no", "selective_class": "predicted", "seeds": "0,1,2"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the 2-core CPU configuration (default: the full one)")
-    p.add_argument("--work", default="out/bias", help="data and training runs go here")
-    p.add_argument("--out", help="write the markdown table here")
-    p.add_argument("--figure", default="out/bias/bias.png", help="PNG of example heatmaps")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--work", default="out/bias", help="data and training runs go here (one folder per seed)")
+    p.add_argument("--csv", help="per-seed rows (default WORK/bias.csv)")
+    p.add_argument("--out", help="markdown: its generated block is replaced (the whole file if it has none)")
+    p.add_argument("--figure", default="out/bias/bias.png", help="PNG of example heatmaps (the first seed)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="ISNet variants, or none (plain and oracle always run)")
     p.add_argument("--classes", help="Fashion-MNIST labels, comma-separated")
     p.add_argument("--size", type=int, help="canvas size (>= 36)")
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--test-per-class", type=int)
     p.add_argument("--bias", type=float, default=1.0, help="probability of the class artefact in training")
     p.add_argument("--widths", help="backbone channels a,b (conv1 = a, conv2 = conv3 = b)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs of plain and oracle")
+    p.add_argument("--isnet-epochs", type=int, help="epochs of the ISNet variants (default --epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float)
-    p.add_argument("-P", dest="P", type=float, default=0.7, help="heatmap loss weight")
+    p.add_argument("--schedule", choices=("none", "step", "cosine"))
+    p.add_argument("-P", dest="P", type=float, help="heatmap loss weight")
     p.add_argument("-d", dest="d", type=float, default=0.9, help="GWRP decay")
     p.add_argument("--tune-epochs", type=int, default=0, help="C1/C2 auto-tuning warm-up epochs (0: C1=1, C2=25)")
-    p.add_argument("--selective-class", default="predicted", choices=("predicted", "lowest"),
-                   help="the class selective ISNet explains (the reference code: lowest)")
+    p.add_argument("--warm-start", choices=("yes", "no"),
+                   help="ISNet variants start from the trained plain model of the same seed")
+    p.add_argument("--selective-class", choices=("predicted", "lowest"), help="the class selective ISNet explains")
     p.add_argument("--explainer", default="flex", help="composite of the evaluated heatmaps")
     p.add_argument("--examples", type=int, default=6, help="confounded images in the figure")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--seeds", help="comma-separated; each seeds data, initial weights and order")
+    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--reuse-baselines", metavar="WORK",
+                   help="take data, plain and oracle of each seed from an earlier run's WORK (same data options) "
+                        "instead of training them again; the ISNet variants are trained")
     p.add_argument("--evaluate-only", action="store_true",
-                   help="no training: evaluate the runs already in WORK/runs (those with a model.onnx)")
+                   help="no training: evaluate the runs already under WORK (those with a model.onnx)")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.isnet_epochs = args.isnet_epochs or args.epochs
+    args.warm_start = args.warm_start == "yes"
     args.classes = tuple(int(c) for c in str(args.classes).split(","))
     args.widths = tuple(int(w) for w in str(args.widths).split(","))
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.seeds = [int(s) for s in str(args.seeds).split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip() not in ("", "none", "plain", "oracle")]
+    args.csv = args.csv or str(Path(args.work) / "bias.csv")
     return args
 
 
-def make_data(args):
-    root = Path(args.work) / "data"
+def test_sets(args, seed):
+    return {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, seed)
+            for m in datasets.MODES}
+
+
+def make_data(args, seed, root):
+    """The benchmark's folders for one seed, plus train-oracle/: the same training images without the artefact."""
     shutil.rmtree(root, ignore_errors=True)  # a fresh set: other options leave other class folders
     t = time.perf_counter()
     folders = datasets.write_benchmark(root, args.train_per_class, args.test_per_class, 0, args.classes, args.size,
-                                       args.seed, args.bias)
-    sets = {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, args.seed)
-            for m in datasets.MODES}
+                                       seed, args.bias)
+    clean = datasets.biased_fashion_mnist("train", "biased", args.train_per_class, args.classes, args.size, seed, 0.0)
+    folders["train-oracle"] = datasets.write_folders(clean, root / "train-oracle")
     print(f"data: {root} ({time.perf_counter() - t:.1f} s)", flush=True)
-    return folders, sets
+    return folders
 
 
-def train_variant(args, variant, model_path, folders):
+def train_row(args, seed, row, start_model, folders, out):
+    """Train one row (plain, oracle or an ISNet variant) with lrpgraph.train; returns (model.onnx, s / epoch)."""
     from lrpgraph.train.config import TrainConfig
     from lrpgraph.train.loop import train
 
-    out = Path(args.work) / "runs" / variant
-    images, masks = folders["train"]
-    val, val_masks = folders["test-biased"]
-    config = TrainConfig(model=str(model_path), images=str(images), masks=str(masks), out=str(out), val=str(val),
-                         val_masks=str(val_masks), variant=variant, epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, P=args.P, d=args.d,
-                         tune_epochs=args.tune_epochs if variant != "plain" else 0, seed=args.seed, force=True,
-                         selective_class=args.selective_class,
-                         device=args.device, threads=args.threads, progress=False)
+    isnet = row not in ("plain", "oracle")
+    images, masks = folders["train-oracle" if row == "oracle" else "train"]
+    val, val_masks = folders["test-unbiased"]  # monitoring only (metrics.csv); the last epoch is evaluated
+    config = TrainConfig(model=str(start_model), images=str(images), masks=str(masks), out=str(out), val=str(val),
+                         val_masks=str(val_masks), variant=row if isnet else "plain",
+                         epochs=args.isnet_epochs if isnet else args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+                         P=args.P, d=args.d, tune_epochs=args.tune_epochs if isnet else 0, seed=seed, force=True,
+                         selective_class=args.selective_class, device=args.device, threads=args.threads,
+                         progress=False)
     result = train(config)
-    seconds = [row["seconds"] for row in result["history"]]
-    return out / "model.onnx", float(np.mean(seconds)), result
+    return out / "model.onnx", float(np.mean([r["seconds"] for r in result["history"]]))
 
 
 class Explained:
@@ -151,44 +174,15 @@ def pooled_background(relevance, masks):
 
 
 def evaluate(explained, sets):
+    """Accuracy in % on each test set, background fraction and pointing game of the evaluated heatmaps."""
     row, maps = {}, {}
     for mode, data in sets.items():
         logits, relevance = explained(data.images)
-        row[f"acc_{mode}"] = float((logits.argmax(1) == data.labels).mean())
+        row[f"acc_{mode}"] = 100 * float((logits.argmax(1) == data.labels).mean())
         row[f"bg_{mode}"] = pooled_background(relevance, data.masks)
         row[f"pg_{mode}"] = float(metrics.pointing_game(relevance, data.masks).mean())
         maps[mode] = (logits.argmax(1), relevance)
     return row, maps
-
-
-def table(rows):
-    head = ("| model | acc. biased | acc. unbiased | acc. confounded | confounded - biased | bg. fraction "
-            "(confounded) | pointing game (confounded) | s / epoch |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |")
-    lines = [head]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {100 * r['acc_biased']:.1f} | {100 * r['acc_unbiased']:.1f} | "
-                     f"{100 * r['acc_confounded']:.1f} | {100 * (r['acc_confounded'] - r['acc_biased']):+.1f} | "
-                     f"{r['bg_confounded']:.3f} | {r['pg_confounded']:.3f} | {r['seconds_per_epoch']:.1f} |")
-    return "\n".join(lines)
-
-
-def checks(rows):
-    """The acceptance criteria of the benchmark, as lines of text."""
-    out = []
-    plain = rows.get("plain")
-    if plain:
-        gap = 100 * (plain["acc_biased"] - plain["acc_confounded"])
-        out.append(f"plain: confounded accuracy {gap:.1f} points below biased (want >= 20): "
-                   f"{'yes' if gap >= 20 else 'NO'}")
-    for name, r in rows.items():
-        if name == "plain":
-            continue
-        gap = 100 * abs(r["acc_confounded"] - r["acc_unbiased"])
-        lower = plain is None or r["bg_confounded"] < plain["bg_confounded"]
-        out.append(f"{name}: |confounded - unbiased| = {gap:.1f} points (want <= 5): {'yes' if gap <= 5 else 'NO'}; "
-                   f"background fraction below plain's: {'yes' if lower else 'NO'}")
-    return out
 
 
 def figure(path, sets, all_maps, args):
@@ -230,6 +224,45 @@ def figure(path, sets, all_maps, args):
     plt.close(fig)
 
 
+def run_seed(args, seed):
+    """Train (unless --evaluate-only) and evaluate every row for one seed; returns (CSV rows, {row: maps}, sets)."""
+    work = Path(args.work) / f"seed{seed}"
+    base = Path(args.reuse_baselines) / f"seed{seed}" if args.reuse_baselines else None
+    sets = test_sets(args, seed)
+    if base is not None:
+        folders = {name: (base / "data" / name / "images", base / "data" / name / "masks")
+                   for name in ("train", "train-oracle", *(f"test-{m}" for m in datasets.MODES))}
+    elif not args.evaluate_only:
+        folders = make_data(args, seed, work / "data")
+        backbone = work / "backbone.onnx"
+        onnx.save(tiny_cnn(len(args.classes), 1, args.size, args.widths, seed=seed), str(backbone))
+    rows, all_maps = [], {}
+    for name in ("plain", "oracle", *args.variants):
+        t = time.perf_counter()
+        out = work / "runs" / name
+        if base is not None and name in ("plain", "oracle"):
+            out = base / "runs" / name
+        if args.evaluate_only or out.parent.parent == base:
+            if not (out / "model.onnx").is_file():
+                print(f"seed {seed} {name}: no {out / 'model.onnx'}, skipped", flush=True)
+                continue
+            with open(out / "metrics.csv") as f:
+                per_epoch = float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
+            trained = out / "model.onnx"
+        else:
+            warm = args.warm_start and name not in ("plain", "oracle")
+            plain = (base or work) / "runs" / "plain" / "model.onnx"
+            start = plain if warm else (base or work) / "backbone.onnx"
+            trained, per_epoch = train_row(args, seed, name, start, folders, out)
+        row, maps = evaluate(Explained(trained, args.explainer, args.threads), sets)
+        rows.append({"seed": seed, "model": name, **row, "seconds_per_epoch": per_epoch})
+        all_maps[name] = maps
+        print(f"seed {seed} {name}: {time.perf_counter() - t:.0f} s; " + ", ".join(
+            f"{k} {row[k]:.1f}" for k in ("acc_biased", "acc_unbiased", "acc_confounded")) +
+            f", bg {row['bg_confounded']:.3f}", flush=True)
+    return rows, all_maps, sets
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -237,55 +270,34 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    if args.evaluate_only:
-        folders = None
-        sets = {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, args.seed)
-                for m in datasets.MODES}
-    else:
-        folders, sets = make_data(args)
-        model_path = Path(args.work) / "backbone.onnx"
-        onnx.save(tiny_cnn(len(args.classes), 1, args.size, args.widths, seed=args.seed), str(model_path))
-    rows, all_maps = {}, {}
-    for variant in args.variants:
-        t = time.perf_counter()
-        if args.evaluate_only:
-            trained = Path(args.work) / "runs" / variant / "model.onnx"
-            if not trained.is_file():
-                print(f"{variant}: no {trained}, skipped", flush=True)
-                continue
-            with open(trained.parent / "metrics.csv") as f:
-                per_epoch = float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
-        else:
-            trained, per_epoch, _ = train_variant(args, variant, model_path, folders)
-        row, maps = evaluate(Explained(trained, args.explainer, args.threads), sets)
-        row["seconds_per_epoch"] = per_epoch
-        rows[variant], all_maps[variant] = row, maps
-        print(f"{variant}: {time.perf_counter() - t:.0f} s; " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()),
-              flush=True)
-    text = table(rows)
-    lines = checks(rows)
+    rows, first = [], None
+    for seed in args.seeds:
+        mine, maps, sets = run_seed(args, seed)
+        rows += mine
+        first = first or (maps, sets)
+    if not rows:
+        print(f"bias.py: nothing to report under {args.work}", file=sys.stderr)
+        return 2
     total = time.perf_counter() - start
-    config = (f"classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} training and "
-              f"{args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, {args.epochs} "
-              f"epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr}, P {args.P}, d {args.d}, tune epochs "
-              f"{args.tune_epochs}, selective class {args.selective_class}, explainer {args.explainer}, seed {args.seed}; {platform.processor() or 'cpu'}, "
-              f"total {total / 60:.1f} min")
-    print(text)
-    print("\n".join(lines))
-    print(config)
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.work) / "bias.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        keys = list(next(iter(rows.values())).keys())
-        writer.writerow(["model"] + keys)
-        for name, r in rows.items():
-            writer.writerow([name] + [f"{r[k]:.6g}" for k in keys])
-    figure(args.figure, sets, all_maps, args)
+    config = (f"Configuration: classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} "
+              f"training and {args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, "
+              f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
+              f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
+              f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
+              f"{args.explainer}, seeds {','.join(map(str, args.seeds))}; {platform.machine()}, torch threads "
+              f"{args.threads or 'default'}; total {total / 60:.1f} min" +
+              (" (evaluation only)" if args.evaluate_only else "") + ".")
+    write_csv(args.csv, rows)
+    block, held = markdown(read_csv(args.csv), config)
+    print(block)
+    figure(args.figure, first[1], first[0], args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\n{config}\n")
-    print(f"wrote {args.figure}" + (f" and {args.out}" if args.out else ""))
+        write_markdown(args.out, block)
+    print(f"wrote {args.csv}, {args.figure}" + (f" and {args.out}" if args.out else ""))
+    if not held:
+        print("bias.py: an acceptance check failed (see above)", file=sys.stderr)
+    return 0 if held else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
