@@ -1,8 +1,10 @@
-"""benchmarks/bias.py end to end on a tiny budget: it trains, scores and draws, and its accuracies are what
-onnxruntime gives for the written models on the dataset builder's test sets."""
+"""benchmarks/bias.py end to end on a tiny budget (it trains, scores, draws, writes the CSV and the markdown
+from it, and its accuracies are what onnxruntime gives for the written models on the dataset builder's test
+sets), and the acceptance checker (benchmarks/bias_checks.py) on numbers that must fail or pass."""
 
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,34 +13,92 @@ import pytest
 
 from lrpgraph import datasets
 
-pytestmark = pytest.mark.skipif(not (datasets.fashion_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from bias_checks import check  # noqa: E402
+from bias_report import BEGIN, END, markdown, read_csv, write_markdown  # noqa: E402
+
+needs_data = pytest.mark.skipif(not (datasets.fashion_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bias.py"
+SETS = ("biased", "unbiased", "confounded")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bias_benchmark", SCRIPT)
+    spec = importlib.util.spec_from_file_location("bias_benchmark", BENCHMARKS / "bias.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def accuracies(biased, unbiased, confounded):
+    return dict(zip(SETS, (biased, unbiased, confounded)))
+
+
+GOOD = {"plain": accuracies(99.5, 55.0, 14.0), "oracle": accuracies(92.0, 91.5, 91.0),
+        "selective": accuracies(88.0, 87.0, 86.5), "stochastic": accuracies(90.0, 89.0, 88.0)}
+
+
+def test_checker_passes_a_model_that_behaves_like_the_oracle():
+    results = check(GOOD, ["selective", "stochastic"])
+    assert len(results) == 1 + 2 * 4
+    assert all(held for _, held in results), results
+    assert "plain: biased 99.5 - confounded 14.0 = 85.5 points" in results[0][0]
+
+
+def test_checker_fails_a_model_at_chance_level():
+    means = dict(GOOD, selective=accuracies(25.5, 24.8, 25.2))
+    results = dict(check(means, ["selective", "stochastic"]))
+    failed = [line for line, held in results.items() if not held]
+    assert failed and all(line.startswith("selective:") for line in failed)
+    # confounded ~ unbiased holds at chance; the checks against plain and the oracle are what catch it
+    assert [line.split(" = ")[0] for line in failed] == [
+        "selective: confounded 25.2 - plain's confounded 14.0", "selective: confounded 25.2 - plain's unbiased 55.0",
+        "selective: oracle's unbiased 91.5 - confounded 25.2"]
+
+
+@pytest.mark.parametrize("row, numbers, fails", [
+    ("plain", accuracies(80.0, 70.0, 65.0), "plain: biased"),  # no shortcut learned: nothing to test
+    ("selective", accuracies(95.0, 85.0, 76.0), "selective: |confounded"),  # the artefact still moves it
+    ("selective", accuracies(82.0, 81.0, 80.5), "selective: oracle's"),  # 11 points short of the oracle
+])
+def test_checker_fails_each_criterion_on_its_own(row, numbers, fails):
+    results = check(dict(GOOD, **{row: numbers}), ["selective", "stochastic"])
+    assert [line for line, held in results if not held and line.startswith(fails)]
+
+
+@needs_data
 def test_bias_benchmark_runs_and_reports_what_onnxruntime_measures(tmp_path, capsys):
     work, out, figure = tmp_path / "work", tmp_path / "bias.md", tmp_path / "bias.png"
-    load_script().main(["--quick", "--variants", "plain,stochastic", "--train-per-class", "12", "--test-per-class",
-                        "5", "--epochs", "1", "--examples", "2", "--threads", "1", "--work", str(work), "--out",
-                        str(out), "--figure", str(figure)])
+    out.write_text(f"# kept above\n\n{BEGIN}\nold table\n{END}\n\nkept below\n")
+    code = load_script().main(["--quick", "--variants", "stochastic", "--seeds", "0", "--train-per-class", "12",
+                               "--test-per-class", "5", "--epochs", "1", "--examples", "2", "--threads", "1",
+                               "--work", str(work), "--csv", str(tmp_path / "bias.csv"), "--out", str(out),
+                               "--figure", str(figure)])
     printed = capsys.readouterr().out
-    assert "| plain |" in printed and "| stochastic |" in printed and "stochastic: |confounded - unbiased|" in printed
+    assert "| plain |" in printed and "| oracle |" in printed and "| stochastic |" in printed
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| model | acc. biased |" in out.read_text()
-    with open(work / "bias.csv") as f:
-        rows = {r["model"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"plain", "stochastic"}
-    for variant, row in rows.items():
-        session = ort.InferenceSession(str(work / "runs" / variant / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = read_csv(tmp_path / "bias.csv")
+    block, held = markdown(rows)
+    assert code == (0 if held else 1)
+    text = out.read_text()
+    assert text.startswith("# kept above\n\n" + BEGIN) and text.endswith(END + "\n\nkept below\n")
+    assert "old table" not in text and block.split("\n\nAll checks hold")[0] in text
+    assert {r["model"] for r in rows} == {"plain", "oracle", "stochastic"}
+    with open(tmp_path / "bias.csv") as f:
+        assert next(csv.reader(f))[:2] == ["seed", "model"]
+    for row in rows:
+        session = ort.InferenceSession(str(work / "seed0" / "runs" / row["model"] / "model.onnx"),
+                                       providers=["CPUExecutionProvider"])
         for mode in datasets.MODES:
             data = datasets.biased_fashion_mnist("test", mode, 5, (0, 1, 5, 8), 36, 0)
             logits = session.run(None, {session.get_inputs()[0].name: data.images[:, None] / np.float32(255)})[0]
-            assert float(row[f"acc_{mode}"]) == pytest.approx((logits.argmax(1) == data.labels).mean(), abs=1e-6)
-            assert 0 <= float(row[f"bg_{mode}"]) <= 1 and 0 <= float(row[f"pg_{mode}"]) <= 1
+            assert row[f"acc_{mode}"] == pytest.approx(100 * (logits.argmax(1) == data.labels).mean(), abs=1e-4)
+            assert 0 <= row[f"bg_{mode}"] <= 1 and 0 <= row[f"pg_{mode}"] <= 1
+
+
+def test_markdown_block_replaces_only_its_own_part(tmp_path):
+    path = tmp_path / "page.md"
+    path.write_text(f"intro\n{BEGIN}\nold\n{END}\noutro\n")
+    write_markdown(path, f"{BEGIN}\nnew\n{END}")
+    assert path.read_text() == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
