@@ -15,7 +15,8 @@ same graph run (LrpModule.run's `derived` inputs: computed from the logits), so 
 is one forward, one relevance pass and one backward. The seed stays differentiable (the reference code's
 double backpropagation through eta). Already converted models are accepted when they offer what the
 variant needs (selective: target seed; stochastic and original: seed or index; dual: two LRP outputs,
-zplus (or epsilon-plus) and epsilon, target all or seed; plain: any).
+zplus (or epsilon-plus) and epsilon, target all or seed; plain: any); a model converted with cp-lrp or
+attn-lrp (gradient-form LRP, like flex) trains on that heatmap (benchmarks/bias_vit.py).
 """
 
 import os
@@ -27,6 +28,7 @@ import onnx
 import torch
 
 from lrpgraph import metadata
+from lrpgraph.composites import GRADIENT_COMPOSITES  # flex, attn-lrp, cp-lrp: LRP in the gradient form
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.graph import needed_nodes
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
@@ -152,7 +154,7 @@ def resolve(variant: str, record: "metadata.Record | dict | None", where: str = 
         raise LrpgraphError(f"variant '{variant}' needs a model converted with target {' or '.join(allowed)}; "
                             f"{where} has target '{target}' ({have}); give the plain model and the trainer "
                             "converts it (composite flex, target seed)")
-    if variant != "plain" and explanations[names[0]] not in ("flex",) and record.is_gradient(names[0]):
+    if variant != "plain" and explanations[names[0]] not in GRADIENT_COMPOSITES and record.is_gradient(names[0]):
         raise LrpgraphError(f"variant '{variant}' needs LRP-Flex or an LRP composite; {where} explains {have}; "
                             "give the plain model and the trainer converts it")
     return Spec(variant, [names[0]], record.is_gradient(names[0]), **common)
