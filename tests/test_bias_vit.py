@@ -52,7 +52,7 @@ def test_bias_vit_runs_and_reports_what_onnxruntime_measures(tmp_path, capsys):
             data = datasets.biased_fashion_mnist("test", mode, 4, (0, 1, 5, 8), 36, 0)
             logits = session.run(None, {session.get_inputs()[0].name: data.images[:, None] / np.float32(255)})[0]
             assert float(row[f"acc_{mode}"]) == pytest.approx(100 * (logits.argmax(1) == data.labels).mean(), abs=1e-4)
-            assert 0 <= float(row[f"bg_{mode}"]) <= 1 and 0 <= float(row[f"pg_{mode}"]) <= 1
+            assert all(0 <= float(row[f"{metric}_{mode}"]) <= 1 for metric in ("bg", "art", "pg"))
 
 
 def test_oracle_trains_without_the_artefact(tmp_path):
@@ -69,4 +69,24 @@ def test_oracle_trains_without_the_artefact(tmp_path):
     for a, b in zip(biased, unbiased):
         differ = np.asarray(Image.open(a)) != np.asarray(Image.open(b))
         rows, cols = np.nonzero(differ)
-        assert differ.any() and rows.ptp() < 3 and cols.ptp() < 3
+        assert differ.any() and np.ptp(rows) < 3 and np.ptp(cols) < 3
+
+
+def test_artefact_share_counts_the_carried_artefacts_box():
+    """Relevance only in each image's artefact box gives share 1; uniform relevance gives 9 / 36^2; an image
+    without an artefact is scored at its own class's box."""
+    script = load_script()
+    data = datasets.biased_fashion_mnist("test", "confounded", 2, (0, 1, 5, 8), 36, 0)
+    r = np.zeros((len(data.labels), 36, 36))
+    for i, k in enumerate(data.artefacts):
+        top, left = datasets.artefact_box(int(k), 36)
+        r[i, top:top + 3, left:left + 3] = 1.0
+    assert script.artefact_share(r, data) == pytest.approx(1.0)
+    assert script.artefact_share(np.ones_like(r), data) == pytest.approx(9 / 36 ** 2)
+    clean = datasets.biased_fashion_mnist("test", "unbiased", 2, (0, 1, 5, 8), 36, 0)
+    top, left = datasets.artefact_box(int(clean.labels[0]), 36)
+    one = np.zeros((1, 36, 36))
+    one[0, top, left] = 2.0
+    one[0, 20, 20] = 2.0
+    assert script.artefact_share(one, datasets.BiasedSet(clean.images[:1], clean.masks[:1], clean.labels[:1],
+                                                          clean.artefacts[:1], clean.classes)) == pytest.approx(0.5)
