@@ -9,18 +9,23 @@ median wall time per call of
   zennit eps/plus: the torch model with zennit's Epsilon / EpsilonPlus composites (canonizers of
                    tests/zennit_ref.py), forward + backward with the seed y_c at the top class.
 ORT and torch get the same intra-op thread count. Peak resident memory of each ONNX Runtime session is
-measured in a child process per session (its VmHWM after loading and two calls).
+measured in a child process per session (its VmHWM after loading and two calls). With --isolate (on by
+itself at batch 16 and above) each session instead runs, warm-up and timed calls, alone in a child process
+of its own (ORT sessions: without torch), one after another: only one session's memory is resident at a
+time, and the child's peak (VmHWM) is the session's peak memory.
 
     python benchmarks/speed.py                                   # every model, batches 1 and 32
     python benchmarks/speed.py --models resnet18 --batches 1 --repeats 3
     python benchmarks/speed.py --models resnet18 --batches 1 --profile    # + kernel time by op type
     python benchmarks/speed.py --ig                              # + IG (32 steps) vs 32 gradient calls
+    python benchmarks/speed.py --models vgg16_bn --batches 32 --isolate   # one child process per session
 """
 
 import argparse
 import collections
 import copy
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="leave out the per-session peak memory")
     p.add_argument("--memory-settings", action="store_true",
                    help="also print epsilon-plus's peak memory and CPU time with ORT's arena / memory pattern off")
+    p.add_argument("--isolate", choices=["auto", "yes", "no"], default="auto",
+                   help="run each session alone in a child process, one after another (not interleaved), its peak "
+                        "memory measured there: bounds the memory to one session's (default auto: at batch >= 16)")
     p.add_argument("--profile", action="store_true",
                    help="also print onnxruntime's kernel time by op type for forward, epsilon, epsilon-plus")
     p.add_argument("--ig", action="store_true",
@@ -115,31 +124,56 @@ def interleaved(calls, warmup, repeats, pause, clock=time.perf_counter):
     return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
-MEMORY_CHILD = """import sys, time
+SESSION_CHILD = """import statistics, sys, time
 import numpy as np, onnxruntime as ort
-path, batch, threads, setting = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+path, x_path, threads, setting, warmup, repeats, clock, pause, out = sys.argv[1:10]
 options = ort.SessionOptions()
-options.intra_op_num_threads = threads
+options.intra_op_num_threads = int(threads)
+if clock == "cpu":
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 options.enable_cpu_mem_arena = setting not in ("no-arena", "neither")
 options.enable_mem_pattern = setting not in ("no-pattern", "neither")
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
-start = time.process_time()
-for _ in range(2):
-    session.run(None, {session.get_inputs()[0].name: x})
+feed = {session.get_inputs()[0].name: np.load(x_path)}
+tick = time.process_time if clock == "cpu" else time.perf_counter
+for _ in range(int(warmup)):
+    outputs = session.run(None, feed)
+times = []
+for _ in range(int(repeats)):
+    time.sleep(float(pause))
+    start = tick()
+    outputs = session.run(None, feed)
+    times.append(tick() - start)
+relevance = dict(zip([o.name for o in session.get_outputs()], outputs)).get("relevance")
+if out != "-" and relevance is not None:
+    np.save(out, relevance)
 # VmHWM: the peak of this process's own memory (ru_maxrss would include the parent's, copied at fork)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(peak / 1024, (time.process_time() - start) / 2)
+print(peak / 1024, statistics.median(times))
 """
 MEMORY_SETTINGS = ("default", "no-arena", "no-pattern", "neither")  # onnxruntime's CPU arena and memory pattern
 
 
+def session_child(path, x, threads, setting="default", warmup=0, repeats=2, clock="cpu", pause=0.0, keep=False):
+    """One ORT session alone in a fresh child process without torch: (peak resident MiB, median s per call of
+    `repeats` calls after `warmup`, the relevance of the last call or None)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        x_path, out = os.path.join(tmp, "x.npy"), os.path.join(tmp, "relevance.npy")
+        np.save(x_path, x)
+        run = subprocess.run([sys.executable, "-c", SESSION_CHILD, str(path), x_path, str(threads), setting,
+                              str(warmup), str(repeats), clock, str(pause), out if keep else "-"],
+                             capture_output=True, text=True)
+        if run.returncode:
+            raise RuntimeError(f"session child for {path} failed ({run.returncode}): {run.stderr.strip()[-500:]}")
+        peak, seconds = run.stdout.split()[-2:]
+        return float(peak), float(seconds), np.load(out) if keep and os.path.exists(out) else None
+
+
 def peak_memory_mib(path, batch, threads, setting="default"):
     """(peak resident MiB, CPU s per call) of a child process that only loads one session and calls it twice."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(batch), str(threads), setting],
-                         capture_output=True, text=True, check=True)
-    peak, cpu = out.stdout.split()[-2:]
-    return float(peak), float(cpu)
+    x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+    peak, seconds, _ = session_child(path, x, threads, setting)
+    return peak, seconds
 
 
 def models_for(name, args):
@@ -164,19 +198,76 @@ def models_for(name, args):
     return torch_model, canonizers, paths
 
 
+def vm_peak_mib():
+    """This process's own resident peak (VmHWM; ru_maxrss would include the parent's, copied at fork)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+
+
+def heavy(name, batch):
+    """Cases where one zennit call takes over about 10 s."""
+    return batch * (15 if "vgg" in name or "densenet" in name else 3) > 100
+
+
+def batch_input(batch, args):
+    return torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed + batch))
+
+
+def zennit_child(name, composite, batch, repeats, args):
+    """In a fresh child process: one zennit composite alone, warmed up and timed.
+    Returns (median s per call, the heatmap, peak resident MiB of the child, torch included)."""
+    torch.set_num_threads(args.threads)
+    x = batch_input(batch, args)
+    model, canonizers = torchvision_model(name, seed=args.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    zennit_composite(composite, args.epsilon, args.epsilon, canonizers=canonizers).register(model)
+    ms, outputs = interleaved({composite: lambda: zennit_call(model, x)}, args.warmup, repeats, args.pause,
+                              CLOCKS[args.clock])
+    return ms[composite], outputs[composite], vm_peak_mib()
+
+
+def isolated_row(name, batch, paths, args):
+    """Every session of one case, each alone in its own child process, one after another."""
+    repeats = args.heavy_repeats if not args.no_zennit and heavy(name, batch) else args.repeats
+    row, heatmaps = dict(model=name, batch=batch, repeats=repeats), {}
+    x = batch_input(batch, args).numpy()
+    for key in [k for k in COLUMNS if not (args.no_zennit and k.startswith("zennit"))]:
+        if key in paths:
+            peak, seconds, heatmaps[key] = session_child(paths[key], x, args.threads, warmup=args.warmup,
+                                                         repeats=repeats, clock=args.clock, pause=args.pause,
+                                                         keep=True)
+            row[f"mem {key}"] = peak
+        else:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                seconds, heatmaps[key], peak = pool.submit(zennit_child, name, key[7:], batch, repeats,
+                                                           args).result()
+        row[key] = 1e3 * seconds
+        print(f"    {key}: {row[key]:.1f} ms, peak {peak:.0f} MiB", flush=True)
+    for c in COMPOSITES:
+        if f"zennit {c}" in heatmaps:
+            row[f"l1 {c}"] = l1(heatmaps[c], heatmaps[f"zennit {c}"])
+    return row
+
+
 def bench_model(name, args, rows):
     torch_model, canonizers, paths = models_for(name, args)
-    sessions = {k: ort_session(str(p), args.threads, spinning=args.clock == "wall") for k, p in paths.items()}
-    modified = {}  # one copy of the torch model per zennit composite, its hooks registered outside the timing
-    for c in () if args.no_zennit else COMPOSITES:
-        modified[c] = copy.deepcopy(torch_model)
-        zennit_composite(c, args.epsilon, args.epsilon, canonizers=canonizers).register(modified[c])
+    sessions, modified = {}, {}
     for batch in args.batches:
-        x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed + batch))
+        if args.isolate == "yes" or (args.isolate == "auto" and batch >= 16):
+            start = time.perf_counter()
+            rows.append(isolated_row(name, batch, paths, args))
+            print(f"  batch {batch}: isolated sessions ({time.perf_counter() - start:.0f} s)", flush=True)
+            continue
+        if not sessions:
+            sessions = {k: ort_session(str(p), args.threads, spinning=args.clock == "wall") for k, p in paths.items()}
+            for c in () if args.no_zennit else COMPOSITES:  # one torch model copy per composite, hooks outside the timing
+                modified[c] = copy.deepcopy(torch_model)
+                zennit_composite(c, args.epsilon, args.epsilon, canonizers=canonizers).register(modified[c])
+        x = batch_input(batch, args)
         calls = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x.numpy()})) for k, s in sessions.items()}
         calls.update({f"zennit {c}": (lambda m=m: zennit_call(m, x)) for c, m in modified.items()})
         repeats = args.repeats
-        if modified and batch * (15 if "vgg" in name or "densenet" in name else 3) > 100:
+        if modified and heavy(name, batch):
             repeats = args.heavy_repeats
         start = time.perf_counter()
         ms, outputs = interleaved(calls, args.warmup, repeats, args.pause, CLOCKS[args.clock])
@@ -186,7 +277,7 @@ def bench_model(name, args, rows):
                 names = [o.name for o in sessions[c].get_outputs()]
                 row[f"l1 {c}"] = l1(dict(zip(names, outputs[c]))["relevance"], outputs[f"zennit {c}"])
         if not args.no_memory:
-            for k in sessions:
+            for k in paths:
                 row[f"mem {k}"] = peak_memory_mib(paths[k], batch, args.threads)[0]
         if args.memory_settings:
             print(f"  batch {batch}, epsilon-plus, peak MiB / CPU s per call by ORT setting: " + ", ".join(
