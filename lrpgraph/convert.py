@@ -7,7 +7,7 @@ from dataclasses import replace
 import onnx
 from onnx import TensorProto, external_data_helper, helper
 
-from lrpgraph import bounds, checks, composites, graph, metadata, methods, targets
+from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
@@ -86,6 +86,8 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
                 b.scope = "output"
                 heat = b.mul(canon.image, heat)
         b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
+        if view is model:  # (a dequantized view's ReLUs are not the model's nodes)
+            simplify.relu_denominators(b, model.graph.node)
         builders.append(b)
         inputs.update({i.name: i for i in new_inputs})
     _attach(model, builders, list(inputs.values()), image, explanations)
