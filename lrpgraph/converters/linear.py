@@ -78,11 +78,14 @@ class LinearLayer:
 
         A stride-1 Conv's is itself a Conv, with the kernel flipped and its channel axes swapped (see
         flipped_kernel): onnxruntime runs that in its blocked-layout Conv, which its ConvTranspose is
-        not (about 1.2x slower, plus layout reorders between the two). Strided Convs keep ConvTranspose."""
+        not (about 1.2x slower, plus layout reorders between the two). Strided Convs keep ConvTranspose, and so
+        do those with fewer than 12 input channels (the adjoint's outputs; a first layer on RGB): onnxruntime
+        pads a Conv's output channels to its block size, and its ConvTranspose wins there (measured, one
+        thread, 64 channels at 112 px: 3 outputs 1.0 vs 2.6 ms, 8: 2.0 vs 2.6, 12: 2.7 vs 2.6, 16: 3.6 vs 2.7)."""
         if self.op == "Conv":
             a = self.attrs
             pads = self._adjoint_pads()
-            if pads is not None:
+            if pads is not None and self.w_shape[1] * a["group"] >= 12:
                 return b.op("Conv", [s, self.flipped_kernel(b, w)], "convT", strides=a["strides"], pads=pads,
                             dilations=a["dilations"], group=a["group"])  # strides all 1, written out for WebGPU
             return b.op("ConvTranspose", [s, w], "convT", strides=a["strides"], pads=a["pads"],

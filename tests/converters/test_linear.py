@@ -142,11 +142,12 @@ CONV_RULE_CASES = {
     "depthwise": dict(group=4, pads=[1, 1, 1, 1], cout=4),
     "no_bias": dict(strides=[2, 2], pads=[1, 1, 1, 1], bias=False),
     "relu_input": dict(strides=[2, 2], pads=[1, 1, 1, 1], relu=True),  # a non-negative input (x- terms vanish)
-    # stride 1: the adjoint is a Conv with the flipped kernel (linear.LinearLayer.flipped_kernel)
-    "stride1_asym_pads": dict(pads=[0, 1, 2, 0]),
-    "stride1_groups4_cout8": dict(group=4, pads=[1, 1, 1, 1], cout=8),  # one input channel per group
-    "stride1_groups2_cout2": dict(group=2, pads=[1, 1, 1, 1], cout=2),  # one output channel per group
-    "stride1_pads_beyond_kernel": dict(pads=[3, 0, 0, 3]),  # no Conv adjoint: ConvTranspose
+    # stride 1, 12 input channels or more: the adjoint is a Conv with the flipped kernel (flipped_kernel)
+    "stride1_asym_pads": dict(pads=[0, 1, 2, 0], cin=12),
+    "stride1_groups12_cout24": dict(group=12, pads=[1, 1, 1, 1], cin=12, cout=24),  # one input channel per group
+    "stride1_groups2_cout2": dict(group=2, pads=[1, 1, 1, 1], cin=12, cout=2),  # one output channel per group
+    "stride1_pads_beyond_kernel": dict(pads=[3, 0, 0, 3], cin=12),  # no Conv adjoint: ConvTranspose
+    "stride1_few_channels": dict(pads=[1, 1, 1, 1]),  # 4 input channels: ConvTranspose (faster there)
 }
 
 
@@ -155,7 +156,7 @@ def conv_rule_case(case):
     """(model, x, x as the Conv sees it [N, I], A, bias [J], conn, seed), built once per case."""
     attrs = dict(CONV_RULE_CASES[case])
     cout, relu, with_bias = attrs.pop("cout", 6), attrs.pop("relu", False), attrs.pop("bias", True)
-    cin, size = 4, (9, 8)
+    cin, size = attrs.pop("cin", 4), (9, 8)
     net = Net([cin, *size], seed=3)
     out, _, w, b = net.conv(net.op("Relu", ["x"]) if relu else "x", cin, cout, k=3, bias=with_bias, **attrs)
     strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
