@@ -78,6 +78,8 @@ def parse_args(argv=None):
                    help="also print onnxruntime's kernel time by op type for forward, epsilon, epsilon-plus")
     p.add_argument("--ig", action="store_true",
                    help="also time IG (32 steps, one call) against 32 separate gradient calls, batch 1")
+    p.add_argument("--ig-chunks", nargs="+", type=int, default=[4],
+                   help="with --ig: IG steps per cloned forward path, one IG model each (default: 4, lrpgraph's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lrpgraph-speed"),
                    help="folder for the exported and converted models (default: a temporary folder)")
@@ -321,19 +323,23 @@ def profile_table(name, batch, paths, args):
 
 
 def ig_row(args):
-    """IG with 32 steps (the steps share one call) vs 32 separate calls of the gradient model, resnet18, batch 1."""
+    """IG with 32 steps in one call (for each --ig-chunks value: steps per cloned forward path) vs 32 separate
+    calls of the gradient model and one call on a batch of 32, resnet18, batch 1: {name: ms}."""
     torch_model, _ = torchvision_model("resnet18", seed=args.seed)
     path = Path(args.cache) / "resnet18.onnx"
     if not path.exists():
         export(torch_model, torch.rand(2, 3, 224, 224), str(path))
     plain = onnx.load(str(path))
     spinning = args.clock == "wall"
-    ig = ort_session(lrpgraph.convert(plain, method="ig", steps=32).SerializeToString(), args.threads, None, spinning)
     grad = ort_session(lrpgraph.convert(plain, method="gradient").SerializeToString(), args.threads, None, spinning)
     x = np.random.default_rng(args.seed).random((1, 3, 224, 224), dtype=np.float32)
-    feed = {ig.get_inputs()[0].name: x}
-    calls = {"IG, 32 steps, one call": lambda: ig.run(None, feed),
-             "32 gradient calls": lambda: [grad.run(None, feed) for _ in range(32)]}
+    name = grad.get_inputs()[0].name
+    calls = {"32 gradient calls": lambda: [grad.run(None, {name: x}) for _ in range(32)],
+             "gradient, one batch of 32": lambda: grad.run(None, {name: np.repeat(x, 32, 0)})}
+    for chunk in args.ig_chunks:
+        ig = ort_session(lrpgraph.convert(plain, method="ig", steps=32, chunk=chunk).SerializeToString(),
+                         args.threads, None, spinning)
+        calls[f"IG, 32 steps, chunk {chunk}"] = lambda ig=ig: ig.run(None, {name: x})
     ms, _ = interleaved(calls, args.warmup, args.repeats, args.pause, CLOCKS[args.clock])
     return {k: 1e3 * v for k, v in ms.items()}
 
@@ -375,8 +381,8 @@ def main(argv=None):
     table = markdown(rows, args)
     if args.ig:
         ig = ig_row(args)
-        table += "\nresnet18, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ig.items()) + (
-            f"; ratio {ig['IG, 32 steps, one call'] / ig['32 gradient calls']:.2f}\n")
+        table += "\n| resnet18, batch 1 | ms | / 32 gradient calls |\n|---|---:|---:|\n" + "".join(
+            f"| {k} | {v:.1f} | {v / ig['32 gradient calls']:.3f} |\n" for k, v in ig.items())
     print("\n" + table)
     print(f"total {time.perf_counter() - start:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
     if args.out:

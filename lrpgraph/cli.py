@@ -99,7 +99,7 @@ def _rule_options(kw):
 @click.option("--baseline", type=click.Choice(["zero", "blur", "input"]), default=METHOD_DEFAULTS.baseline, show_default=True,
               help="IG baseline: zeros, a blurred copy of the image, or a graph input `baseline`")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, help="IG steps per cloned forward pass "
-              "(bounds memory for large step counts; default 8)")
+              "(bounds memory for large step counts; default 4)")
 @click.option("--samples", type=click.IntRange(min=1), default=METHOD_DEFAULTS.samples, show_default=True, help="SmoothGrad samples")
 @click.option("--noise-level", type=float, default=METHOD_DEFAULTS.noise_level, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")

@@ -2,8 +2,9 @@
 (a_k = k/m, w_k = 1/m) or Gauss-Legendre nodes on [0, 1]; the baseline x' is zero, a blurred copy of
 the input, or a graph input `baseline`. Guided IG uses guided gradients (only positive gradients pass
 ReLU-like units and MaxPool). Steps lie along the batch axis; `chunk` steps per cloned forward path
-(default 8) bound the memory of large step counts and keep each path's batch small: measured on resnet18 with
-one thread, 32 steps in one batch of 32 cost 1.04x 32 separate gradient calls, in chunks of 8 1.01x."""
+(default 4) bound the memory of large step counts and keep each path's batch small: measured on resnet18 with
+one thread (docs/speed.md), 32 steps in one batch of 32 cost 1.04x 32 separate gradient calls, in chunks of 4
+0.99-1.01x (chunks of 8: 1.01-1.05x)."""
 
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 
 BASELINE_INPUT = "baseline"
-DEFAULT_CHUNK = 8  # steps per cloned forward path unless asked otherwise
+DEFAULT_CHUNK = 4  # steps per cloned forward path unless asked otherwise
 
 
 def quadrature(steps: int, rule: str = "riemann") -> tuple:
