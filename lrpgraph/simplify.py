@@ -83,7 +83,7 @@ def _factors(r, a, producer, uses):
     node = producer.get(r)
     if node is None or uses.get(r, 0) != 1:
         return None
-    parts = list(node.input) if node.op_type in ("Sum", "Add") else [r]
+    parts = list(node.input) if node.op_type == "Sum" else [r]  # Builder.sum's fan-in
     factors = []
     for t in parts:
         mul = producer.get(t)
