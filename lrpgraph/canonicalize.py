@@ -80,7 +80,7 @@ class Canonical:
 def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
-    image, image_float = _image_input(graph, inits)
+    image, image_float = image_input(graph, inits)
     logits, probabilities = _logits(graph)
     logits = _flat_logits(model, logits, probabilities)
     shapes = tensor_shapes(model)
@@ -100,7 +100,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
                      _nonneg(units, inits), image_float)
 
 
-def _image_input(graph, inits):
+def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
     constant embedding table (Gather), 'input_ids' first."""
     inputs = [i for i in graph.input if i.name not in inits]
@@ -292,8 +292,8 @@ def _conv_attrs(node, attrs, shapes, inits, unit):
     x_shape = shapes.get(node.input[0])
     w_shape = shapes.get(node.input[1])
     if not x_shape or any(d is None for d in x_shape[2:]) or not w_shape:
-        raise UnsupportedModelError(f"node '{unit.name}' (Conv): spatial sizes must be static; export with a fixed "
-                                    "image size (the batch may stay dynamic)")
+        raise UnsupportedModelError(f"node '{unit.name}' (Conv): spatial sizes must be static; give the image "
+                                    "size with --image-size H,W (image_size=(H, W)) or export with a fixed one")
     spatial = x_shape[2:]
     kernel = attrs.get("kernel_shape", w_shape[2:])
     n = len(kernel)

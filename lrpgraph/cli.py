@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import click
 
-from lrpgraph.cli_checks import check_ignored, check_output_dir, check_output_file, given, make_output_dir, write_error
+from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
+                                 make_output_dir, write_error)
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 from lrpgraph.methods.options import MethodOptions
@@ -108,16 +109,18 @@ def _rule_options(kw):
               help="ort: also write OUTPUT.ort and its required-operators config (onnxruntime mobile)")
 @click.option("--optimize", is_flag=True, help="also write onnxruntime's optimised copy (OUTPUT with .ort.onnx, "
               "for the CPU provider) when it loads faster")
+@IMAGE_SIZE
 def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
             std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
             method: str | None, explain: tuple, steps: int, quadrature: str, baseline: str, chunk: int | None,
-            samples: int, noise_level: float, webgpu: bool, formats: str, optimize: bool, **kw) -> None:
+            samples: int, noise_level: float, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
+            **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
 
     specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
     check_ignored(given(), specs)
-    output = output or _default_output(model)
+    output = output or default_output(model)
     check_output_file(output, "-o", source=model)
     from lrpgraph.mobile import ort_paths, save_ort
 
@@ -131,7 +134,7 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
                                    noise_level=noise_level)
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
                               options=_rule_options(kw), method_options=method_options, preprocess=preprocess or None,
-                              labels=names, webgpu=webgpu)
+                              labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
@@ -144,11 +147,6 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
         plain, fast, kept = write_optimized(output, force=force)
         click.echo(f"wrote {optimized_path(output)} (loads in {fast:.2f} s instead of {plain:.2f} s)" if kept else
                    f"kept no optimised copy: it loads in {fast:.2f} s, {output} in {plain:.2f} s")
-
-
-def _default_output(model):
-    root, ext = os.path.splitext(model)
-    return root + ".lrp.onnx" if ext == ".onnx" else model + ".lrp.onnx"
 
 
 def _read_labels(path):

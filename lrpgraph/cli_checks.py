@@ -60,6 +60,12 @@ def check_ignored(chosen: set, specs: list) -> None:
                                     f"{', '.join(sorted(users))}; leave it out or choose one of those")
 
 
+def default_output(model: str) -> str:
+    """convert's output path when -o is not given: MODEL with .lrp.onnx."""
+    root, ext = os.path.splitext(model)
+    return root + ".lrp.onnx" if ext == ".onnx" else model + ".lrp.onnx"
+
+
 def check_output_file(path: str | os.PathLike, option: str, source: str | os.PathLike | None = None) -> None:
     """An output file that can be written: its folder exists or can be made, it is not a folder, and it is
     not the input model itself (refused even with --force)."""
@@ -100,3 +106,18 @@ def write_error(error: OSError, option: str, path: str | os.PathLike) -> Lrpgrap
     """One line for an OSError met while writing under path."""
     where = error.filename or path
     return LrpgraphError(f"{option} {path}: cannot write {where} ({error.strerror or error}); choose another path")
+
+
+def image_size(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple | None:
+    """--image-size H,W as a tuple of ints (click callback); whether it fits the model, convert checks."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise LrpgraphError(f"--image-size {text}: write the image's height and width as integers, e.g. "
+                            "--image-size 224,224") from None
+
+
+IMAGE_SIZE = click.option("--image-size", callback=image_size, metavar="H,W", help="fix the spatial sizes of a "
+                          "model exported with symbolic ones (the batch stays dynamic)")

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
-from lrpgraph.canonicalize import canonicalize
+from lrpgraph.canonicalize import Initializers, canonicalize, image_input
 from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
@@ -23,7 +23,7 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
             target: str = "top", rules: list | tuple = (), method: str | None = None,
             explain: dict | list | None = None, options: RuleOptions | None = None,
             method_options: MethodOptions | None = None, preprocess: dict | None = None, labels: list | None = None,
-            webgpu: bool = False, **option_values) -> onnx.ModelProto:
+            webgpu: bool = False, image_size: tuple | list | None = None, **option_values) -> onnx.ModelProto:
     """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
@@ -33,7 +33,8 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     method_options the methods' (methods.options.MethodOptions); option_values: any of their fields by name
     (epsilon=..., stabilizer, gamma, alpha, beta, low, high, flex_epsilon; steps, quadrature, baseline, chunk,
     samples, noise_level), on top of them. webgpu: exact alternatives to the ops that onnxruntime-web's WebGPU
-    backend lacks (docs/web.md). Returns the checked onnx.ModelProto."""
+    backend lacks (docs/web.md). image_size: (H, W) for a model exported with symbolic spatial sizes (fix_image_size).
+    Returns the checked onnx.ModelProto."""
     options, method_options = build_options(options, method_options, **option_values)
     model = graph.load(model_or_path)
     where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
@@ -42,6 +43,8 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
         raise LrpgraphError(f"{where}: already {converted_by(model)}; convert the original classifier it was made "
                             f"from (input '{done.image_input or '?'}', output "
                             f"'{done.logits_output or '?'}', without the relevance outputs) instead")
+    if image_size is not None:
+        model = fix_image_size(model, image_size, where)
     strict = passes_full_check(model)
     if webgpu:
         from lrpgraph.web import without_ceil_mode
@@ -99,7 +102,8 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
         options=options.to_dict(), method_options=method_options.to_dict(), webgpu=webgpu,
         overrides=list(rules), rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
         gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
-        preprocess=preprocess or None, labels=list(labels) if labels else None)
+        preprocess=preprocess or None, labels=list(labels) if labels else None,
+        image_size=[int(d) for d in image_size] if image_size is not None else None)
     if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
         record.token_input, record.vocab_size = True, _vocab_size(canon)
     record.write(model)
@@ -118,6 +122,48 @@ def build_options(options: RuleOptions | None = None, method_options: MethodOpti
     method = replace(method_options or MethodOptions(),
                      **{k: v for k, v in values.items() if k in MethodOptions.names()})
     return rule, method
+
+
+def fix_image_size(model: onnx.ModelProto, image_size: tuple | list, where: str = "the model") -> onnx.ModelProto:
+    """The model with its image input's spatial dims set to image_size (the batch stays as it is) and its shapes
+    inferred again, so that shape computations on them (Shape -> Gather -> Concat -> Reshape) become known."""
+    name, is_float = image_input(model.graph, Initializers(model.graph.initializer))
+    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
+    size = list(image_size)
+    spatial = len(dims) - 2
+    if not is_float or spatial < 1:
+        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} has no spatial sizes "
+                            f"(shape {_text(_shape(dims), 'x')}); convert it without --image-size")
+    if len(size) != spatial or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
+        example = ",".join(["224"] * spatial)
+        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} has {spatial} spatial "
+                            f"sizes; give {spatial} positive integers, e.g. --image-size {example}")
+    fixed = [d.dim_value for d in dims[2:] if d.HasField("dim_value")]
+    if len(fixed) == spatial and fixed != size:
+        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} is fixed at "
+                            f"{_text(fixed, 'x')}; give that size or leave --image-size out")
+    for dim, value in zip(dims[2:], size):
+        dim.dim_value = value  # replaces a dim_param (oneof)
+    del model.graph.value_info[:]  # the exporter's symbolic shapes, inferred again from the fixed input
+    try:
+        model = graph.infer_shapes(model)
+    except LrpgraphError as error:
+        raise LrpgraphError(f"--image-size {_text(size)}: {where} does not accept that size ({error}); "
+                            "give the size the model was trained for") from None
+    for info in model.graph.value_info:  # a kernel or window larger than its input: sizes <= 0
+        shape = _shape(info.type.tensor_type.shape.dim)
+        if any(isinstance(d, int) and d < 0 for d in shape) or (len(shape) >= 3 and 0 in shape):
+            raise LrpgraphError(f"--image-size {_text(size)}: {where} does not accept that size ('{info.name}' would "
+                                f"be {_text(shape, 'x')}); give the size the model was trained for")
+    return model
+
+
+def _shape(dims):
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def _text(values, sep=","):
+    return sep.join(str(v) for v in values)
 
 
 def _vocab_size(canon):

@@ -5,7 +5,8 @@ A converted model carries:
   lrpgraph.config      JSON: {"format", "composite", "explanations", "target", "image_input", "logits",
                         "logits_output", "outputs_probabilities", "relevance_outputs": [names], "options": {...},
                         "method_options": {...}, "rules": {node: rule}, "overrides", "gradient_seed", "webgpu",
-                        and for token models "token_input", "vocab_size"}
+                        and for token models "token_input", "vocab_size"; "image_size": [h, w] when convert fixed
+                        the spatial sizes of a model exported with symbolic ones}
   lrpgraph.preprocess  JSON (optional): {"resize": [h, w] | int, "crop": [h, w] | int, "mean": [...],
                         "std": [...], "mode": "L" | "RGB", "channel_order": "RGB" | "BGR", "scale": 255.0}
   lrpgraph.labels      JSON (optional): list of class names
@@ -53,6 +54,7 @@ class Record:
     webgpu: bool = False
     token_input: bool = False
     vocab_size: int | None = None
+    image_size: list | None = None  # the spatial sizes convert fixed (image_size=...), None if the model had them
     preprocess: dict | None = None
     labels: list | None = None
     version: str = __version__  # the lrpgraph version that wrote the model
@@ -73,6 +75,8 @@ class Record:
         out["relevance_outputs"] = self.relevance_outputs
         if not self.token_input:
             del out["token_input"], out["vocab_size"]
+        if self.image_size is None:
+            del out["image_size"]
         return out
 
     def to_props(self) -> dict:
