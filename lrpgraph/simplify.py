@@ -12,7 +12,7 @@ onnxruntime fuses into the Conv (no layout reorder of z)."""
 from onnx import helper, numpy_helper
 
 
-def relu_denominators(b, forward_nodes) -> int:
+def relu_denominators(b: "Builder", forward_nodes: list) -> int:
     """Rewrite, in the builder b's nodes, every Div(a * g, stab(z)) with a = Relu(z) as Mul(g, a / (a + eps)).
     forward_nodes: the model's own nodes (where the ReLUs are). Returns the number of divisions rewritten."""
     every = list(forward_nodes) + list(b.nodes)

@@ -11,7 +11,7 @@ from lrpgraph.converters.registry import RECORDS, Context, register, unsupported
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
-def activation(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def activation(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r = r_outs[0]
     rest = [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
@@ -52,18 +52,18 @@ def _positive(b, x):
 
 @activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided", "identity"}, composite_key="relu", guided=True,
                nonneg_output=True)
-def relu(ctx: Context, unit, x: str, y: str) -> str:
+def relu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return ctx.b.op("Cast", [_positive(ctx.b, x)], "step", to=1)
 
 
 @activation_op("LeakyRelu", guided=True)
-def leaky_relu(ctx: Context, unit, x: str, y: str) -> str:
+def leaky_relu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), b.const(float(unit.attrs.get("alpha", 0.01))))
 
 
 @activation_op("PRelu", guided=True)
-def prelu(ctx: Context, unit, x: str, y: str) -> str:
+def prelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), unit.inputs[1])
 
@@ -76,7 +76,7 @@ def _clip_min_nonneg(unit, inits) -> bool:
 
 
 @activation_op("Clip", guided=True, gate_source=True, nonneg_output=_clip_min_nonneg)
-def clip(ctx: Context, unit, x: str, y: str) -> str:
+def clip(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     low, high = _clip_bounds(ctx, unit)
     inside = b.op("And", [b.op("Greater", [x, b.const(low)], "above"),
@@ -85,19 +85,19 @@ def clip(ctx: Context, unit, x: str, y: str) -> str:
 
 
 @activation_op("Sigmoid", gate_source=True, nonneg_output=True)
-def sigmoid(ctx: Context, unit, x: str, y: str) -> str:
+def sigmoid(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return b.mul(y, b.sub(b.const(1.0), y))
 
 
 @activation_op("Tanh")
-def tanh(ctx: Context, unit, x: str, y: str) -> str:
+def tanh(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return b.sub(b.const(1.0), b.mul(y, y))
 
 
 @activation_op("HardSigmoid", gate_source=True, nonneg_output=True)
-def hard_sigmoid(ctx: Context, unit, x: str, y: str) -> str:
+def hard_sigmoid(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b, attrs = ctx.b, unit.attrs
     one, zero = b.const(1.0), b.const(0.0)
     alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
@@ -107,7 +107,7 @@ def hard_sigmoid(ctx: Context, unit, x: str, y: str) -> str:
 
 
 @activation_op("HardSwish")
-def hard_swish(ctx: Context, unit, x: str, y: str) -> str:  # 0 below -3, x/3 + 1/2 up to 3, 1 above
+def hard_swish(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # 0 below -3, x/3 + 1/2 up to 3, 1 above
     b = ctx.b
     middle = b.add(b.div(x, b.const(3.0)), b.const(0.5))
     inner = _where(b, b.op("Greater", [x, b.const(3.0)], "above"), b.const(1.0), middle)
@@ -122,7 +122,7 @@ def _clip_bounds(ctx, unit):
 
 
 @activation_op("Elu")
-def elu(ctx: Context, unit, x: str, y: str) -> str:  # 1 above 0, alpha * exp(x) = y + alpha below
+def elu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # 1 above 0, alpha * exp(x) = y + alpha below
     b = ctx.b
     alpha = b.const(float(unit.attrs.get("alpha", 1.0)))
     return _where(b, _positive(b, x), b.const(1.0), b.add(y, alpha))
@@ -132,7 +132,7 @@ SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  #
 
 
 @activation_op("Selu")
-def selu(ctx: Context, unit, x: str, y: str) -> str:  # gamma above 0, gamma * alpha * exp(x) below
+def selu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # gamma above 0, gamma * alpha * exp(x) below
     b = ctx.b
     alpha, gamma = float(unit.attrs.get("alpha", SELU_ALPHA)), float(unit.attrs.get("gamma", SELU_GAMMA))
     below = b.mul(b.op("Exp", [x], "exp"), b.const(alpha * gamma))
@@ -140,12 +140,12 @@ def selu(ctx: Context, unit, x: str, y: str) -> str:  # gamma above 0, gamma * a
 
 
 @activation_op("Softplus")
-def softplus(ctx: Context, unit, x: str, y: str) -> str:  # d log(1 + e^x) / dx = sigmoid(x)
+def softplus(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # d log(1 + e^x) / dx = sigmoid(x)
     return ctx.b.op("Sigmoid", [x], "sigmoid")
 
 
 @activation_op("Mish")
-def mish(ctx: Context, unit, x: str, y: str) -> str:  # x tanh(sp(x)): tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
+def mish(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # x tanh(sp(x)): tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
     b = ctx.b
     t = b.op("Tanh", [b.op("Softplus", [x], "softplus")], "tanh")
     inner = b.mul(b.mul(x, b.op("Sigmoid", [x], "sigmoid")), b.sub(b.const(1.0), b.mul(t, t)))

@@ -20,18 +20,19 @@ import math
 import string
 
 import numpy as np
+import onnx
 
 from lrpgraph.converters.activations import activation_op
-from lrpgraph.converters.registry import extend, register, unsupported_rule
+from lrpgraph.converters.registry import Context, extend, register, unsupported_rule
 from lrpgraph.converters.structure import mul_div, unbroadcast
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.rules import GRADIENT_RULES, Rule
 
 # ops a Softmax output may pass on its way to the product that uses it as attention probabilities
 _MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather"}
 
 
-def attention_operand(node, producer):
+def attention_operand(node: onnx.NodeProto, producer: dict) -> "int | None":
     """The index (0 or 1) of the operand of a product computed by a Softmax (through shape ops), or None."""
     def from_softmax(tensor, depth=0):
         n = producer.get(tensor)
@@ -45,7 +46,7 @@ def attention_operand(node, producer):
     return found[0] if len(found) == 1 else None
 
 
-def softmax(ctx, unit, rule, r_outs):
+def softmax(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, r = ctx.b, r_outs[0]
     s = unit.outputs[0]
     axes = b.ints([int(unit.attrs.get("axis", -1))])
@@ -85,7 +86,7 @@ def _sum_to(ctx, g, operand, out, rank):
     return b.reshape_like(g, operand) if lead else g
 
 
-def product(ctx, unit, rule, r_outs):
+def product(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """A product of two signals, MatMul (a @ b) or element-wise Mul (a * b), in the gradient form."""
     b, g = ctx.b, r_outs[0]
     a_name, b_name = unit.inputs[:2]
@@ -107,7 +108,7 @@ def product(ctx, unit, rule, r_outs):
     return [b.mul(ga, half), b.mul(gb, half)]
 
 
-def einsum_terms(ctx, unit):
+def einsum_terms(ctx: Context, unit: "Unit") -> tuple:
     """(term of a, term of b, term of the output) of a two-operand Einsum, '...' written out as letters."""
     equation = unit.attrs.get("equation", b"")
     equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
@@ -155,7 +156,7 @@ def _t(b, x, rank):
     return b.op("Transpose", [x], "swap", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
 
 
-def gate(ctx, unit, rule, r_outs):
+def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """A signal times a gate (x * sigmoid(x), squeeze-excitation): under 'cp' the gate is a constant and the
     message to the signal is g * gate (REFERENCE.md section 9); the other rules as for any gate."""
     if rule.name != "cp":
@@ -178,7 +179,7 @@ extend("Softmax", "normaliser", softmax, {"gradient"}, classify=lambda node, dyn
 
 
 @activation_op("Gelu")
-def gelu(ctx, unit, x, y):
+def gelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     """d gelu / dx: Phi(x) + x phi(x), or for approximate='tanh' the derivative of its tanh form."""
     b = ctx.b
     approximate = unit.attrs.get("approximate", b"none")
@@ -198,7 +199,7 @@ def gelu(ctx, unit, x, y):
 
 
 @register("Gather", kind="structure")
-def gather(ctx, unit, rule, r_outs):
+def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, r = ctx.b, r_outs[0]
     data, indices = unit.inputs[:2]
     if rule.name not in GRADIENT_RULES + ("pass",):
@@ -246,7 +247,7 @@ def gather(ctx, unit, rule, r_outs):
 
 
 @register("Expand", "Tile", kind="structure")
-def expand(ctx, unit, rule, r_outs):
+def expand(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     if rule.name not in GRADIENT_RULES + ("pass",):
         raise unsupported_rule(unit, rule)
     x, out = unit.inputs[0], unit.outputs[0]
@@ -260,7 +261,7 @@ def expand(ctx, unit, rule, r_outs):
 
 
 @register("Where", kind="structure")
-def where(ctx, unit, rule, r_outs):
+def where(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     if rule.name not in GRADIENT_RULES + ("pass",):
         raise unsupported_rule(unit, rule)
     b, r = ctx.b, r_outs[0]
@@ -275,5 +276,5 @@ def where(ctx, unit, rule, r_outs):
 
 
 @register("Cast", kind="structure")
-def cast(ctx, unit, rule, r_outs):
+def cast(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [r_outs[0]]

@@ -33,7 +33,7 @@ class LinearLayer:
         """A Conv or ConvTranspose: channels on axis 1, windows over the axes after it."""
         return self.op in ("Conv", "ConvTranspose")
 
-    def weights(self, b):
+    def weights(self, b: "Builder") -> tuple:
         """(W, bias) of the whole unit, emitted once: Conv layout [M, C/g, k...], dense layout [K, M]."""
         if "w" not in self._cache:
             w, bias = self.weight, self.bias
@@ -59,7 +59,7 @@ class LinearLayer:
         centred = b.op("Neg", [bn["mean"]], "neg") if bias is None else b.sub(bias, bn["mean"])
         return w, b.add(b.mul(centred, k), bn["B"])
 
-    def forward(self, b, x, w, bias):
+    def forward(self, b: "Builder", x: str, w: str, bias: "str | None") -> str:
         if self.op == "Conv":
             a = self.attrs
             return b.op("Conv", [x, w] + ([bias] if bias else []), "conv", strides=a["strides"], pads=a["pads"],
@@ -73,7 +73,7 @@ class LinearLayer:
         z = b.op("MatMul", [x, w], "matmul")
         return b.add(z, bias) if bias else z
 
-    def backward(self, b, s, w):
+    def backward(self, b: "Builder", s: str, w: str) -> str:
         """The transposed map: the gradient of sum(s * layer(x, w)) with respect to x.
 
         A stride-1 Conv's is itself a Conv, with the kernel flipped and its channel axes swapped (see
@@ -110,7 +110,7 @@ class LinearLayer:
         pads = [span[i % n] - p for i, p in enumerate(a["pads"])]
         return pads if min(pads) >= 0 else None
 
-    def flipped_kernel(self, b, w):
+    def flipped_kernel(self, b: "Builder", w: str) -> str:
         """w [M, C/g, k...] -> [C, M/g, k...] reversed along every spatial axis, per group: the kernel of the
         adjoint. Nodes on the weight (onnxruntime folds them into a constant when the session loads; the
         importer recomputes them from the shared parameter, so training sees the dependency)."""
@@ -128,7 +128,7 @@ class LinearLayer:
             w = b.op("Reshape", [w, b.ints([group * cg, m // group] + kernel)], "kernel_t")
         return w
 
-    def per_channel(self, b, value):
+    def per_channel(self, b: "Builder", value: str) -> str:
         """A constant broadcastable over the input: one value, or one per input channel (axis 1)."""
         values = list(value) if isinstance(value, tuple) else [value]
         shape = [1, len(values)] + [1] * (len(self.x_shape) - 2) if len(values) > 1 else [1]
@@ -137,7 +137,7 @@ class LinearLayer:
 
 @register("Conv", "ConvTranspose", kind="linear", category="conv")
 @register("Gemm", "MatMul", kind="linear", category="dense")
-def linear(ctx, unit, rule, r_outs):
+def linear(ctx: "Context", unit: "Unit", rule: rules.Rule, r_outs: list) -> list:
     layer, signal = unit.layer, r_outs[0]
     b = ctx.b
     nonneg = layer.x in ctx.nonneg
@@ -158,7 +158,7 @@ def linear(ctx, unit, rule, r_outs):
     return [r_in]
 
 
-def linear_message(ctx, layer, rule, g):
+def linear_message(ctx: "Context", layer: LinearLayer, rule: rules.Rule, g: str) -> str:
     """g_x of a linear layer under an LRP rule when the message is a gradient (attn-lrp, cp-lrp): R_x / x
     with R_y = y g, as LXT's zennit hooks compute it; epsilon needs no division by x."""
     b = ctx.b

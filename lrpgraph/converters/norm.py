@@ -9,7 +9,7 @@ from lrpgraph.rules import GRADIENT_RULES, Rule
 
 
 @register("BatchNormalization", kind="bn")
-def batch_norm(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
+def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r] + rest
@@ -24,7 +24,7 @@ def batch_norm(ctx: Context, unit, rule: Rule, r_outs: list) -> list:
 
 
 @register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
-def layer_norm(ctx, unit, rule, r_outs):
+def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale (x - mean) / sigma + bias over the axes from `axis` on. 'identity' (AttnLRP, CP-LRP; the
     message is a gradient, converters/attention.py): sigma is a constant and the centring linear, so
     g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R unchanged."""
@@ -63,7 +63,7 @@ def _normaliser_mean(ctx, unit):
 
 
 @register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
-def rms_norm(ctx, unit, rule, r_outs):
+def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale x / rms(x), rms over the axes from `axis` on (opset 23). 'identity': rms is a constant
     (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R unchanged."""
     r, b = r_outs[0], ctx.b

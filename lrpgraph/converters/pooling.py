@@ -7,15 +7,15 @@ pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 import numpy as np
 import onnx
 
-from lrpgraph.converters.registry import register, unsupported_rule
+from lrpgraph.converters.registry import Context, register, unsupported_rule
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.rules import GRADIENT_RULES
+from lrpgraph.rules import GRADIENT_RULES, Rule
 from lrpgraph.windows import explicit_pads, pool_output_size
 
 
 
 @register("MaxPool", kind="maxpool", guided=True, gradient_rule="wta")
-def max_pool(ctx, unit, rule, r_outs):
+def max_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     if rule.name not in ("wta", "pass") + GRADIENT_RULES:
         raise unsupported_rule(unit, rule)
     b, x, r = ctx.b, unit.inputs[0], r_outs[0]
@@ -71,7 +71,7 @@ def _wta_unfold(ctx, unit, r):
 
 
 @register("AveragePool", "GlobalAveragePool", "ReduceMean", kind="avgpool")
-def average_pool(ctx, unit, rule, r_outs):
+def average_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, x, z, r = ctx.b, unit.inputs[0], unit.outputs[0], r_outs[0]
     if rule.name == "norm":
         s = b.div(r, b.stab(z, rule.stabilizer))
@@ -161,7 +161,7 @@ def _outer(vectors):
 
 
 @register("GatherND", kind="structure")
-def gather_nd(ctx, unit, rule, r_outs):
+def gather_nd(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Window selections with constant indices (the dynamo exporter's adaptive average pooling when the output
     size does not divide the input): relevance and gradients go back to the positions read, and positions
     read by several (overlapping) windows add up (ScatterND with reduction 'add')."""

@@ -7,13 +7,13 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def cuda_options(tf32=False, device_id=0):
+def cuda_options(tf32: bool = False, device_id: int = 0) -> dict:
     """CUDA provider options: TF32 off unless asked for (TF32 matmuls and convolutions change heatmaps by
     about 1e-3), on the given GPU."""
     return {"use_tf32": "1" if tf32 else "0", "device_id": str(int(device_id))}
 
 
-def choose_providers(provider, tf32=False, device_id=0):
+def choose_providers(provider: "str | None", tf32: bool = False, device_id: int = 0) -> list:
     """The ORT provider list for provider None (CUDA when available), 'cpu' or 'cuda'; CUDA with
     cuda_options(tf32, device_id)."""
     available = ort.get_available_providers()
