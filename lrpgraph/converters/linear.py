@@ -77,11 +77,14 @@ class LinearLayer:
         """The transposed map: the gradient of sum(s * layer(x, w)) with respect to x.
 
         A stride-1 Conv's is itself a Conv, with the kernel flipped and its channel axes swapped (see
-        flipped_kernel): onnxruntime runs that in its blocked-layout Conv, which its ConvTranspose is
-        not (about 1.2x slower, plus layout reorders between the two). Strided Convs keep ConvTranspose, and so
-        do those with fewer than 12 input channels (the adjoint's outputs; a first layer on RGB): onnxruntime
-        pads a Conv's output channels to its block size, and its ConvTranspose wins there (measured, one
-        thread, 64 channels at 112 px: 3 outputs 1.0 vs 2.6 ms, 8: 2.0 vs 2.6, 12: 2.7 vs 2.6, 16: 3.6 vs 2.7)."""
+        flipped_kernel): onnxruntime runs that in its blocked-layout Conv, which its ConvTranspose is not
+        (about 1.2x slower, plus layout reorders between the two). Strided Convs keep ConvTranspose: its
+        exact sub-pixel form (a stride-1 Conv to C_in x stride^2 phases, then DepthToSpace) measured 1.2x
+        slower on resnet18's 7x7 first layer and 1.7-5.8x on its other strided Convs (benchmarks/subpixel.py).
+        So do those with fewer than 12 input channels (the adjoint's outputs; a first layer on RGB):
+        onnxruntime pads a Conv's output channels to its block size, and its ConvTranspose wins there
+        (measured, one thread, 64 channels at 112 px: 3 outputs 1.0 vs 2.6 ms, 8: 2.0 vs 2.6, 12: 2.7 vs
+        2.6, 16: 3.6 vs 2.7)."""
         if self.op == "Conv":
             a = self.attrs
             pads = self._adjoint_pads()
