@@ -26,7 +26,7 @@ Exit status 1 when an acceptance check fails, 0 when all hold.
 
 --quick: 4 classes (t-shirt, trouser, sandal, bag), 36 x 36 canvases, 400 training images per class,
 100 test images per class (x 3 sets), widths 16/32/32, 10 epochs, batch 16, Adam lr 3e-3 with a cosine
-schedule, P 0.5, selective ISNet explaining the lowest logit, seeds 0, 1, 2. Full: 10 classes, 64 x 64 canvases,
+schedule, P 0.5 (original and stochastic ISNet 0.6), selective ISNet explaining the lowest logit, seeds 0, 1, 2. Full: 10 classes, 64 x 64 canvases,
 2000 training images per class, 500 test per class, widths 32/64/64, 30 epochs, batch 64, Adam lr 1e-3, P 0.7
 (not run: no GPU here). Any option can be set on its own (see --help).
 """
@@ -56,7 +56,7 @@ from bias_report import markdown, read_csv, write_csv, write_markdown  # noqa: E
 VARIANTS = ("original", "dual", "selective", "stochastic")
 QUICK = {"classes": "0,1,5,8", "size": 36, "train_per_class": 400, "test_per_class": 100, "widths": "16,32",
          "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "schedule": "cosine",
-         "P": 0.5, "warm_start": "no", "selective_class": "lowest", "seeds": "0,1,2"}
+         "P": "0.5,original=0.6,stochastic=0.6", "warm_start": "no", "selective_class": "lowest", "seeds": "0,1,2"}
 FULL = {"classes": "0,1,2,3,4,5,6,7,8,9", "size": 64, "train_per_class": 2000, "test_per_class": 500,
         "widths": "32,64", "epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
         "schedule": "none", "P": 0.7, "warm_start": "no", "selective_class": "predicted", "seeds": "0,1,2"}
@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float)
     p.add_argument("--schedule", choices=("none", "step", "cosine"))
-    p.add_argument("-P", dest="P", type=float, help="heatmap loss weight")
+    p.add_argument("-P", dest="P", help="heatmap loss weight: one number, or a default and per-variant values, "
+                                        "e.g. 0.5,original=0.6,stochastic=0.6")
     p.add_argument("-d", dest="d", type=float, default=0.9, help="GWRP decay")
     p.add_argument("--tune-epochs", type=int, default=0, help="C1/C2 auto-tuning warm-up epochs (0: C1=1, C2=25)")
     p.add_argument("--warm-start", choices=("yes", "no"),
@@ -104,6 +105,7 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.isnet_epochs = args.isnet_epochs or args.epochs
+    args.P_of = loss_weights(str(args.P))
     args.warm_start = args.warm_start == "yes"
     args.classes = tuple(int(c) for c in str(args.classes).split(","))
     args.widths = tuple(int(w) for w in str(args.widths).split(","))
@@ -130,6 +132,19 @@ def make_data(args, seed, root):
     return folders
 
 
+def loss_weights(spec):
+    """{variant or None (the default): P} from '0.5' or '0.5,original=0.6,stochastic=0.6'."""
+    weights = {}
+    for part in spec.split(","):
+        name, _, value = part.rpartition("=")
+        if name and name.strip() not in VARIANTS:
+            sys.exit(f"bias.py: -P names '{name.strip()}', not an ISNet variant ({', '.join(VARIANTS)})")
+        weights[name.strip() or None] = float(value)
+    if None not in weights:
+        sys.exit("bias.py: -P needs a default value besides the per-variant ones, e.g. 0.5,original=0.6")
+    return weights
+
+
 def train_row(args, seed, row, start_model, folders, out):
     """Train one row (plain, oracle or an ISNet variant) with lrpgraph.train; returns (model.onnx, s / epoch)."""
     from lrpgraph.train.config import TrainConfig
@@ -142,7 +157,8 @@ def train_row(args, seed, row, start_model, folders, out):
                          val_masks=str(val_masks), variant=row if isnet else "plain",
                          epochs=args.isnet_epochs if isnet else args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
-                         P=args.P, d=args.d, tune_epochs=args.tune_epochs if isnet else 0, seed=seed, force=True,
+                         P=args.P_of.get(row, args.P_of[None]), d=args.d,
+                         tune_epochs=args.tune_epochs if isnet else 0, seed=seed, force=True,
                          selective_class=args.selective_class, device=args.device, threads=args.threads,
                          progress=False)
     result = train(config)

@@ -102,3 +102,12 @@ def test_markdown_block_replaces_only_its_own_part(tmp_path):
     path.write_text(f"intro\n{BEGIN}\nold\n{END}\noutro\n")
     write_markdown(path, f"{BEGIN}\nnew\n{END}")
     assert path.read_text() == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
+
+
+def test_loss_weight_per_variant():
+    script = load_script()
+    assert script.loss_weights("0.5,original=0.6,stochastic=0.7") == {None: 0.5, "original": 0.6, "stochastic": 0.7}
+    assert script.loss_weights("0.7") == {None: 0.7}
+    for bad in ("0.5,plain=0.6", "original=0.6"):  # not an ISNet variant; no default
+        with pytest.raises(SystemExit, match="-P"):
+            script.loss_weights(bad)
