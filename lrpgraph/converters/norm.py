@@ -28,22 +28,27 @@ def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale (x - mean) / sigma + bias over the axes from `axis` on. 'identity' (AttnLRP, CP-LRP; the
     message is a gradient, converters/attention.py): sigma is a constant and the centring linear, so
     g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R unchanged."""
-    r, b = r_outs[0], ctx.b
-    rest = [None] * (len(unit.inputs) - 1)
+    b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
-        return [r] + rest
-    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
-    x, scale = unit.inputs[0], unit.inputs[1]
-    mean, eps = _normaliser_mean(ctx, unit)
+        return [r_outs[0]] + rest
+    x, g, mean, eps = _normaliser_start(ctx, unit, rule, r_outs[0])
     centred = b.sub(x, mean(x))
     sigma = b.op("Sqrt", [b.add(mean(b.mul(centred, centred)), b.const(eps))], "sigma")
-    g = b.mul(r, scale) if scale else r  # a LayerNorm written out without a scale (fusion.py)
     if rule.name == "identity":
         return [b.div(b.sub(g, mean(g)), sigma)] + rest
     normed = b.div(centred, sigma)
     inner = b.sub(b.sub(g, mean(g)), b.mul(normed, mean(b.mul(g, normed))))
     return [b.div(inner, sigma)] + rest
+
+
+def _normaliser_start(ctx, unit, rule, r):
+    """What LayerNorm and RMSNorm share under 'identity' and the gradient rules: (x, the incoming message times
+    the scale (a norm written out without a scale, fusion.py, has none), the mean over the normalised axes,
+    epsilon)."""
+    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
+        raise unsupported_rule(unit, rule)
+    scale = unit.inputs[1]
+    return (unit.inputs[0], ctx.b.mul(r, scale) if scale else r) + _normaliser_mean(ctx, unit)
 
 
 def _normaliser_mean(ctx, unit):
@@ -66,16 +71,11 @@ def _normaliser_mean(ctx, unit):
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale x / rms(x), rms over the axes from `axis` on (opset 23). 'identity': rms is a constant
     (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R unchanged."""
-    r, b = r_outs[0], ctx.b
-    rest = [None] * (len(unit.inputs) - 1)
+    b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
-        return [r] + rest
-    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
-    x, scale = unit.inputs[0], unit.inputs[1]
-    mean, eps = _normaliser_mean(ctx, unit)
+        return [r_outs[0]] + rest
+    x, t, mean, eps = _normaliser_start(ctx, unit, rule, r_outs[0])
     rms = b.op("Sqrt", [b.add(mean(b.mul(x, x)), b.const(eps))], "rms")
-    t = b.mul(r, scale) if scale else r  # an RMSNorm written out without a scale (fusion.py)
     if rule.name == "identity":
         return [b.div(t, rms)] + rest
     inner = b.sub(t, b.mul(x, b.div(mean(b.mul(t, x)), b.mul(rms, rms))))
