@@ -214,6 +214,8 @@ class Builder:
         self.prefix = prefix
         self.webgpu = webgpu
         self.nodes = []
+        # winner-take-all routes (MaxPool): output -> (relevance in, pooled values, pool input); simplify reads them
+        self.routes = {}
         self.initializers = []
         self.scope = "graph"
         self._steps = defaultdict(int)

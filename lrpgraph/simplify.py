@@ -1,19 +1,27 @@
 """Cheaper relevance arithmetic after the walk, the same heatmap up to float32 rounding.
 
-A layer whose output z feeds a ReLU (a = relu(z)) divides the relevance arriving at a by stab(z), and that
-relevance is a product a * g (or a sum of such products, one per consumer of a) written by the rules of
-the layers that read a (x * backward(s), the norm rule's x_i * s). Then
-    (a * g) / stab(z) = g * (a / (a + eps))      (eps > 0)
-exactly where z <= 0 (a = 0: zero either way) and up to rounding where z > 0 (a = z, stab(z) = z + eps).
-The right side needs no sign test (GreaterOrEqual, Where) on z and no division on the relevance path:
-a / (a + eps) depends on the forward pass only, and z is then read by nothing but its ReLU, which
-onnxruntime fuses into the Conv (no layout reorder of z)."""
+A layer with output z divides the relevance arriving at z (or at what z becomes) by stab(z) = z + eps * s(z),
+s(0) = +1. Where that relevance is a product v * g (or a sum of such products, one per layer reading v),
+written by the rules of the layers that read v (x * backward(s), the norm rule's x_i * s), the division
+needs no sign test (GreaterOrEqual, Where), and the ratio it leaves depends on the forward pass only:
+
+- ReLU: v = a = relu(z).  (a * g) / stab(z) = g * (a / (a + eps)): exact where z <= 0 (a = 0: zero either
+  way), up to rounding where z > 0. z is then read by nothing but its ReLU, which onnxruntime fuses into
+  the Conv (no layout reorder of z).
+- Identity: v = z itself (a Conv read by a residual sum).  (z * g) / stab(z) = g * (|z| / (|z| + eps)),
+  since z / stab(z) and |z| / (|z| + eps) are the same float for every z (negation is exact).
+- Through a MaxPool of a = relu(z): the relevance arriving at a is the winner-take-all route of m * g
+  (m the pooled values), and each window's winner p has a[p] = m. Where m > 0, z[p] = m, so
+  route(m * g) / stab(z) = route(g * (m / (m + eps))); where m = 0 the window routes 0 either way. The
+  division then acts on the pooled tensor instead of the 4x larger one, without a sign test.
+
+eps > 0 in every case (with eps = 0 the ratios would be 0/0)."""
 
 from onnx import helper, numpy_helper
 
 
-def relu_denominators(b: "Builder", forward_nodes: list) -> int:
-    """Rewrite, in the builder b's nodes, every Div(a * g, stab(z)) with a = Relu(z) as Mul(g, a / (a + eps)).
+def denominators(b: "Builder", forward_nodes: list) -> int:
+    """Rewrite, in the builder b's nodes, every Div(v * g, stab(z)) of the three forms above.
     forward_nodes: the model's own nodes (where the ReLUs are). Returns the number of divisions rewritten."""
     every = list(forward_nodes) + list(b.nodes)
     producer = {o: n for n in every for o in n.output}
@@ -23,39 +31,74 @@ def relu_denominators(b: "Builder", forward_nodes: list) -> int:
             uses[t] = uses.get(t, 0) + 1
     values = {i.name: numpy_helper.to_array(i) for i in b.initializers}
     relu_of = {n.input[0]: n.output[0] for n in every if n.op_type == "Relu"}
-    ratios, new, dropped, count = {}, {}, [], 0
+    ratios, new, before, dropped, rewired, count = {}, {}, {}, [], {}, 0
     for div in b.nodes:
         if div.op_type != "Div":
             continue
         found = _stabilized(div.input[1], producer, values)
-        if found is None or found[0] not in relu_of:
+        if found is None:
             continue
         z, eps = found
-        a = relu_of[z]
-        factors = _factors(div.input[0], a, producer, uses)
-        if factors is None:
-            continue
-        name = div.name
-        nodes = []
-        if a not in ratios:  # a / (a + eps), once per ReLU output
-            nodes += [helper.make_node("Add", [a, eps], [f"{name}/relu_stab"], name=f"{name}/relu_stab"),
-                      helper.make_node("Div", [a, f"{name}/relu_stab"], [f"{name}/relu_ratio"], name=f"{name}/relu_ratio")]
-            ratios[a] = f"{name}/relu_ratio"
-        g = factors[0]
-        if len(factors) > 1:
-            g = f"{name}/signal"
-            nodes.append(helper.make_node("Sum", factors, [g], name=g))
-        nodes.append(helper.make_node("Mul", [g, ratios[a]], list(div.output), name=f"{name}/relu_scaled"))
-        new[id(div)] = nodes
-        dropped += [producer[div.input[0]], producer[div.input[1]]]
+        name, numerator = div.name, div.input[0]
+        route = b.routes.get(numerator)
+        if route is not None and route[2] == relu_of.get(z):  # through a MaxPool of relu(z)
+            r, m, _ = route
+            factors = _factors(r, m, producer, uses)
+            if factors is None:
+                continue
+            nodes = _ratio(name, m, eps, "relu", {})
+            nodes += _scaled(name, factors, f"{name}/ratio", [f"{name}/routed"])
+            before[r] = nodes  # ahead of the route, which reads r
+            rewired[r] = f"{name}/routed"
+            new[id(div)] = [helper.make_node("Identity", [numerator], list(div.output), name=f"{name}/identity")]
+            dropped.append(producer[div.input[1]])
+        else:
+            v, kind = (relu_of[z], "relu") if z in relu_of else (z, "abs")
+            factors = _factors(numerator, v, producer, uses)
+            if factors is None:
+                continue
+            nodes = _ratio(name, v, eps, kind, ratios)
+            new[id(div)] = nodes + _scaled(name, factors, ratios[v], list(div.output))
+            dropped += [producer[numerator], producer[div.input[1]]]
         count += 1
     if not count:
         return 0
     nodes = []
     for n in b.nodes:
+        read = [t for t in n.input if t in rewired]
+        for t in read:
+            nodes.extend(before.pop(t, []))
+        if read:
+            n.input[:] = [rewired.get(t, t) for t in n.input]
         nodes.extend(new.get(id(n), [n]))
+    dropped += [producer[r] for r in rewired if r in producer]
     b.nodes[:] = _without_dead(nodes, dropped, forward_nodes)
     return count
+
+
+def _ratio(name, v, eps, kind, ratios):
+    """Nodes for v / (v + eps) (kind 'relu', v >= 0) or |v| / (|v| + eps) (kind 'abs'), once per v."""
+    if v in ratios:
+        return []
+    nodes = []
+    if kind == "abs":
+        nodes.append(helper.make_node("Abs", [v], [f"{name}/abs"], name=f"{name}/abs"))
+        v_pos = f"{name}/abs"
+    else:
+        v_pos = v
+    nodes += [helper.make_node("Add", [v_pos, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
+              helper.make_node("Div", [v_pos, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]
+    ratios[v] = f"{name}/ratio"
+    return nodes
+
+
+def _scaled(name, factors, ratio, outputs):
+    """Nodes for (g_1 + ...) * ratio into outputs."""
+    nodes, g = [], factors[0]
+    if len(factors) > 1:
+        g = f"{name}/signal"
+        nodes.append(helper.make_node("Sum", factors, [g], name=g))
+    return nodes + [helper.make_node("Mul", [g, ratio], outputs, name=f"{name}/scaled")]
 
 
 def _stabilized(d, producer, values):
@@ -78,8 +121,8 @@ def _stabilized(d, producer, values):
     return z, where.input[1]
 
 
-def _factors(r, a, producer, uses):
-    """[g_1, ...] when r = a * g (or a sum of such products) and nothing else reads r or the products."""
+def _factors(r, v, producer, uses):
+    """[g_1, ...] when r = v * g (or a sum of such products) and nothing else reads r or the products."""
     node = producer.get(r)
     if node is None or uses.get(r, 0) != 1:
         return None
@@ -87,9 +130,9 @@ def _factors(r, a, producer, uses):
     factors = []
     for t in parts:
         mul = producer.get(t)
-        if mul is None or mul.op_type != "Mul" or a not in mul.input or (t != r and uses.get(t, 0) != 1):
+        if mul is None or mul.op_type != "Mul" or v not in mul.input or (t != r and uses.get(t, 0) != 1):
             return None
-        factors.append(mul.input[1] if mul.input[0] == a else mul.input[0])
+        factors.append(mul.input[1] if mul.input[0] == v else mul.input[0])
     return factors
 
 
@@ -106,4 +149,3 @@ def _without_dead(nodes, candidates, forward_nodes):
         for n in dead:
             candidates |= {id(producer[t]) for t in n.input if t in producer}
         nodes = [n for n in nodes if id(n) not in gone]
-

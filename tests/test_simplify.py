@@ -1,6 +1,7 @@
-"""The relevance path's ReLU denominators (lrpgraph/simplify.py): (a * g) / stab(z) with a = relu(z) written
-as g * a / (a + eps). Checked against zennit in float64 on a net whose pre-activations are exactly zero
-on part of the image (a zero region and zero biases) and negative elsewhere, and for the ops it removes."""
+"""The relevance path's denominators (lrpgraph/simplify.py): (a * g) / stab(z) with a = relu(z) written as
+g * a / (a + eps), (z * g) / stab(z) as g * |z| / (|z| + eps), and a MaxPool route divided on the pooled
+tensor. Checked against zennit in float64 on nets whose pre-activations are exactly zero on part of the
+image (a zero region and zero biases) and negative elsewhere, with tied maxima, and for the ops removed."""
 
 import numpy as np
 import pytest
@@ -38,8 +39,9 @@ def net_bytes():
 def test_relu_denominators_match_zennit(net_bytes):
     x = image()
     model = convert_bytes(net_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
-    # both Conv layers feed a ReLU: only the pooling's and the Linear's stabilisers keep their sign test
-    assert ops(model, "Where") == 2 and ops(model, "GreaterOrEqual") == 2
+    # both Conv layers feed a ReLU, the Linear's relevance is logit * seed (the |z| form): only the pooling's
+    # stabiliser keeps its sign test
+    assert ops(model, "Where") == 1 and ops(model, "GreaterOrEqual") == 1 and ops(model, "Abs") == 1
     _, relevance = run_onnx(model, x.numpy())
     _, ref = zennit_relevance(small_net(), x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
     error = l1(relevance, ref)
@@ -81,3 +83,62 @@ def test_several_relevance_products_are_summed():
     error = l1(relevance, ref)
     print(f"residual, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
     assert error < BOUND
+
+
+class Pooled(torch.nn.Module):
+    """conv0 -> relu -> MaxPool(3, stride 2, padding 1: overlapping windows) read by conv1 and a residual sum,
+    then conv2 whose output (no ReLU) is read by a second residual sum: the routed and the |z| forms."""
+
+    def __init__(self, zennit_sum=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv0 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv1, self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.relus = torch.nn.ModuleList(torch.nn.ReLU() for _ in range(4))  # one module per use (zennit's hooks)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.sums = torch.nn.ModuleList([Sum(), Sum()]) if zennit_sum else None
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+    def add(self, k, a, b):
+        return self.sums[k](torch.stack([a, b], -1)) if self.sums is not None else a + b
+
+    def forward(self, x):
+        relu = self.relus
+        m = self.pool(relu[0](self.conv0(x)))
+        h = relu[2](self.add(0, m, relu[1](self.conv1(m))))
+        return self.head(relu[3](self.add(1, h, self.conv2(h))))
+
+
+def tied_image():
+    x = image()
+    x[:, :, 8:24, 16:] = 0.5  # a constant patch: equal conv0 outputs, so tied maxima in the pool's windows
+    return x
+
+
+def test_maxpool_route_and_abs_forms_match_zennit():
+    x = tied_image()
+    model = convert_bytes(export(Pooled().eval(), x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
+    # conv0 (through the pool), conv1 (ReLU), both sums (ReLU), conv2 and the Linear (|z|): only the
+    # average pool keeps its sign test; the routed division acts on the pooled tensor
+    assert ops(model, "Where") == 1 and ops(model, "Abs") == 2
+    assert any(o.endswith("/routed") for n in model.graph.node for o in n.output)
+    _, relevance = run_onnx(model, x.numpy())
+    reference = Pooled(zennit_sum=True).eval()
+    _, ref = zennit_relevance(reference, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
+    error = l1(relevance, ref)
+    print(f"max pool route and |z| forms, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
+    assert error < BOUND
+    assert np.isfinite(relevance).all()
+
+
+def test_maxpool_route_without_relu_keeps_the_division():
+    """A MaxPool of a signed tensor (no ReLU before it): m can be negative, so the route is not rewritten."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(3, 2, 1),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = tied_image()
+    model = convert_bytes(export(net, x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
+    assert not any(o.endswith("/routed") for n in model.graph.node for o in n.output)
+    _, relevance = run_onnx(model, x.numpy())
+    _, ref = zennit_relevance(net, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
+    assert l1(relevance, ref) < BOUND

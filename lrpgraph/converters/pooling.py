@@ -22,14 +22,23 @@ def max_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     if rule.name == "guided":
         r = b.pos(r)
     if b.webgpu:
-        return [_wta_unfold(ctx, unit, r)]
+        routed = _wta_unfold(ctx, unit, r)
+    else:
+        routed = _wta_scatter(ctx, unit, r)
+    b.routes[routed] = (r, unit.outputs[0], x)
+    return [routed]
+
+
+def _wta_scatter(ctx, unit, r):
+    """Winner-take-all through MaxPool's Indices and ScatterElements (reduction 'add')."""
+    b, x = ctx.b, unit.inputs[0]
     attrs = {k: v for k, v in unit.attrs.items() if k != "storage_order"}
     _, indices = b.op("MaxPool", [x], "argmax", outputs=2, **attrs)
     flat = b.ints([-1])
     zeros = b.op("Reshape", [b.zeros_like(x), flat], "zeros_flat")
     scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat], "indices_flat"),
                                          b.op("Reshape", [r, flat], "r_flat")], "scatter", axis=0, reduction="add")
-    return [b.reshape_like(scattered, x)]
+    return b.reshape_like(scattered, x)
 
 
 def _wta_unfold(ctx, unit, r):
