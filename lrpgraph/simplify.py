@@ -8,6 +8,8 @@ needs no sign test (GreaterOrEqual, Where), and the ratio it leaves depends on t
 - ReLU: v = a = relu(z).  (a * g) / stab(z) = g * (a / (a + eps)): exact where z <= 0 (a = 0: zero either
   way), up to rounding where z > 0. z is then read by nothing but its ReLU, which onnxruntime fuses into
   the Conv (no layout reorder of z).
+- Clip with lower bound 0 (ReLU6): v = a = clip(z, 0, hi).  (a * g) / stab(z) = g * (a / (relu(z) + eps)),
+  zero either way where z <= 0, and relu(z) + eps = stab(z) where z > 0 (a = hi above hi).
 - Identity: v = z itself (a Conv read by a residual sum).  (z * g) / stab(z) = g * (|z| / (|z| + eps)),
   since z / stab(z) and |z| / (|z| + eps) are the same float for every z (negation is exact).
 - Through a MaxPool of a = relu(z): the relevance arriving at a is the winner-take-all route of m * g
@@ -19,10 +21,13 @@ eps > 0 in every case (with eps = 0 the ratios would be 0/0)."""
 
 from onnx import helper, numpy_helper
 
+from lrpgraph.graph import constant_value
 
-def denominators(b: "Builder", forward_nodes: list) -> int:
-    """Rewrite, in the builder b's nodes, every Div(v * g, stab(z)) of the three forms above.
-    forward_nodes: the model's own nodes (where the ReLUs are). Returns the number of divisions rewritten."""
+
+def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> int:
+    """Rewrite, in the builder b's nodes, every Div(v * g, stab(z)) of the forms above.
+    forward_nodes: the model's own nodes (where the ReLUs are); initializers: its initializers (a Clip's
+    bounds). Returns the number of divisions rewritten."""
     every = list(forward_nodes) + list(b.nodes)
     producer = {o: n for n in every for o in n.output}
     uses = {}
@@ -31,6 +36,7 @@ def denominators(b: "Builder", forward_nodes: list) -> int:
             uses[t] = uses.get(t, 0) + 1
     values = {i.name: numpy_helper.to_array(i) for i in b.initializers}
     relu_of = {n.input[0]: n.output[0] for n in every if n.op_type == "Relu"}
+    clip_of = _clips_from_zero(forward_nodes, initializers)
     ratios, new, before, dropped, rewired, count = {}, {}, {}, [], {}, 0
     for div in b.nodes:
         if div.op_type != "Div":
@@ -53,11 +59,11 @@ def denominators(b: "Builder", forward_nodes: list) -> int:
             new[id(div)] = [helper.make_node("Identity", [numerator], list(div.output), name=f"{name}/identity")]
             dropped.append(producer[div.input[1]])
         else:
-            v, kind = (relu_of[z], "relu") if z in relu_of else (z, "abs")
+            v, kind = (relu_of[z], "relu") if z in relu_of else (clip_of[z], "clip") if z in clip_of else (z, "abs")
             factors = _factors(numerator, v, producer, uses)
             if factors is None:
                 continue
-            nodes = _ratio(name, v, eps, kind, ratios)
+            nodes = _ratio(name, v, eps, kind, ratios, z)
             new[id(div)] = nodes + _scaled(name, factors, ratios[v], list(div.output))
             dropped += [producer[numerator], producer[div.input[1]]]
         count += 1
@@ -76,18 +82,20 @@ def denominators(b: "Builder", forward_nodes: list) -> int:
     return count
 
 
-def _ratio(name, v, eps, kind, ratios):
-    """Nodes for v / (v + eps) (kind 'relu', v >= 0) or |v| / (|v| + eps) (kind 'abs'), once per v."""
+def _ratio(name, v, eps, kind, ratios, z=None):
+    """Nodes for v / (v + eps) (kind 'relu', v >= 0), |v| / (|v| + eps) (kind 'abs') or v / (relu(z) + eps)
+    (kind 'clip'), once per v."""
     if v in ratios:
         return []
-    nodes = []
+    nodes, top, under = [], v, v
     if kind == "abs":
         nodes.append(helper.make_node("Abs", [v], [f"{name}/abs"], name=f"{name}/abs"))
-        v_pos = f"{name}/abs"
-    else:
-        v_pos = v
-    nodes += [helper.make_node("Add", [v_pos, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
-              helper.make_node("Div", [v_pos, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]
+        top = under = f"{name}/abs"
+    elif kind == "clip":
+        nodes.append(helper.make_node("Relu", [z], [f"{name}/pos"], name=f"{name}/pos"))
+        under = f"{name}/pos"
+    nodes += [helper.make_node("Add", [under, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
+              helper.make_node("Div", [top, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]
     ratios[v] = f"{name}/ratio"
     return nodes
 
@@ -99,6 +107,27 @@ def _scaled(name, factors, ratio, outputs):
         g = f"{name}/signal"
         nodes.append(helper.make_node("Sum", factors, [g], name=g))
     return nodes + [helper.make_node("Mul", [g, ratio], outputs, name=f"{name}/scaled")]
+
+
+def _clips_from_zero(forward_nodes, initializers):
+    """{z: clip(z)} for every Clip whose lower bound is 0 and upper bound is at least 0 (ReLU6)."""
+    bounds_read = {t for n in forward_nodes if n.op_type == "Clip" for t in n.input[1:3] if t}
+    known = {i.name: numpy_helper.to_array(i) for i in initializers if i.name in bounds_read}
+    for n in forward_nodes:
+        if n.op_type == "Constant" and n.output[0] in bounds_read and constant_value(n) is not None:
+            known[n.output[0]] = constant_value(n)
+    clips = {}
+    for n in forward_nodes:
+        if n.op_type != "Clip":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        bounds = [attrs.get("min"), attrs.get("max")]  # opset 6; inputs from opset 11
+        for k, t in enumerate(n.input[1:3]):
+            bounds[k] = known[t].reshape(-1)[0] if t in known and known[t].size == 1 else (None if t else bounds[k])
+        low, high = bounds
+        if low is not None and float(low) == 0.0 and (high is None or float(high) >= 0.0):
+            clips[n.input[0]] = n.output[0]
+    return clips
 
 
 def _stabilized(d, producer, values):

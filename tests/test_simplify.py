@@ -142,3 +142,23 @@ def test_maxpool_route_without_relu_keeps_the_division():
     _, relevance = run_onnx(model, x.numpy())
     _, ref = zennit_relevance(net, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
     assert l1(relevance, ref) < BOUND
+
+
+def test_relu6_denominators_match_zennit():
+    """Clip(z, 0, 6) (ReLU6, MobileNet's): g * a / (relu(z) + eps), with pre-activations above 6, exactly 0
+    and negative in the image."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU6(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = image() * 40.0  # conv0 above 6 on part of the image, exactly 0 on the zero region
+    with torch.no_grad():
+        z = net[0](x)
+    assert (z > 6).any() and (z == 0).any() and (z < 0).any()
+    model = convert_bytes(export(net, x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
+    assert ops(model, "Where") == 1  # the average pool's
+    _, relevance = run_onnx(model, x.numpy())
+    _, ref = zennit_relevance(net, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
+    error = l1(relevance, ref)
+    print(f"ReLU6, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
+    assert error < BOUND
