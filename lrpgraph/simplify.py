@@ -64,7 +64,7 @@ def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> 
             if factors is None:
                 continue
             nodes = _ratio(name, v, eps, kind, ratios, z)
-            new[id(div)] = nodes + _scaled(name, factors, ratios[v], list(div.output))
+            new[id(div)] = nodes + _scaled(name, factors, ratios[(v, eps)], list(div.output))
             dropped += [producer[numerator], producer[div.input[1]]]
         count += 1
     if not count:
@@ -84,8 +84,8 @@ def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> 
 
 def _ratio(name, v, eps, kind, ratios, z=None):
     """Nodes for v / (v + eps) (kind 'relu', v >= 0), |v| / (|v| + eps) (kind 'abs') or v / (relu(z) + eps)
-    (kind 'clip'), once per v."""
-    if v in ratios:
+    (kind 'clip'), once per v and eps."""
+    if (v, eps) in ratios:
         return []
     nodes, top, under = [], v, v
     if kind == "abs":
@@ -96,7 +96,7 @@ def _ratio(name, v, eps, kind, ratios, z=None):
         under = f"{name}/pos"
     nodes += [helper.make_node("Add", [under, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
               helper.make_node("Div", [top, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]
-    ratios[v] = f"{name}/ratio"
+    ratios[(v, eps)] = f"{name}/ratio"
     return nodes
 
 
