@@ -3,6 +3,9 @@ transformers classes globally; a child process keeps that away from every other 
 
     python lxt_ref.py JOB.json     # {"model", "state", "inputs", "method", "rules", "out"}
 
+For "vit", "method" may also be a list (["cp-lrp", "attn-lrp"]): one model build, one heatmap per method
+(only the attention patch differs between them), saved as "logits_<method>" and "relevance_<method>".
+
 model: "vit" (torchvision VisionTransformer, tests' VIT config), "bert" (BertForSequenceClassification) or
 "convnext" (torchvision ConvNeXt, small or convnext_tiny with "tiny": true; LayerNorm and GELU patches only).
 method:
@@ -80,6 +83,8 @@ def _vit_attn_lrp_mha(self, query, key, value, need_weights=False, **kwargs):
 
 
 def _patch_vit(method):
+    """The patches of one method; called again with another method, only nn.MultiheadAttention's forward changes
+    (torch's is put back first: cp_LRP's wrapper calls the forward it replaced; GELU and LayerNorm stay patched)."""
     from functools import partial
 
     from torchvision.models import vision_transformer
@@ -94,6 +99,10 @@ def _patch_vit(method):
         patch_map = {vision_transformer.nn.GELU: partial(patch_method, non_linear_forward, keep_original=True),
                      vision_transformer.nn.LayerNorm: partial(patch_method, layer_norm_forward),
                      vision_transformer.nn.MultiheadAttention: partial(patch_method, _vit_attn_lrp_mha)}
+    attention = vision_transformer.nn.MultiheadAttention
+    if not hasattr(attention, "torch_forward"):
+        attention.torch_forward = attention.forward
+    attention.forward = attention.torch_forward
     monkey_patch(vision_transformer, patch_map)
     monkey_patch_zennit()
 
@@ -144,14 +153,20 @@ def _vit_job(job):
     sys.path.insert(0, HERE)
     from transformer_models import VIT
 
-    _patch_vit(job["method"])
     if job.get("vit_b_16"):
         from torchvision.models import vit_b_16
         model = vit_b_16()
     else:
         model = VisionTransformer(**VIT)
     model.load_state_dict(torch.load(job["state"]))
-    return _heatmap(model, job)
+    if isinstance(job["method"], str):
+        _patch_vit(job["method"])
+        return _heatmap(model, job)
+    result = {}
+    for method in job["method"]:
+        _patch_vit(method)
+        result.update({f"{key}_{method}": value for key, value in _heatmap(model, job).items()})
+    return result
 
 
 def _bert_job(job):

@@ -1,7 +1,8 @@
 """A torchvision VisionTransformer (64 px, patch 8, 4 layers, 4 heads, hidden 64; random weights), exported
 with torch.onnx.export (dynamo, dynamic batch), converted with --composite cp-lrp / attn-lrp and compared
 with LXT 2.1 computed in float64 (lxt_ref.py, in a subprocess). Also: conservation of cp-lrp on the
-bias-free model, and the gradient methods against torch autograd."""
+bias-free model, and the gradient methods against torch autograd. Slow: torchvision's vit_b_16 at 224 px, both
+composites against LXT."""
 
 import numpy as np
 import onnxruntime as ort
@@ -70,16 +71,27 @@ def test_vit_with_zennit_rules_matches_lxt(vit, composite):
     assert error <= TOL
 
 
-@pytest.mark.slow
-def test_vit_b_16_cp_lrp_matches_lxt(tmp_path):
-    """torchvision's vit_b_16 at 224 px, one image, cp-lrp against LXT's cp_LRP in float64."""
+@pytest.fixture(scope="module")
+def vit_b_16(tmp_path_factory):
+    """torchvision's vit_b_16 at 224 px: one export, and LXT's cp-lrp and attn-lrp heatmaps of one image in float64
+    from one subprocess (one model build)."""
+    tmp = tmp_path_factory.mktemp("vit_b_16")
     model = tm.vit(seed=0, full=True)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    converted = lrpgraph.convert(tm.export_image_model(model, x), composite="cp-lrp")
-    _, relevance = run(converted, x[:1])
-    np.savez(tmp_path / "x.npz", x=x[:1].numpy())
-    ref = lxt_ref.run(dict(model="vit", vit_b_16=True, state=tm.save_for_reference(model, str(tmp_path / "vit.pt")),
-                           inputs=str(tmp_path / "x.npz"), method="cp-lrp", out=str(tmp_path / "ref.npz")))
-    error = l1(relevance, ref["relevance"])
-    print(f"vit_b_16 cp-lrp: L1 vs LXT {error:.1e}")
+    onnx_bytes = tm.export_image_model(model, x)
+    np.savez(tmp / "x.npz", x=x[:1].numpy())
+    ref = lxt_ref.run(dict(model="vit", vit_b_16=True, state=tm.save_for_reference(model, str(tmp / "vit.pt")),
+                           inputs=str(tmp / "x.npz"), method=["cp-lrp", "attn-lrp"], out=str(tmp / "ref.npz")))
+    return dict(onnx=onnx_bytes, x=x[:1], ref=ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("composite", ["cp-lrp", "attn-lrp"])
+def test_vit_b_16_matches_lxt(vit_b_16, composite):
+    """vit_b_16 at 224 px, one image: cp-lrp against LXT's cp_LRP, attn-lrp against LXT's efficient rules."""
+    converted = lrpgraph.convert(vit_b_16["onnx"], composite=composite)
+    logits, relevance = run(converted, vit_b_16["x"])
+    np.testing.assert_allclose(logits, vit_b_16["ref"][f"logits_{composite}"], rtol=1e-4, atol=1e-5)
+    error = l1(relevance, vit_b_16["ref"][f"relevance_{composite}"])
+    print(f"vit_b_16 {composite}: L1 vs LXT {error:.1e}")
     assert error <= TOL
