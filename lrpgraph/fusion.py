@@ -3,7 +3,7 @@ LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mu
 RMSNorm as Pow (or Mul), ReduceMean, Add eps, Sqrt, then Div, or Reciprocal and Mul (+ Mul scale); GELU as
 x * 0.5 * (1 + Erf(x / sqrt 2)) and in its tanh form x * 0.5 * (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
 in their usual orders; an Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c') or
-x @ W^T ('...k,ck->...c') as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
+x @ W^T ('...k,ck->...c'), with the constant as either operand, as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
 replaced, in the list the walker explains, by one LayerNormalization, RMSNormalization, Gelu, MatMul or
 Gemm node reading the pattern's input and writing its output (REFERENCE.md section 9: the rules apply to
 the whole unit)."""
@@ -223,19 +223,22 @@ def _rms_norm(last, producer, consumers, inits):
 
 def _einsum_layer(node, inits):
     """An Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', 'blk,kc->blc', any letters)
-    as MatMul, or x @ W^T ('...k,ck->...c') as Gemm with transB; other constant Einsums stay (refused)."""
+    as MatMul, or x @ W^T ('...k,ck->...c') as Gemm with transB, with the constant as either operand ('ck,bk->bc'
+    is x @ W^T too): the fused node reads [x, W]. Other constant Einsums stay (refused)."""
     equation = attrs_of(node).get("equation", b"")
     equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
-    if len(node.input) != 2 or node.input[0] in inits or node.input[1] not in inits or "->" not in equation:
+    if len(node.input) != 2 or (node.input[0] in inits) == (node.input[1] in inits) or "->" not in equation:
         return None
-    (a, w), out = equation.split("->")[0].split(","), equation.split("->")[1]
+    terms, out = equation.split("->")[0].split(","), equation.split("->")[1]
+    first = node.input[0] in inits  # the constant is the first operand
+    (a, w), (x, weight) = (terms[::-1], node.input[::-1]) if first else (terms, node.input)
     if len(w) != 2 or len(set(a.replace(".", ""))) != len(a.replace(".", "")) or len(a) < 1:
         return None
     k = a[-1]
     lead = a[:-1]
     if w == k + w[1] and out == lead + w[1] and w[1] not in a:
-        return [node], helper.make_node("MatMul", list(node.input), list(node.output), name=node.name)
+        return [node], helper.make_node("MatMul", [x, weight], list(node.output), name=node.name)
     if w == w[0] + k and out == lead + w[0] and w[0] not in a:  # x @ W^T (nn.Linear's layout), x of any rank:
         # a Gemm with transB for the walker, whose dense layer transposes W once and multiplies as MatMul does
-        return [node], helper.make_node("Gemm", list(node.input), list(node.output), name=node.name, transB=1)
+        return [node], helper.make_node("Gemm", [x, weight], list(node.output), name=node.name, transB=1)
     return None

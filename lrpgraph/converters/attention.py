@@ -26,6 +26,7 @@ from lrpgraph.converters.activations import activation_op
 from lrpgraph.converters.registry import Context, extend, register, unsupported_rule
 from lrpgraph.converters.structure import mul_div, unbroadcast
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.graph import attrs_of
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
 # ops a Softmax output may pass on its way to the product that uses it as attention probabilities
@@ -147,9 +148,11 @@ def _einsum_back(ctx, unit, s):
 def _einsum_kind(node, dynamic):
     if all(dynamic[:2]):
         return "product"
-    raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum): an Einsum of the input with a "
-                                "constant is supported as x @ W or x @ W^T only ('...k,kc->...c', '...k,ck->...c'); "
-                                "export it as MatMul")
+    equation = attrs_of(node).get("equation", b"")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum '{equation}'): an Einsum of the input "
+                                "with a constant matrix is supported as x @ W or x @ W^T only, the constant on either "
+                                "side ('...k,kc->...c', '...k,ck->...c', 'ck,...k->...c'); export it as MatMul")
 
 
 def _t(b, x, rank):

@@ -185,7 +185,7 @@ def test_einsum_with_a_constant_that_is_no_matmul_is_refused(data):
     model = build(data[0], "fused", "last")
     last = model.graph.node[-1]
     last.attribute[0].s = b"bd,cd->cb"  # the logits transposed: not x @ W or x @ W^T
-    with pytest.raises(UnsupportedModelError, match=f"node '{last.name}' \\(Einsum\\).*MatMul"):
+    with pytest.raises(UnsupportedModelError, match=f"node '{last.name}' \\(Einsum 'bd,cd->cb'\\).*MatMul"):
         lrpgraph.convert(model, composite="attn-lrp")
 
 
