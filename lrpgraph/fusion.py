@@ -6,7 +6,8 @@ in their usual orders; an Einsum of a signal and a constant matrix that is x @ W
 x @ W^T ('...k,ck->...c'), with the constant as either operand, as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
 replaced, in the list the walker explains, by one LayerNormalization, RMSNormalization, Gelu, MatMul or
 Gemm node reading the pattern's input and writing its output (REFERENCE.md section 9: the rules apply to
-the whole unit)."""
+the whole unit). A written-out norm may reduce over any axes (a channel norm: axis 1 of [N, C, H, W]); its
+synthetic node carries them as `axes` (ONNX's `axis` means "from there to the last axis")."""
 
 import math
 
@@ -92,7 +93,7 @@ def _layer_norm(div, producer, consumers, inits):
                               or square.op_type == "Mul" and list(square.input) == [d, d]):
         return None
     axes = _axes(mean, inits)
-    if axes is None or axes != _axes(var, inits) or len(axes) != 1:
+    if not axes or axes != _axes(var, inits):
         return None
     members, out, scale, shift = [mean, sub, square, var, add, sqrt, div], div.output[0], "", ""
     nxt = _only(consumers, out)
@@ -104,7 +105,7 @@ def _layer_norm(div, producer, consumers, inits):
         shift, out = _other(nxt, out), nxt.output[0]
         members.append(nxt)
     node = helper.make_node("LayerNormalization", [x, scale, shift], [out], name=div.name or out, axis=axes[0],
-                            epsilon=float(eps))
+                            axes=axes, epsilon=float(eps))
     return members, node
 
 
@@ -206,7 +207,7 @@ def _rms_norm(last, producer, consumers, inits):
         return None
     mean = producer.get(add.input[0]) or producer.get(add.input[1])
     eps = _const(inits, _other(add, mean.output[0])) if mean is not None else None
-    if mean is None or mean.op_type != "ReduceMean" or eps is None or eps.size != 1 or _axes(mean, inits) != [-1]:
+    if mean is None or mean.op_type != "ReduceMean" or eps is None or eps.size != 1 or not _axes(mean, inits):
         return None
     square = producer.get(mean.input[0])
     if square is None or not (square.op_type == "Pow" and square.input[0] == x and _scalar(inits, square.input[1], 2.0)
@@ -217,8 +218,9 @@ def _rms_norm(last, producer, consumers, inits):
     if nxt is not None and nxt.op_type == "Mul" and _other(nxt, out) in inits:
         scale, out = _other(nxt, out), nxt.output[0]
         members.append(nxt)
-    return members, helper.make_node("RMSNormalization", [x, scale], [out], name=last.name or out, axis=-1,
-                                     epsilon=float(eps))
+    axes = _axes(mean, inits)
+    return members, helper.make_node("RMSNormalization", [x, scale], [out], name=last.name or out, axis=axes[0],
+                                     axes=axes, epsilon=float(eps))
 
 
 def _einsum_layer(node, inits):

@@ -25,7 +25,7 @@ def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 
 @register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
 def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale (x - mean) / sigma + bias over the axes from `axis` on. 'identity' (AttnLRP, CP-LRP; the
+    """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). 'identity' (AttnLRP, CP-LRP; the
     message is a gradient, converters/attention.py): sigma is a constant and the centring linear, so
     g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R unchanged."""
     b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
@@ -52,16 +52,20 @@ def _normaliser_start(ctx, unit, rule, r):
 
 
 def _normaliser_mean(ctx, unit):
-    """(the mean over the normalised axes, from `axis` on, as a function of a tensor; the node's epsilon).
+    """(the mean over the normalised axes, as a function of a tensor; the node's epsilon). The axes: from `axis`
+    to the last (the ONNX ops), or the `axes` of a norm written out over others (fusion.py: a channel norm).
     A ReduceSum divided by the count: ReduceMean takes its axes as an input only from opset 18 on."""
     b, shape = ctx.b, ctx.shapes[unit.inputs[0]]
-    first = int(unit.attrs.get("axis", -1)) % len(shape)
-    axes = b.ints(list(range(first, len(shape))))
+    if "axes" in unit.attrs:
+        normalised = sorted({int(a) % len(shape) for a in unit.attrs["axes"]})
+    else:
+        normalised = list(range(int(unit.attrs.get("axis", -1)) % len(shape), len(shape)))
+    axes, dims = b.ints(normalised), [shape[a] for a in normalised]
 
     def mean(t):
         total = b.op("ReduceSum", [t, axes], "sum", keepdims=1)
-        if all(d is not None for d in shape[first:]):
-            return b.mul(total, b.const(1.0 / math.prod(shape[first:])))
+        if all(d is not None for d in dims):
+            return b.mul(total, b.const(1.0 / math.prod(dims)))
         return b.div(total, b.op("ReduceSum", [b.add(b.zeros_like(t), b.const(1.0)), axes], "count", keepdims=1))
 
     return mean, float(unit.attrs.get("epsilon", 1e-5))
@@ -69,7 +73,7 @@ def _normaliser_mean(ctx, unit):
 
 @register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23). 'identity': rms is a constant
+    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). 'identity': rms is a constant
     (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R unchanged."""
     b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
