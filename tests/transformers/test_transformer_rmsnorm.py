@@ -1,6 +1,7 @@
 """RMSNormalization (opset 23) in a tiny token model built node by node: attn-lrp holds rms constant (LXT's
 RMSNorm patch, R = x * gradient with rms detached, here in float64 torch) and the gradient is the full one;
-the torch importer runs the op as onnxruntime does."""
+the torch importer runs the op as onnxruntime does. Below: norms over other axes than the last (channel norms
+on [N, C, H, W], written out or RMSNormalization(axis=1)) against torch autograd in float64."""
 
 import numpy as np
 import onnxruntime as ort
