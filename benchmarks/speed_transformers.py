@@ -1,5 +1,7 @@
 """Speed on vision transformers: plain ONNX Runtime vs the lrpgraph-converted model (cp-lrp: logits + heatmap
-in one call) vs LXT 2.1 in torch (its vit_torch.cp_LRP patches, forward + backward), side by side.
+in one call) vs LXT 2.1 in torch (its vit_torch.cp_LRP patches, forward + backward), side by side, with the
+floors in torch: the plain model's forward (no_grad) and forward + backward (the plain input gradient, what
+LXT's efficient mode costs without its patches), LXT's patches undone for those two calls.
 
 Models: the small ViT of the tests (64 px, patch 8, 4 layers, hidden 64) and torchvision's vit_b_16 (224 px),
 random weights. The three methods run in turn within each repeat after one warm-up call each; ORT and
@@ -61,6 +63,30 @@ def lxt_call(model):
     return call
 
 
+def gradient_call(model):
+    """The plain input gradient d y_c / dx (forward + backward, one-hot at the top class)."""
+    def call(x):
+        x = x.clone().requires_grad_(True)
+        y = model(x)
+        (grad,) = torch.autograd.grad(y, x, torch.nn.functional.one_hot(y.argmax(1), y.shape[1]).float())
+        return grad
+    return call
+
+
+def unpatched(originals, fn):
+    """fn run with the classes' own forwards back (LXT patches them globally), the patches restored after."""
+    def call():
+        patched = {cls: cls.forward for cls in originals}
+        for cls, forward in originals.items():
+            cls.forward = forward
+        try:
+            return fn()
+        finally:
+            for cls, forward in patched.items():
+                cls.forward = forward
+    return call
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -69,6 +95,7 @@ def main(argv=None):
     from lxt.efficient import monkey_patch
     from lxt.efficient.models.vit_torch import cp_LRP
 
+    originals = {cls: cls.forward for cls in cp_LRP}
     monkey_patch(vision_transformer, cp_LRP)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -86,11 +113,18 @@ def main(argv=None):
         for n in args.batches:
             x = torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(2))
             feed = {"x": x.numpy()}
-            calls = {"ORT plain": lambda: sessions["ORT plain"].run(None, feed),
+            def forward():
+                with torch.inference_mode():
+                    return model(x)
+
+            calls = {"torch forward": unpatched(originals, forward),
+                     "torch gradient": unpatched(originals, lambda: gradient_call(model)(x)),
+                     "ORT plain": lambda: sessions["ORT plain"].run(None, feed),
                      "lrpgraph": lambda: sessions["lrpgraph"].run(None, feed),
                      "LXT": lambda: lxt_call(model)(x)}
             times = {k: [] for k in calls}
             outputs = {k: fn() for k, fn in calls.items()}  # warm-up
+            np.testing.assert_allclose(outputs["torch forward"].numpy(), outputs["ORT plain"][0], rtol=1e-3, atol=1e-4)
             for _ in range(args.repeats):
                 for k, fn in calls.items():
                     start = clock()
@@ -102,11 +136,12 @@ def main(argv=None):
             print(f"{name} batch {n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), flush=True)
     lines = [f"threads {args.threads}, {args.repeats} timed calls, median {args.clock}-clock ms per call (whole batch)",
              "",
-             "| model | batch | ORT plain | lrpgraph cp-lrp | LXT cp-LRP (torch) | lrpgraph / plain | LXT / lrpgraph "
-             "| L1 lrpgraph vs LXT (float32) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | batch | torch forward | torch forward + backward | ORT plain | lrpgraph cp-lrp "
+             "| LXT cp-LRP (torch) | lrpgraph / plain | LXT / lrpgraph | L1 lrpgraph vs LXT (float32) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, n, ms, err in rows:
-        lines.append(f"| {name} | {n} | {ms['ORT plain']:.1f} | {ms['lrpgraph']:.1f} | {ms['LXT']:.1f} | "
+        lines.append(f"| {name} | {n} | {ms['torch forward']:.1f} | {ms['torch gradient']:.1f} | "
+                     f"{ms['ORT plain']:.1f} | {ms['lrpgraph']:.1f} | {ms['LXT']:.1f} | "
                      f"{ms['lrpgraph'] / ms['ORT plain']:.2f} | {ms['LXT'] / ms['lrpgraph']:.2f} | {err:.1e} |")
     table = "\n".join(lines)
     print(table)
