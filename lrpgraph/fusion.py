@@ -3,11 +3,12 @@ LayerNorm as ReduceMean, Sub, Pow (or Mul), ReduceMean, Add eps, Sqrt, Div (+ Mu
 RMSNorm as Pow (or Mul), ReduceMean, Add eps, Sqrt, then Div, or Reciprocal and Mul (+ Mul scale); GELU as
 x * 0.5 * (1 + Erf(x / sqrt 2)) and in its tanh form x * 0.5 * (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
 in their usual orders; an Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c') or
-x @ W^T ('...k,ck->...c'), with the constant as either operand, as the MatMul (Gemm) layer it is. The forward graph is not changed: the matched nodes are
-replaced, in the list the walker explains, by one LayerNormalization, RMSNormalization, Gelu, MatMul or
-Gemm node reading the pattern's input and writing its output (REFERENCE.md section 9: the rules apply to
-the whole unit). A written-out norm may reduce over any axes (a channel norm: axis 1 of [N, C, H, W]); its
-synthetic node carries them as `axes` (ONNX's `axis` means "from there to the last axis")."""
+x @ W^T ('...k,ck->...c'), with the constant as either operand, as the MatMul (Gemm) layer it is. The forward
+graph is not changed: the matched nodes are replaced, in the list the walker explains, by one
+LayerNormalization, RMSNormalization, Gelu, MatMul or Gemm node reading the pattern's input and writing its
+output (REFERENCE.md section 9: the rules apply to the whole unit). A written-out norm may reduce over any
+axes (a channel norm: axis 1 of [N, C, H, W]); its synthetic node carries them as `axes` (ONNX's `axis`
+means "from there to the last axis")."""
 
 import math
 
