@@ -158,3 +158,24 @@ def test_rms_normalization_axis_1(spec, identity):
         again = import_onnx(converted).run({"x": x.numpy()})["relevance"].numpy()
     assert l1(ours, heatmap(model, x, identity)) <= 1e-5
     assert l1(again, ours) <= 1e-5
+
+
+def test_mean_without_kept_axes_is_no_norm():
+    """x / sqrt(mean(x^2, -1, keepdims=0) + eps) on [N, 4, 4] broadcasts the row means along the other axis: no
+    RMSNorm, so it is not explained as one (its Pow and Sqrt are refused, naming them)."""
+    from lrpgraph.errors import UnsupportedModelError
+
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((2.0, "two"), (EPS, "eps"))]
+    inits += [numpy_helper.from_array(np.array([-1], np.int64), "last"),
+              numpy_helper.from_array(np.ones((16, 3), np.float32), "w")]
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "last"], ["ms"], keepdims=0),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["n"]),
+             helper.make_node("Flatten", ["n"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "not_rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    with pytest.raises(UnsupportedModelError, match="Pow.*Sqrt"):
+        lrpgraph.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), method="gradient")
