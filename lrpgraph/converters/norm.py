@@ -25,9 +25,10 @@ def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 
 @register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
 def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). 'identity' (AttnLRP, CP-LRP; the
-    message is a gradient, converters/attention.py): sigma is a constant and the centring linear, so
-    g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R unchanged."""
+    """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). 'identity'
+    (AttnLRP, CP-LRP; the message is a gradient, converters/attention.py): sigma is a constant and the centring
+    linear, so g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R
+    unchanged."""
     b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r_outs[0]] + rest
@@ -73,8 +74,9 @@ def _normaliser_mean(ctx, unit):
 
 @register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). 'identity': rms is a constant
-    (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R unchanged."""
+    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). 'identity': rms
+    is a constant (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R
+    unchanged."""
     b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
         return [r_outs[0]] + rest
