@@ -1,8 +1,8 @@
 """A torchvision VisionTransformer (64 px, patch 8, 4 layers, 4 heads, hidden 64; random weights), exported
 with torch.onnx.export (dynamo, dynamic batch), converted with --composite cp-lrp / attn-lrp and compared
-with LXT 2.1 computed in float64 (lxt_ref.py, in a subprocess). Also: conservation of cp-lrp on the
-bias-free model, and the gradient methods against torch autograd. Slow: torchvision's vit_b_16 at 224 px, both
-composites against LXT."""
+with LXT 2.1 computed in float64 (lxt_ref.py, in a subprocess). Slow: torchvision's vit_b_16 at 224 px, both
+composites against LXT. Conservation of cp-lrp on the bias-free model and the gradient methods against torch
+autograd: test_transformer_methods.py."""
 
 import numpy as np
 import onnxruntime as ort
