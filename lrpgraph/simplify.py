@@ -8,8 +8,8 @@ needs no sign test (GreaterOrEqual, Where), and the ratio it leaves depends on t
 - ReLU: v = a = relu(z).  (a * g) / stab(z) = g * (a / (a + eps)): exact where z <= 0 (a = 0: zero either
   way), up to rounding where z > 0. z is then read by nothing but its ReLU, which onnxruntime fuses into
   the Conv (no layout reorder of z).
-- Clip with lower bound 0 (ReLU6): v = a = clip(z, 0, hi).  (a * g) / stab(z) = g * (a / (relu(z) + eps)),
-  zero either way where z <= 0, and relu(z) + eps = stab(z) where z > 0 (a = hi above hi).
+- Clip with lower bound 0 (ReLU6): v = a = clip(z, 0, hi).  (a * g) / stab(z) = g * (a / (max(z, 0) + eps)),
+  zero either way where z <= 0, and max(z, 0) + eps = stab(z) where z > 0 (a = hi above hi).
 - Identity: v = z itself (a Conv read by a residual sum).  (z * g) / stab(z) = g * (|z| / (|z| + eps)),
   since z / stab(z) and |z| / (|z| + eps) are the same float for every z (negation is exact).
 - Through a MaxPool of a = relu(z): the relevance arriving at a is the winner-take-all route of m * g
@@ -63,7 +63,7 @@ def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> 
             factors = _factors(numerator, v, producer, uses)
             if factors is None:
                 continue
-            nodes = _ratio(name, v, eps, kind, ratios, z)
+            nodes = _ratio(name, v, eps, kind, ratios, z, b.const(0.0))
             new[id(div)] = nodes + _scaled(name, factors, ratios[(v, eps)], list(div.output))
             dropped += [producer[numerator], producer[div.input[1]]]
         count += 1
@@ -82,8 +82,8 @@ def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> 
     return count
 
 
-def _ratio(name, v, eps, kind, ratios, z=None):
-    """Nodes for v / (v + eps) (kind 'relu', v >= 0), |v| / (|v| + eps) (kind 'abs') or v / (relu(z) + eps)
+def _ratio(name, v, eps, kind, ratios, z=None, zero=None):
+    """Nodes for v / (v + eps) (kind 'relu', v >= 0), |v| / (|v| + eps) (kind 'abs') or v / (max(z, 0) + eps)
     (kind 'clip'), once per v and eps."""
     if (v, eps) in ratios:
         return []
@@ -91,8 +91,9 @@ def _ratio(name, v, eps, kind, ratios, z=None):
     if kind == "abs":
         nodes.append(helper.make_node("Abs", [v], [f"{name}/abs"], name=f"{name}/abs"))
         top = under = f"{name}/abs"
-    elif kind == "clip":
-        nodes.append(helper.make_node("Relu", [z], [f"{name}/pos"], name=f"{name}/pos"))
+    elif kind == "clip":  # max(z, 0), not Relu: onnxruntime would run a Relu in its blocked layout and then
+        # reorder its output for the Add, next to the reorder of z that the Clip itself needs
+        nodes.append(helper.make_node("Max", [z, zero], [f"{name}/pos"], name=f"{name}/pos"))
         under = f"{name}/pos"
     nodes += [helper.make_node("Add", [under, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
               helper.make_node("Div", [top, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]

@@ -145,7 +145,7 @@ def test_maxpool_route_without_relu_keeps_the_division():
 
 
 def test_relu6_denominators_match_zennit():
-    """Clip(z, 0, 6) (ReLU6, MobileNet's): g * a / (relu(z) + eps), with pre-activations above 6, exactly 0
+    """Clip(z, 0, 6) (ReLU6, MobileNet's): g * a / (max(z, 0) + eps), with pre-activations above 6, exactly 0
     and negative in the image."""
     torch.manual_seed(4)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU6(),
