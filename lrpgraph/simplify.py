@@ -63,7 +63,7 @@ def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> 
             factors = _factors(numerator, v, producer, uses)
             if factors is None:
                 continue
-            nodes = _ratio(name, v, eps, kind, ratios, z, b.const(0.0))
+            nodes = _ratio(name, v, eps, kind, ratios, z, None if b.webgpu else b.const(0.0))
             new[id(div)] = nodes + _scaled(name, factors, ratios[(v, eps)], list(div.output))
             dropped += [producer[numerator], producer[div.input[1]]]
         count += 1
@@ -92,8 +92,11 @@ def _ratio(name, v, eps, kind, ratios, z=None, zero=None):
         nodes.append(helper.make_node("Abs", [v], [f"{name}/abs"], name=f"{name}/abs"))
         top = under = f"{name}/abs"
     elif kind == "clip":  # max(z, 0), not Relu: onnxruntime would run a Relu in its blocked layout and then
-        # reorder its output for the Add, next to the reorder of z that the Clip itself needs
-        nodes.append(helper.make_node("Max", [z, zero], [f"{name}/pos"], name=f"{name}/pos"))
+        # reorder its output for the Add, next to the reorder of z that the Clip itself needs (WebGPU: Relu,
+        # as it has no Min / Max kernels)
+        pos = helper.make_node("Relu", [z], [f"{name}/pos"], name=f"{name}/pos") if zero is None \
+            else helper.make_node("Max", [z, zero], [f"{name}/pos"], name=f"{name}/pos")
+        nodes.append(pos)
         under = f"{name}/pos"
     nodes += [helper.make_node("Add", [under, eps], [f"{name}/ratio_stab"], name=f"{name}/ratio_stab"),
               helper.make_node("Div", [top, f"{name}/ratio_stab"], [f"{name}/ratio"], name=f"{name}/ratio")]

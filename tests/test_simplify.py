@@ -162,3 +162,18 @@ def test_relu6_denominators_match_zennit():
     error = l1(relevance, ref)
     print(f"ReLU6, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
     assert error < BOUND
+
+
+def test_relu6_denominators_for_webgpu_use_relu():
+    """--webgpu: onnxruntime-web's WebGPU backend has no Min / Max kernels, so the ReLU6 form reads Relu(z);
+    the heatmap is the default graph's."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = image() * 40.0
+    onnx_bytes = export(net, x)
+    web = convert_bytes(onnx_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3, webgpu=True)
+    lrp = [n for n in web.graph.node if n.name.startswith("lrp/")]
+    assert not {n.op_type for n in lrp} & {"Min", "Max", "Sum"} and any(n.name.endswith("/pos") for n in lrp)
+    default = convert_bytes(onnx_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
+    np.testing.assert_allclose(run_onnx(web, x.numpy())[1], run_onnx(default, x.numpy())[1], rtol=1e-6, atol=1e-9)
