@@ -93,7 +93,7 @@ def _ratio(name, v, eps, kind, ratios, z=None, zero=None):
         top = under = f"{name}/abs"
     elif kind == "clip":  # max(z, 0), not Relu: onnxruntime would run a Relu in its blocked layout and then
         # reorder its output for the Add, next to the reorder of z that the Clip itself needs (WebGPU: Relu,
-        # as it has no Min / Max kernels)
+        # which it runs; it has no Min kernel, docs/web.md, and Max was not measured there)
         pos = helper.make_node("Relu", [z], [f"{name}/pos"], name=f"{name}/pos") if zero is None \
             else helper.make_node("Max", [z, zero], [f"{name}/pos"], name=f"{name}/pos")
         nodes.append(pos)

@@ -165,8 +165,8 @@ def test_relu6_denominators_match_zennit():
 
 
 def test_relu6_denominators_for_webgpu_use_relu():
-    """--webgpu: onnxruntime-web's WebGPU backend has no Min / Max kernels, so the ReLU6 form reads Relu(z);
-    the heatmap is the default graph's."""
+    """--webgpu: the ReLU6 form reads Relu(z), which onnxruntime-web's WebGPU backend runs (it has no Min
+    kernel; Max was not measured there); the heatmap is the default graph's."""
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
