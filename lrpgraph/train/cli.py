@@ -76,14 +76,24 @@ def train(model: str, quiet: bool, **options) -> None:
         rank = os.environ.get("RANK", "0")
         click.echo(f"lrpgraph: error: {'' if rank == '0' else f'(rank {rank}) '}{err}", err=True)
         sys.exit(err.exit_code)
-    if os.environ.get("RANK", "0") != "0":
-        return
+    if os.environ.get("RANK", "0") == "0":
+        _report(result, options["out"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun process ends here, its files written and closed and the process group destroyed. Its
+        # normal interpreter exit ran C++ static destructors that, now and then under load, destroyed a
+        # still-joinable thread (rank 0 aborted: "terminate called without an active exception", exit -6,
+        # after writing the model); leaving without them makes the exit status the run's.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _report(result: dict, out: str) -> None:
     last = result["history"][-1] if result["history"] else {}
     if result["stopped"]:
         click.echo(f"stopped after epoch {result['epoch']}; continue with --resume")
         return
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "val_accuracy", "val_background_fraction")
                         if last.get(k) is not None)
-    out = options["out"]
     click.echo(f"trained {result['epoch']} epochs ({summary}); wrote {os.path.join(out, 'model.onnx')} and "
                f"{os.path.join(out, 'model.lrp.onnx')}")
