@@ -5,7 +5,6 @@ against the same model written with activation-first layers (MatMul) under the L
 importer as in onnxruntime; an Einsum with a constant that is no dense layer is refused in one line."""
 
 import copy
-import io
 
 import numpy as np
 import onnx
@@ -16,6 +15,7 @@ import torch
 import lrpgraph
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.train.importer import import_onnx
+from transformer_models import export_either
 
 N, L, D, H, C = 3, 5, 8, 6, 4
 # (hidden layer, head): W^T layout (nn.Linear's [out, in]) or W layout ([in, out]), '...' too
@@ -57,16 +57,6 @@ class ConstantFirst(torch.nn.Module):
         return self.layer(self.w2, self.head, h.mean(1)) + self.b2
 
 
-def export(model, x, dynamo):
-    if dynamo:
-        return torch.onnx.export(model.eval(), (x,), None, dynamo=True, verbose=False,
-                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).model_proto
-    f = io.BytesIO()
-    torch.onnx.export(model.eval(), (x,), f, dynamo=False, opset_version=17, input_names=["x"],
-                      dynamic_axes={"x": {0: "N"}})
-    return onnx.load_from_string(f.getvalue())
-
-
 def ort_run(converted, x):
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -98,7 +88,7 @@ def test_constant_first_einsum_matches_autograd(x, form, dynamo):
     """The export keeps Einsum(W, x); gradient, IG (4 steps, zero baseline) and attn-lrp equal torch in float64,
     and the torch importer runs the converted model as onnxruntime does."""
     model = ConstantFirst(form)
-    exported = export(model, x, dynamo)
+    exported = export_either(model, x, dynamo)
     einsums = [n for n in exported.graph.node if n.op_type == "Einsum"]
     assert len(einsums) == 2 and all(n.input[0] in {i.name for i in exported.graph.initializer} for n in einsums)
     classes = copy.deepcopy(model).double()(x.double()).argmax(1)
@@ -126,7 +116,7 @@ def exported(form, activation_first, x):
     """The dynamo export of ConstantFirst(form, activation_first), made once per module (ONNX bytes)."""
     key = (form, activation_first)
     if key not in _EXPORTS:
-        _EXPORTS[key] = export(ConstantFirst(form, activation_first), x, True).SerializeToString()
+        _EXPORTS[key] = export_either(ConstantFirst(form, activation_first), x, True).SerializeToString()
     return _EXPORTS[key]
 
 
@@ -147,7 +137,7 @@ def test_einsum_with_a_constant_that_is_no_dense_layer_is_refused(x, tmp_path):
 
     from lrpgraph.cli import main
 
-    exported = export(ConstantFirst("linear-layout", head="oi,bi->ob"), x, True)
+    exported = export_either(ConstantFirst("linear-layout", head="oi,bi->ob"), x, True)
     node = next(n for n in exported.graph.node if n.op_type == "Einsum" and b"->ob" in n.attribute[0].s)
     with pytest.raises(UnsupportedModelError, match=f"node '{node.name}' \\(Einsum 'oi,bi->ob'\\)") as info:
         lrpgraph.convert(exported, composite="attn-lrp")

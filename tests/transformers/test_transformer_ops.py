@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 import lrpgraph
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.train.importer import import_onnx
+from transformer_models import export_either
 
 L, D, H, C, EPS = 6, 8, 2, 5, 1e-6
 DH = D // H
@@ -214,19 +215,9 @@ def test_exported_rms_norm_and_tanh_gelu(act, dynamo):
     tanh GELU written out; dynamo: Reciprocal, and Gelu(approximate='tanh') or NewGELU written out): attn-lrp
     equals LXT's rules in float64 (rms constant, identity on GELU)."""
     pytest.importorskip("transformers")
-    import io
-
-    import onnx
-
     block = _Block(act).eval()
     x = torch.randn(3, L, D, generator=torch.Generator().manual_seed(1))
-    if dynamo:
-        model = torch.onnx.export(block, (x,), None, dynamo=True, verbose=False,
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).model_proto
-    else:
-        f = io.BytesIO()
-        torch.onnx.export(block, (x,), f, dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
-        model = onnx.load_from_string(f.getvalue())
+    model = export_either(block, x, dynamo)
     converted = lrpgraph.convert(model, composite="attn-lrp")
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     relevance = session.run(None, {session.get_inputs()[0].name: x.numpy()})[1]

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lrpgraph
 from lrpgraph.train.importer import import_onnx
+from transformer_models import export_either
 
 EPS = 1e-6
 
@@ -83,20 +84,6 @@ class ChannelNorm(torch.nn.Module):
         return self.head(torch.relu(n).mean((2, 3)))
 
 
-def export(model, x, dynamo):
-    import io
-
-    import onnx
-
-    if dynamo:
-        return torch.onnx.export(model.eval(), (x,), None, dynamo=True, verbose=False,
-                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).model_proto
-    f = io.BytesIO()
-    torch.onnx.export(model.eval(), (x,), f, dynamo=False, opset_version=17, input_names=["x"],
-                      dynamic_axes={"x": {0: "N"}})
-    return onnx.load_from_string(f.getvalue())
-
-
 def heatmap(model, x, identity):
     """attn-lrp (identity: x * gradient with sigma constant) or the gradient, in float64."""
     import copy
@@ -121,7 +108,7 @@ def test_written_out_norm_over_other_axes(kind, dims, dynamo):
     was explained as one over C, H, W: gradient L1 0.35 off; an RMSNorm over axis 1 was refused.)"""
     model = ChannelNorm(kind, dims).eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    exported = export(model, x, dynamo)
+    exported = export_either(model, x, dynamo)
     assert "Sqrt" in {n.op_type for n in exported.graph.node}  # written out, not a fused op
     for spec, identity in ((dict(composite="attn-lrp"), True), (dict(method="gradient"), False)):
         converted = lrpgraph.convert(exported, **spec)

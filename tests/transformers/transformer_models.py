@@ -69,6 +69,22 @@ def export_image_model(model, example):
     return program.model_proto.SerializeToString()
 
 
+def export_either(model, x, dynamo):
+    """A one-input model as an onnx.ModelProto with a dynamic batch: the dynamo exporter, or the legacy
+    TorchScript one at opset 17 (the two write the same layers in different idioms)."""
+    import io
+
+    import onnx
+
+    if dynamo:
+        return torch.onnx.export(model.eval(), (x,), None, dynamo=True, verbose=False,
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).model_proto
+    f = io.BytesIO()
+    torch.onnx.export(model.eval(), (x,), f, dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+    return onnx.load_from_string(f.getvalue())
+
+
 class _Logits(torch.nn.Module):
     """BertForSequenceClassification returning the logits tensor (what a deployed classifier exports)."""
 
