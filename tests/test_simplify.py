@@ -31,6 +31,16 @@ def ops(model, op):
     return sum(n.op_type == op for n in model.graph.node)
 
 
+def assert_matches_zennit(model, reference, x, label):
+    """The converted model's heatmap against zennit's epsilon 1e-3 on the torch reference, in float64."""
+    _, relevance = run_onnx(model, x.numpy())
+    _, ref = zennit_relevance(reference, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
+    error = l1(relevance, ref)
+    print(f"{label}, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
+    assert error < BOUND
+    return relevance
+
+
 @pytest.fixture(scope="module")
 def net_bytes():
     return export(small_net(), image())
@@ -42,11 +52,7 @@ def test_relu_denominators_match_zennit(net_bytes):
     # both Conv layers feed a ReLU, the Linear's relevance is logit * seed (the |z| form): only the pooling's
     # stabiliser keeps its sign test
     assert ops(model, "Where") == 1 and ops(model, "GreaterOrEqual") == 1 and ops(model, "Abs") == 1
-    _, relevance = run_onnx(model, x.numpy())
-    _, ref = zennit_relevance(small_net(), x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
-    error = l1(relevance, ref)
-    print(f"epsilon 1e-3 with a / (a + eps) denominators: L1 {error:.1e} vs zennit float64")
-    assert error < BOUND
+    relevance = assert_matches_zennit(model, small_net(), x, "a / (a + eps) denominators")
     assert np.isfinite(relevance).all() and not relevance[:, :, :, :10].any()  # zero inputs, zero relevance
 
 
@@ -77,12 +83,7 @@ def test_several_relevance_products_are_summed():
     x = image()
     model = convert_bytes(export(Residual().eval(), x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
     assert any(n.op_type == "Sum" and n.name.endswith("/signal") for n in model.graph.node)
-    _, relevance = run_onnx(model, x.numpy())
-    reference = Residual(zennit_sum=True).eval()
-    _, ref = zennit_relevance(reference, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
-    error = l1(relevance, ref)
-    print(f"residual, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
-    assert error < BOUND
+    assert_matches_zennit(model, Residual(zennit_sum=True).eval(), x, "residual")
 
 
 class Pooled(torch.nn.Module):
@@ -122,12 +123,7 @@ def test_maxpool_route_and_abs_forms_match_zennit():
     # average pool keeps its sign test; the routed division acts on the pooled tensor
     assert ops(model, "Where") == 1 and ops(model, "Abs") == 2
     assert any(o.endswith("/routed") for n in model.graph.node for o in n.output)
-    _, relevance = run_onnx(model, x.numpy())
-    reference = Pooled(zennit_sum=True).eval()
-    _, ref = zennit_relevance(reference, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
-    error = l1(relevance, ref)
-    print(f"max pool route and |z| forms, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
-    assert error < BOUND
+    relevance = assert_matches_zennit(model, Pooled(zennit_sum=True).eval(), x, "max pool route and |z| forms")
     assert np.isfinite(relevance).all()
 
 
@@ -139,9 +135,7 @@ def test_maxpool_route_without_relu_keeps_the_division():
     x = tied_image()
     model = convert_bytes(export(net, x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
     assert not any(o.endswith("/routed") for n in model.graph.node for o in n.output)
-    _, relevance = run_onnx(model, x.numpy())
-    _, ref = zennit_relevance(net, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
-    assert l1(relevance, ref) < BOUND
+    assert_matches_zennit(model, net, x, "MaxPool of a signed tensor")
 
 
 def test_relu6_denominators_match_zennit():
@@ -157,23 +151,17 @@ def test_relu6_denominators_match_zennit():
     assert (z > 6).any() and (z == 0).any() and (z < 0).any()
     model = convert_bytes(export(net, x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
     assert ops(model, "Where") == 1  # the average pool's
-    _, relevance = run_onnx(model, x.numpy())
-    _, ref = zennit_relevance(net, x, zennit_composite("epsilon", 1e-3, 1e-3), dtype=torch.float64)
-    error = l1(relevance, ref)
-    print(f"ReLU6, epsilon 1e-3: L1 {error:.1e} vs zennit float64")
-    assert error < BOUND
+    assert_matches_zennit(model, net, x, "ReLU6")
 
 
 def test_relu6_denominators_for_webgpu_use_relu():
     """--webgpu: the ReLU6 form reads Relu(z), which onnxruntime-web's WebGPU backend runs (it has no Min
-    kernel; Max was not measured there); the heatmap is the default graph's."""
+    kernel; Max was not measured there), and the heatmap is zennit's."""
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
     x = image() * 40.0
-    onnx_bytes = export(net, x)
-    web = convert_bytes(onnx_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3, webgpu=True)
+    web = convert_bytes(export(net, x), composite="epsilon", epsilon=1e-3, stabilizer=1e-3, webgpu=True)
     lrp = [n for n in web.graph.node if n.name.startswith("lrp/")]
     assert not {n.op_type for n in lrp} & {"Min", "Max", "Sum"} and any(n.name.endswith("/pos") for n in lrp)
-    default = convert_bytes(onnx_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
-    np.testing.assert_allclose(run_onnx(web, x.numpy())[1], run_onnx(default, x.numpy())[1], rtol=1e-6, atol=1e-9)
+    assert_matches_zennit(web, net, x, "ReLU6 for WebGPU")
