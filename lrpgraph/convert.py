@@ -90,7 +90,7 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
                 heat = b.mul(canon.image, heat)
         b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
         if view is model:  # (a dequantized view's ReLUs are not the model's nodes)
-            simplify.denominators(b, model.graph.node, model.graph.initializer)
+            simplify.denominators(b, model.graph.node, canon.inits)
         builders.append(b)
         inputs.update({i.name: i for i in new_inputs})
     _attach(model, builders, list(inputs.values()), image, explanations)

@@ -19,24 +19,27 @@ needs no sign test (GreaterOrEqual, Where), and the ratio it leaves depends on t
 
 eps > 0 in every case (with eps = 0 the ratios would be 0/0)."""
 
-from onnx import helper, numpy_helper
+from collections.abc import Mapping
 
-from lrpgraph.graph import constant_value
+from onnx import helper
+
+from lrpgraph.canonicalize import Initializers
+from lrpgraph.graph import Builder, attrs_of
 
 
-def denominators(b: "Builder", forward_nodes: list, initializers: list = ()) -> int:
+def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
     """Rewrite, in the builder b's nodes, every Div(v * g, stab(z)) of the forms above.
-    forward_nodes: the model's own nodes (where the ReLUs are); initializers: its initializers (a Clip's
-    bounds). Returns the number of divisions rewritten."""
+    forward_nodes: the model's own nodes (where the ReLUs are); inits: its initializers by name (a Clip's
+    bounds; canonicalize.Initializers). Returns the number of divisions rewritten."""
     every = list(forward_nodes) + list(b.nodes)
     producer = {o: n for n in every for o in n.output}
     uses = {}
     for n in every:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
-    values = {i.name: numpy_helper.to_array(i) for i in b.initializers}
+    values = Initializers(b.initializers)
     relu_of = {n.input[0]: n.output[0] for n in every if n.op_type == "Relu"}
-    clip_of = _clips_from_zero(forward_nodes, initializers)
+    clip_of = _clips_from_zero(forward_nodes, inits)
     ratios, new, before, dropped, rewired, count = {}, {}, {}, [], {}, 0
     for div in b.nodes:
         if div.op_type != "Div":
@@ -113,21 +116,17 @@ def _scaled(name, factors, ratio, outputs):
     return nodes + [helper.make_node("Mul", [g, ratio], outputs, name=f"{name}/scaled")]
 
 
-def _clips_from_zero(forward_nodes, initializers):
-    """{z: clip(z)} for every Clip whose lower bound is 0 and upper bound is at least 0 (ReLU6)."""
-    bounds_read = {t for n in forward_nodes if n.op_type == "Clip" for t in n.input[1:3] if t}
-    known = {i.name: numpy_helper.to_array(i) for i in initializers if i.name in bounds_read}
-    for n in forward_nodes:
-        if n.op_type == "Constant" and n.output[0] in bounds_read and constant_value(n) is not None:
-            known[n.output[0]] = constant_value(n)
+def _clips_from_zero(forward_nodes, inits):
+    """{z: clip(z)} for every Clip whose lower bound is 0 and upper bound is at least 0 (ReLU6). (graph.load has
+    turned Constant nodes into initializers.)"""
     clips = {}
     for n in forward_nodes:
         if n.op_type != "Clip":
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = attrs_of(n)
         bounds = [attrs.get("min"), attrs.get("max")]  # opset 6; inputs from opset 11
         for k, t in enumerate(n.input[1:3]):
-            bounds[k] = known[t].reshape(-1)[0] if t in known and known[t].size == 1 else (None if t else bounds[k])
+            bounds[k] = inits[t].reshape(-1)[0] if t in inits and inits[t].size == 1 else (None if t else bounds[k])
         low, high = bounds
         if low is not None and float(low) == 0.0 and (high is None or float(high) >= 0.0):
             clips[n.input[0]] = n.output[0]
