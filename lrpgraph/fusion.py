@@ -231,8 +231,7 @@ def _einsum_layer(node, inits):
     """An Einsum of a signal and a constant matrix that is x @ W ('...k,kc->...c', 'blk,kc->blc', any letters)
     as MatMul, or x @ W^T ('...k,ck->...c') as Gemm with transB, with the constant as either operand ('ck,bk->bc'
     is x @ W^T too): the fused node reads [x, W]. Other constant Einsums stay (refused)."""
-    equation = attrs_of(node).get("equation", b"")
-    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    equation = attrs_of(node, decoded=True).get("equation", "").replace(" ", "")
     if len(node.input) != 2 or (node.input[0] in inits) == (node.input[1] in inits) or "->" not in equation:
         return None
     terms, out = equation.split("->")[0].split(","), equation.split("->")[1]

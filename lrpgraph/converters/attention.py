@@ -148,8 +148,7 @@ def _einsum_back(ctx, unit, s):
 def _einsum_kind(node, dynamic):
     if all(dynamic[:2]):
         return "product"
-    equation = attrs_of(node).get("equation", b"")
-    equation = equation.decode() if isinstance(equation, bytes) else equation
+    equation = attrs_of(node, decoded=True).get("equation", "")
     raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum '{equation}'): an Einsum of the input "
                                 "with a constant matrix is supported as x @ W or x @ W^T only, the constant on either "
                                 "side ('...k,kc->...c', '...k,ck->...c', 'ck,...k->...c'); export it as MatMul")
