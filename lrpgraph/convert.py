@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
-from lrpgraph.canonicalize import Initializers, canonicalize, image_input
+from lrpgraph.canonicalize import Canonical, Initializers, canonicalize, image_input
 from lrpgraph.converters import RECORDS, Context, check_rule, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
@@ -201,7 +201,7 @@ def _explanations(explain, method, composite):
     return out
 
 
-def walk(ctx: Context, canon: "Canonical", plan: dict, seed: str) -> str | None:
+def walk(ctx: Context, canon: Canonical, plan: dict, seed: str) -> str | None:
     """Visit the units in reverse topological order, carrying relevance from outputs to inputs; where a
     tensor feeds several units, the relevance arriving from each is summed. Returns the image's relevance."""
     pending = defaultdict(list)
