@@ -10,6 +10,10 @@ MaxPool at all, each routing every window's value to its first maximum in row-ma
              stride, overlapping windows included (resnet's 3x3 stride 2).
   tiled      windows that tile the input (kernel = stride, no padding: VGG's 2x2 stride 2): Reshape and
              Transpose the windows onto a last axis, ArgMax (first maximum), Equal to 0..k*k-1, Where, and back.
+  unpool     windows that do not overlap (stride >= kernel): MaxPool's Indices as before, but MaxUnpool instead of
+             ScatterElements (each position lies in one window at most, so its write equals the scatter's sum).
+             Not a route without Indices: it replaces only the scatter (onnxruntime's CUDA provider has no
+             MaxUnpool kernel, so there it would run on the CPU).
 
 Inputs are rounded to quarters so that many windows hold tied maxima; both routes must equal the reference
 exactly (the printed max abs diff). Times are medians of the CPU time (one thread) or wall time (more threads).
@@ -128,6 +132,13 @@ def tiled(shape, k, s, p):
     return g, g.op("Reshape", [spread, g.const([0, 0, h, w])])
 
 
+def unpool(shape, k, s, p):
+    assert s >= k
+    g = Graph()
+    g.nodes.append(helper.make_node("MaxPool", ["x"], ["m", "idx"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4))
+    return g, g.op("MaxUnpool", ["g", "idx", g.op("Shape", ["x"])], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+
+
 def session(model, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -145,7 +156,9 @@ def main():
     cases = [("resnet18 first pool", [64, 112, 112], 3, 2, 1, separable),
              ("vgg16 first pool", [64, 224, 224], 2, 2, 0, separable),
              ("vgg16 first pool", [64, 224, 224], 2, 2, 0, tiled),
-             ("vgg16 fourth pool", [512, 28, 28], 2, 2, 0, tiled)]
+             ("vgg16 fourth pool", [512, 28, 28], 2, 2, 0, tiled),
+             ("vgg16 first pool", [64, 224, 224], 2, 2, 0, unpool),
+             ("vgg16 fourth pool", [512, 28, 28], 2, 2, 0, unpool)]
     print(f"threads {args.threads}, batch {args.batch}, {'CPU' if args.threads == 1 else 'wall'} time, medians of "
           f"{args.repeats}; onnxruntime {ort.__version__}\n")
     print("| case | input | kernel / stride / pad | route | nodes | route ms | Indices + scatter ms | ratio | max abs diff "

@@ -1,0 +1,137 @@
+"""The floor under a heatmap's cost: the multiply-adds that a converted graph executes, in units of the plain
+forward's, next to onnxruntime's kernel time split into the dense ops (Conv, ConvTranspose, Gemm, MatMul:
+where the multiply-adds are) and everything else.
+
+The multiply-add ratio is what the heatmap would cost if every adjoint ran as fast per multiply-add as the
+forward's convolutions and every other op were free: no implementation of the same rule can go below it.
+Multiply-adds are counted from the shapes onnxruntime itself reports for each dense node (its profiler, basic
+graph optimisations, so that no layout change pads the channels). The kernel times come from a second session
+with every optimisation (what `benchmarks/speed.py` times), medians over the calls of onnxruntime's profiler.
+
+    python benchmarks/floor.py                                  # 4 models, batch 1, 1 and 2 threads
+    python benchmarks/floor.py --models resnet18 --threads 1 --repeats 3
+"""
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import COMPOSITES, MODELS, models_for  # noqa: E402
+
+DENSE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv"}
+KEYS = ("forward",) + COMPOSITES
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), help=f"torchvision models (default: {' '.join(MODELS)})")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op thread counts (default: 1 2)")
+    p.add_argument("--repeats", type=int, default=7, help="profiled calls per session after one warm-up (default: 7)")
+    p.add_argument("--epsilon", type=float, default=1e-6, help="epsilon and stabilizer of the rules (default: 1e-6)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lrpgraph-speed"),
+                   help="folder for the exported and converted models (shared with benchmarks/speed.py)")
+    return p.parse_args(argv)
+
+
+def profiled_nodes(path, x, threads, level, calls):
+    """{(node name, op type): (median kernel ms, args of the node's last event)} from onnxruntime's profiler
+    (path: a file or the serialised model)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC:  # counting: a prepacked weight leaves the node's inputs
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(calls + 1):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    times, args = collections.defaultdict(list), {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = (e["name"][:-len("_kernel_time")], e["args"]["op_name"])
+            times[key].append(e["dur"] / 1e3)
+            args[key] = e["args"]
+    return {k: (statistics.median(v[1:] or v), args[k]) for k, v in times.items()}
+
+
+def shapes(node_args, which):
+    return [next(iter(d.values())) for d in node_args.get(which, [])]
+
+
+def macs(op, node_args):
+    """Multiply-adds of one dense node from the shapes of its inputs and output."""
+    ins, out = shapes(node_args, "input_type_shape"), shapes(node_args, "output_type_shape")[0]
+    if op == "Conv":  # weight [C_out, C_in / group, k...]: each output element costs prod(weight[1:])
+        return int(np.prod(out)) * int(np.prod(ins[1][1:]))
+    if op == "ConvTranspose":  # weight [C_in, C_out / group, k...]: each input element costs prod(weight[1:])
+        return int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
+    if op == "Gemm":  # A [M, K] or [K, M]: K = size(A) / M
+        return int(np.prod(out)) * int(np.prod(ins[0])) // out[0]
+    if op == "MatMul":
+        return int(np.prod(out)) * ins[0][-1]
+    return 0
+
+
+def model_rows(name, args):
+    _, _, paths = models_for(name, args)
+    x = np.random.default_rng(args.seed).random((args.batch, 3, 224, 224), dtype=np.float32)
+    counted = {k: sum(macs(op, a) for (_, op), (_, a) in profiled_nodes(
+        paths[k], x, 1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, 0).items()) for k in KEYS}
+    rows = []
+    for threads in args.threads:
+        kernels = {k: profiled_nodes(paths[k], x, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, args.repeats)
+                   for k in KEYS}
+        forward = sum(ms for ms, _ in kernels["forward"].values())
+        for c in COMPOSITES:
+            by_op = collections.Counter()
+            for (_, op), (ms, _) in kernels[c].items():
+                by_op[op] += ms
+            dense = sum(ms for op, ms in by_op.items() if op in DENSE)
+            rest = sorted(((ms, op) for op, ms in by_op.items() if op not in DENSE), reverse=True)
+            rows.append(dict(model=name, composite=c, threads=threads, gmacs=counted[c] / 1e9,
+                             floor=counted[c] / counted["forward"], dense=dense / forward,
+                             rest=sum(ms for ms, _ in rest) / forward, forward_ms=forward,
+                             top=", ".join(f"{op} {ms / forward:.2f}" for ms, op in rest[:4])))
+            print(f"{name} {c}, {threads} thread(s): multiply-adds {rows[-1]['floor']:.2f}x the forward's, "
+                  f"kernel time {rows[-1]['dense'] + rows[-1]['rest']:.2f}x", flush=True)
+    return rows
+
+
+def markdown(rows, batch):
+    lines = [f"| model | composite | threads | GMAC (batch {batch}) | multiply-adds / forward (the floor) "
+             "| dense kernels / forward | other kernels / forward | all kernels / forward | largest others / forward |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['composite']} | {r['threads']} | {r['gmacs']:.2f} | {r['floor']:.2f} "
+                     f"| {r['dense']:.2f} | {r['rest']:.2f} | {r['dense'] + r['rest']:.2f} | {r['top']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(f"onnxruntime {ort.__version__} CPU; batch {args.batch}; load average at start {os.getloadavg()[0]:.1f}")
+    rows = []
+    for name in args.models:
+        rows += model_rows(name, args)
+    print("\n" + markdown(rows, args.batch))
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
