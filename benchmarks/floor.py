@@ -10,10 +10,12 @@ with every optimisation (what `benchmarks/speed.py` times), medians over the cal
 
     python benchmarks/floor.py                                  # 4 models, batch 1, 1 and 2 threads
     python benchmarks/floor.py --models resnet18 --threads 1 --repeats 3
+    python benchmarks/floor.py --csv out/floor.csv --plot out/floor.png   # also the rows and a bar chart
 """
 
 import argparse
 import collections
+import csv
 import json
 import os
 import statistics
@@ -39,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="profiled calls per session after one warm-up (default: 7)")
     p.add_argument("--epsilon", type=float, default=1e-6, help="epsilon and stabilizer of the rules (default: 1e-6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--csv", help="also write the rows to this CSV file")
+    p.add_argument("--plot", help="also draw them (PNG): kernel time per composite against its floor and goal")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lrpgraph-speed"),
                    help="folder for the exported and converted models (shared with benchmarks/speed.py)")
     return p.parse_args(argv)
@@ -123,6 +127,41 @@ def markdown(rows, batch):
     return "\n".join(lines)
 
 
+GOALS = {"epsilon": 2.2, "epsilon-plus": 3.2}  # what the speed goals ask (in units of the forward)
+
+
+def plot(rows, batch, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads), figsize=(6.5 * len(threads), 4.2), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], threads):
+        mine = [r for r in rows if r["threads"] == t]
+        x = np.arange(len(mine))
+        dense = np.array([r["dense"] for r in mine])
+        ax.bar(x, dense, color="#4477aa", label="dense kernels (Conv, ConvTranspose, Gemm, MatMul)")
+        ax.bar(x, [r["rest"] for r in mine], bottom=dense, color="#ee8866", label="other kernels")
+        for i, r in enumerate(mine):
+            ax.hlines(r["floor"], i - 0.4, i + 0.4, colors="black", linewidth=2,
+                      label="multiply-adds / forward (the floor)" if i == 0 else None)
+            ax.hlines(GOALS[r["composite"]], i - 0.4, i + 0.4, colors="#cc3311", linestyles="dashed",
+                      label="goal" if i == 0 else None)
+            ax.text(i, r["dense"] + r["rest"] + 0.05, f"{r['dense'] + r['rest']:.2f}", ha="center", fontsize=8)
+        ax.set_xticks(x, [f"{r['model']}\n{r['composite']}" for r in mine], fontsize=7, rotation=30, ha="right")
+        ax.set_title(f"batch {batch}, {t} thread{'s' if t > 1 else ''}", fontsize=10)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+    axes[0][0].set_ylabel("kernel time / plain forward's")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     print(f"onnxruntime {ort.__version__} CPU; batch {args.batch}; load average at start {os.getloadavg()[0]:.1f}")
@@ -131,6 +170,15 @@ def main(argv=None):
         rows += model_rows(name, args)
     print("\n" + markdown(rows, args.batch))
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot(rows, args.batch, args.plot)
 
 
 if __name__ == "__main__":
