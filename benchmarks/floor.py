@@ -54,7 +54,6 @@ def profiled_nodes(path, x, threads, level, calls):
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC:  # counting: a prepacked weight leaves the node's inputs
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_profiling = True
