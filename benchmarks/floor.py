@@ -5,8 +5,9 @@ where the multiply-adds are) and everything else.
 The multiply-add ratio is what the heatmap would cost if every adjoint ran as fast per multiply-add as the
 forward's convolutions and every other op were free: no implementation of the same rule can go below it.
 Multiply-adds are counted from the shapes onnxruntime itself reports for each dense node (its profiler, basic
-graph optimisations, so that no layout change pads the channels). The kernel times come from a second session
-with every optimisation (what `benchmarks/speed.py` times), medians over the calls of onnxruntime's profiler.
+graph optimisations, so that no layout change pads the channels). The kernel times come from sessions with
+every optimisation (what `benchmarks/speed.py` times), called in turn (forward, epsilon, epsilon-plus, forward,
+...), medians over the calls of onnxruntime's profiler.
 
     python benchmarks/floor.py                                  # 4 models, batch 1, 1 and 2 threads
     python benchmarks/floor.py --models resnet18 --threads 1 --repeats 3
@@ -48,29 +49,36 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def profiled_nodes(path, x, threads, level, calls):
-    """{(node name, op type): (median kernel ms, args of the node's last event)} from onnxruntime's profiler
-    (path: a file or the serialised model)."""
+def profiled_nodes(paths, x, threads, level, calls):
+    """{key: {(node name, op type): (median kernel ms, args of the node's last event)}} from onnxruntime's
+    profiler, for paths {key: a file or the serialised model}: one warm-up call each, then `calls` rounds
+    in which every session runs once in turn, so that a change in the machine's load hits them alike."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = threads
     if level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC:  # counting: a prepacked weight leaves the node's inputs
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_profiling = True
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
+        sessions = {}
+        for key, path in paths.items():
+            options.profile_file_prefix = os.path.join(tmp, f"profile-{len(sessions)}")
+            sessions[key] = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                                 providers=["CPUExecutionProvider"])
+        feeds = {key: {s.get_inputs()[0].name: x} for key, s in sessions.items()}
         for _ in range(calls + 1):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    times, args = collections.defaultdict(list), {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            key = (e["name"][:-len("_kernel_time")], e["args"]["op_name"])
-            times[key].append(e["dur"] / 1e3)
-            args[key] = e["args"]
-    return {k: (statistics.median(v[1:] or v), args[k]) for k, v in times.items()}
+            for key, session in sessions.items():
+                session.run(None, feeds[key])
+        for key, session in sessions.items():
+            times, args = collections.defaultdict(list), {}
+            for e in json.loads(Path(session.end_profiling()).read_text()):
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    node = (e["name"][:-len("_kernel_time")], e["args"]["op_name"])
+                    times[node].append(e["dur"] / 1e3)
+                    args[node] = e["args"]
+            out[key] = {k: (statistics.median(v[1:] or v), args[k]) for k, v in times.items()}
+    return out
 
 
 def shapes(node_args, which):
@@ -94,12 +102,12 @@ def macs(op, node_args):
 def model_rows(name, args):
     _, _, paths = models_for(name, args)
     x = np.random.default_rng(args.seed).random((args.batch, 3, 224, 224), dtype=np.float32)
-    counted = {k: sum(macs(op, a) for (_, op), (_, a) in profiled_nodes(
-        paths[k], x, 1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, 0).items()) for k in KEYS}
+    basic = profiled_nodes({k: paths[k] for k in KEYS}, x, 1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, 0)
+    counted = {k: sum(macs(op, a) for (_, op), (_, a) in nodes.items()) for k, nodes in basic.items()}
     rows = []
     for threads in args.threads:
-        kernels = {k: profiled_nodes(paths[k], x, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, args.repeats)
-                   for k in KEYS}
+        kernels = profiled_nodes({k: paths[k] for k in KEYS}, x, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                 args.repeats)
         forward = sum(ms for ms, _ in kernels["forward"].values())
         for c in COMPOSITES:
             by_op = collections.Counter()

@@ -23,7 +23,7 @@ BASIC = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 def counted(model, x):
     """{op type: multiply-adds of its nodes}, dense ops only."""
     total = collections.Counter()
-    for (_, op), (_, node_args) in profiled_nodes(model, x, 1, BASIC, 0).items():
+    for (_, op), (_, node_args) in profiled_nodes({"model": model}, x, 1, BASIC, 0)["model"].items():
         total[op] += macs(op, node_args)
     return {op: n for op, n in total.items() if n}
 
