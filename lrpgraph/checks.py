@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER
+from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER, Rule, RuleOptions
 
 CHANNELS = {"L": 1, "RGB": 3}
 

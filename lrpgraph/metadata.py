@@ -20,9 +20,13 @@ the trainer read one (Record.from_model / from_props) instead of the keys.
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.version import __version__
+
+if TYPE_CHECKING:
+    import onnx
 
 VERSION = "lrpgraph.version"
 CONFIG = "lrpgraph.config"

@@ -8,8 +8,13 @@ For a group of terms t = (input modifier, weight modifier, bias modifier, sign):
 """
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from lrpgraph.errors import LrpgraphError
+
+if TYPE_CHECKING:
+    from lrpgraph.converters.linear import LinearLayer
+    from lrpgraph.graph import Builder
 
 DEFAULT_STABILIZER = 1e-6
 DEFAULT_GAMMA = 0.25

@@ -4,9 +4,14 @@ Each mode gives a relevance seed (LRP rule sets) and a gradient seed (gradient-f
 LRP-Flex, whose relevance is input x modified gradient): top and index give y_c at the class and the
 one-hot vector; all gives y and ones; seed takes a tensor from a new input and uses it as either."""
 
+from typing import TYPE_CHECKING
+
 from onnx import TensorProto, helper
 
 from lrpgraph.errors import LrpgraphError
+
+if TYPE_CHECKING:
+    from lrpgraph.graph import Builder
 
 TARGETS = ("top", "index", "seed", "all")
 TARGET_INPUT = "target"

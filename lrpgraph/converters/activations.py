@@ -6,9 +6,13 @@ Each activation is one record and one function, its derivative: `@activation_op(
 on `derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks)."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lrpgraph.converters.registry import RECORDS, Context, register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES, Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 def activation(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:

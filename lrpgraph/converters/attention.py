@@ -18,6 +18,7 @@ products change the plain gradient, so no relevance is divided by a value that m
 
 import math
 import string
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -28,6 +29,9 @@ from lrpgraph.converters.structure import mul_div, unbroadcast
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.graph import attrs_of
 from lrpgraph.rules import GRADIENT_RULES, Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 # ops a Softmax output may pass on its way to the product that uses it as attention probabilities
 _MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather"}

@@ -4,11 +4,16 @@ A LinearLayer knows how to emit its own forward (with any weights) and its trans
 gradient with respect to its input); the rules in rules.py are written in terms of these two."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph import rules
-from lrpgraph.converters.registry import register, unsupported_rule
+from lrpgraph.converters.registry import Context, register, unsupported_rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
+    from lrpgraph.graph import Builder
 
 
 @dataclass

@@ -7,8 +7,13 @@ Gradient-family rule sets ('gradient': the methods and LRP-Flex) get the true de
 
     dL/dx_c = g_c d_c^-beta - (2 alpha beta / size) x_c sum_{j: c in window(j)} g_j x_j d_j^(-beta-1)"""
 
+from typing import TYPE_CHECKING
+
 from lrpgraph.converters.registry import Context, register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES, Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: int, after: int) -> str:

@@ -3,9 +3,13 @@ LRP composites pass relevance through it ('pass', as zennit does); gradient rule
 scale / sqrt(var + eps)."""
 
 import math
+from typing import TYPE_CHECKING
 
 from lrpgraph.converters.registry import Context, register, unsupported_rule
 from lrpgraph.rules import GRADIENT_RULES, Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 @register("BatchNormalization", kind="bn")

@@ -4,6 +4,8 @@ and a ConvTranspose). Average pools (AveragePool,
 GlobalAveragePool, ReduceMean): the norm rule R_i = x_i * A^T(R / stab(z)), with A^T the adjoint of the
 pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
@@ -12,6 +14,8 @@ from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import GRADIENT_RULES, Rule
 from lrpgraph.windows import explicit_pads, pool_output_size
 
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 @register("MaxPool", kind="maxpool", guided=True, gradient_rule="wta")

@@ -14,6 +14,7 @@ relevance path
 """
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -21,6 +22,11 @@ from onnx import TensorProto, helper, numpy_helper
 from lrpgraph.converters.registry import Context, register
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
+
+if TYPE_CHECKING:
+    import onnx
+
+    from lrpgraph.canonicalize import Unit
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 SHADOW = "lrp/shadow/"

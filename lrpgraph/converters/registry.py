@@ -16,12 +16,16 @@ A converter is called as fn(ctx, unit, rule, r_outs) and returns the signal for 
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import NodeProto
 
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.rules import LINEAR_RULES, OTHER_RULES, Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 _LINEAR = frozenset(LINEAR_RULES) | {"gradient", "flex-zbox"}
 _MOVE = frozenset({"pass", "gradient"})

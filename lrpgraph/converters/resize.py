@@ -5,6 +5,7 @@ coordinate transformation and rounding attributes; it is computed here by runnin
 index ramp with onnx's reference evaluator, then applied as a 0/1 matrix per axis (MatMul)."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -13,6 +14,9 @@ from onnx.reference import ReferenceEvaluator
 from lrpgraph.converters.registry import Context, register
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
+
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 def nearest_index_maps(unit: "Unit", inits_of: Callable, shape: list) -> list:

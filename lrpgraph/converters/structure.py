@@ -5,10 +5,14 @@ code serves gradients. A residual sum uses the norm rule R_i = x_i R / stab(x_1 
 x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (input normalisation in
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
+from typing import TYPE_CHECKING
+
 from lrpgraph.converters.registry import Context, OpRecord, add, node_name, register, unsupported_rule
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
+if TYPE_CHECKING:
+    from lrpgraph.canonicalize import Unit
 
 
 def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:

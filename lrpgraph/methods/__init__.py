@@ -5,11 +5,18 @@ Methods that need the model at other inputs (IG's path points, SmoothGrad's nois
 forward path over an expanded batch (steps x N), so one ONNX Runtime call does the whole method."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import integrated, smooth
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.options import MethodOptions
+
+if TYPE_CHECKING:
+    import onnx
+
+    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.graph import Builder
 
 METHODS = ("gradient", "input-x-gradient", "ig", "guided-ig", "smoothgrad", "smoothtaylor")
 

@@ -7,6 +7,7 @@ one thread (docs/speed.md), 32 steps in one batch of 32 cost 1.04x 32 separate g
 0.99-1.01x (chunks of 8: 1.01-1.05x)."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -14,6 +15,13 @@ from onnx import TensorProto, helper
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+
+if TYPE_CHECKING:
+    import onnx
+
+    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.graph import Builder
+    from lrpgraph.methods.options import MethodOptions
 
 BASELINE_INPUT = "baseline"
 DEFAULT_CHUNK = 4  # steps per cloned forward path unless asked otherwise

@@ -2,9 +2,13 @@
 along the batch axis as [m * N, ...] (point-major), with its units renamed for the backward walk."""
 
 import copy
+from typing import TYPE_CHECKING
 
 from lrpgraph.canonicalize import Canonical
-from lrpgraph.graph import needed_nodes
+from lrpgraph.graph import Builder, needed_nodes
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefix: str, b: "Builder | None" = None,

@@ -6,6 +6,7 @@ integer hash and Box-Muller, so a run is reproducible and `noise(seed, shape)` h
 numbers in numpy."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -13,6 +14,13 @@ from onnx import TensorProto, helper
 from lrpgraph import graph
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+
+if TYPE_CHECKING:
+    import onnx
+
+    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.graph import Builder
+    from lrpgraph.methods.options import MethodOptions
 
 SEED_INPUT = "noise_seed"
 MASK32 = 2**32

@@ -8,11 +8,18 @@ segment embeddings are not scaled or noised: they are not the tokens' own."""
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import integrated, smooth
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.options import MethodOptions
+
+if TYPE_CHECKING:
+    import onnx
+
+    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.graph import Builder
 
 
 def embedding_view(canon: "Canonical") -> "Canonical":

@@ -10,10 +10,16 @@ is_torch and to_numpy tell the types apart without importing torch when the call
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph.ort import run_error
+
+if TYPE_CHECKING:
+    import torch
+
+    from lrpgraph.runtime.session import ExplainSession
 
 
 def is_torch(value: object) -> bool:

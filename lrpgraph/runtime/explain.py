@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +27,9 @@ from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
 from lrpgraph.runtime.page import write_index_html  # noqa: F401  (the page of explain --html and demo)
+
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
 FORMATS = ("png", "npy")
 PROGRESS_MIN_IMAGES = 4

@@ -9,11 +9,15 @@ only to show token strings; without it tokens are shown by id."""
 import html
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
+
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
 
 def explain_inputs(session: "ExplainSession", inputs: dict, target: int | np.ndarray | None = None) -> tuple:

@@ -12,6 +12,7 @@ on the same input, which a wrong graph or wrong weights exceed by orders of magn
 
 import copy
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,6 +23,9 @@ from lrpgraph import targets
 from lrpgraph.convert import save
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.ort import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from lrpgraph.train.importer import LrpModule
 
 
 def _value(module, name, like):

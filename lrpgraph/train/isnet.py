@@ -23,6 +23,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -34,6 +35,9 @@ from lrpgraph.graph import needed_nodes
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
 from lrpgraph.targets import SEED_INPUT as SEED
 from lrpgraph.targets import TARGET_INPUT as TARGET
+
+if TYPE_CHECKING:
+    from lrpgraph.train.importer import LrpModule
 
 VARIANTS = ("plain", "original", "dual", "selective", "stochastic")
 SELECTIVE_CLASSES = ("predicted", "lowest")
