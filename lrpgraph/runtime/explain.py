@@ -26,10 +26,13 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
-from lrpgraph.runtime.page import write_index_html  # noqa: F401  (the page of explain --html and demo)
+from lrpgraph.runtime.page import write_index_html
 
 if TYPE_CHECKING:
     from lrpgraph.runtime.session import ExplainSession
+
+__all__ = ["explain_paths", "output_bases", "parse_formats", "upscale",
+           "write_index_html"]  # the page of explain --html and demo, public here too
 
 FORMATS = ("png", "npy")
 PROGRESS_MIN_IMAGES = 4

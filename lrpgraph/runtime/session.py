@@ -29,10 +29,12 @@ import numpy as np
 from lrpgraph import metadata
 from lrpgraph.runtime import tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
-from lrpgraph.ort import onnxruntime as ort  # noqa: F401  (the module onnxruntime, as lrpgraph uses it)
-from lrpgraph.ort import NOISE_SEED_INPUT, OPTIMIZATION, SEED_INPUT, TARGET_INPUT, Runner, session_options, source_of  # noqa: F401
+from lrpgraph.ort import NOISE_SEED_INPUT, SEED_INPUT, TARGET_INPUT, Runner, session_options, source_of
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
-from lrpgraph.runtime.providers import CPU, CUDA, choose_providers, cuda_options  # noqa: F401  (public here too)
+from lrpgraph.runtime.providers import CPU, CUDA, choose_providers, cuda_options
+
+__all__ = ["ExplainSession", "DEFAULT_BATCH_SIZE",
+           "CPU", "CUDA", "choose_providers", "cuda_options"]  # the providers' names are public here too
 
 DEFAULT_BATCH_SIZE = 32
 

@@ -25,9 +25,10 @@ from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelEr
 from lrpgraph.graph import attrs_of, constant_value, needed_nodes, topological
 
 from lrpgraph.train.onnx_ops import OPS, Ctx
-from lrpgraph.train import transformer_ops  # noqa: F401,E402  (registers LayerNormalization, Gelu)
-from lrpgraph.train import selection_ops  # noqa: F401,E402  (registers GatherND, ScatterND, Resize)
+from lrpgraph.train import transformer_ops  # registers LayerNormalization, Gelu in OPS
+from lrpgraph.train import selection_ops  # registers GatherND, ScatterND, Resize in OPS
 
+OP_MODULES = (transformer_ops, selection_ops)  # imported only for their @op registrations into OPS
 RELEVANCE_PREFIX = "lrp/"  # names of the nodes the converter emits
 DERIVED = "derived input"  # a plan step computing a graph input inside the run (LrpModule.run's `derived`)
 

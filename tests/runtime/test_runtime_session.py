@@ -180,9 +180,9 @@ CUDA_NO_TF32 = ("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "0"})  #
 ])
 def test_provider_list_for_each_installation(monkeypatch, available, provider, expected):
     """Both branches on every machine: what the session asks onnxruntime for, with and without CUDA."""
-    from lrpgraph.runtime import session
+    from lrpgraph.runtime import providers, session
 
-    monkeypatch.setattr(session.ort, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: list(available))
     if isinstance(expected, str):
         with pytest.raises(LrpgraphError, match=expected):
             session.choose_providers(provider)
