@@ -275,7 +275,7 @@ def _demo_truth(records, labels):
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
 def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model, save, uses_external_data
+    from lrpgraph.convert import convert as convert_model, save
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession
 
