@@ -117,7 +117,7 @@ def gate_branch(spec, ch):
 def build(arch):
     """The torch model of an architecture: seeded random weights, BatchNorm statistics calibrated on a batch."""
     torch.manual_seed(arch["seed"])
-    layers, ch, size = [], arch["in_ch"], arch["size"]
+    layers, ch = [], arch["in_ch"]
     for spec in arch["blocks"]:
         op = spec["op"]
         if op == "conv":

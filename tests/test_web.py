@@ -7,7 +7,6 @@ software adapter (SwiftShader)."""
 
 import functools
 import http.server
-import os
 import shutil
 import subprocess
 import threading

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ops_helpers import assert_l1, eps_rule, t64
+from ops_helpers import assert_l1, eps_rule
 
 import lrpgraph
 from zennit_ref import export, run_onnx
