@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op thread counts (default: 1 2)")
     p.add_argument("--repeats", type=int, default=7, help="profiled calls per session after one warm-up (default: 7)")
+    p.add_argument("--pause", type=float, default=0.1, help="idle seconds before each profiled call (default: 0.1)")
     p.add_argument("--epsilon", type=float, default=1e-6, help="epsilon and stabilizer of the rules (default: 1e-6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--csv", help="also write the rows to this CSV file")
@@ -49,10 +51,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def profiled_nodes(paths, x, threads, level, calls):
+def profiled_nodes(paths, x, threads, level, calls, pause=0.0):
     """{key: {(node name, op type): (median kernel ms, args of the node's last event)}} from onnxruntime's
     profiler, for paths {key: a file or the serialised model}: one warm-up call each, then `calls` rounds
-    in which every session runs once in turn, so that a change in the machine's load hits them alike."""
+    in which every session runs once in turn, so that a change in the machine's load hits them alike, each
+    call after `pause` idle seconds."""
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = threads
@@ -69,6 +72,7 @@ def profiled_nodes(paths, x, threads, level, calls):
         feeds = {key: {s.get_inputs()[0].name: x} for key, s in sessions.items()}
         for _ in range(calls + 1):
             for key, session in sessions.items():
+                time.sleep(pause)  # the last session's spinning worker threads go idle first
                 session.run(None, feeds[key])
         for key, session in sessions.items():
             times, args = collections.defaultdict(list), {}
@@ -107,7 +111,7 @@ def model_rows(name, args):
     rows = []
     for threads in args.threads:
         kernels = profiled_nodes({k: paths[k] for k in KEYS}, x, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                 args.repeats)
+                                 args.repeats, args.pause)
         forward = sum(ms for ms, _ in kernels["forward"].values())
         for c in COMPOSITES:
             by_op = collections.Counter()
