@@ -68,12 +68,32 @@ def test_no_op_type_lists_outside_the_op_records():
                            "instead):\n" + "\n".join(offenders))
 
 
+def run_time_imports(tree):
+    """The Import and ImportFrom nodes that can run: everything but the body of `if TYPE_CHECKING:` (imports
+    for annotations only, which never execute and so cannot close an import cycle)."""
+    for node in ast.iter_child_nodes(tree):
+        test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+        if test is not None and (getattr(test, "id", None) or getattr(test, "attr", None)) == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in run_time_imports(ast.Module([child], [])))
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        yield from run_time_imports(node)
+
+
+def test_the_import_scan_skips_type_checking_blocks():
+    tree = ast.parse("import typing\nif typing.TYPE_CHECKING:\n    import a\nelse:\n    import b\n"
+                     "if TYPE_CHECKING:\n    from c import d\ndef f():\n    import e\n")
+    assert sorted(a.name for n in run_time_imports(tree) if isinstance(n, ast.Import) for a in n.names) == \
+        ["b", "e", "typing"]
+
+
 def imports_of(path, modules):
-    """The lrpgraph modules a file imports (module-level or inside functions)."""
+    """The lrpgraph modules a file imports at run time (module-level or inside functions)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in run_time_imports(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name in modules)
         elif isinstance(node, ast.ImportFrom):
