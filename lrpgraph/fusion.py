@@ -64,9 +64,10 @@ def _only(consumers, tensor):
 
 def _axes(node, inits):
     """The axes a ReduceMean of a norm reduces (None: unknown, or not kept: the norm divides by it broadcast)."""
-    if not attrs_of(node).get("keepdims", 1):
+    attrs = attrs_of(node)
+    if not attrs.get("keepdims", 1):
         return None
-    if "axes" in (attrs := attrs_of(node)):
+    if "axes" in attrs:
         return list(attrs["axes"])
     return [int(a) for a in _const(inits, node.input[1])] if len(node.input) > 1 and node.input[1] in inits else None
 
