@@ -2,6 +2,7 @@
 
 import os
 import sys
+import textwrap
 from collections import Counter
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, ch
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 from lrpgraph.methods.options import MethodOptions
+from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import RuleOptions
 from lrpgraph.version import __version__
 
@@ -32,7 +34,7 @@ class Group(click.Group):
             sys.exit(err.exit_code)
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, epilog="\b\n" + "\n".join(textwrap.wrap(PATENT_NOTICE, 78, break_on_hyphens=False)))
 @click.version_option(__version__, prog_name="lrpgraph")
 def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""

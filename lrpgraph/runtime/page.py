@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from lrpgraph.notice import PATENT_FOOTER
 from lrpgraph.runtime import render
 
 STYLE = """
@@ -23,6 +24,11 @@ tr.wrong td{background:#fff0f0} .flag{color:#b00;font-weight:bold} .ok{color:#07
 .note{font-size:13px;color:#444;max-width:900px}
 small{color:#666}
 """
+
+
+def footer() -> str:
+    """The patent notice every page lrpgraph writes ends with."""
+    return f'<footer style="color:#666;font-size:0.8em;margin-top:2em">{html.escape(PATENT_FOOTER)}</footer>'
 
 
 def _link(target, out_dir):
@@ -124,6 +130,6 @@ def write_index_html(out_dir: str | os.PathLike, records: list, title: str = "lr
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{colour_bar(cmap)}{summary}<table>\n"
         "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>\n"
-        + "\n".join(rows) + "\n</table></body></html>\n"
+        + "\n".join(rows) + f"\n</table>{footer()}</body></html>\n"
     )
     return render.save_text(Path(out_dir) / "index.html", page)

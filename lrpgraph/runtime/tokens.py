@@ -15,6 +15,7 @@ import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
+from lrpgraph.runtime.page import footer
 
 if TYPE_CHECKING:
     from lrpgraph.runtime.session import ExplainSession
@@ -156,4 +157,4 @@ def token_page(records: list) -> str:
         lines.append(f"<p><b>{label}</b><br>{' '.join(spans)}</p>")
     style = "body{font-family:sans-serif} span{padding:1px 2px;margin:1px;border-radius:3px;line-height:1.9}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>lrpgraph token relevance</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(lines) + "\n</body></html>\n")
+            f"<style>{style}</style></head><body>\n" + "\n".join(lines) + f"\n{footer()}</body></html>\n")
