@@ -119,8 +119,8 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options(kw), preprocess=preprocess or None,
-                              labels=names, webgpu=webgpu, image_size=image_size)
+                              options=_rule_options(kw), method_options=method_options(kw),
+                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:

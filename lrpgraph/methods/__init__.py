@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from lrpgraph.canonicalize import Canonical
     from lrpgraph.graph import Builder
 
-__all__ = ["gradient", "integrated", "smooth", "METHODS", "MethodOptions", "Option", "emit", "is_method", "method", "option_users", "unregister"]
+__all__ = ["gradient", "integrated", "smooth", "METHODS", "MethodOptions", "Option", "emit", "is_method", "method",
+           "option_users", "unregister"]
 
 
 def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", method: str, seed: str, options: MethodOptions,

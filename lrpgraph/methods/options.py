@@ -1,6 +1,8 @@
 """The gradient-family methods' options as one object, from the CLI (or lrpgraph.convert's keywords) to the
 methods that read them. Its fields are the options the registered method units declare (methods.units)."""
 
+import functools
+
 from lrpgraph.methods.units import declared_options
 
 
@@ -33,6 +35,9 @@ class MethodOptions:
 
     def __hash__(self) -> int:
         return hash(tuple(self.to_dict().items()))
+
+    def __reduce__(self) -> tuple:  # copy and pickle rebuild it from the given values
+        return functools.partial(MethodOptions, **self._given), ()
 
     def __repr__(self) -> str:
         return "MethodOptions(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
