@@ -3,11 +3,15 @@ failure is one LrpgraphError naming the value, what is allowed and what to do.""
 
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER, Rule, RuleOptions
+
+if TYPE_CHECKING:
+    from lrpgraph.methods.units import Option
 
 CHANNELS = {"L": 1, "RGB": 3}
 
@@ -67,14 +71,25 @@ def check_rule(rule: "Rule", where: str) -> None:
         raise LrpgraphError(f"{where}: flex-relu eps {rule.params[0]:g} must be > 0, e.g. flex-relu:0.01")
 
 
-def check_method_options(steps: int = 32, samples: int = 16, noise_level: float = 0.1,
-                         chunk: int | None = None) -> None:
-    """Gradient-family options: positive counts, a finite noise level >= 0."""
-    for name, value in (("--steps", steps), ("--samples", samples), ("--chunk", chunk)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise LrpgraphError(f"{name} {value!r} must be a positive integer")
-    if _finite(noise_level, "--noise-level")[0] < 0:
-        raise LrpgraphError(f"--noise-level {noise_level:g} is negative; give sigma / (max - min) >= 0, e.g. 0.1")
+def check_method_option(option: "Option", value: object) -> None:
+    """A method option's value against its declaration (methods.units.Option): an integer count at least its
+    minimum, a finite number at least its minimum, a string among its choices; None where the default is None."""
+    if value is None and option.default is None:
+        return
+    if option.type is int:
+        if not isinstance(value, int) or isinstance(value, bool) or (option.minimum is not None
+                                                                      and value < option.minimum):
+            at_least = "a positive integer" if option.minimum == 1 else f"an integer >= {option.minimum}"
+            raise LrpgraphError(f"{option.flag} {value!r} must be {at_least}")
+    elif option.type is float:
+        number = _finite(value, option.flag)[0]
+        if option.minimum is not None and number < option.minimum:
+            below = "is negative" if option.minimum == 0 else f"is below {option.minimum:g}"
+            raise LrpgraphError(f"{option.flag} {number:g} {below}; give {option.meaning or option.name} >= "
+                                f"{option.minimum:g}, e.g. {option.example or option.default}")
+    elif option.choices and value not in option.choices:
+        names = ", ".join(option.choices[:-1]) + " or " + option.choices[-1]
+        raise LrpgraphError(f"unknown {option.name} {value!r}; use {names}")
 
 
 def _sizes(value, name):

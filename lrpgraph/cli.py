@@ -10,17 +10,15 @@ import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
                                  make_output_dir, write_error)
+from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.methods import METHODS
-from lrpgraph.methods.options import MethodOptions
 from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import RuleOptions
 from lrpgraph.version import __version__
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
                    "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
-METHOD_NAMES = list(METHODS)
-DEFAULTS, METHOD_DEFAULTS = RuleOptions(), MethodOptions()
+DEFAULTS = RuleOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
@@ -86,7 +84,7 @@ def _rule_options(kw):
     return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
 
 
-@main.command()
+@main.command(cls=MethodCommand)  # --method and the method options: from the method units (cli_methods.py)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: MODEL with .lrp.onnx")
 @click.option("--target", "-t", type=click.Choice(["top", "index", "seed", "all"]), default="top", show_default=True,
@@ -94,17 +92,8 @@ def _rule_options(kw):
 @rule_options
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
 @preprocess_options
-@click.option("--method", "-m", type=click.Choice(METHOD_NAMES), help="a gradient-family method instead of LRP")
 @click.option("--explain", "explain", multiple=True, metavar="NAME=SPEC",
               help="several heatmaps in one model: output relevance_NAME per composite or method (repeatable)")
-@click.option("--steps", type=click.IntRange(min=1), default=METHOD_DEFAULTS.steps, show_default=True, help="IG path steps")
-@click.option("--quadrature", type=click.Choice(["riemann", "gauss-legendre"]), default=METHOD_DEFAULTS.quadrature, show_default=True)
-@click.option("--baseline", type=click.Choice(["zero", "blur", "input"]), default=METHOD_DEFAULTS.baseline, show_default=True,
-              help="IG baseline: zeros, a blurred copy of the image, or a graph input `baseline`")
-@click.option("--chunk", type=click.IntRange(min=1), default=None, help="IG steps per cloned forward pass "
-              "(bounds memory for large step counts; default 4)")
-@click.option("--samples", type=click.IntRange(min=1), default=METHOD_DEFAULTS.samples, show_default=True, help="SmoothGrad samples")
-@click.option("--noise-level", type=float, default=METHOD_DEFAULTS.noise_level, show_default=True, help="SmoothGrad sigma / (max - min)")
 @click.option("--force", is_flag=True, help="overwrite an existing output file")
 @click.option("--webgpu", is_flag=True, help="exact alternatives to ops onnxruntime-web's WebGPU backend lacks")
 @click.option("--format", "formats", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
@@ -114,8 +103,7 @@ def _rule_options(kw):
 @IMAGE_SIZE
 def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
             std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
-            method: str | None, explain: tuple, steps: int, quadrature: str, baseline: str, chunk: int | None,
-            samples: int, noise_level: float, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
+            method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
             **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
@@ -132,11 +120,9 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
             raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
-    method_options = MethodOptions(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
-                                   noise_level=noise_level)
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options, preprocess=preprocess or None,
-                              labels=names, webgpu=webgpu, image_size=image_size)
+                              options=_rule_options(kw), method_options=method_options(kw),
+                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:

@@ -7,6 +7,7 @@ import click
 from click.core import ParameterSource
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.methods.units import option_users
 
 # which composites read which numeric option (the rest would silently ignore it)
 LRP_COMPOSITES = {"epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
@@ -21,14 +22,6 @@ RULE_OPTION_USERS = {
     "high": {"epsilon-gamma-box"},
     "flex_epsilon": {"flex"},
     "rules": LRP_COMPOSITES | {"flex"},
-}
-METHOD_OPTION_USERS = {
-    "steps": {"ig", "guided-ig"},
-    "quadrature": {"ig", "guided-ig"},
-    "baseline": {"ig", "guided-ig"},
-    "chunk": {"ig", "guided-ig"},
-    "samples": {"smoothgrad", "smoothtaylor"},
-    "noise_level": {"smoothgrad", "smoothtaylor"},
 }
 
 
@@ -53,7 +46,7 @@ def check_ignored(chosen: set, specs: list) -> None:
     elif "method" in chosen and "composite" in chosen:
         raise LrpgraphError("--method and --composite exclude each other: --method replaces LRP by a gradient "
                             "method; give one (or several heatmaps with --explain NAME=SPEC)")
-    for table in (RULE_OPTION_USERS, METHOD_OPTION_USERS):
+    for table in (RULE_OPTION_USERS, option_users()):  # which method reads which option: from the method units
         for name, users in table.items():
             if name in chosen and not users & set(specs):
                 raise LrpgraphError(f"{flag(name)} is ignored by {', '.join(sorted(set(specs)))}: it is read only by "

@@ -119,8 +119,8 @@ def build_options(options: RuleOptions | None = None, method_options: MethodOpti
     if unknown:
         raise TypeError(f"convert() got an unexpected keyword argument {unknown[0]!r}")
     rule = replace(options or RuleOptions(), **{k: v for k, v in values.items() if k in RuleOptions.names()})
-    method = replace(method_options or MethodOptions(),
-                     **{k: v for k, v in values.items() if k in MethodOptions.names()})
+    method = (method_options or MethodOptions()).replace(
+        **{k: v for k, v in values.items() if k in MethodOptions.names()})
     return rule, method
 
 

@@ -1,6 +1,7 @@
 """Rule and method options as typed objects (rules.RuleOptions, methods.options.MethodOptions): lrpgraph.convert's
 keywords build them in one place, the objects give the same model, and the CLI passes the same values."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -58,3 +59,18 @@ def test_cli_passes_the_options_object(tmp_path):
     from lrpgraph.runtime.session import ExplainSession
 
     np.testing.assert_array_equal(ExplainSession(from_cli).explain(x)[1], ExplainSession(from_api).explain(x)[1])
+
+
+def test_method_options_are_the_method_units_options():
+    """MethodOptions has one field per option the registered methods declare, in the order the metadata records
+    them, with the defaults docs/methods.md lists; the Python API checks them as the CLI does."""
+    assert MethodOptions().to_dict() == {"steps": 32, "quadrature": "riemann", "baseline": "zero", "chunk": None,
+                                         "samples": 16, "noise_level": 0.1}
+    assert copy.deepcopy(MethodOptions(steps=5)) == MethodOptions(steps=5) != MethodOptions()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'step'"):
+        MethodOptions(step=5)
+    model = tiny_cnn()
+    with pytest.raises(LrpgraphError, match="--steps 0 must be a positive integer"):
+        lrpgraph.convert(model, method="ig", steps=0)
+    with pytest.raises(LrpgraphError, match="unknown quadrature 'simpson'; use riemann or gauss-legendre"):
+        lrpgraph.convert(model, method="ig", quadrature="simpson")

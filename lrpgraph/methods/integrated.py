@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+from lrpgraph.methods.units import Option, method
 
 if TYPE_CHECKING:
     import onnx
@@ -25,6 +26,15 @@ if TYPE_CHECKING:
 
 BASELINE_INPUT = "baseline"
 DEFAULT_CHUNK = 4  # steps per cloned forward path unless asked otherwise
+OPTIONS = (
+    Option("steps", 32, int, "IG path steps", minimum=1),
+    Option("quadrature", "riemann", str, "IG path sum: right Riemann sum or Gauss-Legendre nodes",
+           choices=("riemann", "gauss-legendre")),
+    Option("baseline", "zero", str, "IG baseline: zeros, a blurred copy of the image, or a graph input `baseline`",
+           choices=("zero", "blur", "input")),
+    Option("chunk", None, int, "IG steps per cloned forward pass (bounds memory for large step counts; default "
+           f"{DEFAULT_CHUNK})", minimum=1),
+)
 
 
 def quadrature(steps: int, rule: str = "riemann") -> tuple:
@@ -39,8 +49,30 @@ def quadrature(steps: int, rule: str = "riemann") -> tuple:
     raise LrpgraphError(f"unknown quadrature '{rule}'; use riemann or gauss-legendre")
 
 
+def zero_baseline(name: str, options: "MethodOptions") -> None:
+    """On a text model IG starts from the zero embedding: refuse another baseline."""
+    if options.baseline != "zero":
+        raise LrpgraphError(f"{name} on a text model starts from the zero embedding; the baseline "
+                            f"'{options.baseline}' applies to image inputs only (use --baseline zero)")
+
+
+@method("ig", OPTIONS, text_check=zero_baseline)
+def ig(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+       walk: Callable) -> tuple:
+    """Integrated gradients."""
+    return emit(b, model, canon, seed, options, walk)
+
+
+@method("guided-ig", OPTIONS, text_check=zero_baseline)
+def guided_ig(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+              walk: Callable) -> tuple:
+    """Guided integrated gradients: integrated guided gradients."""
+    return emit(b, model, canon, seed, options, walk, guided=True)
+
+
 def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
          walk: Callable, guided: bool = False) -> tuple:
+    """(x - x') * the weighted sum of the (guided) gradients at the path points; (heatmap, [new inputs])."""
     steps = int(options.steps)
     points, weights = quadrature(steps, options.quadrature)
     chunk = int(options.chunk or min(steps, DEFAULT_CHUNK))

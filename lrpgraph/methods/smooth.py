@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from lrpgraph import graph
 from lrpgraph.methods.gradient import gradient_plan
 from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+from lrpgraph.methods.units import Option, method
 
 if TYPE_CHECKING:
     import onnx
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 SEED_INPUT = "noise_seed"
 MASK32 = 2**32
+OPTIONS = (
+    Option("samples", 16, int, "SmoothGrad samples", minimum=1),
+    Option("noise_level", 0.1, float, "SmoothGrad sigma / (max - min)", minimum=0, meaning="sigma / (max - min)",
+           example="0.1"),
+)
 MIX = 0x45D9F3B  # integer hash of T. Mueller: x ^= x >> 16; x *= MIX; (twice); x ^= x >> 16
 
 
@@ -84,8 +90,23 @@ def emit_noise(b: "Builder", shape_tensor: str, seed: str) -> str:
     return b.op("Reshape", [z, shape_tensor], "noise")
 
 
+@method("smoothgrad", OPTIONS, per_token="norm")
+def smoothgrad(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+               walk: Callable) -> tuple:
+    """SmoothGrad: the mean gradient at noisy copies of the input."""
+    return emit(b, model, canon, seed, options, walk)
+
+
+@method("smoothtaylor", OPTIONS)
+def smoothtaylor(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
+                 walk: Callable) -> tuple:
+    """SmoothTaylor: the mean first-order Taylor term from noisy copies of the input."""
+    return emit(b, model, canon, seed, options, walk, taylor=True)
+
+
 def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, options: "MethodOptions",
          walk: Callable, taylor: bool = False) -> tuple:
+    """SmoothGrad (or with taylor, SmoothTaylor) of canon's explained input; (heatmap, [the noise_seed input])."""
     samples = int(options.samples)
     level = float(options.noise_level)
     x = canon.image

@@ -10,16 +10,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lrpgraph.errors import LrpgraphError
-from lrpgraph.methods import integrated, smooth
-from lrpgraph.methods.gradient import gradient_plan
-from lrpgraph.methods.options import MethodOptions
-
 if TYPE_CHECKING:
     import onnx
 
     from lrpgraph.canonicalize import Canonical
     from lrpgraph.graph import Builder
+    from lrpgraph.methods.options import MethodOptions
+    from lrpgraph.methods.units import Method
 
 
 def embedding_view(canon: "Canonical") -> "Canonical":
@@ -30,25 +27,16 @@ def embedding_view(canon: "Canonical") -> "Canonical":
                    image_float=True)
 
 
-def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", method: str, seed: str, options: MethodOptions,
-         walk: Callable) -> tuple:
-    """(relevance [N, L], [new graph inputs]) of a gradient-family method on a text model."""
+def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", unit: "Method", seed: str,
+         options: "MethodOptions", walk: Callable) -> tuple:
+    """(relevance [N, L], [new graph inputs]) of a gradient-family method on a text model: its emitter on the
+    word embeddings, reduced over the hidden axis as the unit's per_token says."""
     view = embedding_view(canon)
-    e, inputs = view.image, []
-    if method in ("gradient", "input-x-gradient"):
-        heat = walk(view, gradient_plan(view.units), seed)
-        heat = b.zeros_like(e) if heat is None else heat
-        b.scope = "output"
-        heat = b.mul(heat, e) if method == "input-x-gradient" else heat
-    elif method in ("ig", "guided-ig"):
-        if options.baseline != "zero":
-            raise LrpgraphError(f"{method} on a text model starts from the zero embedding; the baseline "
-                                f"'{options.baseline}' applies to image inputs only (use --baseline zero)")
-        heat, inputs = integrated.emit(b, model, view, seed, options, walk, guided=method == "guided-ig")
-    else:
-        heat, inputs = smooth.emit(b, model, view, seed, options, walk, taylor=method == "smoothtaylor")
+    if unit.text_check is not None:
+        unit.text_check(unit.name, options)
+    heat, inputs = unit.emit(b, model, view, seed, options, walk)
     b.scope = "output"
-    if method in ("gradient", "smoothgrad"):  # the L2 norm as Sqrt(ReduceSum): ReduceL2 takes axes as an input from opset 18
+    if unit.per_token == "norm":  # the L2 norm as Sqrt(ReduceSum): ReduceL2 takes axes as an input from opset 18
         return b.op("Sqrt", [b.op("ReduceSum", [b.mul(heat, heat), b.ints([-1])], "square_sum", keepdims=0)],
                     "per_token"), inputs
     return b.op("ReduceSum", [heat, b.ints([-1])], "per_token", keepdims=0), inputs
