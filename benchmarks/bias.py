@@ -51,6 +51,8 @@ from lrpgraph import datasets, metadata, metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bias_alternatives  # noqa: E402
+from bias_alternatives import ALTERNATIVES, RRR_LAMBDA  # noqa: E402
 from bias_report import markdown, read_csv, write_csv, write_markdown  # noqa: E402
 
 VARIANTS = ("original", "dual", "selective", "stochastic")
@@ -70,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="markdown: its generated block is replaced (the whole file if it has none)")
     p.add_argument("--figure", default="out/bias/bias.png", help="PNG of example heatmaps (the first seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="ISNet variants, or none (plain and oracle always run)")
+    p.add_argument("--alternatives", default="rrr,segmenter",
+                   help="the paper's alternatives (bias_alternatives.py): rrr, segmenter, and the chance-level "
+                        "control untrained; or none")
+    p.add_argument("--rrr-lambda", type=float, default=RRR_LAMBDA, help="weight of RRR's input-gradient penalty")
     p.add_argument("--classes", help="Fashion-MNIST labels, comma-separated")
     p.add_argument("--size", type=int, help="canvas size (>= 36)")
     p.add_argument("--train-per-class", type=int)
@@ -111,13 +117,19 @@ def parse_args(argv=None):
     args.widths = tuple(int(w) for w in str(args.widths).split(","))
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip() not in ("", "none", "plain", "oracle")]
+    args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip() not in ("", "none")]
+    unknown = [a for a in args.alternatives if a not in ALTERNATIVES]
+    if unknown:
+        p.error(f"--alternatives {unknown[0]}: choose from {', '.join(ALTERNATIVES)}")
     args.csv = args.csv or str(Path(args.work) / "bias.csv")
     return args
 
 
 def test_sets(args, seed):
-    return {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, seed)
+    sets = {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, seed)
             for m in datasets.MODES}
+    sets["ood"] = datasets.ood_set(args.test_per_class, args.classes, args.size, seed)
+    return sets
 
 
 def make_data(args, seed, root):
@@ -145,24 +157,49 @@ def loss_weights(spec):
     return weights
 
 
-def train_row(args, seed, row, start_model, folders, out):
-    """Train one row (plain, oracle or an ISNet variant) with lrpgraph.train; returns (model.onnx, s / epoch)."""
+def train_row(args, seed, row, start_model, train_folders, val_folders, out):
+    """Train one row with lrpgraph.train: plain, oracle and the segmenter's classifier with cross-entropy, an ISNet
+    variant with its heatmap loss, on train_folders (images, masks); returns (model.onnx, s / epoch)."""
     from lrpgraph.train.config import TrainConfig
     from lrpgraph.train.loop import train
 
-    isnet = row not in ("plain", "oracle")
-    images, masks = folders["train-oracle" if row == "oracle" else "train"]
-    val, val_masks = folders["test-unbiased"]  # monitoring only (metrics.csv); the last epoch is evaluated
+    isnet = row in VARIANTS
+    images, masks = train_folders
+    val, val_masks = val_folders  # monitoring only (metrics.csv); the last epoch is evaluated
     config = TrainConfig(model=str(start_model), images=str(images), masks=str(masks), out=str(out), val=str(val),
                          val_masks=str(val_masks), variant=row if isnet else "plain",
-                         epochs=args.isnet_epochs if isnet else args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
-                         P=args.P_of.get(row, args.P_of[None]), d=args.d,
+                         epochs=args.epochs if row in ("plain", "oracle") else args.isnet_epochs,
+                         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                         schedule=args.schedule, P=args.P_of.get(row, args.P_of[None]), d=args.d,
                          tune_epochs=args.tune_epochs if isnet else 0, seed=seed, force=True,
                          selective_class=args.selective_class, device=args.device, threads=args.threads,
                          progress=False)
     result = train(config)
     return out / "model.onnx", float(np.mean([r["seconds"] for r in result["history"]]))
+
+
+def train_any(args, seed, name, work, base, folders, out):
+    """Train row `name` of one seed (from the plain model with --warm-start, else from backbone.onnx)."""
+    start = (base or work) / "backbone.onnx"
+    if name in ALTERNATIVES:
+        def classifier(images, masks, where):
+            return train_row(args, seed, name, start, (images, masks), folders["test-unbiased"], where)
+
+        trained, per_epoch = bias_alternatives.train(name, args, seed, start, out, classifier)
+        (out / "seconds_per_epoch.txt").write_text(f"{per_epoch}\n")
+        return trained, per_epoch
+    if args.warm_start and name not in ("plain", "oracle"):
+        start = (base or work) / "runs" / "plain" / "model.onnx"
+    train_folders = folders["train-oracle" if name == "oracle" else "train"]
+    return train_row(args, seed, name, start, train_folders, folders["test-unbiased"], out)
+
+
+def seconds_per_epoch(out):
+    """The mean training seconds per epoch a finished run recorded."""
+    if (out / "seconds_per_epoch.txt").is_file():
+        return float((out / "seconds_per_epoch.txt").read_text())
+    with open(out / "metrics.csv") as f:
+        return float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
 
 
 class Explained:
@@ -259,7 +296,7 @@ def run_seed(args, seed):
         backbone = work / "backbone.onnx"
         onnx.save(tiny_cnn(len(args.classes), 1, args.size, args.widths, seed=seed), str(backbone))
     rows, all_maps = [], {}
-    for name in ("plain", "oracle", *args.variants):
+    for name in ("plain", "oracle", *args.variants, *args.alternatives):
         t = time.perf_counter()
         out = work / "runs" / name
         if base is not None and name in ("plain", "oracle"):
@@ -268,14 +305,9 @@ def run_seed(args, seed):
             if not (out / "model.onnx").is_file():
                 print(f"seed {seed} {name}: no {out / 'model.onnx'}, skipped", flush=True)
                 continue
-            with open(out / "metrics.csv") as f:
-                per_epoch = float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
-            trained = out / "model.onnx"
+            trained, per_epoch = out / "model.onnx", seconds_per_epoch(out)
         else:
-            warm = args.warm_start and name not in ("plain", "oracle")
-            plain = (base or work) / "runs" / "plain" / "model.onnx"
-            start = plain if warm else (base or work) / "backbone.onnx"
-            trained, per_epoch = train_row(args, seed, name, start, folders, out)
+            trained, per_epoch = train_any(args, seed, name, work, base, folders, out)
         row, maps = evaluate(Explained(trained, args.explainer, args.threads), sets)
         rows.append({"seed": seed, "model": name, **row, "seconds_per_epoch": per_epoch})
         all_maps[name] = maps
@@ -283,6 +315,17 @@ def run_seed(args, seed):
             f"{k} {row[k]:.1f}" for k in ("acc_biased", "acc_unbiased", "acc_confounded")) +
             f", bg {row['bg_confounded']:.3f}", flush=True)
     return rows, all_maps, sets
+
+
+def cpu_name():
+    """The CPU's model name (lscpu's 'Model name' from /proc/cpuinfo), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def main(argv=None):
@@ -306,7 +349,8 @@ def main(argv=None):
               f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
               f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
               f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
-              f"{args.explainer}, seeds {','.join(map(str, args.seeds))}; {platform.machine()}, torch threads "
+              f"{args.explainer}, alternatives {','.join(args.alternatives) or 'none'} (RRR lambda {args.rrr_lambda:g}), seeds "
+              f"{','.join(map(str, args.seeds))}; {cpu_name()}, torch threads "
               f"{args.threads or 'default'}; total {total / 60:.1f} min" +
               (" (evaluation only)" if args.evaluate_only else "") + ".")
     write_csv(args.csv, rows)
