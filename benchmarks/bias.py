@@ -328,6 +328,30 @@ def cpu_name():
     return platform.machine()
 
 
+def report(args, rows, first, minutes, done):
+    """Write the CSV, the markdown (printed, and into --out) and the figure for the seeds done; returns whether every
+    check held. Called after every seed, so a run cut short leaves its finished seeds reported."""
+    left = [k for k in args.seeds if k not in done]
+    config = (f"Configuration: classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} "
+              f"training and {args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, "
+              f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
+              f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
+              f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
+              f"{args.explainer}, alternatives {','.join(args.alternatives) or 'none'} (RRR lambda "
+              f"{args.rrr_lambda:g}), seeds {','.join(map(str, done))}" +
+              (f" (seeds {','.join(map(str, left))} not run yet)" if left else "") +
+              f"; {cpu_name()}, torch threads {args.threads or 'default'}; total {minutes:.1f} min" +
+              (" (evaluation only)" if args.evaluate_only else "") + ".")
+    write_csv(args.csv, rows)
+    block, held = markdown(read_csv(args.csv), config)
+    print(block, flush=True)
+    figure(args.figure, first[1], first[0], args)
+    if args.out:
+        write_markdown(args.out, block)
+    print(f"wrote {args.csv}, {args.figure}" + (f" and {args.out}" if args.out else ""), flush=True)
+    return held
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -335,31 +359,17 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows, first = [], None
+    rows, first, done, held = [], None, [], False
     for seed in args.seeds:
         mine, maps, sets = run_seed(args, seed)
         rows += mine
         first = first or (maps, sets)
+        done.append(seed)
+        if rows:
+            held = report(args, rows, first, (time.perf_counter() - start) / 60, done)
     if not rows:
         print(f"bias.py: nothing to report under {args.work}", file=sys.stderr)
         return 2
-    total = time.perf_counter() - start
-    config = (f"Configuration: classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} "
-              f"training and {args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, "
-              f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
-              f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
-              f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
-              f"{args.explainer}, alternatives {','.join(args.alternatives) or 'none'} (RRR lambda {args.rrr_lambda:g}), seeds "
-              f"{','.join(map(str, args.seeds))}; {cpu_name()}, torch threads "
-              f"{args.threads or 'default'}; total {total / 60:.1f} min" +
-              (" (evaluation only)" if args.evaluate_only else "") + ".")
-    write_csv(args.csv, rows)
-    block, held = markdown(read_csv(args.csv), config)
-    print(block)
-    figure(args.figure, first[1], first[0], args)
-    if args.out:
-        write_markdown(args.out, block)
-    print(f"wrote {args.csv}, {args.figure}" + (f" and {args.out}" if args.out else ""))
     if not held:
         print("bias.py: an acceptance check failed (see above)", file=sys.stderr)
     return 0 if held else 1
