@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 import lrpgraph

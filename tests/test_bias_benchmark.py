@@ -85,7 +85,7 @@ def test_bias_benchmark_runs_and_reports_what_onnxruntime_measures(tmp_path, cap
     work, out, figure = tmp_path / "work", tmp_path / "bias.md", tmp_path / "bias.png"
     out.write_text(f"# kept above\n\n{BEGIN}\nold table\n{END}\n\nkept below\n")
     code = load_script().main(["--quick", "--variants", "stochastic", "--alternatives", "rrr,segmenter,untrained",
-                               "--seeds", "0", "--train-per-class", "50", "--test-per-class", "10", "--epochs", "3",
+                               "--seeds", "0", "--train-per-class", "40", "--test-per-class", "10", "--epochs", "2",
                                "--examples", "2", "--threads", "1", "--work", str(work), "--csv",
                                str(tmp_path / "bias.csv"), "--out", str(out), "--figure", str(figure)])
     printed = capsys.readouterr().out
