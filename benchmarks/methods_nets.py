@@ -4,7 +4,8 @@ Data: Fashion-MNIST garments (lrpgraph.datasets, no artefact: mode unbiased) on 
 RGB by a per-image tint (each channel scaled by its own factor in [0.6, 1.0], drawn from the seed), in [0, 1].
 Networks (torch, 3 x 64 x 64 in, one logit per class), trained with cross-entropy, Adam, batch 32:
 
-  vgg        3 x (two Conv3x3-ReLU, MaxPool), dense 128, ReLU, dense
+  vgg        3 x (two Conv3x3-BN-ReLU, MaxPool), dense 128, ReLU, dense (as vgg16_bn; without BatchNorm this small
+             VGG stayed at chance level on this budget)
   resnet     Conv-BN-ReLU stem, three basic residual blocks (16, 32, 64 channels, stride 1, 2, 2), GAP, dense
   mobilenet  Conv-BN-ReLU6 stem (stride 2), four depthwise separable blocks (dw3x3-BN-ReLU6, pw1x1-BN-ReLU6), GAP, dense
   densenet   Conv stem, two dense blocks of three BN-ReLU-Conv3x3 layers (growth 12, concatenated) with a
@@ -71,8 +72,7 @@ def build(name, classes, seed):
     if name == "vgg":
         layers, a = [], 3
         for b in (16, 32, 64):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += conv_bn(a, b) + conv_bn(b, b) + [nn.MaxPool2d(2)]
             a = b
         net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, classes))
     elif name == "resnet":
