@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bias_alternatives  # noqa: E402
 from bias_alternatives import ALTERNATIVES, RRR_LAMBDA  # noqa: E402
-from bias_report import markdown, read_csv, write_csv, write_markdown  # noqa: E402
+from bias_report import accuracy_figure, markdown, read_csv, write_csv, write_markdown  # noqa: E402
 
 VARIANTS = ("original", "dual", "selective", "stochastic")
 QUICK = {"classes": "0,1,5,8", "size": 36, "train_per_class": 400, "test_per_class": 100, "widths": "16,32",
@@ -333,6 +333,12 @@ def cpu_name():
     return platform.machine()
 
 
+def accuracy_path(figure_path):
+    """Where the accuracy bars go: beside the heatmap figure, FIGURE_accuracy.png."""
+    path = Path(figure_path)
+    return path.with_name(f"{path.stem}_accuracy.png")
+
+
 def report(args, rows, first, minutes, done):
     """Write the CSV, the markdown (printed, and into --out) and the figure for the seeds done; returns whether every
     check held. Called after every seed, so a run cut short leaves its finished seeds reported."""
@@ -351,9 +357,11 @@ def report(args, rows, first, minutes, done):
     block, held = markdown(read_csv(args.csv), config)
     print(block, flush=True)
     figure(args.figure, first[1], first[0], args)
+    accuracy_figure(read_csv(args.csv), accuracy_path(args.figure), len(args.classes))
     if args.out:
         write_markdown(args.out, block)
-    print(f"wrote {args.csv}, {args.figure}" + (f" and {args.out}" if args.out else ""), flush=True)
+    print(f"wrote {args.csv}, {args.figure}, {accuracy_path(args.figure)}" + (f" and {args.out}" if args.out else ""),
+          flush=True)
     return held
 
 

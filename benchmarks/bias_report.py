@@ -1,6 +1,6 @@
 """The bias benchmark's per-seed CSV and the markdown built from it (benchmarks/bias.py writes both).
 
-    python benchmarks/bias_report.py docs/bias.csv --out docs/bias.md     # rebuild the tables from the CSV
+    python benchmarks/bias_report.py docs/bias.csv --out docs/bias.md --figure docs/bias_accuracy.png  # from the CSV
 
 The CSV has one row per (seed, model): accuracies in % on the biased, unbiased, confounded and out-of-distribution
 (ood) test sets (acc_*), background relevance fraction (bg_*) and pointing game (pg_*) of the evaluated heatmaps,
@@ -123,6 +123,38 @@ def markdown(rows: list[dict], note: str = "") -> tuple[str, bool]:
     return "\n".join(lines), held
 
 
+def accuracy_figure(rows: list[dict], path, classes: int | None = None) -> None:
+    """Bars of the mean accuracy per model and test set, with the standard deviation over the seeds (from the CSV);
+    with the number of classes, a dotted line at chance level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = stats(rows)
+    sets = SETS + (("ood",) if "acc_ood" in rows[0] else ())
+    fig, ax = plt.subplots(figsize=(1.1 * len(s) + 1.5, 3.2))
+    width = 0.8 / len(sets)
+    for k, name in enumerate(sets):
+        means = [s[m][f"acc_{name}"][0] for m in s]
+        spreads = [s[m][f"acc_{name}"][1] for m in s]
+        ax.bar(np.arange(len(s)) + (k - (len(sets) - 1) / 2) * width, means, width, yerr=spreads, capsize=2,
+               label=name)
+    if classes:
+        ax.axhline(100 / classes, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xticks(np.arange(len(s)), list(s), fontsize=7)
+    ax.set_ylabel("test accuracy (%)", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=len(sets), loc="upper center", bbox_to_anchor=(0.5, 1.16))
+    seeds = sorted({int(r["seed"]) for r in rows})
+    chance = f"; dotted: chance ({classes} classes)" if classes else ""
+    ax.set_title(f"mean ± std over seeds {', '.join(map(str, seeds))}{chance}", fontsize=7, y=1.13)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def write_markdown(path, block: str) -> None:
     """Replace the generated block of path (between BEGIN and END), or write path as the block alone."""
     path = Path(path)
@@ -141,11 +173,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", help="the per-seed CSV benchmarks/bias.py wrote")
     p.add_argument("--out", help="markdown file whose generated block to replace (default: print it)")
+    p.add_argument("--figure", help="PNG: the accuracy bars per model and test set (accuracy_figure)")
     args = p.parse_args(argv)
     if not Path(args.csv).is_file():
         print(f"bias_report: {args.csv} does not exist; run benchmarks/bias.py first", file=sys.stderr)
         return 2
     block, held = markdown(read_csv(args.csv))
+    if args.figure:
+        accuracy_figure(read_csv(args.csv), args.figure)
     if args.out:
         write_markdown(args.out, block)
     else:
