@@ -91,7 +91,7 @@ def test_bias_benchmark_runs_and_reports_what_onnxruntime_measures(tmp_path, cap
     printed = capsys.readouterr().out
     for row in ("plain", "oracle", "stochastic", "rrr", "segmenter", "untrained"):
         assert f"| {row} |" in printed
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure.read_bytes()[:8] == (tmp_path / "bias_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = read_csv(tmp_path / "bias.csv")
     block, held = markdown(rows)
     assert code == 1 and not held
