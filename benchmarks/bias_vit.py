@@ -293,6 +293,27 @@ def draw(path, data, panels, examples, title):
     plt.close(fig)
 
 
+def figures(args, work, first):
+    """--figure (each row's heatmaps on confounded images) and --vit-figure (plain and oracle, cp-lrp and attn-lrp
+    on biased images), from the first seed."""
+    seed = args.seeds[0]
+    if args.figure:
+        conf = test_sets(args, seed)["confounded"]
+        panels = [(row, *maps["confounded"]) for row, maps in first.items()]
+        draw(args.figure, conf, panels, args.examples,
+             f"{args.explainer} heatmaps of the predicted class on confounded test images (seed {seed})")
+    if args.vit_figure:
+        biased = test_sets(args, seed)["biased"]
+        panels = []
+        for row in [r for r in ("plain", "oracle") if r in args.rows]:
+            for composite in ("cp-lrp", "attn-lrp"):
+                logits, relevance = Explained(work / f"seed{seed}" / row / "model.onnx", composite, args.threads)(
+                    biased.images[:args.examples])
+                panels.append((f"{row}\n{composite}", logits.argmax(1), relevance))
+        draw(args.vit_figure, biased, panels, args.examples,
+             "small ViT, heatmaps of the predicted class in onnxruntime (biased test images)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -340,22 +361,7 @@ def main(argv=None):
     print(text)
     if args.out:
         write_markdown(args.out, text)
-    seed = args.seeds[0]
-    if args.figure:
-        conf = test_sets(args, seed)["confounded"]
-        panels = [(row, *maps["confounded"]) for row, maps in first.items()]
-        draw(args.figure, conf, panels, args.examples,
-             f"{args.explainer} heatmaps of the predicted class on confounded test images (seed {seed})")
-    if args.vit_figure:
-        biased = test_sets(args, seed)["biased"]
-        panels = []
-        for row in [r for r in ("plain", "oracle") if r in args.rows]:
-            for composite in ("cp-lrp", "attn-lrp"):
-                logits, relevance = Explained(work / f"seed{seed}" / row / "model.onnx", composite, args.threads)(
-                    biased.images[:args.examples])
-                panels.append((f"{row}\n{composite}", logits.argmax(1), relevance))
-        draw(args.vit_figure, biased, panels, args.examples,
-             "small ViT, heatmaps of the predicted class in onnxruntime (biased test images)")
+    figures(args, work, first)
     print(f"wrote {args.csv}" + "".join(f", {p}" for p in (args.out, args.figure, args.vit_figure) if p))
     return held
 
