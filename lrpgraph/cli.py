@@ -14,7 +14,7 @@ from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import RuleOptions
-from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, metric_table, scale_options
+from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
 
 COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
@@ -220,12 +220,9 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
     check_output_dir(out_dir, "--out")
-    if is_bulk(bulk, inputs) or masks_dir is not None:
-        kw = dict(bulk, target=target, cmap=cmap, formats=formats, batch_size=batch_size, threads=threads,
-                  provider=None if provider == "auto" else provider, quiet=quiet)
-        preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
-        summary = explain_bulk(model, inputs, out_dir, kw, preprocess, masks_dir)
-        sys.exit(1 if summary["errors"] or not summary["inputs"] else 0)
+    if is_bulk(bulk, inputs) or masks_dir is not None:  # lrpgraph/scale/cli.py; exits
+        explain_bulk(click.get_current_context().params, _preprocess(resize, crop, mean, std, mode, channel_order,
+                                                                     scale))
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
     if session.tokens:  # a text model: token ids from .npy / .jsonl files, one coloured-token page
         from lrpgraph.runtime.tokens import explain_token_files
@@ -349,12 +346,8 @@ def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_d
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
 
     check_output_dir(out_dir, "--out")
-    if is_bulk(bulk, data):
-        kw = dict(bulk, provider=None if provider == "auto" else provider, threads=threads, batch_size=batch_size,
-                  step=step, fill=fill)
-        summary = evaluate_bulk(model, data, out_dir, kw, parse_metrics(metrics), masks_dir)
-        click.echo(format_table(metric_table(summary), summary["inputs"]))
-        sys.exit(1 if summary["errors"] else 0)
+    if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits
+        evaluate_bulk(click.get_current_context().params)
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
                             provider=None if provider == "auto" else provider, threads=threads)

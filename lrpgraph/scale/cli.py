@@ -3,6 +3,7 @@ the commands' bulk path. Only click is imported here; lrpgraph.scale and its eng
 starts, so the commands without these options need neither pyarrow nor ray."""
 
 import os
+import sys
 from collections.abc import Callable
 
 import click
@@ -55,24 +56,30 @@ def is_bulk(kw: dict, inputs: tuple) -> bool:
     return bulk
 
 
-def run_bulk(model: str, inputs: tuple, out_dir: str, kw: dict, options: object, masks_dir: str | None,
-             quiet: bool) -> dict:
-    """Run the bulk job the options describe; print its summary on stderr; return it."""
+def run_bulk(params: dict, options: object, quiet: bool) -> dict:
+    """Run the bulk job the command's parameters describe; print its summary on stderr; return it."""
     from lrpgraph import scale
     from lrpgraph.scale.output import format_summary
 
-    columns = {"image": kw["image_column"], "mask": kw["masks_column"], "target": kw["target_column"]}
-    summary = scale.run(list(inputs), model, out_dir, options, engine=kw["engine"], workers=kw["workers"],
-                        address=kw["address"], gpus_per_worker=kw["gpus_per_worker"], resume=kw["resume"],
-                        progress=not quiet, columns=columns, masks_dir=masks_dir)
+    out_dir = params["out_dir"]
+    columns = {"image": params["image_column"], "mask": params["masks_column"], "target": params["target_column"]}
+    summary = scale.run(list(params.get("inputs") or params["data"]), params["model"], out_dir, options,
+                        engine=params["engine"], workers=params["workers"], address=params["address"],
+                        gpus_per_worker=params["gpus_per_worker"], resume=params["resume"], progress=not quiet,
+                        columns=columns, masks_dir=params["masks_dir"])
     click.echo(format_summary(summary), err=True)
     click.echo(f"wrote {os.path.join(out_dir, 'rows')}, {os.path.join(out_dir, 'errors')} and "
                f"{os.path.join(out_dir, 'summary.json')}", err=True)
     return summary
 
 
-def explain_bulk(model: str, inputs: tuple, out_dir: str, kw: dict, preprocess: dict, masks_dir: str | None) -> dict:
-    """`lrpgraph explain` as a bulk job: heatmaps (and PNGs with an explicit --format png) in Parquet."""
+def _provider(params):
+    return None if params["provider"] == "auto" else params["provider"]
+
+
+def explain_bulk(params: dict, preprocess: dict) -> None:
+    """`lrpgraph explain` as a bulk job: heatmaps (and PNGs with an explicit --format png) in Parquet; exits
+    with 1 when an input failed."""
     from lrpgraph.cli_checks import flag, given
     from lrpgraph.scale import JobOptions
 
@@ -81,26 +88,33 @@ def explain_bulk(model: str, inputs: tuple, out_dir: str, kw: dict, preprocess: 
     if refused:
         raise LrpgraphError(f"{flag(refused[0]).replace('json-out', 'json')} does not apply to bulk runs (Parquet "
                             "output); leave it out, or drop --parquet / --engine ray")
-    formats = [f.strip().lower() for f in kw["formats"].split(",") if f.strip()]
+    formats = [f.strip().lower() for f in params["formats"].split(",") if f.strip()]
     if any(f not in ("png", "npy") for f in formats) or not formats:
-        raise LrpgraphError(f"unknown output format {kw['formats']!r}; use png, npy or png,npy")
-    options = JobOptions(target=kw["target"], provider=kw["provider"], threads=kw["threads"],
-                         batch_size=kw["batch_size"], dtype=kw["relevance_dtype"],
-                         png="formats" in chosen and "png" in formats, cmap=kw["cmap"], preprocess=preprocess or None)
-    return run_bulk(model, inputs, out_dir, kw, options, masks_dir, kw["quiet"])
+        raise LrpgraphError(f"unknown output format {params['formats']!r}; use png, npy or png,npy")
+    options = JobOptions(target=params["target"], provider=_provider(params), threads=params["threads"],
+                         batch_size=params["batch_size"], dtype=params["relevance_dtype"],
+                         png="formats" in chosen and "png" in formats, cmap=params["cmap"],
+                         preprocess=preprocess or None)
+    summary = run_bulk(params, options, params["quiet"])
+    sys.exit(1 if summary["errors"] else 0)
 
 
-def evaluate_bulk(model: str, data: tuple, out_dir: str, kw: dict, metrics: list, masks_dir: str | None) -> dict:
-    """`lrpgraph evaluate` as a bulk job: the metrics per image in Parquet (no heatmaps stored)."""
+def evaluate_bulk(params: dict) -> None:
+    """`lrpgraph evaluate` as a bulk job: the metrics per image in Parquet (no heatmaps stored), the table of
+    means on stdout; exits with 1 when an input failed."""
+    from lrpgraph.runtime.evaluate import format_table, parse_metrics
     from lrpgraph.scale import JobOptions
 
+    metrics = parse_metrics(params["metrics"])
     needs = [m for m in metrics if m in ("background", "pointing")]
-    if needs and masks_dir is None and not kw["masks_column"]:
+    if needs and params["masks_dir"] is None and not params["masks_column"]:
         raise LrpgraphError(f"metric(s) {', '.join(needs)} need --masks DIR or --masks-column (a mask per image)")
-    options = JobOptions(provider=kw["provider"], threads=kw["threads"], batch_size=kw["batch_size"],
+    options = JobOptions(provider=_provider(params), threads=params["threads"], batch_size=params["batch_size"],
                          heatmaps=False, metrics=tuple(m for m in metrics if m not in ("background", "pointing")),
-                         step=kw["step"], fill=kw["fill"])
-    return run_bulk(model, data, out_dir, kw, options, masks_dir, False)
+                         step=params["step"], fill=params["fill"])
+    summary = run_bulk(params, options, False)
+    click.echo(format_table(metric_table(summary), summary["inputs"]))
+    sys.exit(1 if summary["errors"] else 0)
 
 
 def metric_table(summary: dict) -> dict:

@@ -26,7 +26,7 @@ FILES_PER_UNIT = 256
 NO_TARGET = -1
 
 
-def pyarrow():
+def pyarrow() -> object:
     """The pyarrow module, or a one-line error naming the extra that installs it."""
     try:
         import pyarrow as pa
