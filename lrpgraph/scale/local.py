@@ -14,7 +14,7 @@ from lrpgraph.scale.worker import Explainer
 def record_batches(source: Source, skip: frozenset, batch_size: int) -> Iterator:
     """The records of source, skip left out, in tables of at most batch_size rows."""
     read = source.reader()
-    for unit in source.units():
+    for unit in source.units(batch_size):
         yield from slices(read(unit, skip), batch_size)
 
 

@@ -46,6 +46,7 @@ class Output:
         self.pending = {table: [] for table in TABLES}
         self.parts = {table: 0 for table in TABLES}
         self.duplicates = 0
+        self.schemas = {}  # {table: pyarrow schema} of the tables seen
         for table in TABLES:
             (self.out_dir / table).mkdir(parents=True, exist_ok=True)
             for stale in (self.out_dir / table).glob(".part-*.tmp"):  # left by a job that was killed
@@ -66,17 +67,18 @@ class Output:
             table = table.take(pa.array(keep, type=pa.int64()))
         good, bad = rows.split(table)
         for name, part in (("rows", good), ("errors", bad)):
+            self.schemas[name] = part.schema
             if part.num_rows:
                 self.pending[name].append(part)
                 if sum(t.num_rows for t in self.pending[name]) >= ROWS_PER_PART:
                     self._flush(name)
         return good, bad
 
-    def _flush(self, name):
+    def _flush(self, name, empty=False):
         pa, pending = pyarrow(), self.pending[name]
-        if not pending:
+        if not pending and not empty:
             return
-        table = pa.concat_tables(pending)
+        table = pa.concat_tables(pending) if pending else self.schemas[name].empty_table()
         folder = self.out_dir / name
         temporary = folder / f".part-{self.run}-{self.parts[name]:05d}.tmp"
         pa.parquet.write_table(table, temporary)
@@ -85,9 +87,11 @@ class Output:
         self.pending[name] = []
 
     def close(self) -> None:
-        """Write what is pending."""
+        """Write what is pending; a table without any part gets an empty one, so that it reads back with its
+        columns."""
         for name in TABLES:
-            self._flush(name)
+            folder = self.out_dir / name
+            self._flush(name, empty=name in self.schemas and not any(folder.glob("part-*.parquet")))
 
 
 class Summary:

@@ -45,7 +45,6 @@ def connect(address: str | None, workers: int, cpus_per_worker: float) -> bool:
         cpus = max(os.cpu_count() or 1, int(workers * cpus_per_worker + 1))
         ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE, include_dashboard=False,
                  log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar for both engines
     return True
 
 
@@ -80,7 +79,7 @@ def explain(ds: object, model: object, batch_size: int = 32, concurrency: int = 
 def records(source: Source, skip: frozenset, batch_size: int) -> object:
     """The records of source as a ray Dataset (one read task per unit, a block per batch)."""
     ray = ray_module()
-    units = source.units()
+    units = source.units(batch_size)
     items = ray.data.from_items([{"unit": unit} for unit in units], override_num_blocks=max(1, len(units)))
     return items.map_batches(_ReadUnits(source.reader(), skip, batch_size), batch_size=1, batch_format="pyarrow",
                              num_cpus=READ_CPUS)
@@ -91,6 +90,7 @@ def tables(source: Source, model: str, options: JobOptions, skip: frozenset, wor
     """Output tables as the actors finish them; the cluster started here is shut down at the end."""
     ray = ray_module()
     started = connect(address, workers, float(options.threads or 1))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar for both engines
     try:
         shipped = model
         if address:  # the workers may not see the driver's files: ship the model's bytes

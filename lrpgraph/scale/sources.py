@@ -5,7 +5,9 @@ A record has the columns of RECORD_COLUMNS: `id` (the image's path as found, or 
 else `<file>#<row>`), `path` (an image file to read, or null), `image` (encoded bytes, or null), `mask_path`
 / `mask` (the same for its mask), `target` (a class index, -1 for none) and `problem` (why the record
 cannot be explained, found while reading: an unreadable Parquet file, a missing mask). The inputs are cut into units
-(a chunk of image files, or one Parquet file); read_unit turns one unit into a pyarrow table of records.
+(batch_size image files, or one row group of a Parquet file); a Reader turns one unit into a pyarrow table of
+records. Units are what Ray spreads over its workers, so Parquet inputs are best written with row groups of a
+few hundred records (pyarrow.parquet.write_table(..., row_group_size=256)).
 Both engines read the same units with the same function: the local engine in its own process, the Ray
 engine in Ray tasks, so the files must be readable where the tasks run (a shared file system on a cluster).
 An unreadable Parquet file becomes one record whose id is the file and whose image is null, so the
@@ -22,7 +24,6 @@ from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images
 
 RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
-FILES_PER_UNIT = 256
 NO_TARGET = -1
 
 
@@ -96,11 +97,22 @@ class Source:
         if self.parquet:
             pyarrow()
 
-    def units(self) -> list:
-        """The read units as JSON strings (each names a chunk of image files or one Parquet file)."""
-        units = [json.dumps({"files": self.images[s:s + FILES_PER_UNIT]})
-                 for s in range(0, len(self.images), FILES_PER_UNIT)]
-        return units + [json.dumps({"parquet": f}) for f in self.parquet]
+    def units(self, batch_size: int) -> list:
+        """The read units as JSON strings: batch_size image files, or a Parquet file's row group (with the
+        file's row number of its first record; an unreadable file is one unit)."""
+        units = [json.dumps({"files": self.images[s:s + batch_size]})
+                 for s in range(0, len(self.images), batch_size)]
+        for file in self.parquet:
+            try:
+                groups = pyarrow().parquet.ParquetFile(file).metadata
+                sizes = [groups.row_group(g).num_rows for g in range(groups.num_row_groups)]
+            except Exception:  # unreadable: the reader makes it one error record
+                sizes = [0]
+            first = 0
+            for group, size in enumerate(sizes):
+                units.append(json.dumps({"parquet": file, "group": group, "first": first}))
+                first += size
+        return units
 
     def count(self) -> int:
         """How many records the inputs hold (Parquet row counts from the files' footers)."""
@@ -128,7 +140,7 @@ class Reader:
     def __call__(self, unit: str, skip: frozenset = frozenset()) -> object:
         pa = pyarrow()
         spec = json.loads(unit)
-        records = self._files(spec["files"]) if "files" in spec else self._parquet(spec["parquet"])
+        records = self._files(spec["files"]) if "files" in spec else self._parquet(**spec)
         table = pa.Table.from_pydict(records, schema=record_schema())
         if skip:
             keep = [i for i, key in enumerate(records["id"]) if key not in skip]
@@ -156,11 +168,11 @@ class Reader:
                 return str(candidate)
         return None
 
-    def _parquet(self, file):
-        pq = pyarrow().parquet
+    def _parquet(self, parquet, group, first):
+        pq, file = pyarrow().parquet, parquet
         records = _empty()
         try:
-            table = pq.read_table(file)
+            table = pq.ParquetFile(file).read_row_group(group)
         except Exception as error:  # a broken file: one error record, the job goes on
             records["id"].append(file)
             _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET,
@@ -173,7 +185,7 @@ class Reader:
             raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
                                 "(choose with --image-column, --masks-column, --target-column)")
         ids = table.column(self.columns["id"]).to_pylist() if self.columns["id"] in names else [None] * n
-        records["id"] = [str(key) if key is not None else f"{file}#{row}" for row, key in enumerate(ids)]
+        records["id"] = [str(key) if key is not None else f"{file}#{first + row}" for row, key in enumerate(ids)]
         records["image"] = table.column(self.columns["image"]).to_pylist()
         records["mask"] = (table.column(self.columns["mask"]).to_pylist() if self.columns["mask"] else [None] * n)
         targets = table.column(self.columns["target"]).to_pylist() if self.columns["target"] else [None] * n
