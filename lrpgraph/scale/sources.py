@@ -94,8 +94,22 @@ class Source:
         if not self.images and not self.parquet:
             raise LrpgraphError(f"no image or Parquet files found in {', '.join(map(str, inputs))}; give files or "
                                 f"folders with {', '.join(IMAGE_EXTENSIONS)}, or .parquet files")
-        if self.parquet:
-            pyarrow()
+        for file in self.parquet:
+            self._check_columns(file)
+
+    def _check_columns(self, file):
+        """Refuse a readable Parquet file that lacks a named column (an unreadable one becomes an error record)."""
+        try:
+            names = pyarrow().parquet.read_schema(file).names
+        except LrpgraphError:
+            raise
+        except Exception:
+            return
+        missing = [c for c in (self.columns["image"], self.columns["mask"], self.columns["target"])
+                   if c is not None and c not in names]
+        if missing:
+            raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
+                                "(choose with --image-column, --masks-column, --target-column)")
 
     def units(self, batch_size: int) -> list:
         """The read units as JSON strings: batch_size image files, or a Parquet file's row group (with the
