@@ -1,7 +1,8 @@
 """The local engine (the default): the read units and the Explainer of the Ray engine, run in this process.
 
 Records are read unit by unit (sources.Reader) and explained batch_size at a time by one Explainer
-(one ExplainSession); the next batch is read and decoded in a thread while the current one runs.
+(one ExplainSession); the next batch is read and decoded (Explainer.prepare) in a thread while the current one
+runs (Explainer.finish): onnxruntime and PIL's decoders release the GIL, so the two overlap.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,18 @@ def record_batches(source: Source, skip: frozenset, batch_size: int) -> Iterator
 
 
 def tables(source: Source, explainer: Explainer, skip: frozenset, batch_size: int) -> Iterator:
-    """Output tables (rows.schema), one per batch; the next batch is read while one is explained."""
+    """Output tables (rows.schema), one per batch; the next batch is prepared while one is explained."""
     batches = record_batches(source, skip, batch_size)
+
+    def prepare_next():
+        batch = next(batches, None)
+        return None if batch is None else explainer.prepare(batch)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = pool.submit(next, batches, None)
+        waiting = pool.submit(prepare_next)
         while True:
-            batch = waiting.result()
-            if batch is None:
+            prepared = waiting.result()
+            if prepared is None:
                 return
-            waiting = pool.submit(next, batches, None)
-            yield explainer(batch)
+            waiting = pool.submit(prepare_next)
+            yield explainer.finish(prepared)

@@ -113,6 +113,11 @@ class Explainer:
         return found
 
     def __call__(self, batch: object) -> object:
+        return self.finish(self.prepare(batch))
+
+    def prepare(self, batch: object) -> dict:
+        """Load and decode the records of a batch: {"ids", "loaded" {i: (array, mask, target)}, "failed"
+        {i: message}, "seconds"}. The local engine prepares the next batch while finish runs this one."""
         started = time.perf_counter()
         found = self.records(batch)
         ids, loaded, failed = found["id"], {}, {}
@@ -123,16 +128,21 @@ class Explainer:
                 failed[i] = str(error)
             except Exception as error:  # an odd record must not stop the job; the message names it
                 failed[i] = f"cannot read {key}: {type(error).__name__}: {error}"
+        return {"ids": ids, "loaded": loaded, "failed": failed, "seconds": time.perf_counter() - started}
+
+    def finish(self, prepared: dict) -> object:
+        """The output table of a prepared batch; batch_seconds is the time spent preparing and finishing it."""
+        started = time.perf_counter()
+        ids, loaded, failed = prepared["ids"], prepared["loaded"], prepared["failed"]
         columns = self._explain(ids, loaded, failed)
-        seconds = time.perf_counter() - started
+        seconds = prepared["seconds"] + time.perf_counter() - started
         first = ids[0] if ids else ""
         good = [i for i in sorted(loaded) if i not in failed]
         columns.update(batch=[first] * len(good), batch_seconds=[seconds] * len(good))
-        pa = rows.pyarrow()
         ok = rows.build(self.schema, columns, len(good))
         bad = sorted(failed)
-        return pa.concat_tables([ok, rows.errors(self.schema, [ids[i] for i in bad], [failed[i] for i in bad],
-                                                 first, seconds)])
+        return rows.pyarrow().concat_tables([ok, rows.errors(self.schema, [ids[i] for i in bad],
+                                                             [failed[i] for i in bad], first, seconds)])
 
     def _load(self, found, i):
         """(input array, mask or None, target or None) of record i; LrpgraphError when it cannot be used."""
