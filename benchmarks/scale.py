@@ -2,7 +2,7 @@
 against plain ExplainSession calls, for the bundled demo model (28 x 28) and resnet18 at 224 x 224 (torchvision,
 random weights), on generated PNG files. Prints a markdown table (docs/scale.md).
 
-    python benchmarks/scale.py                                  # 2000 demo images, 64 resnet18 images
+    python benchmarks/scale.py                                  # 2000 demo images, 64 resnet18 images, best of 2
     python benchmarks/scale.py --demo-images 500 --resnet-images 32
 
 Runs, each over the same files, batch size --batch, epsilon-plus:
@@ -12,9 +12,10 @@ Runs, each over the same files, batch size --batch, epsilon-plus:
   ray, 1 worker    engine ray, one actor with 2 onnxruntime threads
   ray, 2 workers   engine ray, two actors with 1 thread each
 The Ray runs use one local cluster (3 logical CPUs, 200 MB object store) started before them; its start is
-printed apart. A Ray run's time includes starting its actors (each opens an ExplainSession), so the table also
-gives the time until the first output rows reach the driver and the rate after them. "over plain loop" is
-the run's seconds per image less the plain loop's, in ms.
+printed apart. A run's time includes its fixed costs (opening sessions; for Ray, starting the actors, each of
+which opens an ExplainSession), so each run is timed on the first half of the files and on all of them: the
+difference gives the time per image, the rest is the fixed cost. "per image over plain loop" is a run's time
+per image less the plain loop's, in ms.
 """
 
 import argparse
@@ -30,7 +31,6 @@ from PIL import Image
 
 import lrpgraph
 from lrpgraph import scale
-from lrpgraph.scale import output
 from lrpgraph.runtime import ExplainSession
 from lrpgraph.runtime.images import find_images, load_image
 
@@ -92,56 +92,53 @@ def plain_run(model: Path, files: list, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def engine_run(model: Path, folder: Path, out: Path, batch: int, engine: str, workers: int = 1,
-               threads: int | None = None) -> tuple:
-    """(seconds, seconds to the first output rows, rows in that first output) of one bulk run into out."""
+def engine_run(model: Path, files: list, out: Path, batch: int, engine: str, workers: int = 1,
+               threads: int | None = None) -> float:
+    """Seconds of one bulk run over files into out."""
     options = scale.JobOptions(batch_size=batch, threads=threads)
-    arrivals, add = [], output.Output.add
-
-    def timed_add(self, table):  # when each output table reaches the driver
-        arrivals.append((time.perf_counter(), table.num_rows))
-        return add(self, table)
-
-    output.Output.add = timed_add
-    try:
-        started = time.perf_counter()
-        summary = scale.run([folder], model, out, options, engine=engine, workers=workers, progress=False)
-        seconds = time.perf_counter() - started
-    finally:
-        output.Output.add = add
-    assert summary["errors"] == 0 and summary["duplicates"] == 0, summary
-    return seconds, arrivals[0][0] - started, arrivals[0][1]
+    started = time.perf_counter()
+    summary = scale.run(files, model, out, options, engine=engine, workers=workers, progress=False)
+    seconds = time.perf_counter() - started
+    assert summary["errors"] == 0 and summary["duplicates"] == 0 and summary["explained"] == len(files), summary
+    return seconds
 
 
-def measure(name: str, model: Path, folder: Path, work: Path, batch: int, ray_started: bool) -> list:
-    """Table rows (model, run, images, seconds) of one model."""
-    files = [f for f, _ in find_images([folder])]
-    found = [(name, "arrays", len(files), (arrays_run(model, files, batch), None, None)),
-             (name, "plain loop", len(files), (plain_run(model, files, batch), None, None)),
-             (name, "local", len(files), engine_run(model, folder, work / f"{name}-local", batch, "local"))]
+def runs(ray_started: bool) -> list:
+    """(run name, function (model, files, out, batch) -> seconds) of every run."""
+    found = [("arrays", lambda m, f, o, b: arrays_run(m, f, b)), ("plain loop", lambda m, f, o, b: plain_run(m, f, b)),
+             ("local", lambda m, f, o, b: engine_run(m, f, o, b, "local"))]
     if ray_started:
-        found.append((name, "ray, 1 worker", len(files),
-                      engine_run(model, folder, work / f"{name}-ray1", batch, "ray", 1, threads=2)))
-        found.append((name, "ray, 2 workers", len(files),
-                      engine_run(model, folder, work / f"{name}-ray2", batch, "ray", 2, threads=1)))
+        found += [("ray, 1 worker", lambda m, f, o, b: engine_run(m, f, o, b, "ray", 1, threads=2)),
+                  ("ray, 2 workers", lambda m, f, o, b: engine_run(m, f, o, b, "ray", 2, threads=1))]
+    return found
+
+
+def measure(name: str, model: Path, folder: Path, work: Path, batch: int, ray_started: bool, repeats: int) -> list:
+    """Table rows (model, run, n, seconds for n/2 images, seconds for n; each the least of repeats) of one model.
+    Each run first goes once over one batch, untimed (imports, first session)."""
+    files = [str(f) for f, _ in find_images([folder])]
+    half = files[:len(files) // 2]
+    found = []
+    for k, (run, call) in enumerate(runs(ray_started)):
+        call(model, files[:batch], work / f"{name}-{k}-warm", batch)
+        seconds = [min(call(model, chosen, work / f"{name}-{k}-{len(chosen)}-{r}", batch) for r in range(repeats))
+                   for chosen in (half, files)]
+        found.append((name, run, len(files), *seconds))
     return found
 
 
 def table(found: list) -> str:
-    """The markdown table. "after first rows": the images after the first output table over the time after it
-    (the steady rate, without starting actors); the overheads are against the plain loop of the same model."""
-    plain = {model: seconds / images for model, run, images, (seconds, _, _) in found if run == "plain loop"}
-    lines = ["| model | run | images | seconds | first rows after (s) | images/s | images/s after first rows "
-             "| over plain loop, all (ms/image) | over plain loop, after first rows (ms/image) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for model, run, images, (seconds, first, first_rows) in found:
-        cells = [model, run, str(images), f"{seconds:.2f}", "", f"{images / seconds:.1f}", "", "", ""]
-        if first is not None:
-            steady = (images - first_rows) / (seconds - first) if seconds > first else float("nan")
-            cells[4], cells[6] = f"{first:.2f}", f"{steady:.1f}"
-            cells[7] = f"{(seconds / images - plain[model]) * 1000:+.2f}"
-            cells[8] = f"{(1 / steady - plain[model]) * 1000:+.2f}"
-        lines.append("| " + " | ".join(cells) + " |")
+    """The markdown table. Each run is timed on n/2 and n images: the difference over n/2 is the time per
+    image, the rest the fixed cost (opening sessions, starting actors, writing the last part)."""
+    lines = ["| model | run | seconds, n/2 images | seconds, n images | images/s, n | fixed cost (s) "
+             "| per image (ms) | per image over plain loop (ms) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    slope = {(model, run): (full - half) / (n - n // 2) for model, run, n, half, full in found}
+    for model, run, n, half, full in found:
+        per_image = slope[(model, run)]
+        over = "" if run in ("arrays", "plain loop") else f"{(per_image - slope[(model, 'plain loop')]) * 1000:+.2f}"
+        lines.append(f"| {model} | {run} | {half:.2f} | {full:.2f} | {n / full:.1f} | {full - n * per_image:.2f} "
+                     f"| {per_image * 1000:.2f} | {over} |")
     return "\n".join(lines)
 
 
@@ -150,9 +147,10 @@ def main() -> None:
     parser.add_argument("--demo-images", type=int, default=2000)
     parser.add_argument("--resnet-images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="each time is the least of this many runs")
     parser.add_argument("--no-ray", action="store_true", help="only the local runs")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}; onnxruntime threads: all cores unless given")
+    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f} at the start (other processes share the cores)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         demo = work / "demo.lrp.onnx"
@@ -168,10 +166,12 @@ def main() -> None:
             print(f"local Ray cluster started in {time.perf_counter() - started:.1f} s (not in the table)")
         try:
             found = [row for name, model, folder in models
-                     for row in measure(name, model, folder, work, args.batch, ray is not None)]
+                     for row in measure(name, model, folder, work, args.batch, ray is not None, args.repeats)]
         finally:
             if ray is not None:
                 ray.shutdown()
+    print(f"n = {args.demo_images} demo and {args.resnet_images} resnet18 images, batch {args.batch}; load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(table(found))
 
 
