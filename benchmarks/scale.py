@@ -143,6 +143,7 @@ def table(found: list) -> str:
 
 
 def main() -> None:
+    """Build the models and images, time every run, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-images", type=int, default=2000)
     parser.add_argument("--resnet-images", type=int, default=64)

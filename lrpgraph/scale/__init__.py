@@ -14,12 +14,24 @@ import dataclasses
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.scale.worker import JobOptions
+
+if TYPE_CHECKING:
+    from lrpgraph.scale.worker import JobOptions
 
 ENGINES = ("local", "ray")
 
 __all__ = ["ENGINES", "JobOptions", "explain", "run"]
+
+
+def __getattr__(name):
+    if name == "JobOptions":  # loaded on first use: `lrpgraph --help` imports lrpgraph.scale.cli, not PIL
+        from lrpgraph.scale.worker import JobOptions
+
+        return JobOptions
+    raise AttributeError(f"module 'lrpgraph.scale' has no attribute {name!r}")
 
 
 def explain(ds: object, model: object, batch_size: int = 32, concurrency: int = 1, num_gpus: float = 0,
@@ -27,11 +39,12 @@ def explain(ds: object, model: object, batch_size: int = 32, concurrency: int = 
     """Output rows (lrpgraph.scale.rows) for a ray Dataset of images, e.g. ray.data.read_images(folder,
     include_paths=True); options are JobOptions fields (target, heatmaps, dtype, png, masks, metrics, ...)."""
     from lrpgraph.scale import ray_engine
+    from lrpgraph.scale.worker import JobOptions
 
     return ray_engine.explain(ds, model, batch_size, concurrency, num_gpus, JobOptions(**options))
 
 
-def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, options: JobOptions | None = None,
+def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, options: "JobOptions | None" = None,
         engine: str = "local", workers: int = 1, address: str | None = None, gpus_per_worker: float = 0,
         resume: bool = False, progress: bool = True, columns: dict | None = None,
         masks_dir: str | os.PathLike | None = None) -> dict:
@@ -41,7 +54,7 @@ def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, opti
 
     from lrpgraph.scale import local, output
     from lrpgraph.scale.sources import Source
-    from lrpgraph.scale.worker import Explainer, open_session
+    from lrpgraph.scale.worker import Explainer, JobOptions, open_session
 
     if engine not in ENGINES:
         raise LrpgraphError(f"unknown engine {engine!r}; use local or ray")

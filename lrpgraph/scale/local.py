@@ -24,6 +24,7 @@ def tables(source: Source, explainer: Explainer, skip: frozenset, batch_size: in
     batches = record_batches(source, skip, batch_size)
 
     def prepare_next():
+        """The next batch prepared, or None at the end."""
         batch = next(batches, None)
         return None if batch is None else explainer.prepare(batch)
 

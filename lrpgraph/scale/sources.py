@@ -41,6 +41,7 @@ def pyarrow() -> object:
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
+    """True for a .parquet / .pq name."""
     return str(path).lower().endswith(PARQUET_EXTENSIONS)
 
 
