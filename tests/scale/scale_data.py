@@ -1,4 +1,4 @@
-"""Generated data for the bulk-run tests: 28 x 28 garment-like images with masks, PNG bytes, ray processes."""
+"""Generated data for the bulk-run tests (28 x 28 garment-like images with masks, PNG bytes) and the processes a\nlocal Ray cluster started by this test process runs."""
 
 import io
 import os
@@ -38,14 +38,33 @@ def write_images(folder, count, seed=0, masks=True):
     return folder / "images", folder / "masks"
 
 
-def ray_processes():
-    """The pids of ray processes still alive (a test must leave none)."""
-    found = []
+def _parents():
+    """{pid: parent pid} of every process."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if command.startswith("ray::") or "raylet" in command or "gcs_server" in command:
-            found.append(int(pid))
+        found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def command(pid):
+    """The command line of pid ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root=None):
+    """The pids of every process below root (this process by default): a cluster ray.init starts here (its
+    gcs_server, raylet and workers), not one another test process started."""
+    parents, found, todo = _parents(), set(), [root or os.getpid()]
+    while todo:
+        pid = todo.pop()
+        children = [child for child, parent in parents.items() if parent == pid and child not in found]
+        found.update(children)
+        todo += children
     return found

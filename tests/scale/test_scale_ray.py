@@ -5,13 +5,12 @@ Python API on ray.data.read_images. The cluster is shut down at the end and no r
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from scale_data import ray_processes, write_images
+from scale_data import command, descendants, write_images
 from lrpgraph import scale
 from lrpgraph.scale import output
 
@@ -22,14 +21,18 @@ ray = pytest.importorskip("ray")  # the test extra installs it (lrpgraph[ray])
 def cluster():
     """A local cluster: 3 logical CPUs (two actors and the read tasks), a 200 MB object store, no dashboard."""
     ray.init(num_cpus=3, object_store_memory=200 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    started = descendants()
+    assert any("raylet" in command(p) for p in started)  # the cluster runs below this process
     try:
         yield ray
     finally:
+        started |= descendants()  # the cluster's processes, workers included, before it stops
         ray.shutdown()
         deadline = time.monotonic() + 20
-        while ray_processes() and time.monotonic() < deadline:
+        while [p for p in started if command(p)] and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not ray_processes(), "ray processes left running"
+        left = {p: command(p)[:60] for p in started if command(p)}
+        assert not left, f"processes left running: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +74,8 @@ def test_ray_parquet_equals_local_row_for_row(cluster, models, many, tmp_path):
 
 
 def actor_pids():
-    """The pids of the Explainer actors (Ray titles their processes ray::MapWorker(MapBatches(Explainer)))."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if command.startswith("ray::") and "Explainer" in command:
-            found.append(int(pid))
-    return found
+    """The pids of this cluster's Explainer actors (Ray titles them ray::MapWorker(MapBatches(Explainer)))."""
+    return sorted(p for p in descendants() if command(p).startswith("ray::") and "Explainer" in command(p))
 
 
 def test_killed_actor_job_completes_every_input_once(cluster, models, tmp_path, monkeypatch):
