@@ -2,7 +2,7 @@
 against plain ExplainSession calls, for the bundled demo model (28 x 28) and resnet18 at 224 x 224 (torchvision,
 random weights), on generated PNG files. Prints a markdown table (docs/scale.md).
 
-    python benchmarks/scale.py                                  # 2000 demo images, 64 resnet18 images, best of 2
+    python benchmarks/scale.py                                  # 10000 demo images, 64 resnet18 images, best of 2
     python benchmarks/scale.py --demo-images 500 --resnet-images 32
 
 Runs, each over the same files, batch size --batch, epsilon-plus:
@@ -145,7 +145,7 @@ def table(found: list) -> str:
 def main() -> None:
     """Build the models and images, time every run, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo-images", type=int, default=2000)
+    parser.add_argument("--demo-images", type=int, default=10000)
     parser.add_argument("--resnet-images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="each time is the least of this many runs")
