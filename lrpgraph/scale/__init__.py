@@ -75,6 +75,9 @@ def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, opti
 
         session = open_session(str(model), options)  # the model's errors are said here, before Ray starts
         found = ray_engine.tables(source, str(model), options, skip, workers, address, gpus_per_worker)
+    if (columns or {}).get("target") and session.target_input is None:
+        raise LrpgraphError(f"--target-column needs a model that takes a target; {session.name} was converted with "
+                            f"target {session.target_mode!r}: convert it with --target index (or seed)")
     total = source.count()
     writer, summary = output.Output(out_dir, skip), output.Summary(total, len(skip))
     bar = tqdm(total=max(0, total - len(skip)), unit="img", disable=not progress, file=sys.stderr)

@@ -166,7 +166,8 @@ class Explainer:
         return array, mask, target
 
     def _explain(self, ids, loaded, failed):
-        """Run the loaded records (those with their own target apart); fill failed with NaN heatmaps."""
+        """The columns of the loaded records (those with their own target run apart); a record whose heatmap or
+        logits are not finite moves to failed."""
         order = sorted(loaded)
         if not order:
             return {}

@@ -126,6 +126,10 @@ def test_bad_input_is_one_line(models, tmp_path):
     pq.write_table(pa.table({"picture": [b"x"]}), tmp_path / "d.parquet")
     with pytest.raises(LrpgraphError, match="has no column image"):
         scale.run([str(tmp_path / "d.parquet")], models["top"], tmp_path / "out", progress=False)
+    pq.write_table(pa.table({"image": [b"x"], "cls": [1]}), tmp_path / "t.parquet")
+    with pytest.raises(LrpgraphError, match="--target-column needs a model that takes a target"):
+        scale.run([str(tmp_path / "t.parquet")], models["top"], tmp_path / "out", columns={"target": "cls"},
+                  progress=False)
     with pytest.raises(LrpgraphError, match="unknown engine"):
         scale.run([str(tmp_path / "d.parquet")], models["top"], tmp_path / "out", engine="spark", progress=False)
     with pytest.raises(LrpgraphError, match="float32 or float16"):
