@@ -13,8 +13,8 @@ from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
 from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.fusion import fuse
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
+from lrpgraph.patterns import fuse
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
@@ -75,6 +75,7 @@ class Canonical:
     signal: set
     nonneg: set
     image_float: bool = True  # False: the explained input is token ids (its relevance is per token)
+    near_misses: list = field(default_factory=list)  # patterns.NearMiss: written-out blocks that did not fuse, why
 
 
 def canonicalize(model: onnx.ModelProto) -> Canonical:
@@ -92,12 +93,12 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
-    relevant = fuse(_on_path(nodes, logits, signal), inits)
-    _check_supported(relevant)
+    relevant, near_misses = fuse(_on_path(nodes, logits, signal), inits)
+    _check_supported(relevant, near_misses)
     units = _units(relevant, graph, inits, shapes, signal)
     _mark_first(units, image)
     return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
-                     _nonneg(units, inits), image_float)
+                     _nonneg(units, inits), image_float, near_misses)
 
 
 def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
@@ -178,7 +179,7 @@ def _on_path(nodes, logits, signal):
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
-def _check_supported(nodes):
+def _check_supported(nodes, near_misses):
     missing = {}
     for node in nodes:
         if not explainable(node):
@@ -187,7 +188,8 @@ def _check_supported(nodes):
         parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                           for op, names in sorted(missing.items()))
         raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}; "
-                                    "see `lrpgraph inspect` for coverage, or open an issue with the model")
+                                    "see `lrpgraph inspect` for coverage, or open an issue with the model"
+                                    + "".join(f"; not fused: {miss}" for miss in near_misses[:1]), near_misses)
 
 
 def _units(nodes, graph, inits, shapes, signal):
