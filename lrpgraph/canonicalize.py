@@ -14,7 +14,8 @@ from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
-from lrpgraph.patterns import fuse
+from lrpgraph.patterns.ends import embedding_indices, logits_of
+from lrpgraph.patterns.fusions import fuse
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
@@ -82,7 +83,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
     image, image_float = image_input(graph, inits)
-    logits, probabilities = _logits(graph)
+    logits, probabilities = logits_of(graph)
     logits = _flat_logits(model, logits, probabilities)
     shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
@@ -109,7 +110,7 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
             return info.name, True
-    embedded = {n.input[1] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    embedded = embedding_indices(graph, inits)
     tokens = [i for i in inputs if i.name in embedded and len(i.type.tensor_type.shape.dim) == 2
               and i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)]
     if tokens:
@@ -119,24 +120,6 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     raise LrpgraphError(f"the model has no float32 image input of rank >= 2 and no token ids [N, L] into an "
                         f"embedding table (inputs: {found}); export the classifier with a float32 input "
                         "[N, C, H, W] or int64 input_ids")
-
-
-def _logits(graph):
-    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it (also
-    as opset < 13 writes it once upgraded: Reshape(Softmax(Flatten(x)), Shape(x)), explained as Flatten(x))."""
-    producer = {o: n for n in graph.node for o in n.output}
-    name = graph.output[0].name
-    node = producer.get(name)
-    while node is not None and node.op_type == "Identity":
-        node = producer.get(node.input[0])
-    if node is not None and node.op_type == "Reshape":
-        inner = producer.get(node.input[0])
-        if inner is not None and is_kind(inner, "head") and getattr(producer.get(inner.input[0]), "op_type", "") \
-                == "Flatten":
-            node = inner
-    if node is not None and is_kind(node, "head"):
-        return node.input[0], True
-    return name, False
 
 
 def _flat_logits(model, logits, probabilities):

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.cli import main
-from lrpgraph.patterns import fuse
+from lrpgraph.patterns.fusions import fuse
 
 EPS = 1e-5
 
