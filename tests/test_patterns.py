@@ -90,3 +90,40 @@ def test_inspect_says_why_a_norm_read_inside_did_not_fuse(tmp_path):
     assert code == 2
     assert "not fused: LayerNorm at 'div': 'sq' (from Pow 'pow') is also read outside the pattern, by Add " \
            "'extra'" in output.splitlines()
+
+
+def chain(nodes, consts, out):
+    """A model of nodes reading x [2, 8] and the constants {name: value}, whose output out [2, 8] is the
+    explained tensor."""
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 8])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_an_rms_norm_by_reciprocal_fuses_with_no_near_miss():
+    """x * (1 / Sqrt(ReduceMean(x * x) + eps)) * w: the division 1 / Sqrt inside it, which alone would read as
+    an RMSNorm of the constant 1, is no near-miss once the whole fuses."""
+    n = helper.make_node
+    model = chain([n("Mul", ["x", "x"], ["sq"], name="sq"), n("ReduceMean", ["sq"], ["ms"], name="ms", axes=[-1]),
+                   n("Add", ["ms", "eps"], ["ms_eps"], name="add"), n("Sqrt", ["ms_eps"], ["rms"], name="sqrt"),
+                   n("Div", ["one", "rms"], ["inv"], name="inv"), n("Mul", ["x", "inv"], ["normed"], name="norm"),
+                   n("Mul", ["normed", "w"], ["y"], name="scale")],
+                  {"eps": EPS, "one": 1.0, "w": np.full(8, 2.0)}, "y")
+    canon = canonicalize(model)
+    assert [(u.op, u.inputs, u.outputs) for u in canon.units] == [("RMSNormalization", ["x", "w"], ["y"])]
+    assert canon.units[0].attrs["axes"] == [-1] and abs(canon.units[0].attrs["epsilon"] - EPS) < 1e-12
+    assert canon.near_misses == []
+
+
+def test_a_gelu_with_another_factor_is_a_near_miss():
+    """(1 + Erf(x / sqrt 2)) * x * 0.7 is not a GELU: the reason names the Mul and its factor."""
+    n = helper.make_node
+    model = chain([n("Div", ["x", "root2"], ["xs"], name="scaled"), n("Erf", ["xs"], ["e"], name="erf"),
+                   n("Add", ["e", "one"], ["e1"], name="plus_one"), n("Mul", ["e1", "x"], ["ex"], name="times_x"),
+                   n("Mul", ["ex", "c"], ["y"], name="times_c")],
+                  {"root2": np.sqrt(2.0), "one": 1.0, "c": 0.7}, "y")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes, near_misses = fuse(list(model.graph.node), inits)
+    assert [node.op_type for node in nodes] == ["Div", "Erf", "Add", "Mul", "Mul"]
+    assert near_misses == [("erf", "GELU", "Mul 'times_c' multiplies by 'c', not by x, 0.5 or x * 0.5 (x = 'x')")]
