@@ -13,8 +13,9 @@ from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
 from lrpgraph.converters.attention import attention_operand
 from lrpgraph.converters.linear import LinearLayer
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.fusion import fuse
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
+from lrpgraph.patterns.ends import embedding_indices, logits_of
+from lrpgraph.patterns.fusions import fuse
 from lrpgraph.windows import conv_output_padding, explicit_pads
 
 
@@ -75,13 +76,14 @@ class Canonical:
     signal: set
     nonneg: set
     image_float: bool = True  # False: the explained input is token ids (its relevance is per token)
+    near_misses: list = field(default_factory=list)  # patterns.NearMiss: written-out blocks that did not fuse, why
 
 
 def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = model.graph
     inits = Initializers(graph.initializer)
     image, image_float = image_input(graph, inits)
-    logits, probabilities = _logits(graph)
+    logits, probabilities = logits_of(graph)
     logits = _flat_logits(model, logits, probabilities)
     shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
@@ -92,12 +94,12 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
-    relevant = fuse(_on_path(nodes, logits, signal), inits)
-    _check_supported(relevant)
+    relevant, near_misses = fuse(_on_path(nodes, logits, signal), inits)
+    _check_supported(relevant, near_misses)
     units = _units(relevant, graph, inits, shapes, signal)
     _mark_first(units, image)
     return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
-                     _nonneg(units, inits), image_float)
+                     _nonneg(units, inits), image_float, near_misses)
 
 
 def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
@@ -108,7 +110,7 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
             return info.name, True
-    embedded = {n.input[1] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    embedded = embedding_indices(graph, inits)
     tokens = [i for i in inputs if i.name in embedded and len(i.type.tensor_type.shape.dim) == 2
               and i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)]
     if tokens:
@@ -118,24 +120,6 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     raise LrpgraphError(f"the model has no float32 image input of rank >= 2 and no token ids [N, L] into an "
                         f"embedding table (inputs: {found}); export the classifier with a float32 input "
                         "[N, C, H, W] or int64 input_ids")
-
-
-def _logits(graph):
-    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it (also
-    as opset < 13 writes it once upgraded: Reshape(Softmax(Flatten(x)), Shape(x)), explained as Flatten(x))."""
-    producer = {o: n for n in graph.node for o in n.output}
-    name = graph.output[0].name
-    node = producer.get(name)
-    while node is not None and node.op_type == "Identity":
-        node = producer.get(node.input[0])
-    if node is not None and node.op_type == "Reshape":
-        inner = producer.get(node.input[0])
-        if inner is not None and is_kind(inner, "head") and getattr(producer.get(inner.input[0]), "op_type", "") \
-                == "Flatten":
-            node = inner
-    if node is not None and is_kind(node, "head"):
-        return node.input[0], True
-    return name, False
 
 
 def _flat_logits(model, logits, probabilities):
@@ -178,7 +162,7 @@ def _on_path(nodes, logits, signal):
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
-def _check_supported(nodes):
+def _check_supported(nodes, near_misses):
     missing = {}
     for node in nodes:
         if not explainable(node):
@@ -187,7 +171,8 @@ def _check_supported(nodes):
         parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                           for op, names in sorted(missing.items()))
         raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}; "
-                                    "see `lrpgraph inspect` for coverage, or open an issue with the model")
+                                    "see `lrpgraph inspect` for coverage, or open an issue with the model"
+                                    + "".join(f"; not fused: {miss}" for miss in near_misses[:1]), near_misses)
 
 
 def _units(nodes, graph, inits, shapes, signal):

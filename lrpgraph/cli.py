@@ -168,6 +168,8 @@ def inspect(model: str, **kw) -> None:
     for op, count in sorted(counts.items()):
         mark = "ok" if op in RECORDS else "--" if error else "ok*"
         click.echo(f"  {mark:<3} {op:<22} {count}")
+    for miss in canon.near_misses if canon else getattr(error, "near_misses", []):
+        click.echo(f"not fused: {miss}")  # a written-out block (a norm) whose pattern check failed, and why
     if error:
         raise error
     plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),

@@ -23,6 +23,7 @@ from lrpgraph import targets
 from lrpgraph.convert import save
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.ort import onnxruntime as ort
+from lrpgraph.patterns.constants import is_constant
 
 if TYPE_CHECKING:
     from lrpgraph.train.importer import LrpModule
@@ -46,7 +47,7 @@ def _replace(model, module):
             init.CopyFrom(numpy_helper.from_array(_value(module, init.name, numpy_helper.to_array(init)), init.name))
             done.append(init.name)
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] in held and node.attribute[0].name == "value":
+        if is_constant(node) and node.output[0] in held and node.attribute[0].name == "value":
             old = numpy_helper.to_array(node.attribute[0].t)
             tensor = numpy_helper.from_array(_value(module, node.output[0], old), node.output[0])
             del node.attribute[:]
@@ -119,7 +120,7 @@ def write_back(module: "LrpModule", plain_onnx_path: str | os.PathLike, explaine
     plain, explained = onnx.load(os.fspath(plain_onnx_path)), onnx.load(os.fspath(explained_onnx_path))
     held = set(module.initializer_names())
     have = {i.name for i in explained.graph.initializer}
-    if held - have - {n.output[0] for n in explained.graph.node if n.op_type == "Constant"}:
+    if held - have - {n.output[0] for n in explained.graph.node if is_constant(n)}:
         raise LrpgraphError(f"{explained_onnx_path}: lacks initializers the module holds (e.g. "
                             f"{sorted(held - have)[:3]}); give the explained model the module was imported from")
     written = {"explained": len(_replace(explained, module)), "plain": len(_replace(plain, module))}
@@ -132,7 +133,7 @@ def write_back(module: "LrpModule", plain_onnx_path: str | os.PathLike, explaine
         reloaded = onnx.load(os.fspath(path))
         stored = {i.name: numpy_helper.to_array(i) for i in reloaded.graph.initializer}
         stored.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in reloaded.graph.node
-                       if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+                       if is_constant(n) and n.attribute and n.attribute[0].name == "value"})
         for name in held & set(stored):
             value = _value(module, name, stored[name])
             if stored[name].tobytes() != value.tobytes():
