@@ -72,7 +72,7 @@ def test_explain_session_and_cli_for_tokens(bert, tmp_path):
     from click.testing import CliRunner
 
     from lrpgraph.cli import main
-    from lrpgraph.convert import save
+    from lrpgraph.files import save
     from lrpgraph.errors import LrpgraphError
     from lrpgraph.runtime.session import ExplainSession
 
