@@ -66,7 +66,7 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     options, method_options = build_options(options, method_options, **option_values)
     source = read(model_or_path, image_size, webgpu)
     _refuse_converted(source)
-    canon = explained(source)
+    canon = canonical(source)
     request = Request(_explanations(explain, method, composite), target, rules, options, method_options, webgpu,
                       preprocess, labels, image_size)
     _check_request(source, canon, request)
@@ -110,7 +110,7 @@ def _refuse_converted(source):
                             f"'{done.logits_output or '?'}', without the relevance outputs) instead")
 
 
-def explained(source: Source) -> Canonical:
+def canonical(source: Source) -> Canonical:
     """The canonical view of what is explained (canonicalize), its logits checked to be [N, classes]."""
     canon = canonicalize(source.view)
     logits_shape = canon.shapes.get(canon.logits)
