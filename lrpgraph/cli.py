@@ -106,7 +106,8 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
             **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
-    from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
+    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
 
     specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
     check_ignored(given(), specs)
@@ -145,22 +146,23 @@ def _read_labels(path):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @rule_options
-def inspect(model: str, **kw) -> None:
+@IMAGE_SIZE
+def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
-    from lrpgraph import bounds, composites, graph
+    from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
+    from lrpgraph.convert import converted_by, plan, read
     from lrpgraph.converters import RECORDS
 
-    from lrpgraph.convert import converted_by
-
-    proto = graph.load(model)
-    if converted_by(proto):
+    source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
+    proto = source.model
+    if source.record is not None:
         click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
         return
     counts = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
     try:
-        canon, error = canonicalize(proto), None
+        canon, error = canonicalize(source.view), None
     except LrpgraphError as err:
         canon, error = None, err
     click.echo("op coverage:" + ("" if error else "  (ok*: within a written-out LayerNorm, RMSNorm or GELU "
@@ -172,15 +174,14 @@ def inspect(model: str, **kw) -> None:
         click.echo(f"not fused: {miss}")  # a written-out block (a norm) whose pattern check failed, and why
     if error:
         raise error
-    plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),
-                           first_bounds=bounds.first_layer_maps(canon))
+    rule_plan = plan(canon, kw["composite"], kw["rules"], _rule_options(kw))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
     click.echo("rules:")
     for unit in canon.units:
         fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
         first = " [first layer]" if unit.first else ""
-        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(plan[unit.name])}{first}{fused}")
+        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(rule_plan[unit.name])}{first}{fused}")
 
 
 @main.command()
@@ -265,7 +266,8 @@ def _demo_truth(records, labels):
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
 def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model, save
+    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.files import save
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession
 

@@ -59,7 +59,7 @@ def test_every_attribute_readme_shows_exists(dotted):
 def test_convert_is_callable_and_keeps_its_module_names(tmp_path):
     from test_cli import small_cnn
 
-    assert lrpgraph.convert.save is lrpgraph.save and callable(lrpgraph.convert.check)
+    assert lrpgraph.files.save is lrpgraph.save and callable(lrpgraph.convert.check)
     import lrpgraph.convert as pipeline
 
     assert pipeline is lrpgraph.convert

@@ -20,7 +20,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from lrpgraph import targets
-from lrpgraph.convert import save
+from lrpgraph.files import save
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.ort import onnxruntime as ort
 from lrpgraph.patterns.constants import is_constant
