@@ -7,7 +7,6 @@ import numbers
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER, Rule, RuleOptions
 
 CHANNELS = {"L": 1, "RGB": 3}
 
@@ -17,29 +16,6 @@ def _finite(value, name):
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise LrpgraphError(f"{name} {value!r} is not a finite number; give a finite value")
     return values
-
-
-def check_rule_options(options: "RuleOptions") -> None:
-    """The composites' numeric options (rules.RuleOptions): finite; epsilon, gamma >= 0; stabiliser, flex eps > 0;
-    low < high."""
-    epsilon, stabilizer, gamma, alpha, beta = (options.epsilon, options.stabilizer, options.gamma, options.alpha,
-                                               options.beta)
-    low, high, flex_epsilon = options.low, options.high, options.flex_epsilon
-    if epsilon is not None and _finite(epsilon, "--epsilon")[0] < 0:
-        raise LrpgraphError(f"--epsilon {epsilon:g} is negative; give epsilon >= 0 (e.g. 1e-6, 0.25)")
-    if _finite(stabilizer, "--stabilizer")[0] <= 0:
-        raise LrpgraphError(f"--stabilizer {stabilizer:g} must be > 0 (it keeps denominators away from zero; "
-                            f"default {DEFAULT_STABILIZER:g})")
-    if _finite(gamma, "--gamma")[0] < 0:
-        raise LrpgraphError(f"--gamma {gamma:g} is negative; give gamma >= 0 (default {DEFAULT_GAMMA:g})")
-    _finite(alpha, "--alpha")
-    _finite(beta, "--beta")
-    if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
-        raise LrpgraphError(f"--alpha {alpha:g} --beta {beta:g}: alpha-beta needs alpha - beta = 1 and alpha, "
-                            "beta >= 0 (e.g. --alpha 2 --beta 1)")
-    check_bounds(low, high, "--low/--high")
-    if _finite(flex_epsilon, "--flex-epsilon")[0] <= 0:
-        raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default {DEFAULT_FLEX_EPSILON:g})")
 
 
 def check_bounds(low: float | tuple, high: float | tuple, where: str) -> None:
@@ -52,19 +28,6 @@ def check_bounds(low: float | tuple, high: float | tuple, where: str) -> None:
         if not lo < hi:
             raise LrpgraphError(f"{where}: low {lo:g} is not below high {hi:g}; zbox needs the lowest input value "
                                 "below the highest (e.g. --low 0 --high 1, or zbox:-2.1:2.6)")
-
-
-def check_rule(rule: "Rule", where: str) -> None:
-    """A rule parsed from --rule: finite parameters, and the ranges its formula needs."""
-    for value in rule.params:
-        _finite(value, f"{where}: parameter")
-    _finite(rule.stabilizer, "--stabilizer")
-    if rule.name == "gamma" and rule.params[0] < 0:
-        raise LrpgraphError(f"{where}: gamma {rule.params[0]:g} is negative; give gamma >= 0, e.g. gamma:0.25")
-    if rule.name in ("zbox", "flex-zbox"):
-        check_bounds(rule.params[0], rule.params[1], f"{where}")
-    if rule.name == "flex-relu" and rule.params[0] <= 0:
-        raise LrpgraphError(f"{where}: flex-relu eps {rule.params[0]:g} must be > 0, e.g. flex-relu:0.01")
 
 
 def check_method_options(steps: int = 32, samples: int = 16, noise_level: float = 0.1,

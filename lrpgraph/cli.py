@@ -12,11 +12,12 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, ch
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 from lrpgraph.methods.options import MethodOptions
-from lrpgraph.rules import RuleOptions
+from lrpgraph.rules import RuleOptions, listing
+from lrpgraph.rules.composites import names as composite_names
+from lrpgraph.rules.options import STABILIZER_HELP, flag, option_params
 from lrpgraph.version import __version__
 
-COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
+COMPOSITE_NAMES = composite_names()
 METHOD_NAMES = list(METHODS)
 DEFAULTS, METHOD_DEFAULTS = RuleOptions(), MethodOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
@@ -39,19 +40,16 @@ def main() -> None:
 
 
 def rule_options(fn: Callable) -> Callable:
+    """--composite, --rule and one flag per option of the rules' parameters (rules.options.option_params)."""
     options = [
         click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
                      help="rule preset (zennit's names)"),
         click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
-                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
-        click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help="stabiliser of the other rules"),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True)
-          for name in ("gamma", "alpha", "beta")),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True,
-                       help=f"{what} image value, for zbox (carried through in-graph normalisation)")
-          for name, what in (("low", "lowest"), ("high", "highest"))),
-        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True, help="eps of LRP-Flex's ReLUs"),
+                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus "
+                          "(repeatable); RULE one of: " + ", ".join(line.split()[0] for line in listing())),
+        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help=STABILIZER_HELP),
+        *(click.option(flag(name), type=float, default=getattr(DEFAULTS, name), show_default=name != "epsilon",
+                       help=param.help) for name, (_, param) in option_params().items()),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -186,7 +184,10 @@ def inspect(model: str, **kw) -> None:
                            first_bounds=bounds.first_layer_maps(canon))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
-    click.echo("rules:")
+    click.echo("rules (--rule RULE:PARAMETERS, defaults, kinds it applies to):")
+    for line in listing():
+        click.echo(f"  {line}")
+    click.echo("rule of each node:")
     for unit in canon.units:
         fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
         first = " [first layer]" if unit.first else ""

@@ -7,21 +7,11 @@ import click
 from click.core import ParameterSource
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.rules.composites import COMPOSITES, option_users
 
-# which composites read which numeric option (the rest would silently ignore it)
-LRP_COMPOSITES = {"epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                  "epsilon-alpha2-beta1-flat"}
-RULE_OPTION_USERS = {
-    "epsilon": LRP_COMPOSITES - {"zplus"},
-    "stabilizer": LRP_COMPOSITES,
-    "gamma": {"epsilon-gamma-box"},
-    "alpha": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
-    "beta": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
-    "low": {"epsilon-gamma-box"},
-    "high": {"epsilon-gamma-box"},
-    "flex_epsilon": {"flex"},
-    "rules": LRP_COMPOSITES | {"flex"},
-}
+# which composites read which numeric option (the rest would silently ignore it), from the composites' tables
+LRP_COMPOSITES = {c.name for c in COMPOSITES.values() if not c.gradient}
+RULE_OPTION_USERS = option_users()
 METHOD_OPTION_USERS = {
     "steps": {"ig", "guided-ig"},
     "quadrature": {"ig", "guided-ig"},
