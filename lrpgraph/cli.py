@@ -12,14 +12,12 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, ch
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods import METHODS
 from lrpgraph.methods.options import MethodOptions
-from lrpgraph.rules import RuleOptions, listing
-from lrpgraph.rules.composites import names as composite_names
-from lrpgraph.rules.options import STABILIZER_HELP, flag, option_params
+from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
+from lrpgraph.rules import listing
 from lrpgraph.version import __version__
 
-COMPOSITE_NAMES = composite_names()
 METHOD_NAMES = list(METHODS)
-DEFAULTS, METHOD_DEFAULTS = RuleOptions(), MethodOptions()
+METHOD_DEFAULTS = MethodOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
@@ -37,23 +35,6 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="lrpgraph")
 def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
-
-
-def rule_options(fn: Callable) -> Callable:
-    """--composite, --rule and one flag per option of the rules' parameters (rules.options.option_params)."""
-    options = [
-        click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
-                     help="rule preset (zennit's names)"),
-        click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
-                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus "
-                          "(repeatable); RULE one of: " + ", ".join(line.split()[0] for line in listing())),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help=STABILIZER_HELP),
-        *(click.option(flag(name), type=float, default=getattr(DEFAULTS, name), show_default=name != "epsilon",
-                       help=param.help) for name, (_, param) in option_params().items()),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def preprocess_options(fn: Callable) -> Callable:
@@ -75,11 +56,6 @@ def preprocess_options(fn: Callable) -> Callable:
 def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     given = dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order, scale=scale)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
-
-
-def _rule_options(kw):
-    """The rule options given on the command line, as the one object the converter takes."""
-    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
 
 
 @main.command()
@@ -131,7 +107,7 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     method_options = MethodOptions(steps=steps, quadrature=quadrature, baseline=baseline, chunk=chunk, samples=samples,
                                    noise_level=noise_level)
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options, preprocess=preprocess or None,
+                              options=options_given(kw), method_options=method_options, preprocess=preprocess or None,
                               labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
@@ -180,7 +156,7 @@ def inspect(model: str, **kw) -> None:
         click.echo(f"  {mark:<3} {op:<22} {count}")
     if error:
         raise error
-    plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),
+    plan = composites.plan(canon.units, kw["composite"], kw["rules"], options_given(kw),
                            first_bounds=bounds.first_layer_maps(canon))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))

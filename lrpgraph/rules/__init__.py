@@ -9,7 +9,7 @@ from lrpgraph.rules import linear  # first: the linear rules lead the listings
 from lrpgraph.rules import basic, transformer
 from lrpgraph.rules.base import (DEFAULT_STABILIZER, MOVE, RULES, Param, Rule, RuleUnit, default_rules, listing,
                                  make_rule, parameter_table, parse_rule, register_rule, unregister_rule,
-                                 unsupported_rule)
+                                 unsupported_rule, with_parameter_table)
 from lrpgraph.rules.basic import DEFAULT_FLEX_EPSILON
 from lrpgraph.rules.linear import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_HIGH, DEFAULT_LOW, linear_rule
 from lrpgraph.rules.options import RuleOptions, check_rule_options
@@ -18,7 +18,7 @@ __all__ = [
     "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_FLEX_EPSILON", "DEFAULT_GAMMA", "DEFAULT_HIGH", "DEFAULT_LOW",
     "DEFAULT_STABILIZER", "MOVE", "RULES", "Param", "Rule", "RuleOptions", "RuleUnit", "check_rule_options",
     "default_rules", "linear_rule", "listing", "make_rule", "parameter_table", "parse_rule", "register_rule",
-    "unregister_rule", "unsupported_rule",
+    "unregister_rule", "unsupported_rule", "with_parameter_table",
     # the modules that register the rules
     "basic", "linear", "transformer",
 ]

@@ -209,6 +209,20 @@ def parameter_table() -> str:
                 rows.append(f"| `{unit.name}` | - | - | - | - | {kinds} |")
                 continue
             option = f"`--{p.option.replace('_', '-')}`" if p.option else "-"
-            rows.append(f"| `{unit.name}` | {p.name} | {_fmt(p.default)} | {p.bound() or 'finite'} | {option} | "
-                        f"{kinds} |")
+            bound = p.bound() or (unit.check.__doc__ if unit.check is not None else "") or "finite"
+            rows.append(f"| `{unit.name}` | {p.name} | {_fmt(p.default)} | {bound} | {option} | {kinds} |")
     return "\n".join(rows) + "\n"
+
+
+TABLE_BEGIN = "<!-- rule parameters: written by `python -m lrpgraph.rules docs/rules.md` from the rule units -->"
+TABLE_END = "<!-- end of rule parameters -->"
+
+
+def with_parameter_table(text: str) -> str:
+    """A Markdown page (docs/rules.md) with the text between TABLE_BEGIN and TABLE_END replaced by
+    parameter_table()."""
+    before, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, after = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise LrpgraphError(f"the page has no '{TABLE_BEGIN}' ... '{TABLE_END}' markers")
+    return f"{before}{TABLE_BEGIN}\n{parameter_table()}{TABLE_END}{after}"

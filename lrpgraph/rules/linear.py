@@ -49,7 +49,7 @@ def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "
 
 @linear_rule("epsilon", Param("epsilon", DEFAULT_STABILIZER, minimum=0.0, option="epsilon",
                               help="eps of the epsilon rule [the stabiliser]"))
-def epsilon(eps):
+def epsilon(eps: float) -> list:
     """R_i = x_i sum_j w_ij R_j / stab(z_j), z_j = sum_i x_i w_ij + b_j (the layer's own output), stabilised by
     eps; eps = 0 is LRP-0."""
     return [Group((Term("x", "w", "b"),))]
@@ -69,13 +69,14 @@ def emit_epsilon(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: 
 
 
 @linear_rule("zplus")
-def zplus():
+def zplus() -> list:
     """Only contributions that push in the direction of the input's sign: R_i = sum_j (x+_i w+_ij + x-_i w-_ij)
     R_j / stab(sum_i (x+_i w+_ij + x-_i w-_ij) + b+_j)."""
     return [Group((Term("pos", "pos", "pos"), Term("neg", "neg", "zero")))]
 
 
 def _check_alpha_beta(values, where):
+    """alpha - beta = 1, alpha, beta >= 0"""
     alpha, beta = values
     if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
         raise LrpgraphError(f"{where}: alpha-beta needs alpha - beta = 1 and alpha, beta >= 0 (got {alpha:g}, "
@@ -84,7 +85,7 @@ def _check_alpha_beta(values, where):
 
 @linear_rule("alpha-beta", Param("alpha", DEFAULT_ALPHA, option="alpha", help="alpha of the alpha-beta rule"),
              Param("beta", DEFAULT_BETA, option="beta", help="beta of the alpha-beta rule"), check=_check_alpha_beta)
-def alpha_beta(alpha, beta):
+def alpha_beta(alpha: float, beta: float) -> list:
     """alpha times the zplus share (denominator with b+) minus beta times the share of the opposing
     contributions x+ w- + x- w+ (denominator with b-); alpha - beta = 1, alpha, beta >= 0."""
     return [Group((Term("pos", "pos", "pos"), Term("neg", "neg", "zero")), coef=alpha),
@@ -92,7 +93,7 @@ def alpha_beta(alpha, beta):
 
 
 @linear_rule("gamma", Param("gamma", DEFAULT_GAMMA, minimum=0.0, option="gamma", help="gamma of the gamma rule"))
-def gamma(gamma):
+def gamma(gamma: float) -> list:
     """Positive weights boosted: w + gamma w+ for contributions that agree with the sign of z_j, w + gamma w-
     for those that oppose it (roles swapped where z_j < 0); gamma = 0 is LRP-0."""
     return [Group((Term("pos", "gamma+", "gamma+"), Term("neg", "gamma-", "zero")), mask="pos"),
@@ -100,6 +101,7 @@ def gamma(gamma):
 
 
 def _check_box(values, where):
+    """low < high (per channel)"""
     check_bounds(values[0], values[1], where)
 
 
@@ -109,20 +111,20 @@ _BOX_HELP = "image value, for zbox (carried through in-graph normalisation)"
 @linear_rule("zbox", Param("low", DEFAULT_LOW, option="low", help="lowest " + _BOX_HELP),
              Param("high", DEFAULT_HIGH, option="high", help="highest " + _BOX_HELP), check=_check_box,
              image_range=True)
-def zbox(low, high):
+def zbox(low: float | tuple, high: float | tuple) -> list:
     """For a first layer whose inputs lie in [low, high] (one value or one per channel, low < high):
     R_i = sum_j (x_i w_ij - low_i w+_ij - high_i w-_ij) R_j / stab(sum_i of the same); the biases cancel."""
     return [Group((Term("x", "w", "zero"), Term("low", "pos", "zero", -1.0), Term("high", "neg", "zero", -1.0)))]
 
 
 @linear_rule("flat")
-def flat():
+def flat() -> list:
     """Every input in the receptive field gets the same share: R_i = sum_j R_j / stab(n_j)."""
     return [Group((Term("ones", "ones", "zero"),))]
 
 
 @linear_rule("wsquare")
-def wsquare():
+def wsquare() -> list:
     """Shares by squared weight: R_i = sum_j w_ij^2 R_j / stab(sum_i w_ij^2 + b_j^2)."""
     return [Group((Term("ones", "square", "square"),))]
 
