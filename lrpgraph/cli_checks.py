@@ -7,10 +7,9 @@ import click
 from click.core import ParameterSource
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules.composites import COMPOSITES, option_users
+from lrpgraph.rules.composites import option_users
 
 # which composites read which numeric option (the rest would silently ignore it), from the composites' tables
-LRP_COMPOSITES = {c.name for c in COMPOSITES.values() if not c.gradient}
 RULE_OPTION_USERS = option_users()
 METHOD_OPTION_USERS = {
     "steps": {"ig", "guided-ig"},

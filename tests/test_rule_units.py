@@ -90,7 +90,6 @@ def test_composite_tables_give_the_names_and_option_users():
            "epsilon-alpha2-beta1-flat"}
     assert cli.COMPOSITE_NAMES == list(COMPOSITES) == sorted(lrp, key=list(COMPOSITES).index) + \
         ["flex", "attn-lrp", "cp-lrp"]
-    assert cli_checks.LRP_COMPOSITES == lrp
     alpha_beta = {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"}
     assert cli_checks.RULE_OPTION_USERS == {
         "epsilon": lrp - {"zplus"}, "stabilizer": lrp, "gamma": {"epsilon-gamma-box"}, "alpha": alpha_beta,

@@ -59,9 +59,9 @@ class Param:
 class RuleUnit:
     """One rule: name, parameters, docstring (its formula), emitters {kind: fn or MOVE}, the kinds whose ops
     accept it unless their record says otherwise (default_kinds), whether it carries a gradient instead of a
-    relevance, a check of its parameters together (fn(values, where), raising LrpgraphError), and whether its
+    relevance, a check of its parameters together (fn(values, where), raising LrpgraphError), whether its
     parameters are the image's value range (low, high: carried through in-graph normalisation to a first
-    layer)."""
+    layer), and for a linear rule its groups of terms (fn(*parameters) -> [terms.Group])."""
 
     name: str
     params: tuple = ()
@@ -71,6 +71,7 @@ class RuleUnit:
     gradient: bool = False
     check: Callable | None = None
     image_range: bool = False
+    groups: Callable | None = None
 
     @property
     def kinds(self) -> tuple:

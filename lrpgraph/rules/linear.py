@@ -27,8 +27,7 @@ def linear_rule(name: str, *params: Param, check: Callable | None = None, image_
     accepted by every linear layer; check, image_range: as RuleUnit's."""
     def decorate(groups):
         unit = RuleUnit(name, params, groups.__doc__ or "", default_kinds=frozenset({"linear"}), check=check,
-                        image_range=image_range)
-        unit.groups = groups
+                        image_range=image_range, groups=groups)
         unit.emits("linear")(emit_groups)
         register_rule(unit)
         return groups

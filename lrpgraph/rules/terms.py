@@ -18,14 +18,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Term:
-    input: str  # x, pos, neg, ones, low, high
-    weight: str  # w, pos, neg, gamma+, gamma-, ones, square
+    """One modified copy of the layer: which input, weight and bias modifier it uses, and its sign."""
+
+    input: str  # x, pos, neg, ones, low, high (the rule's first two parameters: zbox's bounds)
+    weight: str  # w, pos, neg, gamma+, gamma- (w + p w+, w + p w-, p the rule's first parameter), ones, square
     bias: str  # b, pos, neg, gamma+, gamma-, square, zero
     sign: float = 1.0
 
 
 @dataclass(frozen=True)
 class Group:
+    """Terms that share one denominator, the group's coefficient, and an optional mask by the sign of z."""
+
     terms: tuple
     coef: float = 1.0
     mask: str = ""  # "pos" / "neg": only where the layer's own output z > 0 / z < 0
