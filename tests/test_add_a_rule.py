@@ -44,7 +44,8 @@ def one_conv(rng):
     bias = rng.normal(size=4).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["z"], name="conv"),
              helper.make_node("Flatten", ["z"], ["logits"], name="flatten")]
-    graph = helper.make_graph(nodes, "one_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])
+    graph = helper.make_graph(nodes, "one_conv", [image],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
                               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w, bias

@@ -58,17 +58,16 @@ class Param:
 @dataclass
 class RuleUnit:
     """One rule: name, parameters, docstring (its formula), emitters {kind: fn or MOVE}, the kinds whose ops
-    accept it unless their record says otherwise (default_kinds), whether it carries a gradient instead of a
-    relevance, a check of its parameters together (fn(values, where), raising LrpgraphError), whether its
-    parameters are the image's value range (low, high: carried through in-graph normalisation to a first
-    layer), and for a linear rule its groups of terms (fn(*parameters) -> [terms.Group])."""
+    accept it unless their record says otherwise (default_kinds), a check of its parameters together
+    (fn(values, where), raising LrpgraphError), whether its parameters are the image's value range (low, high:
+    carried through in-graph normalisation to a first layer), and for a linear rule its groups of terms
+    (fn(*parameters) -> [terms.Group])."""
 
     name: str
     params: tuple = ()
     doc: str = ""
     emitters: dict = field(default_factory=dict)
     default_kinds: frozenset = frozenset()
-    gradient: bool = False
     check: Callable | None = None
     image_range: bool = False
     groups: Callable | None = None
@@ -134,13 +133,9 @@ class Rule:
     def __str__(self):
         return self.name + "".join(":" + _fmt(p) for p in self.params)
 
-    @property
-    def unit(self) -> RuleUnit:
-        return RULES[self.name]
-
     def emitter(self, kind: str, node: "Unit") -> Callable:
         """This rule's emitter for a unit of that kind; an error naming the node where it has none."""
-        fn = self.unit.emitters.get(kind)
+        fn = RULES[self.name].emitters.get(kind)
         if fn is None or fn == MOVE:
             raise unsupported_rule(node, self)
         return fn
@@ -202,7 +197,8 @@ def listing() -> list:
 
 def parameter_table() -> str:
     """The parameter table of docs/rules.md (Markdown), one row per rule parameter."""
-    rows = ["| rule | parameter | default | range | composite option | applies to |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| rule | parameter | default | range | composite option | applies to |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for unit in RULES.values():
         kinds = ", ".join(unit.kinds)
         for p in unit.params or (None,):

@@ -23,15 +23,15 @@ WTA = register_rule(RuleUnit("wta", (), "Winner takes all: R_j goes to the arg-m
                              "windows add up).", default_kinds=frozenset({"maxpool"})))
 GRADIENT = register_rule(RuleUnit(
     "gradient", (), "The plain gradient of the node (gradient-family methods, flex, the transformer composites).",
-    default_kinds=frozenset({"linear", "activation", "bn", "sum", "affine", "gate", "maxpool", "avgpool", "structure"}),
-    gradient=True))
+    default_kinds=frozenset({"linear", "activation", "bn", "sum", "affine", "gate", "maxpool", "avgpool",
+                             "structure"})))
 GUIDED = register_rule(RuleUnit("guided", (), "Guided back-propagation: only positive gradients pass ReLU-like "
                                 "units and MaxPool; the plain gradient elsewhere.",
-                                default_kinds=frozenset({"activation", "maxpool"}), gradient=True))
+                                default_kinds=frozenset({"activation", "maxpool"})))
 FLEX_RELU = register_rule(RuleUnit(
     "flex-relu", (Param("epsilon", DEFAULT_FLEX_EPSILON, minimum=0.0, strict=True, option="flex_epsilon",
                         help="eps of LRP-Flex's ReLUs"),),
-    "LRP-Flex's ReLU: the gradient times a / (a + eps), a the ReLU's output.", gradient=True))
+    "LRP-Flex's ReLU: the gradient times a / (a + eps), a the ReLU's output."))
 
 PASS.emitters["structure"] = GRADIENT.emitters["structure"] = MOVE
 

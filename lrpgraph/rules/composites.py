@@ -22,7 +22,8 @@ BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "m
 class Composite:
     """A rule preset: its name, its table (an LRP composite's on top of BASE), whether it carries a gradient
     from the logits (the seed is d(explained)/dy, not a relevance), whether that gradient reaches the input
-    (the heatmap is input x message; the others end in a rule), and whether --rule overrides apply."""
+    (the heatmap is input x message; the others end in a rule), and whether the command line takes --rule
+    overrides with it."""
 
     name: str
     table: dict = field(default_factory=dict)

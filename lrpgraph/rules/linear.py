@@ -38,7 +38,7 @@ def linear_rule(name: str, *params: Param, check: Callable | None = None, image_
 def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LinearLayer") -> list:
     """Any linear rule: its groups, with the stabiliser as eps; in the gradient form R_x / x for R_y = y g."""
     b, nonneg = ctx.b, layer.x in ctx.nonneg
-    groups = rule.unit.groups(*rule.params)
+    groups = RULES[rule.name].groups(*rule.params)
     if ctx.message == "gradient":
         relevance = linear_relevance(b, layer, rule, groups, b.mul(r_outs[0], layer.out), rule.stabilizer, nonneg,
                                      output=layer.out)
