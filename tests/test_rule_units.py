@@ -95,3 +95,17 @@ def test_composite_tables_give_the_names_and_option_users():
         "epsilon": lrp - {"zplus"}, "stabilizer": lrp, "gamma": {"epsilon-gamma-box"}, "alpha": alpha_beta,
         "beta": alpha_beta, "low": {"epsilon-gamma-box"}, "high": {"epsilon-gamma-box"}, "flex_epsilon": {"flex"},
         "rules": lrp | {"flex"}}
+
+
+def test_the_rule_and_composite_units_import_neither_onnx_nor_the_converters():
+    """The CLI reads the composite names and option flags from them without loading the converter."""
+    from test_layout import run_time_imports
+
+    heavy = ("onnx", "onnxruntime", "torch", "lrpgraph.converters", "lrpgraph.canonicalize", "lrpgraph.graph",
+             "lrpgraph.convert")
+    found = []
+    for path in sorted(RULE_UNITS.glob("*.py")) + [PACKAGE / "cli_rules.py"]:
+        for node in run_time_imports(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{path.name}: {n}" for n in names if n.startswith(heavy)]
+    assert not found, found
