@@ -12,13 +12,10 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, ch
                                  make_output_dir, write_error)
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.notice import PATENT_NOTICE
-from lrpgraph.rules import RuleOptions
+from lrpgraph.rules import listing
 from lrpgraph.version import __version__
-
-COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
-DEFAULTS = RuleOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
@@ -36,26 +33,6 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="lrpgraph")
 def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
-
-
-def rule_options(fn: Callable) -> Callable:
-    options = [
-        click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
-                     help="rule preset (zennit's names)"),
-        click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
-                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
-        click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help="stabiliser of the other rules"),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True)
-          for name in ("gamma", "alpha", "beta")),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True,
-                       help=f"{what} image value, for zbox (carried through in-graph normalisation)")
-          for name, what in (("low", "lowest"), ("high", "highest"))),
-        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True, help="eps of LRP-Flex's ReLUs"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def preprocess_options(fn: Callable) -> Callable:
@@ -77,11 +54,6 @@ def preprocess_options(fn: Callable) -> Callable:
 def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     given = dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order, scale=scale)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
-
-
-def _rule_options(kw):
-    """The rule options given on the command line, as the one object the converter takes."""
-    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
 
 
 @main.command(cls=MethodCommand)  # --method and the method options: from the method units (cli_methods.py)
@@ -122,7 +94,7 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options(kw),
+                              options=options_given(kw), method_options=method_options(kw),
                               preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
@@ -174,10 +146,13 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
         click.echo(f"not fused: {miss}")  # a written-out block (a norm) whose pattern check failed, and why
     if error:
         raise error
-    rule_plan = plan(canon, kw["composite"], kw["rules"], _rule_options(kw))
+    rule_plan = plan(canon, kw["composite"], kw["rules"], options_given(kw))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
-    click.echo("rules:")
+    click.echo("rules (--rule RULE:PARAMETERS, defaults, kinds it applies to):")
+    for line in listing():
+        click.echo(f"  {line}")
+    click.echo("rule of each node:")
     for unit in canon.units:
         fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
         first = " [first layer]" if unit.first else ""

@@ -6,33 +6,23 @@ Each activation is one record and one function, its derivative: `@activation_op(
 on `derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks)."""
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import RECORDS, Context, register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.converters.registry import RECORDS, Context, register
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     from lrpgraph.canonicalize import Unit
 
 
 def activation(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r = r_outs[0]
-    rest = [None] * (len(unit.inputs) - 1)
-    if rule.name == "pass":
-        return [r] + rest
-    b, x, y = ctx.b, unit.inputs[0], unit.outputs[0]
-    record = RECORDS[unit.op]
-    if rule.name == "identity":  # AttnLRP's identity rule R_x = R_y, the message being g = R / x: g f(x) / x
-        return [b.mul(r, b.div(y, b.stab(x, 1e-10)))] + rest
-    if rule.name == "flex-relu":  # accepted by ReLU only (its record's rules)
-        ratio = b.div(y, b.add(y, b.const(rule.params[0])))
-        ratio = b.op("Where", [b.op("IsNaN", [ratio], "isnan"), b.const(0.0), ratio], "nan_to_zero")
-        return [b.mul(r, ratio)] + rest
-    if rule.name == "guided" and record.guided:
-        return [b.mul(b.pos(r), record.derivative(ctx, unit, x, y))] + rest
-    if rule.name in GRADIENT_RULES:
-        return [b.mul(r, record.derivative(ctx, unit, x, y))] + rest
-    raise unsupported_rule(unit, rule)
+    """The rule's activation emitter, with the op's derivative (and whether guided methods gate it) as primitives."""
+    record, rest = RECORDS[unit.op], [None] * (len(unit.inputs) - 1)
+    x, y = unit.inputs[0], unit.outputs[0]
+    op = SimpleNamespace(place=lambda t: [t] + rest, guided=record.guided,
+                         gradient=lambda t: ctx.b.mul(t, record.derivative(ctx, unit, x, y)))
+    return rule.emitter("activation", unit)(ctx, unit, rule, r_outs, op)
 
 
 def activation_op(*op_types: str, **flags) -> Callable:

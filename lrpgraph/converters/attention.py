@@ -18,17 +18,18 @@ products change the plain gradient, so no relevance is divided by a value that m
 
 import math
 import string
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from lrpgraph.converters.activations import activation_op
-from lrpgraph.converters.registry import Context, extend, register, unsupported_rule
-from lrpgraph.converters.structure import mul_div, unbroadcast
+from lrpgraph.converters.registry import Context, extend, register
+from lrpgraph.converters.structure import gate, unbroadcast
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.graph import attrs_of
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     from lrpgraph.canonicalize import Unit
@@ -52,13 +53,16 @@ def attention_operand(node: onnx.NodeProto, producer: dict) -> "int | None":
 
 
 def softmax(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    b, r = ctx.b, r_outs[0]
-    s = unit.outputs[0]
+    """A Softmax inside the graph; primitives: its gradient s (r - sum(s r))."""
+    b, s = ctx.b, unit.outputs[0]
     axes = b.ints([int(unit.attrs.get("axis", -1))])
-    if rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
-    inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
-    return [b.mul(s, b.sub(r, inner))]
+
+    def gradient(r):
+        inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
+        return b.mul(s, b.sub(r, inner))
+
+    op = SimpleNamespace(place=lambda t: [t], gradient=gradient)
+    return rule.emitter("normaliser", unit)(ctx, unit, rule, r_outs, op)
 
 
 def _matmul_back(ctx, unit, s):
@@ -92,25 +96,18 @@ def _sum_to(ctx, g, operand, out, rank):
 
 
 def product(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """A product of two signals, MatMul (a @ b) or element-wise Mul (a * b), in the gradient form."""
-    b, g = ctx.b, r_outs[0]
-    a_name, b_name = unit.inputs[:2]
-    out = unit.outputs[0]
-    if rule.name not in GRADIENT_RULES + ("uniform", "cp"):
-        raise unsupported_rule(unit, rule)
-    if unit.op == "MatMul":
-        ga, gb = _matmul_back(ctx, unit, g)
-    elif unit.op == "Einsum":
-        ga, gb = _einsum_back(ctx, unit, g)
-    else:
-        ga = unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out)
-        gb = unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out)
-    if rule.name in GRADIENT_RULES:
-        return [ga, gb]
-    if rule.name == "cp" and unit.gate is not None:
-        return [None, gb] if unit.gate == 0 else [ga, None]
-    half = b.const(0.5)
-    return [b.mul(ga, half), b.mul(gb, half)]
+    """A product of two signals, MatMul (a @ b), Einsum or element-wise Mul (a * b), in the gradient form.
+    Primitives: gradients(g), both operands' shares of the product rule."""
+    def gradients(g):
+        b, (a_name, b_name), out = ctx.b, unit.inputs[:2], unit.outputs[0]
+        if unit.op == "MatMul":
+            return _matmul_back(ctx, unit, g)
+        if unit.op == "Einsum":
+            return _einsum_back(ctx, unit, g)
+        return (unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out),
+                unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out))
+
+    return rule.emitter("product", unit)(ctx, unit, rule, r_outs, SimpleNamespace(gradients=gradients))
 
 
 def einsum_terms(ctx: Context, unit: "Unit") -> tuple:
@@ -162,17 +159,6 @@ def _t(b, x, rank):
     return b.op("Transpose", [x], "swap", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
 
 
-def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """A signal times a gate (x * sigmoid(x), squeeze-excitation): under 'cp' the gate is a constant and the
-    message to the signal is g * gate (REFERENCE.md section 9); the other rules as for any gate."""
-    if rule.name != "cp":
-        return mul_div(ctx, unit, rule, r_outs)
-    result = [None, None]
-    signal, out = 1 - unit.gate, unit.outputs[0]
-    result[signal] = unbroadcast(ctx, ctx.b.mul(r_outs[0], unit.inputs[unit.gate]), unit.inputs[signal], unit, out)
-    return result
-
-
 PRODUCT_RULES = {"uniform", "cp", "gradient"}
 # a MatMul of two signals is a product, one with a constant matrix a linear layer; a Softmax inside the graph
 # (the one at the output is the head before which the logits are explained) is a normaliser
@@ -208,8 +194,6 @@ def gelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
 def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, r = ctx.b, r_outs[0]
     data, indices = unit.inputs[:2]
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     if indices in ctx.signal:  # token ids into an embedding table: relevance per token, summed over hidden
         if unit.attrs.get("axis", 0) != 0 or data in ctx.signal:
             raise UnsupportedModelError(f"node '{unit.name}' (Gather): token ids must index axis 0 of a constant "
@@ -254,8 +238,6 @@ def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 
 @register("Expand", "Tile", kind="structure")
 def expand(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     x, out = unit.inputs[0], unit.outputs[0]
     if unit.op == "Tile":  # any repeats, constant or computed: R viewed as [k0, d0, k1, d1, ...], summed over the k
         b, rank = ctx.b, len(ctx.shapes[x])
@@ -268,8 +250,6 @@ def expand(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 
 @register("Where", kind="structure")
 def where(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     b, r = ctx.b, r_outs[0]
     cond, x, y = unit.inputs[:3]
     if cond in ctx.signal:

@@ -1,15 +1,15 @@
 """Linear layers: Conv, Gemm, MatMul (+ a bias Add, + a following BatchNormalization folded in).
 
 A LinearLayer knows how to emit its own forward (with any weights) and its transposed map (the
-gradient with respect to its input); the rules in rules.py are written in terms of these two."""
+gradient with respect to its input); the linear rules (rules/linear.py) are written in terms of these two."""
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lrpgraph import rules
-from lrpgraph.converters.registry import Context, register, unsupported_rule
+from lrpgraph.converters.registry import Context, register
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     from lrpgraph.canonicalize import Unit
@@ -145,32 +145,9 @@ class LinearLayer:
 
 @register("Conv", "ConvTranspose", kind="linear", category="conv")
 @register("Gemm", "MatMul", kind="linear", category="dense")
-def linear(ctx: "Context", unit: "Unit", rule: rules.Rule, r_outs: list) -> list:
-    layer, signal = unit.layer, r_outs[0]
-    b = ctx.b
-    nonneg = layer.x in ctx.nonneg
+def linear(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """The rule's linear emitter, with the layer (its forward, transposed map and weights) as primitives."""
+    layer = unit.layer
     if layer.op == "Conv" and layer.w_shape is None:
         layer.w_shape = ctx.shapes.get(layer.weight)
-    if rules.is_linear(rule) and ctx.message == "gradient":
-        return [linear_message(ctx, layer, rule, signal)]
-    if rules.is_linear(rule):
-        r_in = rules.linear_relevance(b, layer, rule, signal, nonneg, output=layer.out)
-    elif rule.name in rules.GRADIENT_RULES:
-        r_in = layer.backward(b, signal, layer.weights(b)[0])
-    elif rule.name == "flex-zbox":
-        relevance = b.mul(layer.out, signal)
-        r_in = rules.linear_relevance(b, layer, rules.Rule("zbox", rule.params, rule.stabilizer), relevance,
-                                      nonneg, output=layer.out)
-    else:
-        raise unsupported_rule(unit, rule)
-    return [r_in]
-
-
-def linear_message(ctx: "Context", layer: LinearLayer, rule: rules.Rule, g: str) -> str:
-    """g_x of a linear layer under an LRP rule when the message is a gradient (attn-lrp, cp-lrp): R_x / x
-    with R_y = y g, as LXT's zennit hooks compute it; epsilon needs no division by x."""
-    b = ctx.b
-    if rule.name == "epsilon":
-        return layer.backward(b, b.mul(g, b.div(layer.out, b.stab(layer.out, rule.params[0]))), layer.weights(b)[0])
-    relevance = rules.linear_relevance(b, layer, rule, b.mul(g, layer.out), layer.x in ctx.nonneg, output=layer.out)
-    return b.div(relevance, b.stab(layer.x, 1e-10))
+    return rule.emitter("linear", unit)(ctx, unit, rule, r_outs, layer)

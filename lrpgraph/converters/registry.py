@@ -22,38 +22,31 @@ import numpy as np
 from onnx import NodeProto
 
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.rules import LINEAR_RULES, OTHER_RULES, Rule
+from lrpgraph.rules import RULES, Rule, default_rules, unsupported_rule
 
 if TYPE_CHECKING:
     from lrpgraph.canonicalize import Unit
 
-_LINEAR = frozenset(LINEAR_RULES) | {"gradient", "flex-zbox"}
-_MOVE = frozenset({"pass", "gradient"})
-
-# kind -> (what it is, defaults every op of that kind gets unless its record says otherwise: the rules it
-# accepts, and flags). The rules are those zennit's composites allow for such a layer (REFERENCE.md section 3).
+# kind -> (what it is, defaults every op of that kind gets unless its record says otherwise: flags). The rules
+# a kind accepts by default are those whose units name it (rules.default_rules): those zennit's composites
+# allow for such a layer.
 KINDS = {
-    "linear": ("a layer with constant weights (Conv, Gemm, MatMul): bias Add and BatchNormalization fused in",
-               {"rules": _LINEAR}),
-    "activation": ("an element-wise non-linearity of one signal input",
-                   {"rules": frozenset({"pass", "gradient", "guided", "identity"})}),
-    "bn": ("a standalone per-channel affine normalisation (BatchNormalization)", {"rules": _MOVE}),
+    "linear": ("a layer with constant weights (Conv, Gemm, MatMul): bias Add and BatchNormalization fused in", {}),
+    "activation": ("an element-wise non-linearity of one signal input", {}),
+    "bn": ("a standalone per-channel affine normalisation (BatchNormalization)", {}),
     "normaliser": ("a normalisation whose statistics depend on the input (LayerNorm, Softmax in the graph)", {}),
-    "sum": ("a sum of signals (residual Add)",
-            {"rules": frozenset({"norm", "pass", "gradient"}), "keeps_nonneg": True, "gate_path": True}),
-    "affine": ("an element-wise map by a constant (Add/Sub/Mul/Div: input normalisation)",
-               {"rules": _MOVE, "gate_path": True}),
+    "sum": ("a sum of signals (residual Add)", {"keeps_nonneg": True, "gate_path": True}),
+    "affine": ("an element-wise map by a constant (Add/Sub/Mul/Div: input normalisation)", {"gate_path": True}),
     "gate": ("a product of a signal and a gate (squeeze-excitation, x * sigmoid(x))",
-             {"rules": _MOVE, "keeps_nonneg": True, "gate_path": True}),
+             {"keeps_nonneg": True, "gate_path": True}),
     "product": ("a product of two signals (MatMul of two activations, attention)", {}),
-    "maxpool": ("a max over windows", {"rules": frozenset({"wta", "gradient", "guided"}), "keeps_nonneg": True}),
-    "avgpool": ("a mean over windows or axes", {"rules": frozenset({"norm", "gradient"}), "keeps_nonneg": True}),
+    "maxpool": ("a max over windows", {"keeps_nonneg": True}),
+    "avgpool": ("a mean over windows or axes", {"keeps_nonneg": True}),
     "structure": ("moves or selects values without arithmetic (Reshape, Concat, Slice, Gather, ...)",
-                  {"rules": _MOVE, "keeps_nonneg": True, "gate_path": True}),
+                  {"keeps_nonneg": True, "gate_path": True}),
     "shape": ("computes from the input's shape only, never from its values (Shape, Size)", {}),
     "head": ("turns the logits into probabilities at the output; the logits before it are explained", {}),
 }
-KNOWN_RULES = set(LINEAR_RULES) | set(OTHER_RULES)
 
 Check = bool | Callable  # a flag, or a predicate (unit, inits) -> bool
 
@@ -65,7 +58,8 @@ class OpRecord:
     kind: one of KINDS, the unit's kind unless `classify` says otherwise.
     convert: fn(ctx, unit, rule, r_outs) -> one signal (or None) per input; None for ops that are never
         explained on the path (shape and head kinds).
-    rules: {kind: rule names} the op accepts; a kind not listed accepts its KINDS default rules.
+    rules: {kind: rule names} the op accepts; a kind not listed accepts the rules whose units name it
+        (rules.default_rules).
     category: the composite key (composites.py) when the unit has the record's kind; the kind if None.
     composite_key: a more specific composite key tried first (flex's 'relu').
     classify: fn(node, dynamic) -> kind, for ops whose kind depends on which inputs carry the signal
@@ -107,7 +101,7 @@ class OpRecord:
 
     def rules_for(self, kind: str) -> frozenset:
         """The rule names a unit of this op and kind accepts."""
-        return self.rules.get(kind, KINDS[kind][1].get("rules", frozenset()))
+        return self.rules[kind] if kind in self.rules else default_rules(kind)
 
     def category_of(self, kind: str) -> str:
         return self.category if kind == self.kind and self.category else kind
@@ -148,12 +142,12 @@ RECORDS: dict[str, OpRecord] = {}
 
 def register(*op_types: str, kind: str = None, rules: Iterable | Mapping = None, **flags) -> Callable:
     """Decorator: register the function as the converter of op_types, one record each (OpRecord's fields
-    as keywords; the kind's default flags and rules (KINDS) apply where not given; rules: a set for the
+    as keywords; the kind's default flags (KINDS) and rules (rules.default_rules) apply where not given; rules: a set for the
     record's kind or {kind: set}). The kind is required; an
     unknown kind, rule or field is an error at import time."""
     if kind not in KINDS:
         raise RegistryError(f"op(s) {', '.join(op_types)}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    flags = {**{k: v for k, v in KINDS[kind][1].items() if k != "rules"}, **flags}
+    flags = {**KINDS[kind][1], **flags}
 
     def decorate(fn):
         for op_type in op_types:
@@ -198,7 +192,7 @@ def _rules_by_kind(op_type, kind, rules):
     by_kind = dict(rules) if isinstance(rules, Mapping) else {kind: rules}
     out = {}
     for k, names in by_kind.items():
-        unknown = set(names) - KNOWN_RULES
+        unknown = set(names) - set(RULES)
         if k not in KINDS or unknown:
             raise RegistryError(f"op '{op_type}': unknown kind {k!r} or rule(s) {sorted(unknown)}")
         out[k] = frozenset(names)
@@ -228,11 +222,6 @@ def is_kind(node: NodeProto, kind: str) -> bool:
 
 def node_name(node: NodeProto) -> str:
     return node.name or node.output[0]
-
-
-def unsupported_rule(unit: "Unit", rule: Rule) -> UnsupportedModelError:
-    return UnsupportedModelError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to this op; "
-                                 "choose another with --rule")
 
 
 def check_rule(unit: "Unit", rule: Rule) -> None:
