@@ -114,6 +114,6 @@ def test_inspect_takes_the_image_size(tmp_path):
     code, output = run("inspect", path, "--image-size", "8,8")
     assert code == 0, output
     assert "image input 'x' [None, 2, 8, 8]" in output
-    rules = output.split("rules:")[1].split()
+    rules = output.split("rule of each node:")[1].split()
     assert ["conv", "Conv", "zplus", "[first", "layer]", "relu_0", "Relu", "pass"] == rules[:8], output
     assert_one_line_error(*run("inspect", path, "--image-size", "8"), "--image-size 8", "2 spatial sizes")
