@@ -118,7 +118,7 @@ def test_inspect_reads_the_dequantized_view(tmp_path):
     onnx.save(qdq_cnn(), path)
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
-    listed = [line.split() for line in result.output.split("rules:\n")[1].splitlines()]
+    listed = [line.split() for line in result.output.split("rule of each node:\n")[1].splitlines()]
     assert listed[0][:3] == ["conv", "Conv", "zplus"] and listed[0][-1] == "(+bias)", result.output
     assert "Add" not in [row[1] for row in listed]
     recorded = metadata.Record.from_model(convert(str(path))).rules
