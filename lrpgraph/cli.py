@@ -161,7 +161,7 @@ def inspect(model: str, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
     from lrpgraph import bounds, composites, graph
     from lrpgraph.canonicalize import canonicalize
-    from lrpgraph.converters import RECORDS
+    from lrpgraph.catalog import RECORDS
 
     from lrpgraph.convert import converted_by
 

@@ -5,7 +5,7 @@ maxpool, gate, affine, structure: the kinds and categories of the op records in 
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
 from lrpgraph.checks import check_rule, check_rule_options
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import RuleOptions, make_rule, parse_rule
 

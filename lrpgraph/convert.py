@@ -8,8 +8,9 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
-from lrpgraph.canonicalize import Canonical, Initializers, canonicalize, image_input
-from lrpgraph.converters import RECORDS, Context, check_rule, quantized
+from lrpgraph.canonicalize import canonicalize, image_input
+from lrpgraph.catalog import Canonical, Context, Initializers, check_rule
+from lrpgraph.converters import converter_of, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
 from lrpgraph.methods.options import MethodOptions
@@ -214,7 +215,7 @@ def walk(ctx: Context, canon: Canonical, plan: dict, seed: str) -> str | None:
         r_outs = [ctx.b.sum(r) if r else None for r in arriving]
         rule = plan[unit.name]
         check_rule(unit, rule)
-        r_ins = RECORDS[unit.op].converter(unit.kind)(ctx, unit, rule, r_outs)
+        r_ins = converter_of(unit)(ctx, unit, rule, r_outs)
         for tensor, r in zip(unit.inputs, r_ins):
             if r is not None and tensor in canon.signal:
                 pending[tensor].append(r)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from lrpgraph.errors import LrpgraphError
 
 if TYPE_CHECKING:
-    from lrpgraph.converters.linear import LinearLayer
+    from lrpgraph.catalog.layer import LayerEmitters
     from lrpgraph.graph import Builder
 
 DEFAULT_STABILIZER = 1e-6
@@ -189,12 +189,12 @@ def is_linear(rule: Rule) -> bool:
     return rule.name in LINEAR_RULES
 
 
-def linear_relevance(b: "Builder", layer: "LinearLayer", rule: Rule, relevance: str, nonneg_input: bool = False,
+def linear_relevance(b: "Builder", layer: "LayerEmitters", rule: Rule, relevance: str, nonneg_input: bool = False,
                      output: str | None = None) -> str:
     """Emit the relevance at a linear layer's input for a rule in LINEAR_RULES (see the module docstring).
 
-    layer: converters.linear.LinearLayer (forward/backward emitters, weights); output: the layer's own
-    output tensor, reused as the denominator by the epsilon rule and for gamma's sign masks."""
+    layer: a linear layer with its emitters (weights, forward, backward; converters/linear.py); output: the
+    layer's own output tensor, reused as the denominator by the epsilon rule and for gamma's sign masks."""
     groups = LINEAR_RULES[rule.name][2](*rule.params)
     eps = rule.params[0] if rule.name == "epsilon" else rule.stabilizer
     mods = _Modifiers(b, layer, rule, nonneg_input)

@@ -9,11 +9,12 @@ Gradient-family rule sets ('gradient': the methods and LRP-Flex) get the true de
 
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register, unsupported_rule
+from lrpgraph.catalog import Context, unsupported_rule
+from lrpgraph.converters.registry import converts
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
 def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: int, after: int) -> str:
@@ -27,7 +28,7 @@ def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: i
     return b.sum(parts)
 
 
-@register("LRN", kind="normaliser", rules={"pass", "gradient"}, category="lrn", keeps_nonneg=True)
+@converts("LRN")
 def lrn(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r = r_outs[0]
     if rule.name == "pass":

@@ -5,14 +5,15 @@ scale / sqrt(var + eps)."""
 import math
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register, unsupported_rule
+from lrpgraph.catalog import Context, unsupported_rule
+from lrpgraph.converters.registry import converts
 from lrpgraph.rules import GRADIENT_RULES, Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
-@register("BatchNormalization", kind="bn")
+@converts("BatchNormalization")
 def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
     if rule.name == "pass":
@@ -27,7 +28,7 @@ def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     raise unsupported_rule(unit, rule)
 
 
-@register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("LayerNormalization")
 def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). 'identity'
     (AttnLRP, CP-LRP; the message is a gradient, converters/attention.py): sigma is a constant and the centring
@@ -76,7 +77,7 @@ def _normaliser_mean(ctx, unit):
     return mean, float(unit.attrs.get("epsilon", 1e-5))
 
 
-@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("RMSNormalization")
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). 'identity': rms
     is a constant (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R

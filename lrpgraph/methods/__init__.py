@@ -15,7 +15,7 @@ from lrpgraph.methods.options import MethodOptions
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
 
 METHODS = ("gradient", "input-x-gradient", "ig", "guided-ig", "smoothgrad", "smoothtaylor")

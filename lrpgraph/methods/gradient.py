@@ -2,7 +2,7 @@
 says (MaxPool's gradient is the arg-max, 'wta'); guided methods let only positive gradients through the
 ops whose records say guided."""
 
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS
 from lrpgraph.rules import make_rule
 
 

@@ -18,7 +18,7 @@ from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
     from lrpgraph.methods.options import MethodOptions
 

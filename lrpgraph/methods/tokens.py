@@ -18,7 +18,7 @@ from lrpgraph.methods.options import MethodOptions
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
 
 
