@@ -1,7 +1,9 @@
 """A linear layer as data (LinearLayer: a Conv, ConvTranspose, Gemm or MatMul with its bias Add and
-BatchNormalization folded in), and the interface through which the linear rules emit its passes
-(LayerEmitters: converters/linear.py binds a layer to its op's emitters)."""
+BatchNormalization folded in), how a node of a linear op reads as one (LinearOp, in its op record), and the
+interface through which the linear rules emit its passes (LayerEmitters: converters/linear.py binds a layer
+to its op's emitters)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +29,25 @@ class LinearLayer:
     bn: dict = None  # {scale, B, mean, var, epsilon} tensor names / value of a folded BatchNormalization
     w_shape: list = None  # the weight's static shape (Conv: [M, C/group, k...]), when known
     _cache: dict = field(default_factory=dict)  # the tensors emitted for it once (its folded weights)
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """How a node of one linear op reads as a LinearLayer (canonicalize asks it; the bias Add and the
+    BatchNormalization that may follow are found by canonicalize for every linear op alike).
+
+    read: fn(node, attrs, shapes, name) -> {LinearLayer field: value}, from the node's own attributes; raises
+        UnsupportedModelError for forms it does not support.
+    out_channels: fn(layer, w_shape) -> the number of output channels (the size of a bias that folds in).
+    channel_axis: the output's channel axis, 1 (convolutions) or -1 (dense layers); a bias varies along it only.
+    bn_shape: fn(layer) -> the shape that puts a per-channel factor on the weight's output channels, where a
+        following BatchNormalization (it normalises axis 1) folds into the weights; None where none does.
+    """
+
+    read: Callable
+    out_channels: Callable
+    channel_axis: int
+    bn_shape: Callable
 
 
 class LayerEmitters(Protocol):

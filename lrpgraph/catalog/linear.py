@@ -4,34 +4,14 @@ its own attributes, its output channels, and where a bias or a BatchNormalizatio
 transposed (adjoint) passes are emitted by converters/linear.py, attached by op type."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from onnx import NodeProto
 
-from lrpgraph.catalog.layer import LinearLayer
+from lrpgraph.catalog.layer import LinearLayer, LinearOp
 from lrpgraph.catalog.ops import PRODUCT_RULES, product_or_linear
 from lrpgraph.catalog.records import OpRecord, record
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.windows import conv_output_padding, explicit_pads
-
-
-@dataclass(frozen=True)
-class LinearOp:
-    """How a node of one linear op reads as a LinearLayer (canonicalize asks it; the bias Add and the
-    BatchNormalization that may follow are found by canonicalize for every linear op alike).
-
-    read: fn(node, attrs, shapes, name) -> {LinearLayer field: value}, from the node's own attributes; raises
-        UnsupportedModelError for forms it does not support.
-    out_channels: fn(layer, w_shape) -> the number of output channels (the size of a bias that folds in).
-    channel_axis: the output's channel axis, 1 (convolutions) or -1 (dense layers); a bias varies along it only.
-    bn_shape: fn(layer) -> the shape that puts a per-channel factor on the weight's output channels, where a
-        following BatchNormalization (it normalises axis 1) folds into the weights; None where none does.
-    """
-
-    read: Callable
-    out_channels: Callable
-    channel_axis: int
-    bn_shape: Callable
 
 
 def read_conv(node: NodeProto, attrs: dict, shapes: dict, name: str) -> dict:

@@ -1,6 +1,6 @@
 """The records of the built-in ops other than the linear layers (catalog/linear.py), one table per op family,
 with the hooks that read a node of them (which kind it is, when its output stays non-negative, the affine map
-of a constant). The converters emit each family's relevance in the converters/ module of the same name."""
+of a constant). Each table's comment names the converters/ module that emits its ops' relevance."""
 
 from onnx import NodeProto
 

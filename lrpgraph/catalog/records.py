@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from onnx import NodeProto
 
+from lrpgraph.catalog.layer import LinearOp
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import LINEAR_RULES, OTHER_RULES
 
@@ -64,7 +65,7 @@ class OpRecord:
     gate_path: the search for a gate looks through it to its first input.
     affine: fn(value, signal_first) -> (factor, shift): the map x -> x * factor + shift it applies with
         the constant `value` (affine ops; bounds.py pushes the image range through it).
-    linear: how a node of a linear op reads as a layer (catalog.linear.LinearOp), for the linear kind.
+    linear: how a node of a linear op reads as a layer (a LinearOp), for the linear kind.
     domains: the ONNX domains the op type is looked up in.
     """
 
@@ -82,7 +83,7 @@ class OpRecord:
     gate_source: bool = False
     gate_path: bool = False
     affine: Callable | None = None
-    linear: object = None
+    linear: LinearOp | None = None
     domains: tuple = ("", "ai.onnx")
 
     def rules_for(self, kind: str) -> frozenset:
