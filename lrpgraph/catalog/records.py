@@ -118,6 +118,9 @@ def add(new: OpRecord) -> OpRecord:
         raise RegistryError(f"op '{new.op_type}': kind {new.kind!r} is not one of {', '.join(KINDS)}")
     if new.op_type in RECORDS:
         raise RegistryError(f"op '{new.op_type}' is registered twice")
+    if (new.kind == "linear" or "linear" in new.kinds) and new.linear is None:
+        raise RegistryError(f"op '{new.op_type}': a linear op's record needs its LinearOp (linear=...), how a node "
+                            "of it reads as a layer")
     new = replace(new, kinds=tuple(dict.fromkeys((new.kind, *new.kinds))),
                   rules=_rules_by_kind(new.op_type, new.kind, new.rules))
     RECORDS[new.op_type] = new

@@ -31,8 +31,8 @@ class BoundLayer:
             w, bias = layer.weight, layer.bias
             if layer.bias_from_add:
                 bias = b.op("Reshape", [bias, b.ints([-1])], "bias")
-            if self.emitters.weights is not None:
-                w, bias = self.emitters.weights(b, layer, w, bias)
+            if self.emitters.weight_layout is not None:
+                w, bias = self.emitters.weight_layout(b, layer, w, bias)
             if layer.bn is not None:
                 w, bias = _fold_bn(b, layer, w, bias)
             layer._cache["w"] = (w, bias)
@@ -131,7 +131,7 @@ def conv_transpose_adjoint(b: Builder, layer: LinearLayer, s: str, w: str) -> st
                 group=a["group"])
 
 
-def dense_weights(b: Builder, layer: LinearLayer, w: str, bias: "str | None") -> tuple:
+def dense_weight_layout(b: Builder, layer: LinearLayer, w: str, bias: "str | None") -> tuple:
     """Gemm's stored weight to [K, M] (transB), alpha into the weight, beta into the bias."""
     if layer.transpose_weight:
         w = b.op("Transpose", [w], "weight_t", perm=[1, 0])
@@ -185,17 +185,17 @@ def linear_message(ctx: Context, layer: BoundLayer, rule: rules.Rule, g: str) ->
     return b.div(relevance, b.stab(layer.x, 1e-10))
 
 
-def linear_op(op_type: str, reads: LinearOp, forward: Callable, adjoint: Callable, weights: Callable | None = None,
-              **flags) -> None:
+def linear_op(op_type: str, reads: LinearOp, forward: Callable, adjoint: Callable,
+              weight_layout: Callable | None = None, **flags) -> None:
     """Add a linear op the catalog does not know, in one registration: its record (kind linear; flags: OpRecord
     fields such as category), how a node of it reads as a LinearLayer (reads), and its passes: forward
     fn(b, layer, x, w, bias) -> y, adjoint fn(b, layer, s, w) -> the gradient of sum(s * y) with respect to x,
-    and, if its stored weight needs it, weights fn(b, layer, w, bias) -> (w, bias)."""
+    and, if its stored weight needs it, weight_layout fn(b, layer, w, bias) -> (w, bias)."""
     add(record(op_type, "linear", linear=reads, **flags))
-    attach(op_type, "linear", linear, forward=forward, adjoint=adjoint, weights=weights)
+    attach(op_type, "linear", linear, forward=forward, adjoint=adjoint, weight_layout=weight_layout)
 
 
 attach("Conv", "linear", linear, forward=conv_forward, adjoint=conv_adjoint)
 attach("ConvTranspose", "linear", linear, forward=conv_transpose_forward, adjoint=conv_transpose_adjoint)
 for _op in ("Gemm", "MatMul"):
-    attach(_op, "linear", linear, forward=dense_forward, adjoint=dense_adjoint, weights=dense_weights)
+    attach(_op, "linear", linear, forward=dense_forward, adjoint=dense_adjoint, weight_layout=dense_weight_layout)

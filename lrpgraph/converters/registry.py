@@ -30,7 +30,7 @@ class Emitters:
     derivative: an activation's fn(ctx, unit, x, y) -> dy/dx element-wise.
     forward, adjoint: a linear op's passes, fn(b, layer, x, w, bias) -> y and fn(b, layer, s, w) -> the
         gradient of sum(s * y) with respect to x (converters/linear.py).
-    weights: a linear op's fn(b, layer, w, bias) -> (w, bias) that brings its stored weight to the layout
+    weight_layout: a linear op's fn(b, layer, w, bias) -> (w, bias) that brings its stored weight to the layout
         its passes take, where it needs one (Gemm's transB, alpha and beta).
     """
 
@@ -38,7 +38,7 @@ class Emitters:
     derivative: Callable | None = None
     forward: Callable | None = None
     adjoint: Callable | None = None
-    weights: Callable | None = None
+    weight_layout: Callable | None = None
 
 
 EMITTERS: dict[str, Emitters] = {}

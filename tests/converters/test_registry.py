@@ -194,6 +194,7 @@ def test_without_the_second_kind_a_product_is_refused(matmul_linear_only):
     (dict(kind="elementwise"), "kind 'elementwise'"),
     (dict(kind="activation", rules={"pass", "no-such-rule"}), "no-such-rule"),
     (dict(kind="activation", no_such_flag=True), "no_such_flag"),
+    (dict(kind="linear"), "needs its LinearOp"),
 ])
 def test_a_record_without_a_valid_kind_rule_or_flag_is_an_error(bad, message):
     with pytest.raises((RegistryError, TypeError), match=message):
