@@ -103,7 +103,7 @@ def record(op_type: str, kind: str = None, kinds: Iterable = (), rules: Iterable
     where not given; kinds: the other kinds classify may give; rules: a set for the record's kind or
     {kind: set}. An unknown kind, rule or field is an error (RegistryError, TypeError)."""
     if kind not in KINDS:
-        raise RegistryError(f"op {op_type}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        raise RegistryError(f"op '{op_type}': kind {kind!r} is not one of {', '.join(KINDS)}")
     flags = {**{k: v for k, v in KINDS[kind][1].items() if k != "rules"}, **flags}
     all_kinds = tuple(dict.fromkeys((kind, *kinds)))
     unknown = [k for k in all_kinds if k not in KINDS]
