@@ -123,8 +123,8 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
     from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
+    from lrpgraph.catalog import RECORDS
     from lrpgraph.convert import converted_by, plan, read
-    from lrpgraph.converters import RECORDS
 
     source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
     proto = source.model

@@ -5,9 +5,9 @@ A composite maps unit categories (first linear layer, conv, dense, activation, s
 maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import RULES, RuleOptions, check_rule_options, make_rule, parse_rule
+from lrpgraph.rules import RULES, RuleOptions, accepted, check_rule_options, make_rule, parse_rule
 from lrpgraph.rules.composites import COMPOSITES, gradient_composites, message_composites
 
 GRADIENT_COMPOSITES = gradient_composites()  # carry a gradient from the logits (the seed is d(explained)/dy)
@@ -46,7 +46,7 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
             if unit.first and RULES[name].image_range and unit.name in (first_bounds or {}):
                 values = first_bounds[unit.name](*values)
             rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'", check=False)
-        allowed = record.rules_for(unit.kind)
+        allowed = accepted(record, unit.kind)
         if rule.name not in allowed:
             raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
                                 f"node; use one of {', '.join(sorted(allowed))}")

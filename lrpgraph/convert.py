@@ -9,7 +9,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
-from lrpgraph.canonicalize import Canonical, Initializers, canonicalize, image_input
+from lrpgraph.canonicalize import canonicalize, image_input
+from lrpgraph.catalog import Canonical, Initializers
 from lrpgraph.converters import quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.metadata import RELEVANCE

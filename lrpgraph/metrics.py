@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from lrpgraph import graph, metadata
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.ort import Runner
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from onnx import helper
 
-from lrpgraph.canonicalize import Initializers
+from lrpgraph.catalog import Initializers
 from lrpgraph.graph import Builder
 from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division
 

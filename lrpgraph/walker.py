@@ -2,9 +2,9 @@
 
 from collections import defaultdict
 
-from lrpgraph.canonicalize import Canonical, Unit
-from lrpgraph.converters import RECORDS, Context, check_rule
-from lrpgraph.rules import Rule
+from lrpgraph.catalog import RECORDS, Canonical, Context, Unit
+from lrpgraph.converters import converter_of
+from lrpgraph.rules import Rule, check_rule
 
 
 class Walker:
@@ -21,7 +21,7 @@ class Walker:
             +-- start(view, seed)          the tensors that hold relevance first: {logits: [seed]}
             +-- visit(unit)                each unit, from the logits back; skips units nothing reaches
             |     +-- combine(parts)       the relevance arriving at one tensor from several units: the sum
-            |     +-- run_unit(unit, rule, r_outs)   the op record's converter: relevance of each input
+            |     +-- run_unit(unit, rule, r_outs)   the converter attached to the op: relevance of each input
             +-- finish()                   the image's relevance: combine() of what reached it
 
     message: "relevance", or "gradient" where the LRP rules receive and return g = R / x (Context.message;
@@ -57,7 +57,7 @@ class Walker:
         self.b.scope = unit.name
         r_outs = [self.combine(r) if r else None for r in arriving]
         rule = self.plan[unit.name]
-        check_rule(unit, rule)
+        check_rule(RECORDS[unit.op], unit, rule)
         r_ins = self.run_unit(unit, rule, r_outs)
         for tensor, r in zip(unit.inputs, r_ins):
             if r is not None and tensor in self.view.signal:
@@ -68,8 +68,8 @@ class Walker:
         return self.b.sum(parts)
 
     def run_unit(self, unit: Unit, rule: Rule, r_outs: list) -> list:
-        """The relevance of each of the unit's inputs (None where none flows), from its op record's converter."""
-        return RECORDS[unit.op].converter(unit.kind)(self.ctx, unit, rule, r_outs)
+        """The relevance of each of the unit's inputs (None where none flows), from the converter attached to its op."""
+        return converter_of(unit)(self.ctx, unit, rule, r_outs)
 
     def finish(self) -> str | None:
         """The image's relevance: what reached the image input, combined."""

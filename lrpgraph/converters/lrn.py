@@ -10,11 +10,12 @@ Gradient-family rule sets ('gradient': the methods and LRP-Flex) get the true de
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
 def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: int, after: int) -> str:
@@ -28,7 +29,7 @@ def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: i
     return b.sum(parts)
 
 
-@register("LRN", kind="normaliser", rules={"pass", "gradient"}, category="lrn", keeps_nonneg=True)
+@converts("LRN")
 def lrn(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Primitives: the gradient (the module docstring's formula)."""
     op = SimpleNamespace(place=lambda t: [t], gradient=lambda r: _gradient(ctx, unit, r))

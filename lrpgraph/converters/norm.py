@@ -6,14 +6,15 @@ import math
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
-@register("BatchNormalization", kind="bn")
+@converts("BatchNormalization")
 def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Primitives: the gradient scales by scale / sqrt(var + eps) per channel."""
     rest = [None] * (len(unit.inputs) - 1)
@@ -29,7 +30,7 @@ def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return rule.emitter("bn", unit)(ctx, unit, rule, r_outs, op)
 
 
-@register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("LayerNormalization")
 def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). Primitives:
     frozen (sigma a constant and the centring linear: g_x = (t - mean(t)) / sigma with t = scale g; the
@@ -86,7 +87,7 @@ def _normaliser_mean(ctx, unit):
     return mean, float(unit.attrs.get("epsilon", 1e-5))
 
 
-@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("RMSNormalization")
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). Primitives:
     frozen (rms a constant, LXT's RMSNorm patch: g_x = scale g / rms), gradient (the full derivative)."""

@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
 from lrpgraph.windows import explicit_pads, pool_output_size
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
-@register("MaxPool", kind="maxpool", guided=True, gradient_rule="wta")
+@converts("MaxPool")
 def max_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Primitives: route (each window's message to its arg-max)."""
     def route(r):
@@ -81,7 +82,7 @@ def _wta_unfold(ctx, unit, r):
     return b.op("Reshape", [folded, b.ints([-1, channels] + spatial)], "relevance")
 
 
-@register("AveragePool", "GlobalAveragePool", "ReduceMean", kind="avgpool")
+@converts("AveragePool", "GlobalAveragePool", "ReduceMean")
 def average_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Primitives: gradient (the pooling's adjoint)."""
     adjoint = _average_pool_adjoint if unit.op == "AveragePool" else _mean_adjoint
@@ -163,7 +164,7 @@ def _outer(vectors):
     return result
 
 
-@register("GatherND", kind="structure")
+@converts("GatherND")
 def gather_nd(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Window selections with constant indices (the dynamo exporter's adaptive average pooling when the output
     size does not divide the input): relevance and gradients go back to the positions read, and positions

@@ -19,21 +19,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import QDQ, Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
 SHADOW = "lrp/shadow/"
 
 
-# a Q -> DQ pair keeps a non-negative activation non-negative (its clipping may only remove negatives)
-@register(*QDQ, kind="structure")
+@converts(*QDQ)
 def quantize_linear(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Q and DQ pass relevance (and gradients: the straight-through estimator) to their data input."""
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)

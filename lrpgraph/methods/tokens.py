@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
     from lrpgraph.methods.options import MethodOptions
     from lrpgraph.methods.units import Method

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 
 
 def logits_of(graph: onnx.GraphProto) -> tuple:

@@ -26,7 +26,7 @@ from lrpgraph.checks import finite
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import OpRecord, Unit
 
 DEFAULT_STABILIZER = 1e-6
 MOVE = "move"  # an emitter entry: the converter moves the signal as the op moves values, whatever the rule
@@ -120,6 +120,17 @@ def unregister_rule(name: str) -> RuleUnit | None:
 def default_rules(kind: str) -> frozenset:
     """The rule names a unit of this kind accepts unless its op record lists others."""
     return frozenset(name for name, unit in RULES.items() if kind in unit.default_kinds)
+
+
+def accepted(record: "OpRecord", kind: str) -> frozenset:
+    """The rule names a unit of this op record and kind accepts: the record's own list, else the kind's default."""
+    return record.rules[kind] if kind in record.rules else default_rules(kind)
+
+
+def check_rule(record: "OpRecord", unit: "Unit", rule: "Rule") -> None:
+    """The walker's check: the rule is one the unit's op record accepts for its kind."""
+    if rule.name not in accepted(record, unit.kind):
+        raise unsupported_rule(unit, rule)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from lrpgraph.rules.base import MOVE, Param, Rule, RuleUnit, register_rule
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
-    from lrpgraph.canonicalize import Unit
-    from lrpgraph.converters.registry import Context
+    from lrpgraph.catalog import Unit
+    from lrpgraph.catalog import Context
 
 DEFAULT_FLEX_EPSILON = 0.01  # LRP-Flex's ReLU eps
 

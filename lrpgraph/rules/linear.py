@@ -13,9 +13,9 @@ from lrpgraph.rules.base import DEFAULT_STABILIZER, RULES, Param, Rule, RuleUnit
 from lrpgraph.rules.terms import Group, Term, linear_relevance
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
-    from lrpgraph.converters.linear import LinearLayer
-    from lrpgraph.converters.registry import Context
+    from lrpgraph.catalog import Unit
+    from lrpgraph.catalog import LayerEmitters
+    from lrpgraph.catalog import Context
 
 DEFAULT_GAMMA = 0.25
 DEFAULT_ALPHA, DEFAULT_BETA = 2.0, 1.0
@@ -35,7 +35,7 @@ def linear_rule(name: str, *params: Param, check: Callable | None = None, image_
     return decorate
 
 
-def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LinearLayer") -> list:
+def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LayerEmitters") -> list:
     """Any linear rule: its groups, with the stabiliser as eps; in the gradient form R_x / x for R_y = y g."""
     b, nonneg = ctx.b, layer.x in ctx.nonneg
     groups = RULES[rule.name].groups(*rule.params)
@@ -55,7 +55,7 @@ def epsilon(eps: float) -> list:
 
 
 @RULES["epsilon"].emits("linear")
-def emit_epsilon(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LinearLayer") -> list:
+def emit_epsilon(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LayerEmitters") -> list:
     """The epsilon rule divides by the layer's own output (no forward of its own), stabilised by its eps; in
     the gradient form g_x = W^T (g_y y / stab(y)), no division by x."""
     b, eps = ctx.b, rule.params[0]
@@ -135,7 +135,7 @@ FLEX_ZBOX = register_rule(RuleUnit(
 
 
 @FLEX_ZBOX.emits("linear")
-def emit_flex_zbox(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LinearLayer") -> list:
+def emit_flex_zbox(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LayerEmitters") -> list:
     b = ctx.b
     relevance = b.mul(layer.out, r_outs[0])
     return [linear_relevance(b, layer, rule, zbox(*rule.params), relevance, rule.stabilizer, layer.x in ctx.nonneg,

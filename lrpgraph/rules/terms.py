@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lrpgraph.converters.linear import LinearLayer
+    from lrpgraph.catalog import LayerEmitters
     from lrpgraph.graph import Builder
     from lrpgraph.rules.base import Rule
 
@@ -35,11 +35,11 @@ class Group:
     mask: str = ""  # "pos" / "neg": only where the layer's own output z > 0 / z < 0
 
 
-def linear_relevance(b: "Builder", layer: "LinearLayer", rule: "Rule", groups: list, relevance: str, eps: float,
+def linear_relevance(b: "Builder", layer: "LayerEmitters", rule: "Rule", groups: list, relevance: str, eps: float,
                      nonneg_input: bool = False, output: str | None = None, z: str | None = None) -> str:
     """Emit the relevance at a linear layer's input for the groups of a linear rule (see the module docstring).
 
-    layer: converters.linear.LinearLayer (forward/backward emitters, weights); rule: its parameters feed the
+    layer: a linear layer bound to its op's passes (catalog.LayerEmitters: forward, backward, weights); rule: its parameters feed the
     modifiers (zbox's bounds, gamma); eps: the stabiliser; output: the layer's own output tensor, for gamma's
     sign masks; z: a denominator to use instead of the groups' forward (the epsilon rule reuses the output)."""
     mods = _Modifiers(b, layer, rule, nonneg_input)

@@ -9,8 +9,8 @@ from lrpgraph.rules.base import Rule, RuleUnit, register_rule
 if TYPE_CHECKING:
     from types import SimpleNamespace
 
-    from lrpgraph.canonicalize import Unit
-    from lrpgraph.converters.registry import Context
+    from lrpgraph.catalog import Unit
+    from lrpgraph.catalog import Context
 
 UNIFORM = register_rule(RuleUnit("uniform", (), "AttnLRP: each operand of a product of two signals gets half of "
                                  "the product rule's gradient."))

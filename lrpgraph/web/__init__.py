@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrpgraph import graph, metadata
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime import images, render
 
