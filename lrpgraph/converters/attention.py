@@ -1,4 +1,4 @@
-"""Transformer ops (REFERENCE.md section 9): a Softmax inside the graph, products of two signals
+"""Transformer ops (AttnLRP and CP-LRP, docs/transformers.md): a Softmax inside the graph, products of two signals
 (attention's Q K^T and A V as MatMul or Einsum, an element-wise a * b), Gather by constant indices (a class token, a
 fused qkv) and of token ids (the embedding table), Expand, Where, GELU, and the linear layers and
 activations under the transformer composites.

@@ -1,7 +1,7 @@
 """LocalResponseNormalization (AlexNet, GoogLeNet, ZFNet): y_c = x_c / d_c^beta with
 d_c = bias + alpha / size * sum of x_j^2 over the channels j in c's window.
 
-LRP treats the normaliser d as a constant (REFERENCE.md section 9, as for LayerNorm): y is then x times a
+LRP treats the normaliser d as a constant (as AttnLRP does for LayerNorm, docs/transformers.md): y is then x times a
 positive factor per element, so relevance passes unchanged ('pass', what every LRP composite gives it).
 Gradient-family rule sets ('gradient': the methods and LRP-Flex) get the true derivative, d included:
 

@@ -8,7 +8,7 @@ relevance path
 - reads the activations the int8 model computes: each layer's input is the DequantizeLinear output;
 - uses the dequantized weights and biases: DequantizeLinear of a constant is folded at convert time into a
   float initializer, in the view that canonicalize and the rules read (`dequantized_view`);
-- reads a layer's own output z (the stabiliser's denominator, the norm rule's sum) from a float copy of
+- reads a layer's own output z (the stabilizer's denominator, the norm rule's sum) from a float copy of
   the layer (`separate`): the forward node's output keeps its one consumer, the QuantizeLinear, so
   onnxruntime can still fuse the forward into quantized kernels and the logits stay bit-identical.
 """

@@ -37,7 +37,7 @@ class Composite:
         return dict(self.table) if self.gradient else {**BASE, **self.table}
 
     def options(self) -> frozenset:
-        """The RuleOptions fields it reads: the options of its rules' parameters, and the stabiliser for LRP ones."""
+        """The RuleOptions fields it reads: the options of its rules' parameters, and the stabilizer for LRP ones."""
         names = {p.option for rule in set(self.rules().values()) for p in RULES[rule].params if p.option}
         return frozenset(names | (set() if self.gradient else {"stabilizer"}))
 

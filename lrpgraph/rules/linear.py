@@ -36,7 +36,7 @@ def linear_rule(name: str, *params: Param, check: Callable | None = None, image_
 
 
 def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "LayerEmitters") -> list:
-    """Any linear rule: its groups, with the stabiliser as eps; in the gradient form R_x / x for R_y = y g."""
+    """Any linear rule: its groups, with the stabilizer as eps; in the gradient form R_x / x for R_y = y g."""
     b, nonneg = ctx.b, layer.x in ctx.nonneg
     groups = RULES[rule.name].groups(*rule.params)
     if ctx.message == "gradient":
@@ -47,7 +47,7 @@ def emit_groups(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: "
 
 
 @linear_rule("epsilon", Param("epsilon", DEFAULT_STABILIZER, minimum=0.0, option="epsilon",
-                              help="eps of the epsilon rule [the stabiliser]"))
+                              help="eps of the epsilon rule [the stabilizer]"))
 def epsilon(eps: float) -> list:
     """R_i = x_i sum_j w_ij R_j / stab(z_j), z_j = sum_i x_i w_ij + b_j (the layer's own output), stabilised by
     eps; eps = 0 is LRP-0."""

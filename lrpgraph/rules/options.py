@@ -1,4 +1,4 @@
-"""The composites' numeric options (RuleOptions): the stabiliser, and one field per rule parameter that names
+"""The composites' numeric options (RuleOptions): the stabilizer, and one field per rule parameter that names
 an option (Param.option): epsilon, gamma, alpha, beta, low, high, flex_epsilon. Their CLI flags, help, defaults
 and checks come from the parameters."""
 
@@ -8,7 +8,7 @@ from lrpgraph.checks import finite
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules.base import DEFAULT_STABILIZER, RULES
 
-STABILIZER_HELP = "stabiliser of the other rules"
+STABILIZER_HELP = "stabilizer of the other rules"
 
 
 def option_params() -> dict:
@@ -26,7 +26,7 @@ def _params(self) -> dict:
     out = {}
     for unit in RULES.values():
         values = [getattr(self, p.option) if p.option else p.default for p in unit.params]
-        out[unit.name] = tuple(self.stabilizer if v is None else v for v in values)  # epsilon unset: the stabiliser
+        out[unit.name] = tuple(self.stabilizer if v is None else v for v in values)  # epsilon unset: the stabilizer
     return out
 
 
@@ -42,7 +42,7 @@ def _names(cls) -> tuple:
 def _option_fields():
     out = [("stabilizer", float, field(default=DEFAULT_STABILIZER))]
     for name, (unit, param) in option_params().items():
-        default = None if name == "epsilon" else param.default  # epsilon unset: the stabiliser
+        default = None if name == "epsilon" else param.default  # epsilon unset: the stabilizer
         out.append((name, float | tuple | None, field(default=default)))
     return out
 
@@ -50,11 +50,11 @@ def _option_fields():
 RuleOptions = make_dataclass("RuleOptions", _option_fields(), frozen=True, namespace={
     "params": _params, "to_dict": _to_dict, "names": classmethod(_names),
     "__doc__": "The composites' numeric rule options, from the CLI (or lrpgraph.convert's keywords) to the rules: "
-               "the stabiliser and one field per rule parameter with an option (rules.options.option_params)."})
+               "the stabilizer and one field per rule parameter with an option (rules.options.option_params)."})
 
 
 def check_rule_options(options: "RuleOptions") -> None:
-    """Each option finite and in its parameter's range (epsilon unset: the stabiliser), the stabiliser > 0, and
+    """Each option finite and in its parameter's range (epsilon unset: the stabilizer), the stabilizer > 0, and
     each rule's joint check (alpha - beta = 1, low < high) on the values a composite would give it."""
     if finite(options.stabilizer, "--stabilizer")[0] <= 0:
         raise LrpgraphError(f"--stabilizer {options.stabilizer:g} must be > 0 (it keeps denominators away from zero; "

@@ -40,7 +40,7 @@ def linear_relevance(b: "Builder", layer: "LayerEmitters", rule: "Rule", groups:
     """Emit the relevance at a linear layer's input for the groups of a linear rule (see the module docstring).
 
     layer: a linear layer bound to its op's passes (catalog.LayerEmitters: forward, backward, weights); rule: its parameters feed the
-    modifiers (zbox's bounds, gamma); eps: the stabiliser; output: the layer's own output tensor, for gamma's
+    modifiers (zbox's bounds, gamma); eps: the stabilizer; output: the layer's own output tensor, for gamma's
     sign masks; z: a denominator to use instead of the groups' forward (the epsilon rule reuses the output)."""
     mods = _Modifiers(b, layer, rule, nonneg_input)
     result = []

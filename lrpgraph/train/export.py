@@ -5,7 +5,7 @@ for an initializer into the explained model (the one the module was imported fro
 model (its initializers, or Constant nodes, of the same names: the converter keeps the original names),
 then reloads both files and checks (1) every written initializer bit-exactly against the module and
 (2) onnxruntime against the module: the plain model's logits and every output of the explained model,
-L1 relative error within `tolerance`. A relevance map at a small stabiliser can be ill-conditioned in
+L1 relative error within `tolerance`. A relevance map at a small stabilizer can be ill-conditioned in
 float32 (single pixels where z ~ 0); there the bound is 4 x the module's own float32-vs-float64 error
 on the same input, which a wrong graph or wrong weights exceed by orders of magnitude.
 """

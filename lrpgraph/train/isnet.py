@@ -1,4 +1,4 @@
-"""ISNet variants (REFERENCE.md section 6): the graph each variant needs, and its heatmaps per training step.
+"""ISNet variants (Bassi et al.: original, Dual, Selective and Stochastic ISNet): the graph each variant needs, and its heatmaps per training step.
 
 variant     K   explained per image                                              graph (converted here)
 plain       0   nothing: cross-entropy only (the baseline)                       flex, target seed (validation)
