@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 CHANNELS = {"L": 1, "RGB": 3}
 
 
-def finite(value, name):
+def finite(value: object, name: str) -> tuple:
+    """The value as a tuple of numbers (one, or one per channel); an error naming it unless every one is finite."""
     values = tuple(np.asarray(value).ravel().tolist()) if np.ndim(value) > 0 else (value,)
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise LrpgraphError(f"{name} {value!r} is not a finite number; give a finite value")
