@@ -10,8 +10,7 @@ leaves the layer the bounds as given."""
 
 import numpy as np
 
-from lrpgraph.canonicalize import Canonical
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS, Canonical
 
 
 def first_layer_maps(canon: Canonical) -> dict:

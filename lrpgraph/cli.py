@@ -12,14 +12,11 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, ch
                                  make_output_dir, write_error)
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.notice import PATENT_NOTICE
-from lrpgraph.rules import RuleOptions
+from lrpgraph.rules import listing
 from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
-
-COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
-DEFAULTS = RuleOptions()
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
@@ -37,26 +34,6 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="lrpgraph")
 def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
-
-
-def rule_options(fn: Callable) -> Callable:
-    options = [
-        click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
-                     help="rule preset (zennit's names)"),
-        click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
-                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
-        click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help="stabiliser of the other rules"),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True)
-          for name in ("gamma", "alpha", "beta")),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True,
-                       help=f"{what} image value, for zbox (carried through in-graph normalisation)")
-          for name, what in (("low", "lowest"), ("high", "highest"))),
-        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True, help="eps of LRP-Flex's ReLUs"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def preprocess_options(fn: Callable) -> Callable:
@@ -78,11 +55,6 @@ def preprocess_options(fn: Callable) -> Callable:
 def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     given = dict(resize=resize, crop=crop, mean=mean, std=std, mode=mode, channel_order=channel_order, scale=scale)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
-
-
-def _rule_options(kw):
-    """The rule options given on the command line, as the one object the converter takes."""
-    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
 
 
 @main.command(cls=MethodCommand)  # --method and the method options: from the method units (cli_methods.py)
@@ -107,7 +79,8 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
             **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
-    from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
+    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
 
     specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
     check_ignored(given(), specs)
@@ -122,7 +95,7 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options(kw),
+                              options=options_given(kw), method_options=method_options(kw),
                               preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
@@ -146,22 +119,23 @@ def _read_labels(path):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @rule_options
-def inspect(model: str, **kw) -> None:
+@IMAGE_SIZE
+def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
-    from lrpgraph import bounds, composites, graph
+    from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
-    from lrpgraph.converters import RECORDS
+    from lrpgraph.catalog import RECORDS
+    from lrpgraph.convert import converted_by, plan, read
 
-    from lrpgraph.convert import converted_by
-
-    proto = graph.load(model)
-    if converted_by(proto):
+    source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
+    proto = source.model
+    if source.record is not None:
         click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
         return
     counts = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
     try:
-        canon, error = canonicalize(proto), None
+        canon, error = canonicalize(source.view), None
     except LrpgraphError as err:
         canon, error = None, err
     click.echo("op coverage:" + ("" if error else "  (ok*: within a written-out LayerNorm, RMSNorm or GELU "
@@ -169,17 +143,21 @@ def inspect(model: str, **kw) -> None:
     for op, count in sorted(counts.items()):
         mark = "ok" if op in RECORDS else "--" if error else "ok*"
         click.echo(f"  {mark:<3} {op:<22} {count}")
+    for miss in canon.near_misses if canon else getattr(error, "near_misses", []):
+        click.echo(f"not fused: {miss}")  # a written-out block (a norm) whose pattern check failed, and why
     if error:
         raise error
-    plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),
-                           first_bounds=bounds.first_layer_maps(canon))
+    rule_plan = plan(canon, kw["composite"], kw["rules"], options_given(kw))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
-    click.echo("rules:")
+    click.echo("rules (--rule RULE:PARAMETERS, defaults, kinds it applies to):")
+    for line in listing():
+        click.echo(f"  {line}")
+    click.echo("rule of each node:")
     for unit in canon.units:
         fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
         first = " [first layer]" if unit.first else ""
-        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(plan[unit.name])}{first}{fused}")
+        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(rule_plan[unit.name])}{first}{fused}")
 
 
 @main.command()
@@ -271,7 +249,8 @@ def _demo_truth(records, labels):
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
 def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model, save
+    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.files import save
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession
 

@@ -1,4 +1,4 @@
-"""What is explained: the seed put at the logits y [N, C] (REFERENCE.md section 4).
+"""What is explained: the seed put at the logits y [N, C] (docs/rules.md, Targets).
 
 Each mode gives a relevance seed (LRP rule sets) and a gradient seed (gradient-family rule sets and
 LRP-Flex, whose relevance is input x modified gradient): top and index give y_c at the class and the

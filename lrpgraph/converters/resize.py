@@ -11,12 +11,13 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
 def nearest_index_maps(unit: "Unit", inits_of: Callable, shape: list) -> list:
@@ -47,7 +48,7 @@ def nearest_index_maps(unit: "Unit", inits_of: Callable, shape: list) -> list:
     return maps
 
 
-@register("Resize", kind="structure")
+@converts("Resize")
 def resize(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     mode = unit.attrs.get("mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode

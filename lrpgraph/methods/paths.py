@@ -4,7 +4,7 @@ along the batch axis as [m * N, ...] (point-major), with its units renamed for t
 import copy
 from typing import TYPE_CHECKING
 
-from lrpgraph.canonicalize import Canonical
+from lrpgraph.catalog import Canonical
 from lrpgraph.graph import Builder, needed_nodes
 
 if TYPE_CHECKING:

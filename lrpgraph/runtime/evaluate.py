@@ -150,21 +150,11 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
     skipped, and listed in "failed", as `lrpgraph explain` does.
     Returns {"rows": [per image and output: dict], "summary": {output: {metric: mean}}, "curves": n written,
     "notes": [...], "images": n found, "failed": [{"file", "error"}]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
-    metrics = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
-    if any(m not in METRICS for m in metrics):
-        raise LrpgraphError(f"unknown metric in {metrics}; choose from {', '.join(METRICS)}")
-    needs_masks = [m for m in metrics if m in MASK_METRICS]
-    if needs_masks and masks_dir is None:
-        raise LrpgraphError(f"metric(s) {', '.join(needs_masks)} need --masks DIR (a mask per image)")
-    if masks_dir is not None and not Path(masks_dir).is_dir():
-        raise LrpgraphError(f"--masks {masks_dir} is not a folder")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LrpgraphError(f"batch size must be a positive integer, got {batch_size!r}")
-    if step is not None and (not isinstance(step, int) or step < 1):
-        raise LrpgraphError(f"step must be a positive number of pixels, got {step!r}")
+    metrics, needs_masks = _checked(metrics, masks_dir, batch_size, step)
     heatmaps = HeatmapModel(model, provider, threads, seed)
     classifier = Classifier(heatmaps.proto, provider, threads)
     fill_value = heatmaps.black() if str(fill).lower() == "black" else _number(fill, "fill")
+    scores = _Scores(heatmaps, classifier, metrics, step, fill_value)
     found = find_images(paths, exclude=out_dir)
     if not found:
         raise LrpgraphError(f"no image files found in {', '.join(map(str, paths))}")
@@ -178,32 +168,9 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
                                     on_failure)
         if not chunk:
             continue
-        logits = classifier.logits(images)
-        classes = logits.argmax(axis=1)
-        probs = softmax(logits)
-        maps = heatmaps.heatmaps(images, classes, logits)
-        masks = (np.stack([_load_mask(mask_files[i], heatmaps.preprocess, heatmaps.input_shape) for i in chunk])
-                 if mask_files else None)
-        curves = {}
-        for output, relevance in maps.items():
-            values = {}
-            if "deletion" in metrics:
-                curves[(output, "deletion")] = c = deletion(classifier, images, relevance, classes, step, fill_value)
-                values["deletion_auc"] = c.auc
-            if "insertion" in metrics:
-                curves[(output, "insertion")] = c = insertion(classifier, images, relevance, classes, step)
-                values["insertion_auc"] = c.auc
-            if "background" in metrics:
-                values["background_fraction"] = background_fraction(relevance, masks)
-            if "pointing" in metrics:
-                values["pointing_hit"] = pointing_game(relevance, masks).astype(np.float64)
-            if "conservation" in metrics:
-                values["conservation_error"] = conservation_error(relevance, heatmaps.seed_sums(output, logits,
-                                                                                                 classes))
-            for j, i in enumerate(chunk):
-                rows.append({"file": str(found[i][0]), "output": output, "class": int(classes[j]),
-                             "probability": float(probs[j, classes[j]]),
-                             **{k: float(v[j]) for k, v in values.items()}})
+        chunk_rows, curves = scores.chunk(images, [str(found[i][0]) for i in chunk],
+                                          [mask_files[i] for i in chunk] if mask_files else None)
+        rows += chunk_rows
         if plot:
             for j, i in enumerate(chunk):
                 plot(bases[i], {key: (c.fractions, c.probabilities[j]) for key, c in curves.items()})
@@ -213,6 +180,69 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
         _write_csv(Path(out_dir) / "metrics.csv", rows)
     return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found),
             "failed": failed}
+
+
+def _checked(metrics, masks_dir, batch_size, step):
+    """evaluate's arguments checked: (the metrics as a list, those of them that need masks)."""
+    metrics = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
+    if any(m not in METRICS for m in metrics):
+        raise LrpgraphError(f"unknown metric in {metrics}; choose from {', '.join(METRICS)}")
+    needs_masks = [m for m in metrics if m in MASK_METRICS]
+    if needs_masks and masks_dir is None:
+        raise LrpgraphError(f"metric(s) {', '.join(needs_masks)} need --masks DIR (a mask per image)")
+    if masks_dir is not None and not Path(masks_dir).is_dir():
+        raise LrpgraphError(f"--masks {masks_dir} is not a folder")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LrpgraphError(f"batch size must be a positive integer, got {batch_size!r}")
+    if step is not None and (not isinstance(step, int) or step < 1):
+        raise LrpgraphError(f"step must be a positive number of pixels, got {step!r}")
+    return metrics, needs_masks
+
+
+class _Scores:
+    """evaluate's metrics on one chunk of images at a time: the predicted class from the classifier, every
+    heatmap output of heatmaps, and a row per image and output."""
+
+    def __init__(self, heatmaps, classifier, metrics, step, fill_value):
+        self.heatmaps, self.classifier, self.metrics = heatmaps, classifier, metrics
+        self.step, self.fill_value = step, fill_value
+
+    def chunk(self, images, files, mask_files):
+        """(rows, {(output, "deletion" | "insertion"): curve}) for images [N, C, H, W] read from files."""
+        heatmaps = self.heatmaps
+        logits = self.classifier.logits(images)
+        classes = logits.argmax(axis=1)
+        probs = softmax(logits)
+        maps = heatmaps.heatmaps(images, classes, logits)
+        masks = (np.stack([_load_mask(path, heatmaps.preprocess, heatmaps.input_shape) for path in mask_files])
+                 if mask_files else None)
+        rows, curves = [], {}
+        for output, relevance in maps.items():
+            values = self._values(output, images, relevance, classes, logits, masks, curves)
+            for j, file in enumerate(files):
+                rows.append({"file": file, "output": output, "class": int(classes[j]),
+                             "probability": float(probs[j, classes[j]]),
+                             **{k: float(v[j]) for k, v in values.items()}})
+        return rows, curves
+
+    def _values(self, output, images, relevance, classes, logits, masks, curves):
+        """{column: value per image} of one heatmap output; its deletion / insertion curves go to curves."""
+        metrics, classifier, values = self.metrics, self.classifier, {}
+        if "deletion" in metrics:
+            curves[(output, "deletion")] = c = deletion(classifier, images, relevance, classes, self.step,
+                                                        self.fill_value)
+            values["deletion_auc"] = c.auc
+        if "insertion" in metrics:
+            curves[(output, "insertion")] = c = insertion(classifier, images, relevance, classes, self.step)
+            values["insertion_auc"] = c.auc
+        if "background" in metrics:
+            values["background_fraction"] = background_fraction(relevance, masks)
+        if "pointing" in metrics:
+            values["pointing_hit"] = pointing_game(relevance, masks).astype(np.float64)
+        if "conservation" in metrics:
+            values["conservation_error"] = conservation_error(relevance, self.heatmaps.seed_sums(output, logits,
+                                                                                                 classes))
+        return values
 
 
 def _number(value, what):

@@ -255,32 +255,23 @@ class ExplainSession:
                 raise LrpgraphError(f"batch must hold numbers, got dtype {array.dtype}")
             self._check_batch_shape(array.shape)
             x = np.ascontiguousarray(array, dtype=np.float32)
-            logits, relevance, explained = self._explain_rows(x, target, size, NumpyOps(self))
-        if explained is None and self.target_mode == "top":
-            explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
+            logits, relevance, explained = self.explain_rows(x, target, NumpyOps(self), size)
         relevance = dict(zip(self.relevance_outputs, relevance)) if self.several else relevance[0]
         return (logits, relevance, explained) if return_targets else (logits, relevance)
 
-    def _explain_rows(self, x, target, size, ops):
+    def explain_rows(self, x: object, target: object, ops: object, batch_size: int | None = None) -> tuple:
+        """(logits, [relevance per heatmap output], explained classes) for the rows x: the one loop that turns a
+        target into feeds (the module's docstring) and runs them in chunks of batch_size rows. ops runs a chunk
+        and does the array work in x's own type: arrays.NumpyOps or TorchOps for images [N, C, H, W],
+        tokens.TokenOps for a text model's inputs by name (tokens.Feeds); x.shape[0] is the number of rows and
+        x[rows] a chunk. The classes are None for target 'all'."""
         n = x.shape[0]
+        size = batch_size or self.batch_size
         plan = self._target_feed(target, n)
         logits_parts, relevance_parts, predicted = [], [], []
         for start in range(0, n, size):
-            rows = slice(start, min(start + size, n))
-            feed = None if plan.feed is None else plan.feed[rows]
-            logits, relevance = ops.run(x[rows], feed)
-            classes = None if plan.explained is None else plan.explained[rows]
-            if plan.predict:
-                classes = to_numpy(logits).argmax(axis=1).astype(np.int64)
-                redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
-                if redo.size:
-                    _, again = ops.run(ops.take(x[rows], redo), self._class_feed(classes[redo]))
-                    relevance = [ops.put(r, redo, a) for r, a in zip(relevance, again)]
-                predicted.append(classes)
-            if plan.scale:
-                self._check_range(classes, to_numpy(logits).shape[1])
-                factors = to_numpy(logits)[np.arange(len(classes)), classes]
-                relevance = [ops.scale(r, factors) if s else r for r, s in zip(relevance, plan.scale)]
+            logits, relevance, classes = self._run_chunk(x[start:min(start + size, n)], plan, start, ops)
+            predicted.append(classes)
             logits_parts.append(logits)
             relevance_parts.append(relevance)
         explained = plan.explained
@@ -291,8 +282,29 @@ class ExplainSession:
         if not logits_parts:
             logits, empty = ops.empty(x, self.num_classes or 0)
             return logits, [empty for _ in self.relevance_outputs], explained
-        relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(self.relevance_outputs))]
-        return ops.cat(logits_parts), relevance, explained
+        relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(relevance_parts[0]))]
+        logits = ops.cat(logits_parts)
+        if explained is None and self.target_mode == "top":
+            explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
+        return logits, relevance, explained
+
+    def _run_chunk(self, x, plan, start, ops):
+        """(logits, [relevance], explained classes) of the chunk x, rows start.. of the plan."""
+        rows = slice(start, start + x.shape[0])
+        feed = None if plan.feed is None else plan.feed[rows]
+        logits, relevance = ops.run(x, feed)
+        classes = None if plan.explained is None else plan.explained[rows]
+        if plan.predict:
+            classes = to_numpy(logits).argmax(axis=1).astype(np.int64)
+            redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
+            if redo.size:
+                _, again = ops.run(ops.take(x, redo), self._class_feed(classes[redo]))
+                relevance = [ops.put(r, redo, a) for r, a in zip(relevance, again)]
+        if plan.scale:
+            self._check_range(classes, to_numpy(logits).shape[1])
+            factors = to_numpy(logits)[np.arange(len(classes)), classes]
+            relevance = [ops.scale(r, factors) if s else r for r, s in zip(relevance, plan.scale)]
+        return logits, relevance, classes
 
     def constant_feeds(self) -> dict:
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
@@ -305,15 +317,15 @@ class ExplainSession:
         same = home.type == self.device
         x = batch.detach().to(dtype=torch.float32)
         if not same:
-            logits, relevance, explained = self._explain_rows(
-                np.ascontiguousarray(x.cpu().numpy()), target, size, NumpyOps(self)
+            logits, relevance, explained = self.explain_rows(
+                np.ascontiguousarray(x.cpu().numpy()), target, NumpyOps(self), size
             )
             return torch.from_numpy(logits).to(home), [torch.from_numpy(r).to(home) for r in relevance], explained
         if home.type == "cuda" and (home.index or 0) != self.device_id:  # the CUDA provider's own GPU
             x = x.to(f"cuda:{self.device_id}").contiguous()
-            logits, relevance, explained = self._explain_rows(x, target, size, TorchOps(self))
+            logits, relevance, explained = self.explain_rows(x, target, TorchOps(self), size)
             return logits.to(home), [r.to(home) for r in relevance], explained
-        return self._explain_rows(x.contiguous(), target, size, TorchOps(self))
+        return self.explain_rows(x.contiguous(), target, TorchOps(self), size)
 
 
 class _Plan:

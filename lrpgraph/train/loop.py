@@ -3,7 +3,7 @@ write-back) and train(), which runs it.
 
 train(TrainConfig(...)) (config.py) checks everything up front (model, variant, data, masks, options; LrpgraphError
 with one line before any step), then trains: per step one forward + one relevance pass + one backward of
-(1 - P) CE + P L_H (REFERENCE.md 5), gradients all-reduced across processes (distributed.py; torchrun: gloo on
+(1 - P) CE + P L_H (the ISNet loss of loss.py), gradients all-reduced across processes (distributed.py; torchrun: gloo on
 CPU, NCCL on GPUs) and clipped, SGD or Adam, a step or cosine schedule per epoch. With --tune-epochs N the first
 N epochs train on CE only and the last of them feeds C1C2Tuner (C1, C2 for the rest). Every epoch: validation
 accuracy and background relevance fraction, an atomic checkpoint (weights, optimizer, scheduler, C1/C2,

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrpgraph import graph, metadata
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime import images, render
 
@@ -90,7 +90,7 @@ def without_ceil_mode(model: onnx.ModelProto) -> int:
     shapes, nodes, count = graph.tensor_shapes(model), [], 0
     for node in model.graph.node:
         attrs, shape = graph.attrs_of(node), shapes.get(node.input[0]) if node.input else None
-        if (node.op_type != "MaxPool" or not attrs.get("ceil_mode") or len([o for o in node.output if o]) > 1
+        if (not is_kind(node, "maxpool") or not attrs.get("ceil_mode") or len([o for o in node.output if o]) > 1
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not shape or None in shape[2:]):
             nodes.append(node)
             continue

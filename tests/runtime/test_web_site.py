@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lrpgraph.cli import main
-from lrpgraph.convert import convert, save
+from lrpgraph.convert import convert
+from lrpgraph.files import save
 from lrpgraph.web import ORT_FILES, pipeline
 
 DEMO = Path(__file__).resolve().parents[2] / "lrpgraph" / "data" / "demo"
