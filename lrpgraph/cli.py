@@ -15,6 +15,7 @@ from lrpgraph.errors import LrpgraphError
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import listing
+from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
 DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
@@ -180,11 +181,15 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
+@click.option("--masks", "masks_dir", type=click.Path(), default=None,
+              help="bulk runs: masks with the images' relative names (background fraction, pointing game)")
+@scale_options
 def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
-            channel_order: str | None, scale: float | None) -> None:
-    """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
+            channel_order: str | None, scale: float | None, masks_dir: str | None, **bulk: object) -> None:
+    """Heatmaps for images (files or folders, walked recursively) with a converted MODEL; with --parquet or
+    --engine ray, a bulk run over image folders, globs or Parquet files."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
@@ -193,6 +198,9 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
     check_output_dir(out_dir, "--out")
+    if is_bulk(bulk, inputs) or masks_dir is not None:  # lrpgraph/scale/cli.py; exits
+        explain_bulk(click.get_current_context().params, _preprocess(resize, crop, mean, std, mode, channel_order,
+                                                                     scale))
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
     if session.tokens:  # a text model: token ids from .npy / .jsonl files, one coloured-token page
         from lrpgraph.runtime.tokens import explain_token_files
@@ -307,13 +315,18 @@ def _web_site(model, out_dir, samples, force, title=None):
 @click.option("--no-plots", is_flag=True, help="write no curve plots")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
+@scale_options
 def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_dir: str | None, step: int | None,
-             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None) -> None:
+             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None,
+             **bulk: object) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
-    of a converted MODEL on images (files or folders); prints the mean per output."""
+    of a converted MODEL on images (files or folders); prints the mean per output. With --parquet or --engine
+    ray: a bulk run, the metrics per image in OUT/rows (Parquet)."""
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
 
     check_output_dir(out_dir, "--out")
+    if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits
+        evaluate_bulk(click.get_current_context().params)
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
                             provider=None if provider == "auto" else provider, threads=threads)
