@@ -166,7 +166,7 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 @click.option("--target", type=int, default=None, help="class to explain for every image (models converted with "
               "--target index or seed); default: the predicted class")
 @click.option("--overlay", is_flag=True, help="also write <name>.overlay.png (heatmap over the image)")
-@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic or coldnhot")
+@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic, coldnhot or gray")
 @click.option("--format", "formats", default="png", show_default=True, help="png, npy or png,npy")
 @click.option("--json", "json_out", is_flag=True, help="print one JSON line per image on stdout")
 @click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap (with a copy "
@@ -186,6 +186,7 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
             channel_order: str | None, scale: float | None) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.checks import check_preprocess
+    from lrpgraph.runtime import describe
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
     from lrpgraph.runtime.session import ExplainSession
@@ -205,12 +206,15 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         session.preprocess = {**(session.preprocess or {}), **overrides}
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    notes = [describe.explanations(session.record), describe.preprocessing(session.preprocess, session.input_shape)]
+    click.echo("\n".join(notes), err=True)
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,
                                 progress=not quiet, png_scale=png_scale, inputs_png=html)
         if html:
-            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels))
+            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels),
+                             notes=notes)
     except OSError as error:
         raise write_error(error, "--out", out_dir) from None
     click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)

@@ -46,8 +46,8 @@ def pipeline(preprocess: dict | None, shape: list) -> dict:
     steps = {"mode": images.image_mode(pre, shape), "scale": float(pre.get("scale") or 255.0),
              "bgr": str(pre.get("channel_order", "RGB")).upper() == "BGR"}
     resize, crop = pre.get("resize"), pre.get("crop")
-    if resize is None and crop is None:
-        steps["size"] = list(shape[1:])
+    if resize is None and crop is None:  # the default: aspect kept (images.resize_and_crop)
+        steps["cover"], crop = list(shape[1:]), list(shape[1:])
     elif resize is not None:
         shorter = isinstance(resize, (int, float)) or (isinstance(resize, (list, tuple)) and len(resize) == 1)
         steps["shorter" if shorter else "size"] = images._pair(resize, "resize")[0] if shorter else \
