@@ -121,6 +121,8 @@ def _read_labels(path):
 @IMAGE_SIZE
 def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
+    import onnx
+
     from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
     from lrpgraph.catalog import RECORDS
@@ -129,10 +131,15 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
     source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
     proto = source.model
     if source.record is not None:
-        click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
+        from lrpgraph.inspect_record import lines
+
+        click.echo(f"{model}: {converted_by(proto)}")
+        click.echo("\n".join(lines(proto, source.record)))
         return
     counts = Counter(n.op_type for n in proto.graph.node)
-    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
+    opset, stored = graph.opset_of(proto), graph.opset_of(onnx.load(model, load_external_data=False))
+    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {opset}"
+               + (f" (upgraded from {stored})" if stored != opset else ""))
     try:
         canon, error = canonicalize(source.view), None
     except LrpgraphError as err:
