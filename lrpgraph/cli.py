@@ -96,10 +96,14 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
                               options=options_given(kw), method_options=method_options(kw),
                               preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
+    folder = os.path.dirname(os.path.abspath(output))
+    created = not os.path.isdir(folder)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
         raise write_error(error, "-o", output) from None
+    if created:  # said, not done silently
+        click.echo(f"created the folder {folder}")
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
     if formats == "ort":
@@ -322,12 +326,13 @@ def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_d
              fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output."""
-    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
+    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics, progress_lines
 
     check_output_dir(out_dir, "--out")
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
-                            provider=None if provider == "auto" else provider, threads=threads)
+                            provider=None if provider == "auto" else provider, threads=threads,
+                            progress=progress_lines())
     click.echo(format_table(result["summary"], result["images"]))
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)

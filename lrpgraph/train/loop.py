@@ -125,6 +125,9 @@ class Trainer:
         found = len(self.train_set.classes)
         if found > self.classes:
             raise LrpgraphError(f"{c.images} has {found} class folders but the model has {self.classes} outputs")
+        if not c.resume and record.labels is None and found == self.classes:  # the class folders name the classes
+            record.labels = list(self.train_set.classes)
+            record.write(explained)
         pre = record.preprocess or {}
         self.mean = torch.tensor(pre["mean"]).reshape(1, -1, 1, 1) if pre.get("mean") else None
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None

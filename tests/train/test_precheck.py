@@ -44,6 +44,8 @@ def test_images_unlike_the_model_input_stop_before_training(data, tmp_path):
     fitted = invoke(data, "rgb32.onnx", tmp_path / "fit", "--fit-images")
     assert fitted.exit_code == 0, fitted.output
     assert "resized and converted to 3x32x32 RGB (--fit-images)" in fitted.output
+    record = lrpgraph.metadata.Record.from_model(onnx.load(tmp_path / "fit" / "model.lrp.onnx"))
+    assert record.labels == sorted(p.name for p in data["images"].iterdir())  # the class folders name the classes
 
 
 def test_importer_unlike_onnxruntime_stops_before_training(data, tmp_path, monkeypatch):
