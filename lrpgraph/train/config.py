@@ -6,7 +6,6 @@ RESUME_KEYS are the options a checkpoint records: --resume refuses to continue a
 """
 
 import dataclasses
-from pathlib import Path
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
