@@ -218,7 +218,6 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
     notes = [describe.explanations(session.record), describe.preprocessing(session.preprocess, session.input_shape)]
-    click.echo("\n".join(notes), err=True)
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,
@@ -228,6 +227,7 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
                              notes=notes)
     except OSError as error:
         raise write_error(error, "--out", out_dir) from None
+    click.echo("\n".join(notes), err=True)  # what was shown and applied (also on the page)
     click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)
     if summary["failed"] or not summary["found"]:
         sys.exit(1)
