@@ -92,17 +92,24 @@ class SqueezeExcite(nn.Module):
         return x * nn.functional.hardsigmoid(self.b(torch.relu(self.a(x.mean((2, 3), keepdim=True)))))
 
 
-def _block(cin, cout, stride, groups=1):
-    return [nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.Hardswish()]
+class WrittenOutHardSwish(nn.Module):
+    """x * relu6(x + 3) / 6 in elementary ops (Add, Clip, Mul, Div), as paddle2onnx writes it below opset 14."""
+
+    def forward(self, x):
+        return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _block(cin, cout, stride, groups=1, act=nn.Hardswish):
+    return [nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), act()]
 
 
 class MobileNetV3Like(nn.Module):
     """PP-LCNet / MobileNetV3 in small: Conv-BN-HardSwish, depthwise, an SE gate, a 1x1 head conv, Softmax."""
 
-    def __init__(self):
+    def __init__(self, act=nn.Hardswish):
         super().__init__()
-        self.features = nn.Sequential(*_block(3, 16, 2), *_block(16, 16, 1, 16), SqueezeExcite(16),
-                                      *_block(16, 32, 2))
+        self.features = nn.Sequential(*_block(3, 16, 2, act=act), *_block(16, 16, 1, 16, act), SqueezeExcite(16),
+                                      *_block(16, 32, 2, act=act))
         self.head, self.fc = nn.Conv2d(32, 64, 1), nn.Linear(64, CLASSES)
 
     def forward(self, x):
@@ -129,6 +136,7 @@ def _models():
 
     yield "mnv3-like opset 13 (HardSigmoid * x)", _legacy_export(MobileNetV3Like(), 32, 13)
     yield "mnv3-like opset 15 (HardSwish)", _legacy_export(MobileNetV3Like(), 32, 15)
+    yield "mnv3-like, HardSwish written out", _legacy_export(MobileNetV3Like(WrittenOutHardSwish), 32, 15)
     torch.manual_seed(0)
     yield "torchvision mobilenet_v3_small", _legacy_export(torchvision.models.mobilenet_v3_small(num_classes=10),
                                                            96, 15)
