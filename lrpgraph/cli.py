@@ -97,10 +97,14 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
                               options=options_given(kw), method_options=method_options(kw),
                               preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
+    folder = os.path.dirname(os.path.abspath(output))
+    created = not os.path.isdir(folder)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
         raise write_error(error, "-o", output) from None
+    if created:  # said, not done silently
+        click.echo(f"created the folder {folder}")
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
     if formats == "ort":
@@ -122,6 +126,8 @@ def _read_labels(path):
 @IMAGE_SIZE
 def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
+    import onnx
+
     from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
     from lrpgraph.catalog import RECORDS
@@ -130,10 +136,15 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
     source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
     proto = source.model
     if source.record is not None:
-        click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
+        from lrpgraph.inspect_record import lines
+
+        click.echo(f"{model}: {converted_by(proto)}")
+        click.echo("\n".join(lines(proto, source.record)))
         return
     counts = Counter(n.op_type for n in proto.graph.node)
-    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
+    opset, stored = graph.opset_of(proto), graph.opset_of(onnx.load(model, load_external_data=False))
+    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {opset}"
+               + (f" (upgraded from {stored})" if stored != opset else ""))
     try:
         canon, error = canonicalize(source.view), None
     except LrpgraphError as err:
@@ -167,7 +178,7 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 @click.option("--target", type=int, default=None, help="class to explain for every image (models converted with "
               "--target index or seed); default: the predicted class")
 @click.option("--overlay", is_flag=True, help="also write <name>.overlay.png (heatmap over the image)")
-@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic or coldnhot")
+@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic, coldnhot or gray")
 @click.option("--format", "formats", default="png", show_default=True, help="png, npy or png,npy")
 @click.option("--json", "json_out", is_flag=True, help="print one JSON line per image on stdout")
 @click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap (with a copy "
@@ -191,6 +202,7 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL; with --parquet or
     --engine ray, a bulk run over image folders, globs or Parquet files."""
     from lrpgraph.checks import check_preprocess
+    from lrpgraph.runtime import describe
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
     from lrpgraph.runtime.session import ExplainSession
@@ -213,14 +225,17 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         session.preprocess = {**(session.preprocess or {}), **overrides}
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    notes = [describe.explanations(session.record), describe.preprocessing(session.preprocess, session.input_shape)]
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,
                                 progress=not quiet, png_scale=png_scale, inputs_png=html)
         if html:
-            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels))
+            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels),
+                             notes=notes)
     except OSError as error:
         raise write_error(error, "--out", out_dir) from None
+    click.echo("\n".join(notes), err=True)  # what was shown and applied (also on the page)
     click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)
     if summary["failed"] or not summary["found"]:
         sys.exit(1)
@@ -322,14 +337,15 @@ def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_d
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output. With --parquet or --engine
     ray: a bulk run, the metrics per image in OUT/rows (Parquet)."""
-    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
+    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics, progress_lines
 
     check_output_dir(out_dir, "--out")
     if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits
         evaluate_bulk(click.get_current_context().params)
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
-                            provider=None if provider == "auto" else provider, threads=threads)
+                            provider=None if provider == "auto" else provider, threads=threads,
+                            progress=progress_lines())
     click.echo(format_table(result["summary"], result["images"]))
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)

@@ -30,6 +30,8 @@ def rule_options(fn: Callable) -> Callable:
                      help="rule preset (zennit's names)"),
         click.option("--rule", "rules", cls=RuleOverride, multiple=True, metavar="KEY=RULE"),
         click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help=STABILIZER_HELP),
+        click.option("--zero-params", type=click.Choice(["bias"]), default=None,
+                     help="leave the linear layers' biases out of the rules (zennit's zero_params=['bias'])"),
         *(click.option(flag(name), type=float, default=getattr(DEFAULTS, name), show_default=name != "epsilon",
                        help=param.help) for name, (_, param) in option_params().items()),
     ]
@@ -40,4 +42,6 @@ def rule_options(fn: Callable) -> Callable:
 
 def options_given(kw: dict) -> RuleOptions:
     """The rule options given on the command line (a command's keywords), as the one object the converter takes."""
-    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
+    values = {k: kw[k] for k in RuleOptions.names()}
+    values["zero_params"] = (values["zero_params"],) if values.get("zero_params") else None
+    return RuleOptions(**values)

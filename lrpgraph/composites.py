@@ -5,6 +5,8 @@ A composite maps unit categories (first linear layer, conv, dense, activation, s
 maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
+from dataclasses import replace
+
 from lrpgraph.catalog import RECORDS
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import RULES, RuleOptions, accepted, check_rule_options, make_rule, parse_rule
@@ -46,6 +48,8 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
             if unit.first and RULES[name].image_range and unit.name in (first_bounds or {}):
                 values = first_bounds[unit.name](*values)
             rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'", check=False)
+        if options.zero_params and unit.layer is not None:
+            rule = replace(rule, zero_bias=True)
         allowed = accepted(record, unit.kind)
         if rule.name not in allowed:
             raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "

@@ -120,9 +120,12 @@ def canonical(source: Source) -> Canonical:
     return canon
 
 
-def plan(canon: Canonical, composite: str, rules: list | tuple = (), options: RuleOptions | None = None) -> dict:
-    """{unit name: Rule}: the composite's rules with the overrides (composites.plan), the zbox bounds carried
-    through in-graph normalisation to the first layers (bounds.first_layer_maps)."""
+def plan(canon: Canonical, composite: str, rules: list | tuple = (), options: RuleOptions | None = None,
+         preprocess: dict | None = None) -> dict:
+    """{unit name: Rule}: the composite's rules with the overrides (composites.plan), the zbox bounds taken from
+    the stored normalisation (bounds.from_preprocess) and carried through in-graph normalisation to the first
+    layers (bounds.first_layer_maps)."""
+    options = bounds.from_preprocess(preprocess, options or RuleOptions())
     return composites.plan(canon.units, composite, rules, options, first_bounds=bounds.first_layer_maps(canon))
 
 
@@ -149,7 +152,7 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         heat, more = methods.emit(b, model, canon, spec, seed, request.method_options, walker)
         new_inputs = new_inputs + more
     else:
-        rule_plan = plan(canon, spec, request.rules, request.options)
+        rule_plan = plan(canon, spec, request.rules, request.options, request.preprocess)
         used = {name: str(rule) for name, rule in rule_plan.items()}
         heat = walker(canon, rule_plan, seed)
         heat = b.zeros_like(canon.image) if heat is None else heat

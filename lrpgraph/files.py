@@ -51,7 +51,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, e
         external = sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_BYTES
     for target in [path] + ([data] if external else []):
         if os.path.exists(target) and not force:
-            raise LrpgraphError(f"{target} exists; pass --force to overwrite it or -o to write elsewhere")
+            raise LrpgraphError(f"{target} exists; pass force=True to overwrite it, or save to another path")
     if external:
         external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location,
                                                             size_threshold=1024)
@@ -66,7 +66,11 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, e
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = location
-        os.replace(partial, data)
+        if os.path.exists(partial):  # (no tensor over the threshold: no data file)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(partial, 0o666 & ~mask)  # the usual permissions, as the .onnx file gets (onnx writes 0600)
+            os.replace(partial, data)
     atomic_write(path, lambda file: file.write(model.SerializeToString()))
 
 

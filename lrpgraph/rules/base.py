@@ -140,9 +140,10 @@ class Rule:
     name: str
     params: tuple = ()
     stabilizer: float = DEFAULT_STABILIZER
+    zero_bias: bool = False  # zennit's zero_params=['bias']: the layer's bias left out of the rule (RuleOptions)
 
     def __str__(self):
-        return self.name + "".join(":" + _fmt(p) for p in self.params)
+        return self.name + "".join(":" + _fmt(p) for p in self.params) + (" (bias left out)" if self.zero_bias else "")
 
     def emitter(self, kind: str, node: "Unit") -> Callable:
         """This rule's emitter for a unit of that kind; an error naming the node where it has none."""

@@ -64,7 +64,7 @@ def emit_epsilon(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: 
         return [layer.backward(b, b.mul(g, b.div(layer.out, b.stab(layer.out, eps))), layer.weights(b)[0])]
     groups = epsilon(eps)
     return [linear_relevance(b, layer, rule, groups, r_outs[0], eps, layer.x in ctx.nonneg, output=layer.out,
-                             z=layer.out)]
+                             z=None if rule.zero_bias else layer.out)]  # without the bias: z = x W, its own forward
 
 
 @linear_rule("zplus")

@@ -40,7 +40,8 @@ def _names(cls) -> tuple:
 
 
 def _option_fields():
-    out = [("stabilizer", float, field(default=DEFAULT_STABILIZER))]
+    out = [("stabilizer", float, field(default=DEFAULT_STABILIZER)),
+           ("zero_params", tuple | None, field(default=None))]  # zennit's zero_params: ('bias',) or None
     for name, (unit, param) in option_params().items():
         default = None if name == "epsilon" else param.default  # epsilon unset: the stabilizer
         out.append((name, float | tuple | None, field(default=default)))
@@ -59,6 +60,9 @@ def check_rule_options(options: "RuleOptions") -> None:
     if finite(options.stabilizer, "--stabilizer")[0] <= 0:
         raise LrpgraphError(f"--stabilizer {options.stabilizer:g} must be > 0 (it keeps denominators away from zero; "
                             f"default {DEFAULT_STABILIZER:g})")
+    if options.zero_params not in (None, (), ("bias",), ["bias"]):
+        raise LrpgraphError(f"zero_params {options.zero_params!r}: only ('bias',) is supported (zennit's "
+                            "zero_params=['bias']: the linear layers' biases left out of the rules)")
     for name, (unit, param) in option_params().items():
         value = getattr(options, name)
         if value is None:

@@ -123,7 +123,7 @@ class _Modifiers:
 
     def bias(self, kind):
         bias = self.layer.weights(self.b)[1]
-        if kind == "zero" or bias is None:
+        if kind == "zero" or bias is None or self.rule.zero_bias:
             return None
         return self._once("b" + kind, lambda: self._modify(bias, kind))
 

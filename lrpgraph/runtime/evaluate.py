@@ -141,13 +141,14 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
              masks_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
              step: int | None = None, fill: str | float = "black", batch_size: int = 16, provider: str | None = None,
              threads: int | None = None, seed: int = 0, plots: bool = True,
-             on_failure: Callable | None = _report_failure) -> dict:
+             on_failure: Callable | None = _report_failure, progress: Callable | None = None) -> dict:
     """Evaluate every heatmap output of a converted model on image files (folders walked recursively).
 
     masks_dir holds a mask per image under the same relative name (PNG; nonzero = foreground), needed for
     background and pointing. fill: 'black' (a black pixel in the model's input space) or a number.
     An image that cannot be read is reported by on_failure(file, message) (default: one line on stderr),
-    skipped, and listed in "failed", as `lrpgraph explain` does.
+    skipped, and listed in "failed", as `lrpgraph explain` does. progress(done, total) is called after each
+    batch (progress_lines: a line on stderr every few seconds, readable in a log file as on a terminal).
     Returns {"rows": [per image and output: dict], "summary": {output: {metric: mean}}, "curves": n written,
     "notes": [...], "images": n found, "failed": [{"file", "error"}]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
     metrics, needs_masks = _checked(metrics, masks_dir, batch_size, step)
@@ -171,6 +172,8 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
         chunk_rows, curves = scores.chunk(images, [str(found[i][0]) for i in chunk],
                                           [mask_files[i] for i in chunk] if mask_files else None)
         rows += chunk_rows
+        if progress is not None:
+            progress(min(first + batch_size, len(found)), len(found))
         if plot:
             for j, i in enumerate(chunk):
                 plot(bases[i], {key: (c.fractions, c.probabilities[j]) for key, c in curves.items()})
@@ -180,6 +183,22 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
         _write_csv(Path(out_dir) / "metrics.csv", rows)
     return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found),
             "failed": failed}
+
+
+def progress_lines(every: float = 5.0, stream=None) -> Callable:
+    """A progress(done, total) for evaluate: one line 'evaluated D of T images (S s)' on stream (stderr) at the
+    first batch, then at most every `every` seconds, and at the end."""
+    import time
+
+    start, last = time.perf_counter(), [None]
+
+    def progress(done, total):
+        now = time.perf_counter()
+        if last[0] is None or now - last[0] >= every or done == total:
+            last[0] = now
+            print(f"evaluated {done} of {total} images ({now - start:.0f} s)", file=stream or sys.stderr, flush=True)
+
+    return progress
 
 
 def _checked(metrics, masks_dir, batch_size, step):

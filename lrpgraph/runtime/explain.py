@@ -186,6 +186,7 @@ def _record(session, file, outputs, logits_row, probabilities_row, maps, explain
         "explained": explained,
         "explained_label": _label(session.labels, explained),
         "explained_score": None if explained is None else _finite(logits_row[explained]),
+        "explained_score_kind": "probability" if session.outputs_probabilities else "logit",
         "relevance_sum": next(iter(sums.values())) if len(sums) == 1 else sums,
     }
     bad = [k for k, v in maps.items() if not np.isfinite(np.asarray(v)).all()]

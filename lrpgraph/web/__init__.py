@@ -2,8 +2,9 @@
 
 The site is index.html + app.js (this folder), the converted model, model.json (what app.js needs: the
 input, the preprocessing as a plain pipeline, labels, colour maps, sample images) and onnxruntime-web's
-JS and WASM files, copied from lrpgraph/web/node_modules (`make web` runs `npm ci` there; the version
-is pinned in package.json / package-lock.json) or from the folder in $LRPGRAPH_ORT_WEB. It needs no
+JS and WASM files, copied from the folder in $LRPGRAPH_ORT_WEB, lrpgraph/web/node_modules (`make web` runs
+`npm ci` there; the version is pinned in package.json / package-lock.json) or the user cache that web.fetch
+fills from the npm registry on first use (checked against package-lock.json's hash). It needs no
 network once written: serve it with any static server (`python -m http.server -d site`).
 """
 
@@ -29,13 +30,19 @@ ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-th
 MODEL_NAME = "model.lrp.onnx"
 
 
-def ort_dist() -> Path:
-    """The folder holding onnxruntime-web's dist files, or a one-line error saying how to get them."""
-    folder = Path(os.environ.get("LRPGRAPH_ORT_WEB") or HERE / "node_modules" / "onnxruntime-web" / "dist")
+def ort_dist(progress: bool = True) -> Path:
+    """The folder holding onnxruntime-web's dist files: $LRPGRAPH_ORT_WEB, else `make web`'s node_modules, else
+    the user cache, filled from the npm registry on first use (web.fetch); or a one-line error."""
+    given = os.environ.get("LRPGRAPH_ORT_WEB")
+    folder = Path(given or HERE / "node_modules" / "onnxruntime-web" / "dist")
     missing = [name for name in ORT_FILES if not (folder / name).is_file()]
+    if missing and given:
+        raise LrpgraphError(f"LRPGRAPH_ORT_WEB: {folder / missing[0]} is missing; set it to onnxruntime-web's dist "
+                            "folder (`make web` installs one), or unset it to use the cached download")
     if missing:
-        raise LrpgraphError(f"onnxruntime-web is not installed ({folder / missing[0]} is missing); run `make web` "
-                            "(npm ci in lrpgraph/web) or set LRPGRAPH_ORT_WEB to its dist folder")
+        from lrpgraph.web.fetch import cached_dist
+
+        return cached_dist(ORT_FILES, progress)
     return folder
 
 
@@ -46,8 +53,8 @@ def pipeline(preprocess: dict | None, shape: list) -> dict:
     steps = {"mode": images.image_mode(pre, shape), "scale": float(pre.get("scale") or 255.0),
              "bgr": str(pre.get("channel_order", "RGB")).upper() == "BGR"}
     resize, crop = pre.get("resize"), pre.get("crop")
-    if resize is None and crop is None:
-        steps["size"] = list(shape[1:])
+    if resize is None and crop is None:  # the default: aspect kept (images.resize_and_crop)
+        steps["cover"], crop = list(shape[1:]), list(shape[1:])
     elif resize is not None:
         shorter = isinstance(resize, (int, float)) or (isinstance(resize, (list, tuple)) and len(resize) == 1)
         steps["shorter" if shorter else "size"] = images._pair(resize, "resize")[0] if shorter else \

@@ -57,7 +57,8 @@ def test_site(tmp_path, ort_files):
 
 
 def test_pipeline_steps():
-    assert pipeline(None, [3, 224, 224]) == {"mode": "RGB", "scale": 255.0, "bgr": False, "size": [224, 224]}
+    assert pipeline(None, [3, 224, 224]) == {"mode": "RGB", "scale": 255.0, "bgr": False, "cover": [224, 224],
+                                             "crop": [224, 224]}  # the aspect ratio kept
     steps = pipeline({"resize": [40, 30], "channel_order": "BGR", "mean": [0.5, 0.4, 0.3], "std": 0.2,
                       "scale": 1.0}, [3, 40, 30])
     assert steps == {"mode": "RGB", "scale": 1.0, "bgr": True, "size": [40, 30], "mean": [0.5, 0.4, 0.3], "std": [0.2]}
