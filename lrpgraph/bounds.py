@@ -8,9 +8,14 @@ Add/Sub/Mul/Div by constants that are scalars or per channel (shape [C, 1, 1] or
 bounds are pushed through it. Any other op on the way (a Resize, a standalone BatchNormalization, ...)
 leaves the layer the bounds as given."""
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from lrpgraph.catalog import RECORDS, Canonical
+
+if TYPE_CHECKING:
+    from lrpgraph.rules import RuleOptions
 
 
 def first_layer_maps(canon: Canonical) -> dict:
@@ -71,7 +76,7 @@ def _param(values):
     return float(flat[0]) if np.all(flat == flat[0]) else tuple(float(v) for v in flat)
 
 
-def from_preprocess(preprocess: dict | None, options):
+def from_preprocess(preprocess: dict | None, options: "RuleOptions") -> "RuleOptions":
     """The rule options with low/high derived from the stored preprocessing (`--mean/--std/--scale`): pixels
     in [0, 255 / scale] become ((0 - mean_c) / std_c, (255 / scale - mean_c) / std_c) per channel, the range
     of the model's input that zbox (and LRP-Flex's first layer) needs. Options whose low/high were given

@@ -1,7 +1,12 @@
 """What a converted model does to an image and what its heatmaps are, in words: the lines `lrpgraph explain`
 prints and its page shows, so that neither the preprocessing nor the composite is hidden in metadata."""
 
+from typing import TYPE_CHECKING
+
 from lrpgraph.rules.composites import COMPOSITES
+
+if TYPE_CHECKING:
+    from lrpgraph.metadata import Record
 
 
 def preprocessing(preprocess: dict | None, input_shape: tuple | None) -> str:
@@ -30,7 +35,7 @@ def preprocessing(preprocess: dict | None, input_shape: tuple | None) -> str:
     return f"preprocessing ({stored}; --resize/--crop/--scale/--mean/--std override it): " + ", ".join(steps)
 
 
-def explanations(record) -> str:
+def explanations(record: "Record") -> str:
     """One line: each heatmap output and the composite or method behind it, and the target mode."""
     parts = []
     for output, spec in record.explanations.items() or {record.relevance_outputs[0]: record.composite}.items():

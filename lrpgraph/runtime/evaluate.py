@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import TextIO
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +186,7 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
             "failed": failed}
 
 
-def progress_lines(every: float = 5.0, stream=None) -> Callable:
+def progress_lines(every: float = 5.0, stream: "TextIO | None" = None) -> Callable:
     """A progress(done, total) for evaluate: one line 'evaluated D of T images (S s)' on stream (stderr) at the
     first batch, then at most every `every` seconds, and at the end."""
     import time

@@ -7,10 +7,15 @@ When the final round trip still fails, failed_write_back says which written file
 """
 
 from pathlib import Path
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.ort import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import torch
 
 _MODES = {1: ("L", "grayscale"), 3: ("RGB", "RGB")}
 
@@ -52,7 +57,8 @@ def check_images(samples: list, shape: list, fit: bool, what: str) -> str | None
            f"resized and converted to {wanted} (--fit-images)"
 
 
-def check_start(module, explained, example, tolerance: float = 1e-5) -> dict:
+def check_start(module: "torch.nn.Module", explained: "onnx.ModelProto", example: "np.ndarray",
+                tolerance: float = 1e-5) -> dict:
     """The importer against onnxruntime on the start model (before any step): {output: L1 relative error}.
 
     Raises LrpgraphError saying that nothing was trained when they differ beyond tolerance (the bound write_back
