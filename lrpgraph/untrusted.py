@@ -11,7 +11,9 @@ inside the folder; graph.read and ort.source_of (every session: explain, evaluat
 through it, so convert, inspect, explain, evaluate, web, the importer and train all do.
 """
 
+import functools
 import os
+from collections.abc import Callable
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -33,6 +35,27 @@ def check_file(path: str | os.PathLike) -> onnx.ModelProto:
                             "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
     check_model(model, where, os.path.dirname(os.path.abspath(where)))
     return model
+
+
+MALFORMED = (ArithmeticError, LookupError, TypeError, ValueError, onnx.checker.ValidationError,
+             onnx.shape_inference.InferenceError)
+
+
+def malformed_refused(step: Callable) -> Callable:
+    """A convert step whose plain exceptions (a zero stride, an axes input of the wrong rank, a dtype onnx does not
+    know: what a malformed model that passed the checks above makes numpy or onnx raise) become one LrpgraphError
+    line that names the step and the exception. LrpgraphError passes through unchanged."""
+    @functools.wraps(step)
+    def guarded(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except LrpgraphError:
+            raise
+        except MALFORMED as err:
+            raise LrpgraphError(f"the model cannot be converted ({step.__name__.strip('_')}: {type(err).__name__}: "
+                                f"{_first(err)[:200]}); it is probably malformed: check it with "
+                                "onnx.checker.check_model(model, full_check=True), or report it with the model") from None
+    return guarded
 
 
 def check_source(source: str | bytes) -> None:
@@ -67,9 +90,12 @@ def check_model(model: onnx.ModelProto, where: str, folder: str | None = None) -
     bytes or a proto, whose external locations are only checked for their form)."""
     for tensor in external_data_helper._get_all_tensors(model):
         check_tensor(tensor, where, folder)
-    for info in _value_infos(model.graph):
+    declared = len(model.graph.input) + len(model.graph.output)
+    for k, info in enumerate(_value_infos(model.graph)):
         dims = [d.dim_value for d in info.type.tensor_type.shape.dim if d.HasField("dim_value")]
         _check_size(dims, f"{where}: tensor '{info.name}'")
+        if info.type.HasField("tensor_type"):  # value_info may leave the type open, graph inputs/outputs not
+            _check_dtype(info.type.tensor_type.elem_type, f"{where}: tensor '{info.name}'", k >= declared)
     check_graph(model, where)
 
 
@@ -77,6 +103,7 @@ def check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> No
     """The tensor's size is sane and its data (inline or external, inside folder) holds what dims declare."""
     name = f"{where}: initializer '{tensor.name}'"
     elements = _check_size(list(tensor.dims), name)
+    _check_dtype(tensor.data_type, name)
     size = _itemsize(tensor.data_type)
     if external_data_helper.uses_external_data(tensor):
         info = {e.key: e.value for e in tensor.external_data}
@@ -85,7 +112,8 @@ def check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> No
         have = len(tensor.raw_data) if tensor.HasField("raw_data") else None
     else:
         have = _typed_count(tensor) * size
-    if have is not None and size is not None and have < elements * size:
+    external = external_data_helper.uses_external_data(tensor)
+    if have is not None and size is not None and (have < elements * size or (not external and have > elements * size)):
         raise LrpgraphError(f"{name} declares {elements} elements ({elements * size} bytes) but holds {have} bytes; "
                             "the file is damaged: export the model again")
 
@@ -130,6 +158,7 @@ def check_graph(model: onnx.ModelProto, where: str) -> None:
         if node.domain not in known and not node.domain.startswith("com.microsoft"):
             raise LrpgraphError(f"{where}: node '{node.name}' ({node.op_type}) is of domain {node.domain!r}, which "
                                 "no runtime knows; give a model of standard ONNX ops")
+        _check_attributes(node, where)
         for out in filter(None, node.output):
             if out in produced:
                 raise LrpgraphError(f"{where}: tensor '{out}' is produced twice (node '{node.name}' again); "
@@ -179,6 +208,25 @@ def _check_size(dims, name):
             raise LrpgraphError(f"{name} declares shape {list(dims)} ({_count(dims)} elements, over {MAX_ELEMENTS}): "
                                 "refused before allocating it; the file is damaged or made to exhaust memory")
     return elements
+
+
+_DTYPES = set(onnx.TensorProto.DataType.values())
+
+
+def _check_dtype(data_type, name, undefined_ok=False):
+    if data_type not in _DTYPES or (data_type == onnx.TensorProto.UNDEFINED and not undefined_ok):
+        raise LrpgraphError(f"{name} has element type {data_type}, which ONNX does not define; the file is damaged: "
+                            "export the model again")
+
+
+_POSITIVE = ("strides", "dilations", "kernel_shape")  # a zero or negative one divides by zero downstream
+
+
+def _check_attributes(node, where):
+    for attr in node.attribute:
+        if attr.name in _POSITIVE and any(v <= 0 for v in attr.ints):
+            raise LrpgraphError(f"{where}: node '{node.name}' ({node.op_type}) has {attr.name} {list(attr.ints)}; "
+                                "they must be positive: the file is damaged, export the model again")
 
 
 def _count(dims):

@@ -21,7 +21,10 @@ from lrpgraph.cli import main
 from lrpgraph.convert import convert
 from lrpgraph.files import save
 from lrpgraph.web import build_site
-from test_web import DEMO, browser, ort_web, server, wait_for  # noqa: F401 (fixtures; skips without chromium)
+import test_web  # skips this module too without chromium or node
+from test_web import DEMO, wait_for
+
+browser, ort_web, server = test_web.browser, test_web.ort_web, test_web.server  # its fixtures, shared
 
 NAME = "<img src=x onerror=alert(1)>"  # a file name cannot hold '/'
 TEXT = "</title></b><script>alert(2);window.pwned=1</script><img src=x onerror=\"window.pwned=1\">"
@@ -86,7 +89,7 @@ def test_token_page_shows_hostile_token_strings_as_text(browser, tmp_path):
     page.close()
 
 
-def test_web_site_shows_hostile_metadata_and_names_as_text_under_its_csp(ort_web, server, browser):  # noqa: F811
+def test_web_site_shows_hostile_metadata_and_names_as_text_under_its_csp(ort_web, server, browser):
     root, url = server
     model = convert(onnx.load(DEMO / "model.onnx"), preprocess={"mode": "L"})
     metadata.write(model, metadata.LABELS, [f"{TEXT}{i}" for i in range(10)])

@@ -120,7 +120,7 @@ def test_web_force_deletes_only_what_it_wrote(tmp_path, ort_files):
     mine.mkdir()
     for name in ("model.json", "app.js", "thesis.tex"):
         (mine / name).write_text("the user's")
-    assert_one_line_error(*cli("web", model, "-o", mine, "--force"), "no site lrpgraph wrote")
+    assert_one_line_error(*cli("web", model, "-o", mine, "--force"), "is no lrpgraph site")
     assert (mine / "thesis.tex").read_text() == "the user's"
     site = tmp_path / "site"
     assert cli("web", model, "-o", site, "--samples", DEMO / "images")[0] == 0

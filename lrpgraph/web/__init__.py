@@ -148,8 +148,8 @@ def _check_replaceable(out: Path) -> None:
     except (OSError, ValueError, TypeError):
         listed = None
     if not isinstance(listed, set) or not out.is_dir():
-        raise LrpgraphError(f"{out} exists and is no site lrpgraph wrote (no {MANIFEST}); --force replaces only "
-                            "those: choose another --out")
+        raise LrpgraphError(f"{out} exists and is no lrpgraph site (it has no {MANIFEST}); --force replaces only "
+                            "sites lrpgraph wrote: choose another --out")
     found = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir() or p.is_symlink()}
     extra = sorted(found - listed - {MANIFEST})
     if extra:
