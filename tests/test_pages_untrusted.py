@@ -45,7 +45,7 @@ def _page(browser, url):
 def _nothing_ran(page, dialogs):
     page.wait_for_timeout(300)  # an onerror handler fires once the broken image has failed
     assert dialogs == [] and page.evaluate("window.pwned") is None
-    assert page.evaluate("document.querySelectorAll('[onerror], script:not([src])').length") == 0
+    assert page.evaluate("document.querySelectorAll('[onerror], script:not([src]):not([type])').length") == 0
 
 
 def test_explain_page_shows_a_hostile_file_name_and_label_as_text(browser, tmp_path):
@@ -115,4 +115,20 @@ def test_web_site_shows_hostile_metadata_and_names_as_text_under_its_csp(ort_web
                   " document.body.appendChild(s); }")
     page.wait_for_timeout(200)
     assert page.evaluate("window.pwned") is None and "script-src-elem" in page.evaluate("window.violations")
+    page.close()
+
+
+def test_json_embedded_in_a_page_stays_data(browser, tmp_path):
+    from lrpgraph.runtime.html_safe import script_json, text
+
+    data = {"labels": [TEXT, "\u2028", NAME], "file": f"{NAME}.png"}
+    page_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>{text(TEXT)}</title></head><body>"
+                 f"<p id='name'>{text(NAME)}</p>{script_json(data, 'data')}</body></html>")
+    (tmp_path / "page.html").write_text(page_text, encoding="utf-8")
+    page, dialogs = _page(browser, (tmp_path / "page.html").as_uri())
+    assert page.evaluate("JSON.parse(document.getElementById('data').textContent)") == data
+    assert page.inner_text("#name") == NAME and page.title() == TEXT
+    assert page.evaluate("document.querySelectorAll('[onerror], script:not([src]):not([type])').length") == 0
+    page.wait_for_timeout(300)
+    assert dialogs == [] and page.evaluate("window.pwned") is None
     page.close()

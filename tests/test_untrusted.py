@@ -222,3 +222,18 @@ def test_tampered_labels_and_a_top_record_on_an_index_graph(tmp_path, plain):
     refused(lambda: ExplainSession(model), "'labels' is dict")
     metadata.write(model, metadata.LABELS, [["nested"]])
     refused(lambda: ExplainSession(model), "where a name belongs")
+
+
+def test_token_strings_of_any_json_type_become_text(tmp_path):
+    """A tokenizer.json whose added token is a number or an object: the token page shows it as text (before:
+    an AttributeError traceback from html.escape)."""
+    from lrpgraph.runtime.tokens import read_vocab, token_page
+
+    vocab = {"model": {"vocab": {"<b>a</b>": 0}}, "added_tokens": [{"id": 1, "content": 5},
+                                                                   {"id": 2, "content": {"x": "<i>"}}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
+    names = read_vocab(tmp_path / "tokenizer.json")
+    assert names == {0: "<b>a</b>", 1: "5", 2: "{'x': '<i>'}"}
+    page = token_page([{"file": "<x>.npy", "row": 0, "class": 1, "tokens": [names[i] for i in range(3)],
+                        "relevance": [1.0, -1.0, 0.5], "mask": [1, 1, 1]}])
+    assert "&lt;b&gt;a&lt;/b&gt;" in page and "&lt;x&gt;.npy" in page and "<b>a</b>" not in page
