@@ -30,6 +30,7 @@ import random
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,7 @@ DTYPES = [TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.
           TensorProto.UINT8, TensorProto.BOOL, TensorProto.STRING, 0, 999]
 OPS = ["Relu", "Conv", "Gemm", "MatMul", "Add", "Reshape", "Softmax", "MaxPool", "Concat", "NoSuchOp", "If", "Loop"]
 FAILURES = ("traceback", "bad-output", "crash", "hang")
+LOCK = threading.Lock()  # the supervising threads share one Counter
 
 
 def seed_models(cache: str | os.PathLike) -> dict:
@@ -245,8 +247,13 @@ def _worker(cache, numbers):
 
     warnings.simplefilter("ignore")
     seeds = seed_models(cache)
+    crash, hang = (int(os.environ.get(f"LRPGRAPH_FUZZ_{k}", -1)) for k in ("CRASH", "HANG"))  # the supervisor's test
     for number in map(int, numbers.split(",")):
         print(number, "START", flush=True)
+        if number == crash:
+            os.abort()
+        if number == hang:
+            time.sleep(3600)
         print(number, *run_case(seeds, number), flush=True)
 
 
@@ -255,19 +262,22 @@ def _supervise(cache, numbers, hang_s, counts):
     hang; either way a new worker goes on with the cases after it."""
     queue = list(numbers)
     while queue:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        # unbuffered: readline takes one line off the pipe, so select sees whatever is still unread
         proc = subprocess.Popen([sys.executable, __file__, "--worker", ",".join(map(str, queue)), "--cache", cache],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env=env)
         current, finished = None, set()
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], hang_s)
-            line = proc.stdout.readline() if ready else None
+            line = proc.stdout.readline().decode() if ready else None
             if not line:
                 if line is None:
                     proc.kill()
                 proc.wait()
-                if current is not None:
-                    counts.update(["hang" if line is None else "crash"])
-                    finished.add(current)
+                if current is not None or line is None:  # a hang between cases is the next case's
+                    with LOCK:
+                        counts.update(["hang" if line is None else "crash"])
+                    finished.add(queue[0] if current is None else current)
                 break
             number, *outcomes = line.split()
             if outcomes == ["START"]:
@@ -275,9 +285,24 @@ def _supervise(cache, numbers, hang_s, counts):
                 continue
             current = None
             finished.add(int(number))
-            counts.update(outcomes)
+            with LOCK:
+                counts.update(outcomes)
         position = max((queue.index(n) for n in finished), default=-1)
         queue = queue[position + 1:]
+
+
+def run(cases: int, start: int = 0, workers: int = 2, hang_s: float = 60.0, cache: str = "") -> Counter:
+    """{outcome: count} of cases start..start+cases-1, run by `workers` supervised worker processes."""
+    seed_models(cache)
+    numbers = list(range(start, start + cases))
+    counts = Counter()
+    threads = [threading.Thread(target=_supervise, args=(cache, numbers[k::workers], hang_s, counts))
+               for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return counts
 
 
 def main():
@@ -291,17 +316,8 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return _worker(args.cache, args.worker)
-    import threading
-
-    seed_models(args.cache)
-    numbers = list(range(args.start, args.start + args.cases))
-    counts, start = Counter(), time.time()
-    threads = [threading.Thread(target=_supervise, args=(args.cache, numbers[k::args.workers], args.hang, counts))
-               for k in range(args.workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    start = time.time()
+    counts = run(args.cases, args.start, args.workers, args.hang, args.cache)
     print(f"{args.cases} cases (numbers {args.start}..{args.start + args.cases - 1}), {args.workers} workers, "
           f"{time.time() - start:.0f} s")
     for outcome, count in sorted(counts.items()):

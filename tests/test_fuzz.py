@@ -21,8 +21,13 @@ ACCEPTED = {"refused", "converted", "converted-structural", "source-fails-ort", 
 
 
 @pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    return fuzz.seed_models(tmp_path_factory.mktemp("fuzz"))
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.fixture(scope="module")
+def seeds(cache):
+    return fuzz.seed_models(cache)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -37,3 +42,12 @@ def test_convert_and_explain_on_mutated_models(seeds, data):
         outcome, converted = fuzz.convert_case(model)
         outcomes = [outcome] + ([fuzz.explain_case(converted, draw)] if converted is not None else [])
     assert set(outcomes) <= ACCEPTED, (name, done, outcomes)
+
+
+def test_the_benchmark_counts_crashes_and_hangs(cache, seeds, monkeypatch):
+    """benchmarks/fuzz.py's supervisor: a worker that dies during a case counts one crash, one silent past the
+    limit one hang, and the cases after either still run."""
+    monkeypatch.setenv("LRPGRAPH_FUZZ_CRASH", "1")
+    monkeypatch.setenv("LRPGRAPH_FUZZ_HANG", "3")
+    counts = fuzz.run(5, workers=1, hang_s=8, cache=cache)
+    assert counts["crash"] == 1 and counts["hang"] == 1 and sum(counts.values()) == 5, counts
