@@ -45,6 +45,7 @@ DTYPES = [TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.
 OPS = ["Relu", "Conv", "Gemm", "MatMul", "Add", "Reshape", "Softmax", "MaxPool", "Concat", "NoSuchOp", "If", "Loop"]
 FAILURES = ("traceback", "bad-output", "crash", "hang")
 LOCK = threading.Lock()  # the supervising threads share one Counter
+FAILED = []  # the numbers of the cases that failed (rerun one: python benchmarks/fuzz.py --cases 1 --start N)
 
 
 def seed_models(cache: str | os.PathLike) -> dict:
@@ -277,6 +278,7 @@ def _supervise(cache, numbers, hang_s, counts):
                 if current is not None or line is None:  # a hang between cases is the next case's
                     with LOCK:
                         counts.update(["hang" if line is None else "crash"])
+                        FAILED.append(queue[0] if current is None else current)
                     finished.add(queue[0] if current is None else current)
                 break
             number, *outcomes = line.split()
@@ -287,6 +289,8 @@ def _supervise(cache, numbers, hang_s, counts):
             finished.add(int(number))
             with LOCK:
                 counts.update(outcomes)
+                if any(o.split(":")[0] in FAILURES for o in outcomes):
+                    FAILED.append(int(number))
         position = max((queue.index(n) for n in finished), default=-1)
         queue = queue[position + 1:]
 
@@ -323,7 +327,8 @@ def main():
     for outcome, count in sorted(counts.items()):
         print(f"  {outcome:<28} {count}")
     failures = sum(c for o, c in counts.items() if o.split(":")[0] in FAILURES)
-    print(f"failures (tracebacks, bad outputs, crashes, hangs): {failures}")
+    print(f"failures (tracebacks, bad outputs, crashes, hangs): {failures}"
+          + (f"; cases {sorted(FAILED)[:20]}" if FAILED else ""))
     return 1 if failures else 0
 
 
