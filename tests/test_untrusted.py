@@ -5,7 +5,9 @@ refused before it is read by convert, inspect, explain, evaluate, web, ExplainSe
 (on lrpgraph before this check: a traceback from onnx's checker on every path but the sessions). Sizes that
 would exhaust memory, initializers holding less data than their dims declare, cycles, tensors produced twice,
 inputs nobody produces and unknown domains: one line (before: convert wrote a model with a 10^12-element
-initializer, the importer raised a numpy traceback and accepted a node reading a tensor nobody produces).
+initializer or one shorter than its dims, convert and inspect took a 10^9 x 10^9 image shape, the importer
+raised numpy tracebacks and accepted a node reading a tensor nobody produces; cycles, tensors produced twice
+and unknown domains already got one line from onnx's checker or onnxruntime).
 A tampered lrpgraph.config is refused by the session (before: wrong types gave an AttributeError traceback,
 an unknown format, an unknown target mode, a 'top' record on a graph with a target input were accepted)."""
 
