@@ -104,6 +104,10 @@ def check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> No
     name = f"{where}: initializer '{tensor.name}'"
     elements = _check_size(list(tensor.dims), name)
     _check_dtype(tensor.data_type, name)
+    fields = [f for f in ("raw_data",) + _TYPED + ("string_data",) if len(getattr(tensor, f))]
+    if len(fields) > 1 or (fields == ["raw_data"] and tensor.data_type == onnx.TensorProto.STRING):
+        raise LrpgraphError(f"{name} keeps its data in {' and '.join(fields)} (type {tensor.data_type}), which ONNX "
+                            "does not allow; the file is damaged: export the model again")
     size = _itemsize(tensor.data_type)
     if external_data_helper.uses_external_data(tensor):
         info = {e.key: e.value for e in tensor.external_data}

@@ -6,7 +6,8 @@ refused before it is read by convert, inspect, explain, evaluate, web, ExplainSe
 would exhaust memory, initializers holding less data than their dims declare, cycles, tensors produced twice,
 inputs nobody produces and unknown domains: one line (before: convert wrote a model with a 10^12-element
 initializer or one shorter than its dims, convert and inspect took a 10^9 x 10^9 image shape, the importer
-raised numpy tracebacks and accepted a node reading a tensor nobody produces; cycles, tensors produced twice
+raised numpy tracebacks and accepted a node reading a tensor nobody produces, convert wrote a model
+with a STRING initializer in raw_data (the fuzzer found it); cycles, tensors produced twice
 and unknown domains already got one line from onnx's checker or onnxruntime).
 A tampered lrpgraph.config is refused by the session (before: wrong types gave an AttributeError traceback,
 an unknown format, an unknown target mode, a 'top' record on a graph with a target input were accepted)."""
@@ -141,6 +142,10 @@ def _huge_dims(model):
         dim.dim_value = 10**9
 
 
+def _string_in_raw_data(model):
+    max(model.graph.initializer, key=lambda t: len(t.raw_data)).data_type = TensorProto.STRING
+
+
 def _cycle(model):
     model.graph.node[0].input[0] = model.graph.node[1].output[0]
 
@@ -162,6 +167,7 @@ BROKEN = {  # attack: (mutation, what the one line says)
     "huge initializer": (_huge_initializer, "refused before allocating"),
     "initializer shorter than its dims": (_short_initializer, "holds 8 bytes"),
     "huge dims": (_huge_dims, "refused before allocating"),
+    "string data in raw_data": (_string_in_raw_data, "which ONNX does not allow"),
     "cycle": (_cycle, "has a cycle"),
     "tensor produced twice": (_produced_twice, "produced twice"),
     "input nobody produces": (_read_from_nobody, "'nobody', which no node"),
