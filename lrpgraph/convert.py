@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
+from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets, untrusted
 from lrpgraph.canonicalize import canonicalize, image_input
 from lrpgraph.catalog import Canonical, Initializers
 from lrpgraph.converters import quantized
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.recorded_shapes import check_shapes_agree
 from lrpgraph.metadata import RELEVANCE
 from lrpgraph.methods.options import MethodOptions
 from lrpgraph.rules import RuleOptions
@@ -81,6 +82,7 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     return model
 
 
+@untrusted.malformed_refused
 def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, image_size: tuple | list | None = None,
          webgpu: bool = False) -> Source:
     """The pipeline's first steps: load (graph.load), fix the image size (fix_image_size), make a ceil_mode
@@ -94,6 +96,8 @@ def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, image_size:
     if image_size is not None:
         model = fix_image_size(model, image_size, where)
     strict = passes_full_check(model)
+    if not strict:  # a recorded shape that contradicts the ops (an edited file) is refused; ceil_mode pooling is not
+        check_shapes_agree(graph.skeleton(model), where)
     if webgpu:
         from lrpgraph.web import without_ceil_mode
 
@@ -111,6 +115,7 @@ def _refuse_converted(source):
                             f"'{done.logits_output or '?'}', without the relevance outputs) instead")
 
 
+@untrusted.malformed_refused
 def canonical(source: Source) -> Canonical:
     """The canonical view of what is explained (canonicalize), its logits checked to be [N, classes]."""
     canon = canonicalize(source.view)
@@ -136,6 +141,7 @@ def _check_request(source, canon, request):
     checks.check_labels(request.labels, canon.shapes[canon.logits][1])
 
 
+@untrusted.malformed_refused
 def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> tuple:
     """Emit the heatmap `output` into a builder of its own: (builder, [new graph inputs], {unit name: rule text}
     for an LRP composite, None for a method)."""
@@ -277,6 +283,7 @@ def _explanations(explain, method, composite):
     return out
 
 
+@untrusted.malformed_refused
 def _attach(model, heatmaps, canon, explanations):
     """Add the heatmaps' nodes, the initializers they read, their new graph inputs and their outputs to model."""
     g = model.graph

@@ -38,6 +38,20 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True, 
     return path
 
 
+def inside(root: str | os.PathLike, relative: str | os.PathLike) -> str:
+    """root/relative for an output name derived from an input's name; LrpgraphError (one line) when it would
+    leave root: an absolute name, a '..' part, or a folder under root that is a symlink to elsewhere."""
+    parts = os.fspath(relative).replace("\\", "/").split("/")
+    if os.path.isabs(relative) or ".." in parts or (parts and len(parts[0]) > 1 and parts[0][1] == ":"):
+        raise LrpgraphError(f"output name {os.fspath(relative)!r} would leave {os.fspath(root)}; rename the input")
+    target = os.path.join(root, relative)
+    real_root, real_parent = os.path.realpath(root), os.path.realpath(os.path.dirname(target) or ".")
+    if os.path.commonpath([real_root, real_parent]) != real_root:
+        raise LrpgraphError(f"{os.path.dirname(target)} leads to {real_parent}, outside {os.fspath(root)} (a symlink); "
+                            "remove the link or choose another --out")
+    return target
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, external: bool | None = None) -> None:
     """Write atomically (temporary file, then rename); refuse to overwrite without force.
 
@@ -55,9 +69,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, e
     if external:
         external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location,
                                                             size_threshold=1024)
-        partial = data + ".partial"
-        if os.path.exists(partial):
-            os.remove(partial)
+        # a fresh name, created here (O_EXCL: never a file or symlink planted there), then appended to by onnx
+        partial = os.path.join(os.path.dirname(data), f".{location}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         for tensor in external_data_helper._get_all_tensors(model):  # written under a temporary name first
             if external_data_helper.uses_external_data(tensor):
                 external_data_helper.set_external_data(tensor, location=os.path.basename(partial))
@@ -100,7 +114,8 @@ def write_optimized(path: str | os.PathLike, force: bool = False, repeats: int =
     out = optimized_path(path)
     if os.path.exists(out) and not force:
         raise LrpgraphError(f"{out} exists; pass --force to overwrite it")
-    temporary = out + ".tmp"
+    temporary = os.path.join(os.path.dirname(os.path.abspath(out)),
+                             f".{os.path.basename(out)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # nothing planted
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = temporary

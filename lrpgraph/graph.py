@@ -9,6 +9,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
+from lrpgraph import untrusted
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.patterns.constants import bypass_identities, constants_to_initializers
 
@@ -17,19 +18,23 @@ MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with
 
 def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """The onnx.ModelProto as given: a proto (itself), serialized bytes or a path. LrpgraphError with one
-    line for a missing or unreadable file."""
+    line for a missing or unreadable file, or one untrusted.check_model refuses (external data outside the
+    model's folder, sizes that would exhaust memory, a broken graph)."""
     if isinstance(model_or_path, onnx.ModelProto):
+        untrusted.check_model(model_or_path, "the given model")
         return model_or_path
     where = "the given model bytes" if isinstance(model_or_path, (bytes, bytearray)) else os.fspath(model_or_path)
     if not isinstance(model_or_path, (bytes, bytearray)) and not os.path.isfile(where):
         raise LrpgraphError(f"{where}: no such file; give the path of an .onnx model")
+    if not isinstance(model_or_path, (bytes, bytearray)):
+        return untrusted.load_file(where)  # checked before its external data is read
     try:
-        if isinstance(model_or_path, (bytes, bytearray)):
-            return onnx.load_from_string(bytes(model_or_path))
-        return onnx.load(where)
+        model = onnx.load_from_string(bytes(model_or_path))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise LrpgraphError(f"{where}: not a readable ONNX model ({type(err).__name__}: {err}); "
                             "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
+    untrusted.check_model(model, where)
+    return model
 
 
 def load(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:

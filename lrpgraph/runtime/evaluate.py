@@ -29,6 +29,7 @@ from lrpgraph.metrics import (Classifier, auc, background_fraction, conservation
                               open_session, pointing_game, softmax)
 from lrpgraph.runtime.explain import output_bases
 from lrpgraph.runtime.images import find_images, image_mode, load_image, open_image, resize_and_crop, to_array
+from lrpgraph.files import atomic_write, inside
 from lrpgraph.runtime.render import save_text
 
 METRICS = ("deletion", "insertion", "background", "pointing", "conservation")
@@ -164,6 +165,8 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
     bases = output_bases(found)
     plot = _plotter(out_dir) if plots and out_dir is not None and {"deletion", "insertion"} & set(metrics) else None
     notes = ["matplotlib is not installed: no curve plots written"] if plot is False else []
+    for base in bases if plot else ():
+        inside(Path(out_dir) / "curves", f"{base}.curves.png")  # refused before any image is run
     rows, written, failed = [], 0, []
     for first in range(0, len(found), batch_size):
         chunk, images = _load_chunk(found, range(first, min(first + batch_size, len(found))), heatmaps, failed,
@@ -317,8 +320,7 @@ def _plotter(out_dir):
         return False
 
     def plot(base, curves):
-        path = Path(out_dir) / "curves" / f"{base}.curves.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = inside(Path(out_dir) / "curves", f"{base}.curves.png")
         kinds = [k for k in ("deletion", "insertion") if any(kind == k for _, kind in curves)]
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
@@ -330,7 +332,7 @@ def _plotter(out_dir):
             ax.legend(fontsize=7)
         fig.suptitle(str(base), fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=80))  # never through a planted link
         plt.close(fig)
 
     return plot

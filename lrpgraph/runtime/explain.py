@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import inside
 from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
@@ -269,7 +270,10 @@ def _found(paths, out_dir):
             f"no image files found in {', '.join(map(str, given))}; "
             f"give files or folders with {', '.join(IMAGE_EXTENSIONS)}"
         )
-    return [file for file, _ in found], output_bases(found)
+    bases = output_bases(found)
+    for base in bases:
+        inside(out_dir, str(base))  # an output folder under out_dir that is a symlink to elsewhere: refused
+    return [file for file, _ in found], bases
 
 
 class _Written:

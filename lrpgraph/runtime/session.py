@@ -86,6 +86,7 @@ class ExplainSession:
         inputs, outputs = self.runner.inputs, self.runner.outputs
         self.tokens = record.token_input
         self._find_tensors(inputs, outputs)
+        record.check_inputs(list(inputs), self.name)  # a tampered target mode: one line
         shape = list(inputs[self.image_input].shape)
         if self.tokens:  # token ids [N, L]: explain_inputs feeds them and the other inputs by name
             shape = [None, None, None, None]

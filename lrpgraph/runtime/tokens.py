@@ -127,7 +127,7 @@ def read_vocab(path: str | os.PathLike) -> dict:
         tokens = ({i: t for t, i in vocab.items()} if isinstance(vocab, dict)
                   else {i: entry[0] for i, entry in enumerate(vocab)})
         tokens.update({t["id"]: t["content"] for t in data.get("added_tokens", [])})
-        return tokens
+        return {int(i): str(t) for i, t in tokens.items()}  # a page shows them as text, whatever the file held
     except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
         raise LrpgraphError(f"{path}: not a tokenizer.json with model.vocab (the `tokenizers` format)") from None
 

@@ -28,6 +28,7 @@ PAGE_FILES = ("index.html", "app.js")
 # ort.min.mjs is onnxruntime-web's WASM + WebGPU build; it loads the .jsep files from its own folder
 ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 MODEL_NAME = "model.lrp.onnx"
+MANIFEST = ".lrpgraph-site"  # the files build_site wrote: --force replaces a folder holding only these
 
 
 def ort_dist(progress: bool = True) -> Path:
@@ -147,13 +148,30 @@ def site_config(model: onnx.ModelProto, title: str) -> dict:
             "webgpu_blocked": webgpu_blocked(model), "samples": []}
 
 
+def _check_replaceable(out: Path) -> None:
+    """--force replaces only a site build_site wrote: a real folder whose files are all in its MANIFEST."""
+    try:
+        listed = set(json.loads((out / MANIFEST).read_text(encoding="utf-8"))) if not out.is_symlink() else None
+    except (OSError, ValueError, TypeError):
+        listed = None
+    if not isinstance(listed, set) or not out.is_dir():
+        raise LrpgraphError(f"{out} exists and is no lrpgraph site (it has no {MANIFEST}); --force replaces only "
+                            "sites lrpgraph wrote: choose another --out")
+    found = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir() or p.is_symlink()}
+    extra = sorted(found - listed - {MANIFEST})
+    if extra:
+        raise LrpgraphError(f"{out} holds {extra[0]!r}, which lrpgraph did not write; --force would delete it: "
+                            "move it away or choose another --out")
+
+
 def build_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, samples: list | tuple = (),
                force: bool = False, title: str | None = None) -> Path:
     """Write the static site for a converted model to out_dir (built aside, then renamed into place)."""
     out = Path(out_dir)
-    if out.exists() and not (force and (out / "model.json").is_file() and (out / "app.js").is_file()):
-        raise LrpgraphError(f"{out} exists; pass --force to replace a site written before, or choose another --out"
-                            if not force else f"{out} exists and is no lrpgraph site; choose another --out")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise LrpgraphError(f"{out} exists; pass --force to replace a site written before, or choose another --out")
+        _check_replaceable(out)
     model = graph.load(model_path)
     config = site_config(model, title or f"lrpgraph: {Path(model_path).name}")
     dist = ort_dist()
@@ -174,6 +192,8 @@ def build_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, sample
             shutil.copyfile(file, work / name)
             config["samples"].append(name)
         (work / "model.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        written = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        (work / MANIFEST).write_text(json.dumps(written, indent=0), encoding="utf-8")
         os.chmod(work, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

@@ -42,7 +42,7 @@ def test_site(tmp_path, ort_files):
     code, output = web(model, "--out", tmp_path / "site", "--samples", DEMO / "images")
     assert code == 0, output
     site = tmp_path / "site"
-    files = {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples"}
+    files = {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples", ".lrpgraph-site"}
     assert {p.name for p in site.iterdir()} == files
     assert sorted(p.name for p in (site / "ort").iterdir()) == sorted(ORT_FILES)
     config = json.loads((site / "model.json").read_text())
