@@ -1,0 +1,75 @@
+"""torchvision segmenters (weights=None, 128 px, dynamo export with a dynamic batch) convert as a whole graph: bilinear
+Resize (the ASPP pooled branch's and the final upsampling), LR-ASPP's gate, skip Adds. A region seed (the class-c
+logits on the pixels predicted as c, L-CRP's choice) gives zennit's float64 heatmap, with the plain gradient
+on the Adds and Muls between modules as zennit's plain `+` and `*` (`--rule Add=gradient --rule Mul=gradient`),
+and its gradient equals torch autograd's."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from seeded_ref import run, seeded
+from zennit_ref import ExactMergeBatchNorm, export, l1, randomize_batch_norm, zennit_composite
+
+SIDE, CLASSES, CLASS = 128, 5, 2
+OVERRIDES = ["Add=gradient", "Mul=gradient"]
+
+
+class Out(torch.nn.Module):
+    """The segmenter's 'out' map [N, classes, H, W] (what a deployed segmenter exports)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
+@functools.cache
+def segmenter(name):
+    torch.manual_seed(0)
+    build = getattr(torchvision.models.segmentation, name)
+    model = Out(build(weights=None, weights_backbone=None, num_classes=CLASSES, aux_loss=None))
+    with torch.no_grad():
+        randomize_batch_norm(model, torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    return model.eval(), x, export(model.eval(), x)
+
+
+def region(y):
+    """The class-CLASS logits where CLASS is predicted (or everywhere, if it is nowhere)."""
+    mask = y.argmax(1) == CLASS
+    mask = mask if mask.any() else np.ones_like(mask)
+    seed = np.zeros_like(y)
+    seed[:, CLASS] = mask
+    return seed
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_region_seed_matches_zennit(name):
+    model, x, onnx_bytes = segmenter(name)
+    y, heat = run(seeded(onnx_bytes, "epsilon-plus-flat", rules=OVERRIDES), x.numpy(), region)
+    seed = torch.from_numpy(region(y)).double()
+    reference = model.double()
+    xx = x.double().requires_grad_(True)
+    composite = zennit_composite("epsilon-plus-flat", 1e-6, 1e-6, canonizers=[ExactMergeBatchNorm()])
+    with composite.context(reference) as modified:
+        out = modified(xx)
+        (ref,) = torch.autograd.grad(out, xx, seed)
+    model.float()
+    assert np.allclose(y, out.detach().numpy(), rtol=1e-4, atol=1e-4 * np.abs(y).max()), "logits differ from torch"
+    assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_region_gradient_matches_autograd(name):
+    model, x, onnx_bytes = segmenter(name)
+    y, heat = run(seeded(onnx_bytes, "gradient"), x.numpy(), region)
+    xx = x.double().requires_grad_(True)
+    (ref,) = torch.autograd.grad(model.double()(xx), xx, torch.from_numpy(region(y)).double())
+    model.float()
+    assert l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
