@@ -1,4 +1,5 @@
-"""torchvision segmenters (weights=None, 128 px, dynamo export with a dynamic batch) convert as a whole graph: bilinear
+"""torchvision segmenters (weights=None, 128 px; LR-ASPP by the dynamo exporter, whose Resize sizes are computed from
+Shape with a dynamic batch, DeepLabV3 by the TorchScript one) convert as a whole graph: bilinear
 Resize (the ASPP pooled branch's and the final upsampling), LR-ASPP's gate, skip Adds. A region seed (the class-c
 logits on the pixels predicted as c, L-CRP's choice) gives zennit's float64 heatmap, with the plain gradient
 on the Adds and Muls between modules as zennit's plain `+` and `*` (`--rule Add=gradient --rule Mul=gradient`),
@@ -12,6 +13,7 @@ import torch
 import torchvision
 
 from seeded_ref import run, seeded
+from test_parity_legacy_export import legacy_export
 from zennit_ref import ExactMergeBatchNorm, export, l1, randomize_batch_norm, zennit_composite
 
 SIDE, CLASSES, CLASS = 128, 5, 2
@@ -37,7 +39,7 @@ def segmenter(name):
     with torch.no_grad():
         randomize_batch_norm(model, torch.Generator().manual_seed(0))
     x = torch.rand(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
-    return model.eval(), x, export(model.eval(), x)
+    return model.eval(), x, export(model.eval(), x) if name.startswith("lraspp") else legacy_export(model, x)
 
 
 def region(y):
