@@ -37,8 +37,15 @@ def _resize_graph(unit, inits_of, shape, batch=1):
             constants.append(numpy_helper.from_array(value, what))
         else:
             constants.append(None)
-    names = ["x"] + [c.name if c is not None else "" for c in constants]
     attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in unit.attrs.items()}
+    if attrs.get("coordinate_transformation_mode") == "align_corners" and attrs.get("mode") != "nearest" \
+            and constants[1] is not None and constants[2] is None and not attrs.get("axes"):
+        # align_corners maps by the output length floor(length * scale), as onnxruntime does (onnx's reference
+        # evaluator uses the unrounded product): given as sizes
+        scales = numpy_helper.to_array(constants[1])
+        sizes = [batch, 1] + [int(np.floor(d * s)) for d, s in zip(shape[2:], scales[2:])]
+        constants[1:] = [None, numpy_helper.from_array(np.array(sizes, np.int64), "sizes")]
+    names = ["x"] + [c.name if c is not None else "" for c in constants]
     node = helper.make_node("Resize", names, ["y"], **attrs)
     small = [batch, 1] + list(shape[2:])
     graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, small)],
