@@ -62,3 +62,20 @@ def run(model, x, seed_fn, extra=None):
     feeds[SEED] = np.asarray(seed_fn(y), np.float32)
     feeds.update(extra or {})
     return y, session.run(["relevance"], feeds)[0]
+
+
+def same_as_onnxruntime(model, feeds):
+    """lrpgraph.train's importer (float64) gives every output of the model as onnxruntime (float32) does."""
+    import torch
+
+    from lrpgraph.train.importer import import_onnx
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(None, feeds)))
+    module = import_onnx(model).double()
+    got = module.run({k: torch.as_tensor(v, dtype=torch.float64) for k, v in feeds.items()})
+    for name in names:
+        ref = expected[name]
+        np.testing.assert_allclose(got[name].detach().numpy(), ref, rtol=1e-4,
+                                   atol=1e-4 * max(float(np.abs(ref).max()), 1e-6), err_msg=name)

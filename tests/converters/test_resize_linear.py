@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from seeded_ref import run, seeded
+from seeded_ref import SEED, run, same_as_onnxruntime, seeded
 
 MODES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"]
 SHAPE = [4, 3, 6, 7]
@@ -53,3 +53,11 @@ def test_bilinear_resize_matches_autograd(mode):
     (ref,) = torch.autograd.grad(out, xx, torch.tensor(seed, dtype=torch.float64))
     np.testing.assert_allclose(y, out.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(back, ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_importer_runs_bilinear_resize(mode):
+    """lrpgraph.train's importer computes the resized image and its gradient as onnxruntime does."""
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    seed = np.random.default_rng(1).normal(size=[4, 3, 12, 10]).astype(np.float32)
+    same_as_onnxruntime(seeded(resize_model(mode, "scales"), "gradient"), {"x": x, SEED: seed})

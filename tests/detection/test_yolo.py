@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seeded_ref import run, seeded
+from seeded_ref import SEED, run, same_as_onnxruntime, seeded
 from yolo_ref import SIDE, ClassLogits, yolo
 from zennit_ref import l1, zennit_composite
 
@@ -78,3 +78,10 @@ def test_dynamic_export_with_image_size_equals_static(exports):
     _, heat = run(seeded(dynamic, "epsilon-plus-flat", image_size=(SIDE, SIDE), rules=["Add=gradient"]), x.numpy(),
                   seed)
     assert np.abs(ref).sum() > 0 and l1(heat[:1], ref) <= 1e-6, l1(heat[:1], ref)
+
+
+def test_importer_runs_yolov8n_as_onnxruntime(exports):
+    """lrpgraph.train's importer computes the converted YOLOv8n's outputs and relevance as onnxruntime does."""
+    _, path = exports("yolov8n")
+    model = seeded(path, "epsilon-plus-flat", rules=["Add=gradient"])
+    same_as_onnxruntime(model, {"images": image().numpy(), SEED: one_hot(4 + CLASS)(np.zeros([1, 84, 525], np.float32))})
