@@ -6,13 +6,12 @@ read them as constants. The model itself is not changed: the forward graph still
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from lrpgraph.catalog import is_kind
 from lrpgraph.graph import opset_of, skeleton, tensor_shapes, topological
 
-SOURCES = ("Shape", "Size")  # ops whose value is read from a shape
-NEVER = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 MAX_FOLDED = 1 << 20
 OPEN_DIM_STANDINS = (7, 13)  # two values for a dim the shapes leave open (computed_values)  # elements: a value computed from shapes larger than this is left to the graph (a mask)
 
@@ -22,7 +21,7 @@ def unresolved(model: onnx.ModelProto, shapes: dict, signal: set) -> bool:
     non-batch dim, or a node whose non-image input is computed by the graph (not an initializer)."""
     inits = {i.name for i in model.graph.initializer}
     for node in model.graph.node:
-        if not any(t in signal for t in node.input) or node.op_type in SOURCES:
+        if not any(t in signal for t in node.input) or is_kind(node, "shape"):
             continue
         for t in node.output:
             shape = shapes.get(t)
@@ -64,7 +63,8 @@ def merged(shapes: dict, more: dict) -> dict:
 def computed_values(model: onnx.ModelProto, shapes: dict, inits) -> dict:
     """{tensor: numpy value} of the shape computations known at these shapes: Shape/Size of a tensor, and every
     node downstream of one whose inputs are all known (initializers or values). A dim left open (the batch) is
-    filled with two different stand-ins; what comes out equal in both does not depend on it."""
+    filled with two different stand-ins; what comes out equal in both does not depend on it (nor on a random
+    op, whose draws differ between the two runs)."""
     first, second = (_values(model, shapes, inits, fill) for fill in OPEN_DIM_STANDINS)
     return {name: value for name, value in first.items()
             if name in second and value.shape == second[name].shape and np.array_equal(value, second[name])}
@@ -74,8 +74,9 @@ def _values(model, shapes, inits, fill):
     graph = model.graph
     values, opset = {}, opset_of(model)
     for node in topological(list(graph.node), set(inits) | {i.name for i in graph.input}):
-        if node.op_type in SOURCES:
-            value = _shape_value(node, shapes.get(node.input[0]), fill)
+        if is_kind(node, "shape"):  # Shape, Size: read from a stand-in of the tensor's shape
+            dims = shapes.get(node.input[0])
+            value = None if dims is None else _evaluate(node, [_stand_in(dims, fill)], opset)
         elif any(t in values for t in node.input) and all(not t or t in values or t in inits for t in node.input):
             value = _evaluate(node, [values[t] if t in values else inits[t] if t else None for t in node.input], opset)
         else:
@@ -85,29 +86,25 @@ def _values(model, shapes, inits, fill):
     return values
 
 
-def _shape_value(node, dims, fill):
-    if dims is None:
-        return None
-    dims = [fill if d is None else d for d in dims]
-    if node.op_type == "Size":
-        return [np.array(int(np.prod(dims)), np.int64)]
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    start, end = attrs.get("start", 0), attrs.get("end", len(dims))
-    return [np.array(dims[start:end], np.int64)]
+def _stand_in(dims, fill):
+    """A zero tensor of these dims (open ones filled), without memory: what Shape and Size read."""
+    return np.broadcast_to(np.zeros((), np.float32), [fill if d is None else d for d in dims])
 
 
 def _evaluate(node, inputs, opset):
     """The outputs of one node on numpy inputs (onnx's reference evaluator), None where it cannot."""
-    if node.op_type in NEVER or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                    for a in node.attribute) or node.domain not in ("", "ai.onnx"):
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) \
+            or node.domain not in ("", "ai.onnx"):
         return None
     names = [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)]
     outs = [f"o{k}" for k in range(len(node.output))]
     one = helper.make_node(node.op_type, names, outs, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
-    feeds = [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs) if n]
-    g = helper.make_graph([one], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in outs], feeds)
+    feeds = {n: np.asarray(v) for n, v in zip(names, inputs) if n}
+    declared = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), None) for n, v in feeds.items()]
+    g = helper.make_graph([one], "fold", declared, [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
     try:
-        results = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])).run(None, {})
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        results = ReferenceEvaluator(model).run(None, feeds)
     except Exception:  # noqa: BLE001  the evaluator raises whatever its numpy code raises
         return None
     return [np.asarray(r) for r in results]

@@ -10,7 +10,6 @@ import io
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import torchvision
