@@ -75,3 +75,4 @@ def test_region_gradient_matches_autograd(name):
     (ref,) = torch.autograd.grad(model.double()(xx), xx, torch.from_numpy(region(y)).double())
     model.float()
     assert l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
+

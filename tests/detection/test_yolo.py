@@ -2,7 +2,8 @@
 branch's DFL Softmax, anchors computed through Shape / Range / ConstantOfShape, Split / Concat, arithmetic by
 constants), and one class score at a chosen anchor, seeded on the raw head output, matches zennit in float64
 on the torch model's class logits (the Sigmoid in the export passes relevance unchanged, L-CRP's choice; the
-residual Adds pass it to both terms as zennit's plain `+` does: `--rule Add=gradient`). A dynamic-size export converted with an image size gives the static export's heatmap."""
+residual Adds pass it to both terms as zennit's plain `+` does: `--rule Add=gradient`). The gradient matches
+torch autograd, the importer runs the converted graph as onnxruntime does, and a dynamic-size export converted with an image size gives the static export's heatmap."""
 
 import numpy as np
 import pytest
@@ -65,6 +66,19 @@ def test_class_score_matches_zennit(exports, name, composite, eps):
     assert np.allclose(y[:, 4:4 + classes], 1 / (1 + np.exp(-logits)), atol=1e-4), "class scores differ from torch"
     assert np.abs(ref).sum() > 0
     assert l1(heat, ref) <= 1e-4, (name, composite, l1(heat, ref))
+
+
+def test_gradient_matches_autograd(exports):
+    """The gradient of one class score (through the head's Sigmoid, whose derivative is written with Exp: onnxruntime's
+    float32 Sigmoid approximates the saturated tails that random weights reach)."""
+    model, path = exports("yolov8n")
+    x = image()
+    _, heat = run(seeded(path, "gradient"), x.numpy(), one_hot(4 + CLASS))
+    xx = x.double().requires_grad_(True)
+    score = torch.sigmoid(ClassLogits(model).double()(xx))[:, CLASS, ANCHOR].sum()
+    (ref,) = torch.autograd.grad(score, xx)
+    model.float()
+    assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
 
 
 def test_dynamic_export_with_image_size_equals_static(exports):
