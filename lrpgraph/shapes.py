@@ -4,6 +4,8 @@ target is computed from Shape of a tensor with a symbolic batch), and the shape 
 known at the image size are evaluated once (onnx's reference evaluator, one node at a time), so that converters
 read them as constants. The model itself is not changed: the forward graph still computes them."""
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -60,7 +62,7 @@ def merged(shapes: dict, more: dict) -> dict:
     return out
 
 
-def computed_values(model: onnx.ModelProto, shapes: dict, inits) -> dict:
+def computed_values(model: onnx.ModelProto, shapes: dict, inits: Mapping) -> dict:
     """{tensor: numpy value} of the shape computations known at these shapes: Shape/Size of a tensor, and every
     node downstream of one whose inputs are all known (initializers or values). A dim left open (the batch) is
     filled with two different stand-ins; what comes out equal in both does not depend on it (nor on a random

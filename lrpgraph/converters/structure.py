@@ -17,6 +17,7 @@ from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     from lrpgraph.catalog import Unit
+    from lrpgraph.graph import Builder
 
 
 def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:
@@ -171,7 +172,7 @@ def slice_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [b.op("Pad", [r, b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
 
 
-def scatter_along(b, r: str, index: np.ndarray, dim: int, axis: int, rank: int) -> str:
+def scatter_along(b: "Builder", r: str, index: np.ndarray, dim: int, axis: int, rank: int) -> str:
     """r, whose `axis` holds the values at positions `index` of an axis of size dim, put back at those positions
     (zeros elsewhere, repeated positions summed): a MatMul with a 0/1 matrix along the axis moved last."""
     perm = [i for i in range(rank) if i != axis] + [axis]
