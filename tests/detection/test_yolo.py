@@ -68,10 +68,11 @@ def test_class_score_matches_zennit(exports, name, composite, eps):
     assert l1(heat, ref) <= 1e-4, (name, composite, l1(heat, ref))
 
 
-def test_gradient_matches_autograd(exports):
-    """The gradient of one class score (through the head's Sigmoid, whose derivative is written with Exp: onnxruntime's
+@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
+def test_gradient_matches_autograd(exports, name):
+    """The gradient of one class score (YOLO11's C2PSA attention included; through the head's Sigmoid, whose derivative is written with Exp: onnxruntime's
     float32 Sigmoid approximates the saturated tails that random weights reach)."""
-    model, path = exports("yolov8n")
+    model, path = exports(name)
     x = image()
     _, heat = run(seeded(path, "gradient"), x.numpy(), one_hot(4 + CLASS))
     xx = x.double().requires_grad_(True)
