@@ -3,7 +3,7 @@ Shape with a dynamic batch, DeepLabV3 by the TorchScript one) convert as a whole
 Resize (the ASPP pooled branch's and the final upsampling), LR-ASPP's gate, skip Adds. A region seed (the class-c
 logits on the pixels predicted as c, L-CRP's choice) gives zennit's float64 heatmap, with the plain gradient
 on the Adds and Muls between modules as zennit's plain `+` and `*` (`--rule Add=gradient --rule Mul=gradient`),
-and its gradient equals torch autograd's."""
+and its gradient equals torch autograd's; a small U-Net (bilinear upsampling, skip Concats) matches zennit too."""
 
 import functools
 
@@ -76,3 +76,39 @@ def test_region_gradient_matches_autograd(name):
     model.float()
     assert l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
 
+
+
+class UNet(torch.nn.Module):
+    """A small U-Net: two poolings down, bilinear upsampling (align_corners as given) back, skip Concats."""
+
+    def __init__(self, align_corners):
+        super().__init__()
+
+        def block(i, o):
+            return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.ReLU())
+        self.down1, self.down2, self.bottom = block(3, 8), block(8, 16), block(16, 16)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners)
+        self.up2, self.up1 = block(32, 8), block(16, 8)
+        self.head = torch.nn.Conv2d(8, CLASSES, 1)
+
+    def forward(self, x):
+        d1 = self.down1(x)
+        d2 = self.down2(self.pool(d1))
+        b = self.bottom(self.pool(d2))
+        u2 = self.up2(torch.cat([self.up(b), d2], 1))
+        return self.head(self.up1(torch.cat([self.up(u2), d1], 1)))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_unet_region_seed_matches_zennit(align_corners):
+    torch.manual_seed(0)
+    model = UNet(align_corners).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y, heat = run(seeded(legacy_export(model, x), "epsilon-plus-flat"), x.numpy(), region)
+    reference = model.double()
+    xx = x.double().requires_grad_(True)
+    with zennit_composite("epsilon-plus-flat", 1e-6, 1e-6).context(reference) as modified:
+        (ref,) = torch.autograd.grad(modified(xx), xx, torch.from_numpy(region(y)).double())
+    model.float()
+    assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
