@@ -3,7 +3,7 @@ Shape with a dynamic batch, DeepLabV3 by the TorchScript one) convert as a whole
 Resize (the ASPP pooled branch's and the final upsampling), LR-ASPP's gate, skip Adds. A region seed (the class-c
 logits on the pixels predicted as c, L-CRP's choice) gives zennit's float64 heatmap, with the plain gradient
 on the Adds and Muls between modules as zennit's plain `+` and `*` (`--rule Add=gradient --rule Mul=gradient`),
-and its gradient equals torch autograd's; a small U-Net (bilinear upsampling, skip Concats) matches zennit too."""
+and its gradient equals torch autograd's; fcn_resnet50 with the default rules and a small U-Net (bilinear upsampling, skip Concats) match zennit too."""
 
 import functools
 
@@ -14,7 +14,7 @@ import torchvision
 
 from seeded_ref import run, seeded
 from test_parity_legacy_export import legacy_export
-from zennit_ref import ExactMergeBatchNorm, export, l1, randomize_batch_norm, zennit_composite
+from zennit_ref import ExactMergeBatchNorm, export, l1, randomize_batch_norm, resnet_canonizer, zennit_composite
 
 SIDE, CLASSES, CLASS = 128, 5, 2
 OVERRIDES = ["Add=gradient", "Mul=gradient"]
@@ -109,6 +109,27 @@ def test_unet_region_seed_matches_zennit(align_corners):
     reference = model.double()
     xx = x.double().requires_grad_(True)
     with zennit_composite("epsilon-plus-flat", 1e-6, 1e-6).context(reference) as modified:
+        (ref,) = torch.autograd.grad(modified(xx), xx, torch.from_numpy(region(y)).double())
+    model.float()
+    assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
+
+
+def test_fcn_resnet50_region_seed_matches_zennit():
+    """fcn_resnet50 (TorchScript export, 128 px): lrpgraph's default rules (the norm rule on the residual Adds) against
+    zennit with its ResNet canonizer."""
+    torch.manual_seed(0)
+    net = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=CLASSES,
+                                                       aux_loss=None)
+    model = Out(net)
+    with torch.no_grad():
+        randomize_batch_norm(model, torch.Generator().manual_seed(0))
+    model.eval()
+    x = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    y, heat = run(seeded(legacy_export(model, x), "epsilon-plus-flat"), x.numpy(), region)
+    reference = model.double()
+    xx = x.double().requires_grad_(True)
+    composite = zennit_composite("epsilon-plus-flat", 1e-6, 1e-6, canonizers=[resnet_canonizer()])
+    with composite.context(reference) as modified:
         (ref,) = torch.autograd.grad(modified(xx), xx, torch.from_numpy(region(y)).double())
     model.float()
     assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
