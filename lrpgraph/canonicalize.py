@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import onnx
 from onnx import TensorProto
 
+from lrpgraph import shapes as shapes_
 from lrpgraph.catalog import (
     RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, is_kind, record_of)
 from lrpgraph.catalog.ops import attention_operand
@@ -29,6 +30,10 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     for node in nodes:
         if not is_kind(node, "shape") and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
+    _check_image_size(shapes.get(image), image, image_float)
+    if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
+        shapes = shapes_.merged(shapes, shapes_.symbolic_shapes(model))
+        inits.add(shapes_.computed_values(model, shapes, inits))
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
@@ -58,6 +63,14 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     raise LrpgraphError(f"the model has no float32 image input of rank >= 2 and no token ids [N, L] into an "
                         f"embedding table (inputs: {found}); export the classifier with a float32 input "
                         "[N, C, H, W] or int64 input_ids")
+
+
+def _check_image_size(shape, image, image_float):
+    """An image [N, C, H, W] with symbolic H or W: only --image-size (or a fixed export) makes its layers known."""
+    if image_float and shape is not None and len(shape) == 4 and any(d is None for d in shape[2:]):
+        raise UnsupportedModelError(f"the input '{image}' has symbolic spatial sizes: spatial sizes must be static; "
+                                    "give the image size with --image-size H,W (image_size=(H, W)) or export with a "
+                                    "fixed one")
 
 
 def _flat_logits(model, logits, probabilities):

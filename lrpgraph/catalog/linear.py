@@ -20,8 +20,9 @@ def read_conv(node: NodeProto, attrs: dict, shapes: dict, name: str) -> dict:
     x_shape = shapes.get(node.input[0])
     w_shape = shapes.get(node.input[1])
     if not x_shape or any(d is None for d in x_shape[2:]) or not w_shape:
-        raise UnsupportedModelError(f"node '{name}' (Conv): spatial sizes must be static; give the image "
-                                    "size with --image-size H,W (image_size=(H, W)) or export with a fixed one")
+        raise UnsupportedModelError(f"node '{name}' (Conv): the spatial sizes of its input '{node.input[0]}' are not "
+                                    "known (computed in the graph from values lrpgraph cannot resolve); export the "
+                                    "model with a fixed image size")
     spatial = x_shape[2:]
     kernel = attrs.get("kernel_shape", w_shape[2:])
     n = len(kernel)

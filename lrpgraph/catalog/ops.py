@@ -103,8 +103,9 @@ STRUCTURE: list[OpRecord] = [
     # known so that canonicalize can step over them
     record("Shape", "shape"),
     record("Size", "shape"),
-    # the head at the output; a Softmax inside the graph is a normaliser (converters/attention.py)
-    record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient"}}, nonneg_output=True,
+    # the head at the output; a Softmax inside the graph is a normaliser (converters/attention.py): its gradient
+    # (transformers), or relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax)
+    record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass"}}, nonneg_output=True,
            classify=lambda node, dynamic: "normaliser"),
     record("LogSoftmax", "head"),
 ]

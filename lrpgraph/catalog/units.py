@@ -19,6 +19,16 @@ class Initializers(Mapping):
     def __init__(self, initializers: list):
         self._protos = {i.name: i for i in initializers}
         self._arrays = {}
+        self._computed = set()
+
+    def add(self, values: dict) -> None:
+        """Values the graph computes that are known before it runs (shapes.computed_values): read as constants."""
+        self._arrays.update(values)
+        self._computed |= set(values)
+
+    def computed(self, name: str) -> bool:
+        """Whether name is a value the graph computes (add), not an initializer."""
+        return name in self._computed and name not in self._protos
 
     def __getitem__(self, name):
         if name not in self._arrays:
@@ -26,13 +36,13 @@ class Initializers(Mapping):
         return self._arrays[name]
 
     def __contains__(self, name):
-        return name in self._protos
+        return name in self._protos or name in self._computed
 
     def __iter__(self):
-        return iter(self._protos)
+        return iter(list(self._protos) + [n for n in self._computed if n not in self._protos])
 
     def __len__(self):
-        return len(self._protos)
+        return len(set(self._protos) | set(self._computed))
 
 
 @dataclass

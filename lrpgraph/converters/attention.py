@@ -154,6 +154,15 @@ def gelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return b.add(cdf, b.mul(x, pdf))
 
 
+def _flat_selection(ctx, unit, r, index, shape, axis):
+    """r shaped data[:axis] + index.shape + data[axis+1:], reshaped with the index axes as one."""
+    trailing = shape[axis + 1:]
+    if sum(d is None for d in trailing) > 1:
+        raise UnsupportedModelError(f"node '{unit.name}' (Gather): more than one dynamic axis after the gathered one")
+    dims = [0] * axis + [int(index.size)] + [-1 if d is None else int(d) for d in trailing]
+    return ctx.b.op("Reshape", [r, ctx.b.ints(dims)], "flat_selection")
+
+
 @converts("Gather")
 def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, r = ctx.b, r_outs[0]
@@ -190,9 +199,9 @@ def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         raise UnsupportedModelError(f"node '{unit.name}' (Gather): gathering along a dynamic axis is only "
                                     "supported for one non-negative constant index")
     index = np.where(index < 0, index + dim, index)
-    if index.ndim != 1:
-        raise UnsupportedModelError(f"node '{unit.name}' (Gather): only scalar or 1-D constant indices are supported")
     rank = len(shape)
+    if index.ndim != 1:  # indices of any rank (torch's as_strided, a window partition): one flat selection
+        r, index = _flat_selection(ctx, unit, r, index, shape, axis), index.reshape(-1)
     perm = [i for i in range(rank) if i != axis] + [axis]
     onehot = np.zeros((len(index), dim), np.float32)
     onehot[np.arange(len(index)), index] = 1.0  # repeated indices add up

@@ -6,6 +6,8 @@ x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (inp
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
 from types import SimpleNamespace
+
+import numpy as np
 from typing import TYPE_CHECKING
 
 from lrpgraph.catalog import Context
@@ -15,6 +17,7 @@ from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     from lrpgraph.catalog import Unit
+    from lrpgraph.graph import Builder
 
 
 def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:
@@ -151,18 +154,32 @@ def slice_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     ends = [int(v) for v in ctx.value(unit.inputs[2], unit, "ends")]
     axes = [int(v) for v in ctx.value(unit.inputs[3], unit, "axes")] if _has(unit, 3) else list(range(len(starts)))
     steps = [int(v) for v in ctx.value(unit.inputs[4], unit, "steps")] if _has(unit, 4) else [1] * len(starts)
-    if any(s != 1 for s in steps):
-        raise UnsupportedModelError(f"node '{unit.name}' (Slice): only steps of 1 are supported")
-    pads = [0] * (2 * len(shape))
-    for start, end, axis in zip(starts, ends, axes):
+    pads, strided = [0] * (2 * len(shape)), []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= len(shape)
         dim = shape[axis]
         if dim is None:
             raise UnsupportedModelError(f"node '{unit.name}' (Slice): slicing a dynamic axis is not supported")
+        if step != 1:  # every step-th value (Swin's patch merging): R goes back to the positions read
+            strided.append((axis, np.arange(dim)[slice(start, end, step)], dim))
+            continue
         start = min(max(start + dim if start < 0 else start, 0), dim)
         end = min(max(end + dim if end < 0 else end, 0), dim)
         pads[axis], pads[axis + len(shape)] = start, dim - max(end, start)
-    return [b.op("Pad", [r_outs[0], b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
+    r = r_outs[0]
+    for axis, index, dim in strided:
+        r = scatter_along(b, r, index, dim, axis, len(shape))
+    return [b.op("Pad", [r, b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
+
+
+def scatter_along(b: "Builder", r: str, index: np.ndarray, dim: int, axis: int, rank: int) -> str:
+    """r, whose `axis` holds the values at positions `index` of an axis of size dim, put back at those positions
+    (zeros elsewhere, repeated positions summed): a MatMul with a 0/1 matrix along the axis moved last."""
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    onehot = np.zeros((len(index), dim), np.float32)
+    onehot[np.arange(len(index)), index] = 1.0
+    moved = b.op("MatMul", [b.op("Transpose", [r], "to_last", perm=perm), b.const(onehot)], "scatter")
+    return b.op("Transpose", [moved], "from_last", perm=[perm.index(i) for i in range(rank)])
 
 
 @converts("Pad")
