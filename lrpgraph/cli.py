@@ -10,6 +10,7 @@ import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
                                  make_output_dir, write_error)
+from lrpgraph.cli_detect import detect_options, run_decode
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
@@ -61,6 +62,8 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: MODEL with .lrp.onnx")
 @click.option("--target", "-t", type=click.Choice(["top", "index", "seed", "all"]), default="top", show_default=True,
               help="what is explained: the predicted class, a class given at run time, a seed tensor, all logits")
+@click.option("--from", "from_tensor", metavar="NAME", default=None, help="explain this tensor (a graph output or an "
+              "inner tensor) with K targets per image; default: the logits, or the first output")
 @rule_options
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
 @preprocess_options
@@ -76,7 +79,7 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
 def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
             std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
-            **kw) -> None:
+            from_tensor: str | None, **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model
     from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
@@ -95,7 +98,8 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
     names = _read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
                               options=options_given(kw), method_options=method_options(kw),
-                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
+                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size,
+                              from_tensor=from_tensor)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
@@ -180,10 +184,12 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
+@detect_options
 def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
-            channel_order: str | None, scale: float | None) -> None:
+            channel_order: str | None, scale: float | None, decode: str | None, top: int, score: float,
+            iou: float) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -205,6 +211,8 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         session.preprocess = {**(session.preprocess or {}), **overrides}
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    if decode:
+        return run_decode(session, inputs, out_dir, top, score, iou, cmap)
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,

@@ -1,0 +1,33 @@
+"""The options of `lrpgraph explain` for detectors (--decode yolo, --top, --score, --iou) and the run they start
+(runtime/detect.py)."""
+
+import functools
+import os
+
+import click
+
+
+def detect_options(command):
+    """Add --decode, --top, --score and --iou to a click command."""
+    options = [
+        click.option("--decode", type=click.Choice(["yolo"]), default=None,
+                     help="decode an ultralytics detect output, NMS-filter it and explain the --top best boxes in "
+                          "one call: NAME.detK.png with the box drawn, NAME.json, index.html"),
+        click.option("--top", "top", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="with --decode: how many detections per image are explained"),
+        click.option("--score", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+                     help="with --decode: the score threshold"),
+        click.option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+                     help="with --decode: the IoU above which NMS drops a box"),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def run_decode(session, inputs: tuple, out_dir: str, top: int, score: float, iou: float, cmap: str) -> None:
+    """Explain the detections of the images in inputs (explain --decode yolo)."""
+    from lrpgraph.runtime.detect import explain_detections
+
+    records = explain_detections(session, list(inputs), out_dir, top=top, score=score, iou=iou, cmap=cmap)
+    count = sum(len(r["heatmaps"]) for r in records)
+    click.echo(f"{count} detections in {len(records)} images explained -> {os.path.join(out_dir, 'index.html')}",
+               err=True)
