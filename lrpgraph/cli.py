@@ -10,7 +10,7 @@ import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
                                  make_output_dir, write_error)
-from lrpgraph.cli_detect import detect_options, run_decode
+from lrpgraph.cli_detect import detect_options, run_decode, run_regions
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
@@ -189,7 +189,7 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
             channel_order: str | None, scale: float | None, decode: str | None, top: int, score: float,
-            iou: float) -> None:
+            iou: float, regions: tuple) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -213,6 +213,8 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
     if decode:
         return run_decode(session, inputs, out_dir, top, score, iou, cmap)
+    if regions:
+        return run_regions(session, inputs, out_dir, regions, cmap)
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,

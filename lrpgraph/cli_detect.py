@@ -1,5 +1,5 @@
-"""The options of `lrpgraph explain` for detectors (--decode yolo, --top, --score, --iou) and the run they start
-(runtime/detect.py)."""
+"""The options of `lrpgraph explain` for detectors (--decode yolo, --top, --score, --iou) and segmenters (--region)
+and the runs they start (runtime/detect.py, runtime/regions.py)."""
 
 import functools
 import os
@@ -19,6 +19,9 @@ def detect_options(command):
                      help="with --decode: the score threshold"),
         click.option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True,
                      help="with --decode: the IoU above which NMS drops a box"),
+        click.option("--region", "regions", type=click.IntRange(min=0), multiple=True,
+                     help="segmenters (converted with --target seed): explain class CLASS on the pixels predicted as "
+                          "it (repeatable; all in one call): NAME.regionCLASS.png with the mask outline, NAME.json"),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
@@ -31,3 +34,11 @@ def run_decode(session, inputs: tuple, out_dir: str, top: int, score: float, iou
     count = sum(len(r["heatmaps"]) for r in records)
     click.echo(f"{count} detections in {len(records)} images explained -> {os.path.join(out_dir, 'index.html')}",
                err=True)
+
+
+def run_regions(session, inputs: tuple, out_dir: str, classes: tuple, cmap: str) -> None:
+    """Explain the regions of the classes in the images in inputs (explain --region)."""
+    from lrpgraph.runtime.regions import explain_regions
+
+    records = explain_regions(session, list(inputs), out_dir, list(classes), cmap=cmap)
+    click.echo(f"{len(classes)} region(s) in {len(records)} images explained -> {out_dir}", err=True)

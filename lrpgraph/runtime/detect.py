@@ -111,17 +111,16 @@ def draw_box(rgb: np.ndarray, box, colour=(0, 200, 0), width: int = 2) -> np.nda
     return out
 
 
-def forward(session, x: np.ndarray) -> np.ndarray:
-    """The model's first output (the detect output) for the images x, computing no heatmap (onnxruntime runs
-    only the nodes the asked output needs; the target input gets a placeholder)."""
+def forward(session, x: np.ndarray, output: str | None = None) -> np.ndarray:
+    """The model's first output (the detect output), or the output named, for the images x, computing no
+    heatmap (onnxruntime runs only the nodes the asked output needs; the target input gets a placeholder)."""
     runner, record = session.runner, session.record
     target = None
     if session.target_input is not None:
         sizes = list(record.explained_shape)
         target = np.zeros((len(x), 1, len(sizes)), np.int64) if session.target_input == "target" else \
             np.zeros((len(x), 1, *sizes), np.float32)
-    first = next(iter(runner.outputs))
-    return runner.run([first], runner.feeds(session.image_input, x, target))[0]
+    return runner.run([output or next(iter(runner.outputs))], runner.feeds(session.image_input, x, target))[0]
 
 
 def explain_detections(session, paths: list, out_dir, top: int = 5, score: float = 0.25, iou: float = 0.45,
