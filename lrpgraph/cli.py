@@ -10,7 +10,7 @@ import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
                                  make_output_dir, write_error)
-from lrpgraph.cli_detect import detect_options, run_decode, run_regions
+from lrpgraph.cli_detect import detect_options, run_boxes, run_decode, run_regions
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
@@ -317,11 +317,17 @@ def _web_site(model, out_dir, samples, force, title=None):
 @click.option("--no-plots", is_flag=True, help="write no curve plots")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
+@click.option("--boxes", "boxes_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a detector's boxes (JSON {image: [{box, class}]}): pointing game and positive relevance inside")
 def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_dir: str | None, step: int | None,
-             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None) -> None:
+             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None,
+             boxes_file: str | None) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output."""
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
+
+    if boxes_file:
+        return run_boxes(model, data, boxes_file, out_dir, seed, None if provider == "auto" else provider, threads)
 
     check_output_dir(out_dir, "--out")
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
