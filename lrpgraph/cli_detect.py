@@ -3,11 +3,15 @@ and the runs they start (runtime/detect.py, runtime/regions.py)."""
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
-def detect_options(command):
+
+def detect_options(command: object) -> object:
     """Add --decode, --top, --score and --iou to a click command."""
     options = [
         click.option("--decode", type=click.Choice(["yolo"]), default=None,
@@ -26,7 +30,7 @@ def detect_options(command):
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-def run_decode(session, inputs: tuple, out_dir: str, top: int, score: float, iou: float, cmap: str) -> None:
+def run_decode(session: "ExplainSession", inputs: tuple, out_dir: str, top: int, score: float, iou: float, cmap: str) -> None:
     """Explain the detections of the images in inputs (explain --decode yolo)."""
     from lrpgraph.runtime.detect import explain_detections
 
@@ -36,7 +40,7 @@ def run_decode(session, inputs: tuple, out_dir: str, top: int, score: float, iou
                err=True)
 
 
-def run_regions(session, inputs: tuple, out_dir: str, classes: tuple, cmap: str) -> None:
+def run_regions(session: "ExplainSession", inputs: tuple, out_dir: str, classes: tuple, cmap: str) -> None:
     """Explain the regions of the classes in the images in inputs (explain --region)."""
     from lrpgraph.runtime.regions import explain_regions
 

@@ -8,13 +8,17 @@ the anchor whose decoded box overlaps it most (IoU), all boxes of an image in on
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
-def box_metrics(relevance: np.ndarray, box) -> tuple:
+
+def box_metrics(relevance: np.ndarray, box: tuple | list | np.ndarray) -> tuple:
     """(pointing hit, fraction of positive relevance inside) of a heatmap [C, H, W] or [H, W] and a box."""
     heat = relevance.sum(axis=0) if relevance.ndim == 3 else relevance
     h, w = heat.shape
@@ -46,7 +50,7 @@ def read_boxes(path: str | os.PathLike) -> dict:
     return out
 
 
-def iou(boxes: np.ndarray, box) -> np.ndarray:
+def iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     """IoU of each row of boxes [M, 4] with one box (x0, y0, x1, y1)."""
     lo = np.maximum(boxes[:, :2], box[:2])
     hi = np.minimum(boxes[:, 2:], box[2:])
@@ -55,7 +59,7 @@ def iou(boxes: np.ndarray, box) -> np.ndarray:
     return inter / np.maximum(areas + np.prod(np.clip(np.subtract(box[2:], box[:2]), 0, None)) - inter, 1e-12)
 
 
-def evaluate_boxes(session, paths: list, boxes_file, seed: int = 0) -> dict:
+def evaluate_boxes(session: "ExplainSession", paths: list, boxes_file: str | os.PathLike, seed: int = 0) -> dict:
     """{"rows": [(file, class, anchor, pointing, inside, random pointing, random inside)], "summary": {...}}."""
     from lrpgraph.runtime.detect import Detections, channels_first, forward, index_tuples
     from lrpgraph.runtime.images import list_images, load_image

@@ -6,11 +6,16 @@ centre x, centre y, width, height in input pixels and C class scores (already th
 explained tensor is that output ([4 + C, A]: the target is (4 + c, a)) or its class scores ([C, A]: (c, a));
 either layout, transposed, is read the same way."""
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
+
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
 
 @dataclass
@@ -96,7 +101,7 @@ def index_tuples(detections: list, explained_shape: list, classes: int, k: int) 
     return out
 
 
-def draw_box(rgb: np.ndarray, box, colour=(0, 200, 0), width: int = 2) -> np.ndarray:
+def draw_box(rgb: np.ndarray, box: tuple | list | np.ndarray, colour: tuple = (0, 200, 0), width: int = 2) -> np.ndarray:
     """A copy of rgb [H, W, 3] uint8 with the box's outline drawn."""
     out = np.array(rgb, copy=True)
     h, w = out.shape[:2]
@@ -111,7 +116,7 @@ def draw_box(rgb: np.ndarray, box, colour=(0, 200, 0), width: int = 2) -> np.nda
     return out
 
 
-def forward(session, x: np.ndarray, output: str | None = None) -> np.ndarray:
+def forward(session: "ExplainSession", x: np.ndarray, output: str | None = None) -> np.ndarray:
     """The model's first output (the detect output), or the output named, for the images x, computing no
     heatmap (onnxruntime runs only the nodes the asked output needs; the target input gets a placeholder)."""
     runner, record = session.runner, session.record
@@ -123,7 +128,7 @@ def forward(session, x: np.ndarray, output: str | None = None) -> np.ndarray:
     return runner.run([output or next(iter(runner.outputs))], runner.feeds(session.image_input, x, target))[0]
 
 
-def explain_detections(session, paths: list, out_dir, top: int = 5, score: float = 0.25, iou: float = 0.45,
+def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, top: int = 5, score: float = 0.25, iou: float = 0.45,
                        cmap: str = "bwr") -> list:
     """For each image: decode and NMS-filter the detections, explain the top best in one call, write
     NAME.detK.png (heatmap over the image, the box drawn), NAME.json (boxes, scores, classes) and, for all

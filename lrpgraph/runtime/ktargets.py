@@ -22,11 +22,12 @@ class KPlan:
     """How to run K targets: feed (array or None), explained ([N, K, len(S)] int64 or None), predict (find
     each sample's largest element first), scale ([True/False per heatmap output] or False)."""
 
-    def __init__(self, feed, explained, predict=False, scale=False):
+    def __init__(self, feed: np.ndarray | None, explained: np.ndarray | None, predict: bool = False,
+                 scale: list | bool = False):
         self.feed, self.explained, self.predict, self.scale = feed, explained, predict, scale
 
 
-def plan(session, target, n: int) -> KPlan:
+def plan(session: object, target: object, n: int) -> KPlan:
     """The KPlan of target for n samples on session (an ExplainSession with record.k_targets)."""
     sizes = list(session.record.explained_shape)
     if hasattr(target, "detach"):
@@ -93,13 +94,13 @@ def _feed(session, tuples, sizes):
     return onehot.reshape((n, k, *sizes))
 
 
-def largest(values, sizes: list) -> np.ndarray:
+def largest(values: object, sizes: list) -> np.ndarray:
     """The index tuple of each sample's largest element: [N, 1, len(S)]."""
     flat = to_numpy(values).reshape(len(to_numpy(values)), -1).argmax(axis=1)
     return np.stack(np.unravel_index(flat, sizes), axis=-1)[:, None].astype(np.int64)
 
 
-def run_chunk(session, x, plan_: KPlan, start: int, ops) -> tuple:
+def run_chunk(session: object, x: object, plan_: KPlan, start: int, ops: object) -> tuple:
     """(explained tensor, [relevance [n, K, *input]], explained tuples) of the chunk x, rows start.."""
     rows = slice(start, start + x.shape[0])
     sizes = list(session.record.explained_shape)

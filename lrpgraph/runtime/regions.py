@@ -2,9 +2,15 @@
 class-c logits on the pixels predicted as c, their positive part, fed as a relevance seed [N, K, C, H, W] (one
 per class asked for, all explained in one call); the pictures get the mask's outline drawn."""
 
+import os
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
+
+if TYPE_CHECKING:
+    from lrpgraph.runtime.session import ExplainSession
 
 
 def region_seed(logits: np.ndarray, classes: list) -> np.ndarray:
@@ -37,7 +43,7 @@ def fit(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def explain_regions(session, paths: list, out_dir, classes: list, cmap: str = "bwr") -> list:
+def explain_regions(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, classes: list, cmap: str = "bwr") -> list:
     """For each image: the seed of each class in classes (region_seed), their heatmaps in one call, written as
     NAME.regionC.png (the heatmap over the image, the mask's outline drawn) and NAME.json; returns the records."""
     import json
