@@ -18,12 +18,17 @@ from lrpgraph.patterns.ends import embedding_indices, logits_of
 from lrpgraph.patterns.fusions import fuse
 
 
-def canonicalize(model: onnx.ModelProto) -> Canonical:
+def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canonical:
+    """The canonical view of the path from the image to the explained tensor: the given one (convert's
+    from_tensor), or else the logits before the first output's head."""
     graph = model.graph
     inits = Initializers(graph.initializer)
     image, image_float = image_input(graph, inits)
-    logits, probabilities = logits_of(graph)
-    logits = _flat_logits(model, logits, probabilities)
+    if explained is None:
+        logits, probabilities = logits_of(graph)
+        logits = _flat_logits(model, logits, probabilities)
+    else:
+        logits, probabilities = explained, False
     shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
@@ -38,7 +43,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
     relevant, near_misses = fuse(_on_path(nodes, logits, signal), inits)
-    _check_supported(relevant, near_misses)
+    _check_supported(relevant, near_misses, signal)
     units = _units(relevant, graph, inits, shapes, signal)
     _mark_first(units, image)
     return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
@@ -113,16 +118,20 @@ def _on_path(nodes, logits, signal):
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
-def _check_supported(nodes, near_misses):
-    missing = {}
+def _check_supported(nodes, near_misses, signal):
+    missing, first = {}, None
     for node in nodes:
         if not explainable(node):
             missing.setdefault(node.op_type, []).append(node.name or node.output[0])
+            first = first or node
     if missing:
         parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                           for op, names in sorted(missing.items()))
-        raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}; "
-                                    "see `lrpgraph inspect` for coverage, or open an issue with the model"
+        before = " or ".join(f"--from {t}" for t in dict.fromkeys(first.input) if t in signal)
+        cut = f"; to explain the tensor before {first.op_type} '{first.name or first.output[0]}', convert with " \
+              f"{before}" if before else ""
+        raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}"
+                                    f"{cut}; see `lrpgraph inspect` for coverage, or open an issue with the model"
                                     + "".join(f"; not fused: {miss}" for miss in near_misses[:1]), near_misses)
 
 

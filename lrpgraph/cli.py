@@ -9,16 +9,16 @@ from collections.abc import Callable
 import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
-                                 make_output_dir, write_error)
+                                 write_error)
+from lrpgraph.cli_demo import read_labels
+from lrpgraph.cli_detect import detect_options, run_boxes, run_decode, run_regions
 from lrpgraph.cli_methods import MethodCommand, method_options
-from lrpgraph.errors import LrpgraphError
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
+from lrpgraph.errors import LrpgraphError
 from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import listing
 from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
-DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
-DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
 
 class Group(click.Group):
@@ -62,6 +62,8 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: MODEL with .lrp.onnx")
 @click.option("--target", "-t", type=click.Choice(["top", "index", "seed", "all"]), default="top", show_default=True,
               help="what is explained: the predicted class, a class given at run time, a seed tensor, all logits")
+@click.option("--from", "from_tensor", metavar="NAME", default=None, help="explain this tensor (a graph output or an "
+              "inner tensor) with K targets per image; default: the logits, or the first output")
 @rule_options
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
 @preprocess_options
@@ -77,7 +79,7 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
 def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
             std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
-            **kw) -> None:
+            from_tensor: str | None, **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
     from lrpgraph.convert import convert as convert_model
     from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
@@ -93,10 +95,11 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
         if os.path.exists(path) and not force:
             raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
-    names = _read_labels(labels) if labels else None
+    names = read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
                               options=options_given(kw), method_options=method_options(kw),
-                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
+                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size,
+                              from_tensor=from_tensor)
     folder = os.path.dirname(os.path.abspath(output))
     created = not os.path.isdir(folder)
     try:
@@ -113,11 +116,6 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
         plain, fast, kept = write_optimized(output, force=force)
         click.echo(f"wrote {optimized_path(output)} (loads in {fast:.2f} s instead of {plain:.2f} s)" if kept else
                    f"kept no optimised copy: it loads in {fast:.2f} s, {output} in {plain:.2f} s")
-
-
-def _read_labels(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
 
 
 @main.command()
@@ -195,12 +193,15 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 @click.option("--masks", "masks_dir", type=click.Path(), default=None,
               help="bulk runs: masks with the images' relative names (background fraction, pointing game)")
 @scale_options
+@detect_options
 def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
-            channel_order: str | None, scale: float | None, masks_dir: str | None, **bulk: object) -> None:
+            channel_order: str | None, scale: float | None, masks_dir: str | None, decode: str | None, top: int,
+            score: float, iou: float, regions: tuple, **bulk: object) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL; with --parquet or
-    --engine ray, a bulk run over image folders, globs or Parquet files."""
+    --engine ray, a bulk run over image folders, globs or Parquet files; --decode yolo and --region for
+    detectors and segmenters."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime import describe
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -225,6 +226,10 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         session.preprocess = {**(session.preprocess or {}), **overrides}
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    if decode:
+        return run_decode(session, inputs, out_dir, top, score, iou, cmap)
+    if regions:
+        return run_regions(session, inputs, out_dir, regions, cmap)
     notes = [describe.explanations(session.record), describe.preprocessing(session.preprocess, session.input_shape)]
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
@@ -248,51 +253,15 @@ def _folder_truth(summary, labels):
     return {k: v for k, v in truth.items() if v in names} or None
 
 
-def _demo_truth(records, labels):
-    """{file: true label} from the bundled samples' names, NN_<label>_<id>.png (NN: the class index)."""
-    truth = {}
-    for record in records:
-        prefix = os.path.basename(record["file"]).split("_", 1)[0]
-        if prefix.isdigit() and int(prefix) < len(labels):
-            truth[record["file"]] = labels[int(prefix)]
-    return truth
-
-
 @main.command()
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
 def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model
-    from lrpgraph.files import save
-    from lrpgraph.runtime.explain import explain_paths, write_index_html
-    from lrpgraph.runtime.session import ExplainSession
+    from lrpgraph.cli_demo import run_demo
 
-    make_output_dir(out_dir, "--out")
-    labels = _read_labels(os.path.join(DEMO_DIR, "labels.txt"))
-    converted = convert_model(os.path.join(DEMO_DIR, "model.onnx"), composite=composite, labels=labels,
-                              preprocess={"mode": "L"}, webgpu=web)
-    model_path = os.path.join(out_dir, "model.lrp.onnx")
-    save(converted, model_path, force=True)
-    click.echo(f"converted the demo model ({composite}) -> {model_path}")
-    session = ExplainSession(model_path)
-    scale = max(1, -(-DEMO_PNG_SIDE // max(session.input_shape[1:])))  # 28 px -> 224 px, nearest neighbour
-    summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False,
-                            formats="png,npy", png_scale=scale, inputs_png=True)
-    truth = _demo_truth(summary["records"], labels)
-    index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}",
-                             truth=truth)
-    for record in summary["records"]:
-        true = truth.get(record["file"])
-        mark = "" if true in (None, record["predicted_label"]) else f"  (true: {true}, misclassified)"
-        click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}{mark}")
-    click.echo(f"{summary['explained']} heatmaps and {index or os.path.join(out_dir, 'index.html')} written")
-    if web:
-        _web_site(model_path, os.path.join(out_dir, "site"), [os.path.join(DEMO_DIR, "images")], True,
-                  f"lrpgraph demo: Fashion-MNIST, {composite}")
-    if summary["failed"]:
-        sys.exit(1)
+    run_demo(out_dir, composite, web)
 
 
 @main.command()
@@ -302,14 +271,9 @@ def demo(out_dir: str, composite: str, web: bool) -> None:
 @click.option("--force", is_flag=True, help="replace a site written before")
 def web(model: str, out_dir: str, samples: tuple, force: bool) -> None:
     """A static page that explains images in the browser with onnxruntime-web (WebGPU or WASM)."""
-    _web_site(model, out_dir, samples, force)
+    from lrpgraph.cli_demo import web_site
 
-
-def _web_site(model, out_dir, samples, force, title=None):
-    from lrpgraph.web import build_site
-
-    site = build_site(model, out_dir, samples, force, title)
-    click.echo(f"wrote {site}; serve it: python -m http.server -d {out_dir}")
+    web_site(model, out_dir, samples, force)
 
 
 @main.command()
@@ -331,13 +295,18 @@ def _web_site(model, out_dir, samples, force, title=None):
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
 @scale_options
+@click.option("--boxes", "boxes_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a detector's boxes (JSON {image: [{box, class}]}): pointing game and positive relevance inside")
 def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_dir: str | None, step: int | None,
              fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None,
-             **bulk: object) -> None:
+             boxes_file: str | None, **bulk: object) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
     of a converted MODEL on images (files or folders); prints the mean per output. With --parquet or --engine
     ray: a bulk run, the metrics per image in OUT/rows (Parquet)."""
     from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics, progress_lines
+
+    if boxes_file:
+        return run_boxes(model, data, boxes_file, out_dir, seed, None if provider == "auto" else provider, threads)
 
     check_output_dir(out_dir, "--out")
     if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits

@@ -47,14 +47,16 @@ class Request:
     preprocess: dict | None = None
     labels: list | None = None
     image_size: tuple | list | None = None
+    from_tensor: str | None = None  # the explained tensor (None: the logits convert finds)
 
 
 def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composite: str = "epsilon-plus",
             target: str = "top", rules: list | tuple = (), method: str | None = None,
             explain: dict | list | None = None, options: RuleOptions | None = None,
             method_options: MethodOptions | None = None, preprocess: dict | None = None, labels: list | None = None,
-            webgpu: bool = False, image_size: tuple | list | None = None, **option_values) -> onnx.ModelProto:
-    """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
+            webgpu: bool = False, image_size: tuple | list | None = None, from_tensor: str | None = None,
+            **option_values) -> onnx.ModelProto:
+    """Rewrite an ONNX model so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
     (methods.METHODS); explain: several at once, {"NAME": composite or method} or ["NAME=SPEC"], giving
@@ -64,17 +66,20 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     (epsilon=..., stabilizer, gamma, alpha, beta, low, high, flex_epsilon; steps, quadrature, baseline, chunk,
     samples, noise_level), on top of them. webgpu: exact alternatives to the ops that onnxruntime-web's WebGPU
     backend lacks (docs/web.md). image_size: (H, W) for a model exported with symbolic spatial sizes (fix_image_size).
+    from_tensor: the tensor to explain, a graph output or an inner tensor (the graph after it keeps computing
+    the outputs); by default the logits of a classifier, else the first output. Any explained tensor other
+    than a classifier's logits [N, C] takes K targets per sample (targets.explained_seed; relevance [N, K, ...]).
     Returns the checked onnx.ModelProto."""
     options, method_options = build_options(options, method_options, **option_values)
     source = read(model_or_path, image_size, webgpu)
     _refuse_converted(source)
-    canon = canonical(source)
+    canon = canonical(source, from_tensor)
     request = Request(_explanations(explain, method, composite), target, rules, options, method_options, webgpu,
-                      preprocess, labels, image_size)
+                      preprocess, labels, image_size, from_tensor)
     _check_request(source, canon, request)
     heatmaps = {output: heatmap(source, canon, request, output) for output in request.explanations}
     model = source.model
-    _attach(model, heatmaps, canon, request.explanations)
+    _attach(model, heatmaps, canon, request.explanations, from_tensor)
     if source.view is not model:
         quantized.shadow(model, source.view, source.folded, sum(len(b.nodes) for b, _, _ in heatmaps.values()))
     _record(model, canon, request, heatmaps).write(model)
@@ -116,12 +121,18 @@ def _refuse_converted(source):
 
 
 @untrusted.malformed_refused
-def canonical(source: Source) -> Canonical:
-    """The canonical view of what is explained (canonicalize), its logits checked to be [N, classes]."""
-    canon = canonicalize(source.view)
-    logits_shape = canon.shapes.get(canon.logits)
-    if not logits_shape or len(logits_shape) != 2 or logits_shape[1] is None:
-        raise LrpgraphError(f"the logits '{canon.logits}' must have a static shape [N, classes] (got {logits_shape})")
+def canonical(source: Source, from_tensor: str | None = None) -> Canonical:
+    """The canonical view of what is explained (canonicalize): the tensor from_tensor, or else the logits
+    (a classifier's [N, classes]) or first output; checked to have a static shape [N, ...]."""
+    if from_tensor is not None:
+        produced = {t for n in source.view.graph.node for t in n.output} | {o.name for o in source.view.graph.output}
+        if from_tensor not in produced:
+            raise LrpgraphError(f"--from '{from_tensor}': {source.where} has no such tensor computed by a node; name "
+                                "a graph output or a node's output (`lrpgraph inspect` lists the nodes)")
+    canon = canonicalize(source.view, from_tensor)
+    shape = canon.shapes.get(canon.logits)
+    if not targets.is_classic(shape, from_tensor):
+        targets.explained_shape(canon.logits, shape)
     return canon
 
 
@@ -138,7 +149,8 @@ def _check_request(source, canon, request):
     """The preprocessing and labels fit the model's input and classes."""
     dims = [d.dim_value or None for d in _image(source.model, canon).type.tensor_type.shape.dim]
     checks.check_preprocess(request.preprocess, dims[1:], f"the model's input '{canon.image}'")
-    checks.check_labels(request.labels, canon.shapes[canon.logits][1])
+    if targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+        checks.check_labels(request.labels, canon.shapes[canon.logits][1])
 
 
 @untrusted.malformed_refused
@@ -150,25 +162,45 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
                       webgpu=request.webgpu)
     gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
     batch = _image(model, canon).type.tensor_type.shape.dim[0]
-    seed, new_inputs = targets.seed(b, canon.logits, canon.shapes[canon.logits][1], request.target,
-                                    batch.dim_param or batch.dim_value or "N", gradient)
-    walker = Walker(b, "gradient" if spec in composites.MESSAGE_COMPOSITES else "relevance")
-    used = None
-    if methods.is_method(spec):
-        heat, more = methods.emit(b, model, canon, spec, seed, request.method_options, walker)
-        new_inputs = new_inputs + more
+    batch = batch.dim_param or batch.dim_value or "N"
+    shape = canon.shapes[canon.logits]
+    if targets.is_classic(shape, request.from_tensor):
+        seed, new_inputs = targets.seed(b, canon.logits, shape[1], request.target, batch, gradient)
+        heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
     else:
-        rule_plan = plan(canon, spec, request.rules, request.options, request.preprocess)
-        used = {name: str(rule) for name, rule in rule_plan.items()}
-        heat = walker(canon, rule_plan, seed)
-        heat = b.zeros_like(canon.image) if heat is None else heat
-        if spec in composites.MESSAGE_COMPOSITES and canon.image_float:  # the walk carried g = R / x
-            b.scope = "output"
-            heat = b.mul(canon.image, heat)
+        if methods.is_method(spec) and spec not in K_METHODS:
+            raise LrpgraphError(f"method '{spec}' explains a classifier's logits only; for the tensor "
+                                f"'{canon.logits}' use an LRP composite or {' or '.join(K_METHODS)}")
+        seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
+        start = len(b.nodes)
+        view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
+        heat, more, used = _walk(b, model, view, canon, request, spec, seed)
+        targets.tile(b, tiled, canon.shapes, k, start)
+        heat = targets.unfold(b, heat, canon.image, k, len(canon.shapes[canon.image]))
+    new_inputs = new_inputs + more
     b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
     if source.view is model:  # (a dequantized view's ReLUs are not the model's nodes)
         simplify.denominators(b, model.graph.node, canon.inits)
     return b, new_inputs, used
+
+
+K_METHODS = ("gradient", "input-x-gradient")  # the methods that walk the K-target view as it is
+
+
+def _walk(b, model, canon, source_canon, request, spec, seed):
+    """(heatmap of canon's image, [new graph inputs], {unit name: rule text} or None for a method). canon is
+    source_canon or its K-target view (same units, renamed); the rules are planned on source_canon."""
+    walker = Walker(b, "gradient" if spec in composites.MESSAGE_COMPOSITES else "relevance")
+    if methods.is_method(spec):
+        heat, more = methods.emit(b, model, canon, spec, seed, request.method_options, walker)
+        return heat, more, None
+    rule_plan = plan(source_canon, spec, request.rules, request.options, request.preprocess)
+    heat = walker(canon, {u.name: rule_plan[s.name] for u, s in zip(canon.units, source_canon.units)}, seed)
+    heat = b.zeros_like(canon.image) if heat is None else heat
+    if spec in composites.MESSAGE_COMPOSITES and canon.image_float:  # the walk carried g = R / x
+        b.scope = "output"
+        heat = b.mul(canon.image, heat)
+    return heat, [], {name: str(rule) for name, rule in rule_plan.items()}
 
 
 def _image(model, canon):
@@ -188,6 +220,8 @@ def _record(model, canon, request, heatmaps):
         gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
         preprocess=request.preprocess or None, labels=list(request.labels) if request.labels else None,
         image_size=[int(d) for d in request.image_size] if request.image_size is not None else None)
+    if not targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+        record.explained_shape, record.logits_output = list(canon.shapes[canon.logits][1:]), canon.logits
     if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
         record.token_input, record.vocab_size = True, _vocab_size(canon)
     return record
@@ -284,7 +318,7 @@ def _explanations(explain, method, composite):
 
 
 @untrusted.malformed_refused
-def _attach(model, heatmaps, canon, explanations):
+def _attach(model, heatmaps, canon, explanations, from_tensor):
     """Add the heatmaps' nodes, the initializers they read, their new graph inputs and their outputs to model."""
     g = model.graph
     builders = [b for b, _, _ in heatmaps.values()]
@@ -295,12 +329,20 @@ def _attach(model, heatmaps, canon, explanations):
         g.initializer.extend(i for i in b.initializers if i.name in used)
     g.input.extend({i.name: i for _, new_inputs, _ in heatmaps.values() for i in new_inputs}.values())
     image = _image(model, canon)
+    k_targets = not targets.is_classic(canon.shapes[canon.logits], from_tensor)
     for output, spec in explanations.items():
         info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         info.type.CopyFrom(image.type)
         info.type.tensor_type.elem_type = TensorProto.FLOAT  # token ids: one float relevance per token
         info.doc_string = f"{spec} relevance of each input value for the explained logit(s), shaped like the input"
+        if k_targets:
+            info.type.tensor_type.shape.dim.insert(1, onnx.TensorShapeProto.Dimension(dim_param="K"))
+            info.doc_string = f"{spec} relevance of each input value for each of the K targets, [N, K, *input]"
         g.output.append(info)
+    if k_targets and canon.logits not in {o.name for o in g.output}:  # the session reads the explained tensor
+        shape = [d if d is not None else "N" for d in canon.shapes[canon.logits]]
+        g.output.append(helper.make_tensor_value_info(canon.logits, TensorProto.FLOAT, shape,
+                                                      doc_string="the explained tensor"))
 
 
 def check(model: onnx.ModelProto, strict: bool = True) -> None:

@@ -6,7 +6,9 @@ A converted model carries:
                         "logits_output", "outputs_probabilities", "relevance_outputs": [names], "options": {...},
                         "method_options": {...}, "rules": {node: rule}, "overrides", "gradient_seed", "webgpu",
                         and for token models "token_input", "vocab_size"; "image_size": [h, w] when convert fixed
-                        the spatial sizes of a model exported with symbolic ones}
+                        the spatial sizes of a model exported with symbolic ones; "explained_shape": S when the
+                        explained tensor "logits" [N, *S] takes K targets per sample (targets.explained_seed)
+                        rather than a classifier's one class: `target` [N, K, len(S)], relevance [N, K, ...]}
   lrpgraph.preprocess  JSON (optional): {"resize": [h, w] | int, "crop": [h, w] | int, "mean": [...],
                         "std": [...], "mode": "L" | "RGB", "channel_order": "RGB" | "BGR", "scale": 255.0}
   lrpgraph.labels      JSON (optional): list of class names
@@ -59,10 +61,16 @@ class Record:
     token_input: bool = False
     vocab_size: int | None = None
     image_size: list | None = None  # the spatial sizes convert fixed (image_size=...), None if the model had them
+    explained_shape: list | None = None  # S of an explained tensor [N, *S] with K targets; None: a classifier's
     preprocess: dict | None = None
     labels: list | None = None
     version: str = __version__  # the lrpgraph version that wrote the model
     format: int = FORMAT
+
+    @property
+    def k_targets(self) -> bool:
+        """True when the model takes K targets per sample (relevance [N, K, *input])."""
+        return self.explained_shape is not None
 
     @property
     def relevance_outputs(self) -> list:
@@ -115,6 +123,8 @@ class Record:
             del out["token_input"], out["vocab_size"]
         if self.image_size is None:
             del out["image_size"]
+        if self.explained_shape is None:
+            del out["explained_shape"]
         return out
 
     def to_props(self) -> dict:

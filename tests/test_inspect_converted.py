@@ -9,7 +9,8 @@ import onnx
 from click.testing import CliRunner
 from onnx import helper
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 
 DEMO = Path(DEMO_DIR)
 

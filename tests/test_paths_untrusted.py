@@ -12,7 +12,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 from lrpgraph.convert import convert
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import inside, optimized_path, save, write_optimized

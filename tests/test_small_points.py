@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import lrpgraph
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 from lrpgraph.runtime.render import COLORMAPS
 
 DEMO = Path(DEMO_DIR)

@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from lrpgraph import metadata
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 from lrpgraph.convert import convert
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.runtime.session import ExplainSession

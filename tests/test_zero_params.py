@@ -36,7 +36,8 @@ def test_zero_params_bias_matches_zennit(composite):
 
 
 def test_zero_params_on_the_command_line(tmp_path):
-    from lrpgraph.cli import DEMO_DIR, main
+    from lrpgraph.cli import main
+    from lrpgraph.cli_demo import DEMO_DIR
 
     out = tmp_path / "m.lrp.onnx"
     result = CliRunner().invoke(main, ["convert", f"{DEMO_DIR}/model.onnx", "-o", str(out), "--zero-params", "bias"])

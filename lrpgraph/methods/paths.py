@@ -36,7 +36,7 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
         clone.input[:] = [rename.get(t, t) for t in node.input]
         clone.output[:] = [rename.get(t, t) for t in node.output]
         nodes.append(clone)
-    return nodes, _renamed(canon, rename, prefix)
+    return nodes, renamed(canon, rename, prefix)
 
 
 def _repeated_inputs(b, graph, canon, m):
@@ -54,7 +54,8 @@ def _repeated_inputs(b, graph, canon, m):
     return out
 
 
-def _renamed(canon, rename, prefix):
+def renamed(canon: Canonical, rename: dict, prefix: str) -> Canonical:
+    """canon with its tensors renamed ({old: new}) and its units named PREFIX_LAST/unit."""
     def r(t):
         return rename.get(t, t)
 

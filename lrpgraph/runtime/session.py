@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from lrpgraph import metadata
-from lrpgraph.runtime import tokens
+from lrpgraph.runtime import ktargets, tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.ort import NOISE_SEED_INPUT, SEED_INPUT, TARGET_INPUT, Runner, session_options, source_of
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
@@ -95,7 +95,7 @@ class ExplainSession:
                 f"{self.name}: image input {self.image_input!r} has shape {shape}, expected [N, C, H, W]"
             )
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])
-        classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0]
+        classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0] if not record.k_targets else None
         labels_count = len(self.labels) if isinstance(self.labels, list) else None
         self.num_classes = classes if isinstance(classes, int) and classes > 0 else labels_count
         self.logits_float32 = outputs[self.logits_output].type == "tensor(float)"
@@ -151,7 +151,10 @@ class ExplainSession:
     # ---- targets -------------------------------------------------------------------------------
 
     def _target_feed(self, target, n):
-        """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale."""
+        """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale (a KPlan on a
+        model with K targets per sample, runtime/ktargets.py)."""
+        if self.record.k_targets:
+            return ktargets.plan(self, target, n)
         if is_torch(target):
             target = target.detach().cpu().numpy()
         if self.target_input is None:
@@ -246,6 +249,9 @@ class ExplainSession:
         "relevance_gig": ...}, in the order the model lists them (session.relevance_outputs).
         target: None (the predicted class), an int, a sequence of N ints, or for seed models a float
         seed [N, classes] / [classes]. The explained classes are an int64 array, or None for 'all'.
+        On a model with K targets per sample (a detector's head, convert --from; session.record.k_targets):
+        logits is the explained tensor [N, *S], target index tuples [N, K, len(S)] (or seeds [N, K, *S]),
+        relevance [N, K, C, H, W], the explained targets index tuples (runtime/ktargets.py).
         """
         size = _positive(batch_size if batch_size is not None else self.batch_size, "batch_size")
         if is_torch(batch):
@@ -276,21 +282,23 @@ class ExplainSession:
             logits_parts.append(logits)
             relevance_parts.append(relevance)
         explained = plan.explained
-        if self.num_classes is None and explained is not None and logits_parts:
+        if self.num_classes is None and explained is not None and logits_parts and not self.record.k_targets:
             self._check_range(explained, to_numpy(logits_parts[0]).shape[1])
-        if plan.predict:
+        if plan.predict or (self.record.k_targets and predicted and predicted[0] is not None):
             explained = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
         if not logits_parts:
             logits, empty = ops.empty(x, self.num_classes or 0)
             return logits, [empty for _ in self.relevance_outputs], explained
         relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(relevance_parts[0]))]
         logits = ops.cat(logits_parts)
-        if explained is None and self.target_mode == "top":
+        if explained is None and self.target_mode == "top" and not self.record.k_targets:
             explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
         return logits, relevance, explained
 
     def _run_chunk(self, x, plan, start, ops):
         """(logits, [relevance], explained classes) of the chunk x, rows start.. of the plan."""
+        if self.record.k_targets:
+            return ktargets.run_chunk(self, x, plan, start, ops)
         rows = slice(start, start + x.shape[0])
         feed = None if plan.feed is None else plan.feed[rows]
         logits, relevance = ops.run(x, feed)
