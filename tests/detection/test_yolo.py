@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seeded_ref import SEED, run, same_as_onnxruntime, seeded
-from yolo_ref import SIDE, ClassLogits, yolo
+from yolo_models import SIDE, ClassLogits, yolo
 from zennit_ref import l1, zennit_composite
 
 CLASS, ANCHOR = 3, 17  # anchor 17: a cell of the stride-8 grid
