@@ -16,6 +16,7 @@ from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
 from lrpgraph.patterns.ends import embedding_indices, logits_of
 from lrpgraph.patterns.fusions import fuse
+from lrpgraph.patterns.tails import is_batch_norm, is_bias_add
 
 
 def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canonical:
@@ -189,7 +190,7 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
         return nxt if nxt is not None and uses[tensor] == 1 else None
 
     nxt = single_consumer(out)
-    if nxt is not None and nxt.op_type == "Add" and layer.bias is None:
+    if is_bias_add(nxt) and layer.bias is None:
         other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
         if other in inits and inits[other].size == channels and _bias_axis_ok(inits[other].shape, layer, reads):
             layer.bias, layer.bias_from_add, out = other, True, nxt.output[0]
@@ -197,7 +198,7 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
             fused.append(nxt)
             nxt = single_consumer(out)
     # BatchNormalization normalises axis 1: where that is the layer's output channels, the op says how it folds
-    if nxt is not None and nxt.op_type == "BatchNormalization" and reads.bn_shape(layer) is not None \
+    if is_batch_norm(nxt) and reads.bn_shape(layer) is not None \
             and all(t in inits for t in nxt.input[1:5]):
         scale, bias, mean, var = nxt.input[1:5]
         eps = attrs_of(nxt).get("epsilon", 1e-5)

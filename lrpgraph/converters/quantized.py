@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lrpgraph.catalog import QDQ, Context
 from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.patterns.tails import is_dequantize
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def dequantized_view(model: "onnx.ModelProto") -> tuple:
     inits = {i.name: i for i in view.graph.initializer}
     folded, keep = set(), []
     for node in view.graph.node:
-        if node.op_type == "DequantizeLinear" and all(not t or t in inits for t in node.input):
+        if is_dequantize(node) and all(not t or t in inits for t in node.input):
             values = [numpy_helper.to_array(inits[t]) if t else None for t in node.input]
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             view.graph.initializer.append(numpy_helper.from_array(dequantize(*values, axis=axis), node.output[0]))
@@ -113,7 +114,7 @@ def shadow(model: "onnx.ModelProto", view: "onnx.ModelProto", folded: set, count
             inputs = [read(t) for t in node.input]
             outputs = [SHADOW + o if o else "" for o in node.output]
             name = SHADOW + (node.name or tensor)
-            if node.op_type == "DequantizeLinear":
+            if is_dequantize(node):
                 copies.extend(_dequantize_nodes(node, inputs, outputs[0], name, values))
             else:
                 clone = helper.make_node(node.op_type, inputs, outputs, name=name, domain=node.domain)
