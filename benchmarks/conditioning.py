@@ -2,7 +2,7 @@
 
 Two families, each compared with a float64 reference computed by an independent implementation:
   relevance  the epsilon rule at eps = 1e-6 on every layer of a deep random net (vgg16_bn, densenet121), and
-             densenet121's signed average pooling under the norm rule at stabiliser 1e-6:
+             densenet121's signed average pooling under the norm rule at stabilizer 1e-6:
              lrpgraph (onnxruntime, float32) and zennit in float32, each against zennit in float64;
   gradient   IG on vgg16_bn (narrow head) at 32 x 32 for a few inputs and the gradient of the unmodified
              vgg16_bn at 224 x 224: lrpgraph (float32) and torch autograd in float32, each against torch

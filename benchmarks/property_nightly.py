@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--reproduce", type=int, default=None, metavar="SEED", help="check only this seed, verbosely")
     parser.add_argument("--epsilon", type=float, default=EPSILON, help=f"the epsilon rule's eps (tested: {EPSILON})")
     parser.add_argument("--stabilizer", type=float, default=STABILIZER,
-                        help=f"the other rules' stabiliser (tested: {STABILIZER})")
+                        help=f"the other rules' stabilizer (tested: {STABILIZER})")
     parser.add_argument("--bound", type=float, default=BOUND, help=f"relative L1 bound (tested: {BOUND:.0e})")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def main(argv=None):
             failures.append((seed, target, ", ".join(f"{n} L1 {v:.2e}" for n, v in bad.items())))
             print(f"FAIL seed {seed} (target {target}): {failures[-1][2]}", flush=True)
     print(f"\n{len(seeds)} examples ({dict(counts)} by target, {vacuous} not counted: every heatmap zero) in {time.process_time() - began:.0f} s of CPU; "
-          f"epsilon {args.epsilon:g}, stabiliser {args.stabilizer:g}, bound {args.bound:.0e}")
+          f"epsilon {args.epsilon:g}, stabilizer {args.stabilizer:g}, bound {args.bound:.0e}")
     targets = [t for t in ("top", "index", "seed", "all") if counts[t]]
     print(f"{'max L1':<28}" + "".join(f"{t:>10}" for t in targets))
     for name in COMPOSITES:

@@ -7,12 +7,13 @@
     logits, relevance = session.explain(batch)
 
 `lrpgraph.convert` is the pipeline module made callable: lrpgraph.convert(...) runs lrpgraph.convert.convert,
-and the module's other names (lrpgraph.convert.save, .check, ...) stay reachable.
+and the module's other names (lrpgraph.convert.check, .fix_image_size, ...) stay reachable; lrpgraph.save is
+lrpgraph.files.save.
 """
 
 import types
 
-from lrpgraph import convert as _pipeline
+from lrpgraph import convert as _pipeline, files
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.version import __version__
 
@@ -28,7 +29,7 @@ class _CallableModule(types.ModuleType):
 
 _pipeline.__class__ = _CallableModule
 convert = _pipeline
-save = _pipeline.save
+save = files.save
 
 
 def __getattr__(name):

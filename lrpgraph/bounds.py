@@ -8,10 +8,14 @@ Add/Sub/Mul/Div by constants that are scalars or per channel (shape [C, 1, 1] or
 bounds are pushed through it. Any other op on the way (a Resize, a standalone BatchNormalization, ...)
 leaves the layer the bounds as given."""
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from lrpgraph.canonicalize import Canonical
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS, Canonical
+
+if TYPE_CHECKING:
+    from lrpgraph.rules import RuleOptions
 
 
 def first_layer_maps(canon: Canonical) -> dict:
@@ -70,3 +74,23 @@ def _param(values):
     """A float where every channel has the same bound, else a tuple (zbox's per-channel form)."""
     flat = np.atleast_1d(values).astype(np.float64)
     return float(flat[0]) if np.all(flat == flat[0]) else tuple(float(v) for v in flat)
+
+
+def from_preprocess(preprocess: dict | None, options: "RuleOptions") -> "RuleOptions":
+    """The rule options with low/high derived from the stored preprocessing (`--mean/--std/--scale`): pixels
+    in [0, 255 / scale] become ((0 - mean_c) / std_c, (255 / scale - mean_c) / std_c) per channel, the range
+    of the model's input that zbox (and LRP-Flex's first layer) needs. Options whose low/high were given
+    (not the defaults 0 and 1), or preprocessing with neither mean, std nor scale, are returned as they are."""
+    import dataclasses
+
+    from lrpgraph.rules import DEFAULT_HIGH, DEFAULT_LOW
+
+    pre = preprocess or {}
+    if options is None or not any(pre.get(k) is not None for k in ("mean", "std", "scale")):
+        return options
+    if options.low != DEFAULT_LOW or options.high != DEFAULT_HIGH:
+        return options
+    top = 255.0 / float(pre.get("scale") or 255.0)
+    mean = np.asarray(pre.get("mean") if pre.get("mean") is not None else 0.0, np.float64).reshape(-1)
+    std = np.asarray(pre.get("std") if pre.get("std") is not None else 1.0, np.float64).reshape(-1)
+    return dataclasses.replace(options, low=_param((0.0 - mean) / std), high=_param((top - mean) / std))

@@ -4,100 +4,51 @@ into one linear layer each, classify every other node, and check that every op i
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-from lrpgraph.converters import RECORDS, explainable, is_kind, record_of
-from lrpgraph.converters.attention import attention_operand
-from lrpgraph.converters.linear import LinearLayer
+from lrpgraph import shapes as shapes_
+from lrpgraph.catalog import (
+    RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, is_kind, record_of)
+from lrpgraph.catalog.ops import attention_operand
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.fusion import fuse
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
-from lrpgraph.windows import conv_output_padding, explicit_pads
+from lrpgraph.patterns.ends import embedding_indices, logits_of
+from lrpgraph.patterns.fusions import fuse
+from lrpgraph.patterns.tails import is_batch_norm, is_bias_add
 
 
-class Initializers(Mapping):
-    """Initializer values by name, converted to numpy only when read (weights are rarely needed here)."""
-
-    def __init__(self, initializers: list):
-        self._protos = {i.name: i for i in initializers}
-        self._arrays = {}
-
-    def __getitem__(self, name):
-        if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self._protos[name])
-        return self._arrays[name]
-
-    def __contains__(self, name):
-        return name in self._protos
-
-    def __iter__(self):
-        return iter(self._protos)
-
-    def __len__(self):
-        return len(self._protos)
-
-
-@dataclass
-class Unit:
-    """One explained step: a forward node, or a fused linear layer spanning several nodes."""
-
-    op: str
-    name: str  # the forward node's name, used for rule overrides and for naming emitted nodes
-    kind: str  # one of converters.KINDS: the op's record's kind, or what its classify decided
-    inputs: list
-    outputs: list
-    attrs: dict
-    layer: LinearLayer = None
-    fused: list = field(default_factory=list)  # names of nodes folded into this unit
-    first: bool = False  # first linear layer reached from the image input
-    upstream: bool = False  # between the image input and the first linear layer
-    gate: int = None  # Mul gates: index of the gate input (gets no relevance)
-
-    @property
-    def category(self) -> str:
-        """What composites map: the record's category (conv, dense) or the kind."""
-        return RECORDS[self.op].category_of(self.kind)
-
-
-@dataclass
-class Canonical:
-    model: object
-    units: list
-    image: str
-    image_shape: list
-    logits: str
-    outputs_probabilities: bool
-    shapes: dict
-    inits: dict
-    signal: set
-    nonneg: set
-    image_float: bool = True  # False: the explained input is token ids (its relevance is per token)
-
-
-def canonicalize(model: onnx.ModelProto) -> Canonical:
+def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canonical:
+    """The canonical view of the path from the image to the explained tensor: the given one (convert's
+    from_tensor), or else the logits before the first output's head."""
     graph = model.graph
     inits = Initializers(graph.initializer)
     image, image_float = image_input(graph, inits)
-    logits, probabilities = _logits(graph)
-    logits = _flat_logits(model, logits, probabilities)
+    if explained is None:
+        logits, probabilities = logits_of(graph)
+        logits = _flat_logits(model, logits, probabilities)
+    else:
+        logits, probabilities = explained, False
     shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
     for node in nodes:
         if not is_kind(node, "shape") and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
+    _check_image_size(shapes.get(image), image, image_float)
+    if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
+        shapes = shapes_.merged(shapes, shapes_.symbolic_shapes(model))
+        inits.add(shapes_.computed_values(model, shapes, inits))
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
                             "nothing to explain")
-    relevant = fuse(_on_path(nodes, logits, signal), inits)
-    _check_supported(relevant)
+    relevant, near_misses = fuse(_on_path(nodes, logits, signal), inits)
+    _check_supported(relevant, near_misses, signal)
     units = _units(relevant, graph, inits, shapes, signal)
     _mark_first(units, image)
     return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
-                     _nonneg(units, inits), image_float)
+                     _nonneg(units, inits), image_float, near_misses)
 
 
 def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
@@ -108,7 +59,7 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
             return info.name, True
-    embedded = {n.input[1] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    embedded = embedding_indices(graph, inits)
     tokens = [i for i in inputs if i.name in embedded and len(i.type.tensor_type.shape.dim) == 2
               and i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32)]
     if tokens:
@@ -120,22 +71,12 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
                         "[N, C, H, W] or int64 input_ids")
 
 
-def _logits(graph):
-    """The tensor to explain: the first output, or the input of a Softmax/LogSoftmax that produces it (also
-    as opset < 13 writes it once upgraded: Reshape(Softmax(Flatten(x)), Shape(x)), explained as Flatten(x))."""
-    producer = {o: n for n in graph.node for o in n.output}
-    name = graph.output[0].name
-    node = producer.get(name)
-    while node is not None and node.op_type == "Identity":
-        node = producer.get(node.input[0])
-    if node is not None and node.op_type == "Reshape":
-        inner = producer.get(node.input[0])
-        if inner is not None and is_kind(inner, "head") and getattr(producer.get(inner.input[0]), "op_type", "") \
-                == "Flatten":
-            node = inner
-    if node is not None and is_kind(node, "head"):
-        return node.input[0], True
-    return name, False
+def _check_image_size(shape, image, image_float):
+    """An image [N, C, H, W] with symbolic H or W: only --image-size (or a fixed export) makes its layers known."""
+    if image_float and shape is not None and len(shape) == 4 and any(d is None for d in shape[2:]):
+        raise UnsupportedModelError(f"the input '{image}' has symbolic spatial sizes: spatial sizes must be static; "
+                                    "give the image size with --image-size H,W (image_size=(H, W)) or export with a "
+                                    "fixed one")
 
 
 def _flat_logits(model, logits, probabilities):
@@ -178,16 +119,21 @@ def _on_path(nodes, logits, signal):
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
-def _check_supported(nodes):
-    missing = {}
+def _check_supported(nodes, near_misses, signal):
+    missing, first = {}, None
     for node in nodes:
         if not explainable(node):
             missing.setdefault(node.op_type, []).append(node.name or node.output[0])
+            first = first or node
     if missing:
         parts = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                           for op, names in sorted(missing.items()))
-        raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}; "
-                                    "see `lrpgraph inspect` for coverage, or open an issue with the model")
+        before = " or ".join(f"--from {t}" for t in dict.fromkeys(first.input) if t in signal)
+        cut = f"; to explain the tensor before {first.op_type} '{first.name or first.output[0]}', convert with " \
+              f"{before}" if before else ""
+        raise UnsupportedModelError(f"unsupported op type(s) on the path from the image to the logits: {parts}"
+                                    f"{cut}; see `lrpgraph inspect` for coverage, or open an issue with the model"
+                                    + "".join(f"; not fused: {miss}" for miss in near_misses[:1]), near_misses)
 
 
 def _units(nodes, graph, inits, shapes, signal):
@@ -220,11 +166,12 @@ def _units(nodes, graph, inits, shapes, signal):
 
 
 def _linear(node, unit, inits, shapes, signal, uses, consumer):
-    """The LinearLayer of a Conv/Gemm/MatMul with a following bias Add and BatchNormalization folded in."""
-    name, attrs = unit.name, unit.attrs
-    if len(node.input) > 1 and node.input[1] in signal or node.op_type == "Gemm" and attrs.get("transA", 0):
-        raise UnsupportedModelError(f"node '{name}' ({node.op_type}): both operands depend on the image (or the "
-                                    "data operand is transposed); only layers with constant weights are supported")
+    """The LinearLayer of a linear op (its record's LinearOp reads the node's attributes) with a following bias
+    Add and BatchNormalization folded in."""
+    name, reads = unit.name, RECORDS[node.op_type].linear
+    if len(node.input) > 1 and node.input[1] in signal:
+        raise UnsupportedModelError(f"node '{name}' ({node.op_type}): both operands depend on the image; only "
+                                    "layers with constant weights are supported")
     x = node.input[0]
     x_shape = shapes.get(x)
     if x_shape is None:
@@ -232,31 +179,26 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
     layer = LinearLayer(node.op_type, x, node.output[0], node.input[1], x_shape=x_shape)
     if len(node.input) > 2 and node.input[2]:
         layer.bias = node.input[2]
-    if node.op_type == "Conv":
-        layer.attrs = _conv_attrs(node, attrs, shapes, inits, unit)
-    elif node.op_type == "ConvTranspose":
-        layer.attrs = _conv_transpose_attrs(attrs, shapes.get(node.input[1]), unit)
-    elif node.op_type == "Gemm":
-        layer.transpose_weight = bool(attrs.get("transB", 0))
-        layer.alpha, layer.beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    for field_name, value in reads.read(node, unit.attrs, shapes, name).items():
+        setattr(layer, field_name, value)
     fused, out = [], node.output[0]
-    channels = _out_channels(layer, inits, shapes)
+    w_shape = shapes.get(layer.weight)
+    channels = reads.out_channels(layer, w_shape) if w_shape else None
 
     def single_consumer(tensor):
         nxt = consumer.get(tensor)
         return nxt if nxt is not None and uses[tensor] == 1 else None
 
     nxt = single_consumer(out)
-    if nxt is not None and nxt.op_type == "Add" and layer.bias is None:
+    if is_bias_add(nxt) and layer.bias is None:
         other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
-        if other in inits and inits[other].size == channels and _bias_axis_ok(inits[other].shape, layer):
+        if other in inits and inits[other].size == channels and _bias_axis_ok(inits[other].shape, layer, reads):
             layer.bias, layer.bias_from_add, out = other, True, nxt.output[0]
             layer.beta = 1.0  # Gemm's beta scales C only; the added bias is not scaled
             fused.append(nxt)
             nxt = single_consumer(out)
-    # BatchNormalization normalises axis 1: the output channels of a Conv, or of a dense layer on [N, K] only
-    channel_axis_1 = layer.op == "Conv" or len(layer.x_shape) == 2
-    if nxt is not None and nxt.op_type == "BatchNormalization" and channel_axis_1 \
+    # BatchNormalization normalises axis 1: where that is the layer's output channels, the op says how it folds
+    if is_batch_norm(nxt) and reads.bn_shape(layer) is not None \
             and all(t in inits for t in nxt.input[1:5]):
         scale, bias, mean, var = nxt.input[1:5]
         eps = attrs_of(nxt).get("epsilon", 1e-5)
@@ -267,54 +209,14 @@ def _linear(node, unit, inits, shapes, signal, uses, consumer):
     return layer, fused
 
 
-def _bias_axis_ok(shape, layer):
+def _bias_axis_ok(shape, layer, reads):
     """An added constant is a bias when it varies along the output channel axis only."""
     shape = list(shape)
-    if layer.convolutional:
+    if reads.channel_axis == 1:
         rank = len(layer.x_shape)
         shape = [1] * (rank - len(shape)) + shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1)
     return all(d == 1 for d in shape[:-1])
-
-
-def _out_channels(layer, inits, shapes):
-    w_shape = shapes.get(layer.weight)
-    if not w_shape:
-        return None
-    if layer.op == "Conv":
-        return w_shape[0]
-    if layer.op == "ConvTranspose":
-        return w_shape[1] * layer.attrs["group"]
-    return w_shape[0] if layer.transpose_weight else w_shape[-1]
-
-
-def _conv_attrs(node, attrs, shapes, inits, unit):
-    x_shape = shapes.get(node.input[0])
-    w_shape = shapes.get(node.input[1])
-    if not x_shape or any(d is None for d in x_shape[2:]) or not w_shape:
-        raise UnsupportedModelError(f"node '{unit.name}' (Conv): spatial sizes must be static; give the image "
-                                    "size with --image-size H,W (image_size=(H, W)) or export with a fixed one")
-    spatial = x_shape[2:]
-    kernel = attrs.get("kernel_shape", w_shape[2:])
-    n = len(kernel)
-    strides = attrs.get("strides", [1] * n)
-    dilations = attrs.get("dilations", [1] * n)
-    pads = explicit_pads(attrs.get("auto_pad", "NOTSET"), attrs.get("pads", [0] * 2 * n), spatial, kernel,
-                         strides, dilations)
-    return {"strides": strides, "pads": pads, "dilations": dilations, "group": attrs.get("group", 1),
-            "output_padding": [conv_output_padding(spatial[i], kernel[i], strides[i], dilations[i], pads[i],
-                                                   pads[i + n]) for i in range(n)]}
-
-
-def _conv_transpose_attrs(attrs, w_shape, unit):
-    """A ConvTranspose with explicit pads (no output_shape, no SAME padding: their pads depend on sizes)."""
-    if attrs.get("output_shape") or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-        raise UnsupportedModelError(f"node '{unit.name}' (ConvTranspose): output_shape and SAME padding are not "
-                                    "supported; export it with explicit pads")
-    n = len(w_shape) - 2 if w_shape else len(attrs.get("kernel_shape", []))
-    return {"strides": attrs.get("strides", [1] * n), "pads": attrs.get("pads", [0] * 2 * n),
-            "dilations": attrs.get("dilations", [1] * n), "group": attrs.get("group", 1),
-            "output_padding": attrs.get("output_padding", [0] * n)}
 
 
 def _gate_input(node, nodes, unit):
@@ -358,10 +260,9 @@ def _nonneg(units, inits):
     nonneg_output, and of ops that keep signs (keeps_nonneg) when all their signal inputs are >= 0."""
     nonneg = set()
     for unit in units:
-        record = RECORDS[unit.op]
         ins = [t for t in unit.inputs if t and t not in inits]
-        if record.check("nonneg_output", unit, inits):
+        if unit.holds("nonneg_output", inits):
             nonneg.update(unit.outputs)
-        elif ins and all(t in nonneg for t in ins) and record.check("keeps_nonneg", unit, inits):
+        elif ins and all(t in nonneg for t in ins) and unit.holds("keeps_nonneg", inits):
             nonneg.update(t for t in unit.outputs if t)
     return nonneg

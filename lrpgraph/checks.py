@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import DEFAULT_FLEX_EPSILON, DEFAULT_GAMMA, DEFAULT_STABILIZER, Rule, RuleOptions
 
 if TYPE_CHECKING:
     from lrpgraph.methods.units import Option
@@ -16,39 +15,17 @@ if TYPE_CHECKING:
 CHANNELS = {"L": 1, "RGB": 3}
 
 
-def _finite(value, name):
+def finite(value: object, name: str) -> tuple:
+    """The value as a tuple of numbers (one, or one per channel); an error naming it unless every one is finite."""
     values = tuple(np.asarray(value).ravel().tolist()) if np.ndim(value) > 0 else (value,)
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise LrpgraphError(f"{name} {value!r} is not a finite number; give a finite value")
     return values
 
 
-def check_rule_options(options: "RuleOptions") -> None:
-    """The composites' numeric options (rules.RuleOptions): finite; epsilon, gamma >= 0; stabiliser, flex eps > 0;
-    low < high."""
-    epsilon, stabilizer, gamma, alpha, beta = (options.epsilon, options.stabilizer, options.gamma, options.alpha,
-                                               options.beta)
-    low, high, flex_epsilon = options.low, options.high, options.flex_epsilon
-    if epsilon is not None and _finite(epsilon, "--epsilon")[0] < 0:
-        raise LrpgraphError(f"--epsilon {epsilon:g} is negative; give epsilon >= 0 (e.g. 1e-6, 0.25)")
-    if _finite(stabilizer, "--stabilizer")[0] <= 0:
-        raise LrpgraphError(f"--stabilizer {stabilizer:g} must be > 0 (it keeps denominators away from zero; "
-                            f"default {DEFAULT_STABILIZER:g})")
-    if _finite(gamma, "--gamma")[0] < 0:
-        raise LrpgraphError(f"--gamma {gamma:g} is negative; give gamma >= 0 (default {DEFAULT_GAMMA:g})")
-    _finite(alpha, "--alpha")
-    _finite(beta, "--beta")
-    if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
-        raise LrpgraphError(f"--alpha {alpha:g} --beta {beta:g}: alpha-beta needs alpha - beta = 1 and alpha, "
-                            "beta >= 0 (e.g. --alpha 2 --beta 1)")
-    check_bounds(low, high, "--low/--high")
-    if _finite(flex_epsilon, "--flex-epsilon")[0] <= 0:
-        raise LrpgraphError(f"--flex-epsilon {flex_epsilon:g} must be > 0 (default {DEFAULT_FLEX_EPSILON:g})")
-
-
 def check_bounds(low: float | tuple, high: float | tuple, where: str) -> None:
     """zbox bounds: finite, and low < high (per channel where they are tuples)."""
-    lows, highs = _finite(low, f"{where} low"), _finite(high, f"{where} high")
+    lows, highs = finite(low, f"{where} low"), finite(high, f"{where} high")
     if len(lows) > 1 and len(highs) > 1 and len(lows) != len(highs):
         raise LrpgraphError(f"{where}: {len(lows)} low values but {len(highs)} high values; give one per channel")
     pairs = zip(lows * (len(highs) if len(lows) == 1 else 1), highs * (len(lows) if len(highs) == 1 else 1))
@@ -56,19 +33,6 @@ def check_bounds(low: float | tuple, high: float | tuple, where: str) -> None:
         if not lo < hi:
             raise LrpgraphError(f"{where}: low {lo:g} is not below high {hi:g}; zbox needs the lowest input value "
                                 "below the highest (e.g. --low 0 --high 1, or zbox:-2.1:2.6)")
-
-
-def check_rule(rule: "Rule", where: str) -> None:
-    """A rule parsed from --rule: finite parameters, and the ranges its formula needs."""
-    for value in rule.params:
-        _finite(value, f"{where}: parameter")
-    _finite(rule.stabilizer, "--stabilizer")
-    if rule.name == "gamma" and rule.params[0] < 0:
-        raise LrpgraphError(f"{where}: gamma {rule.params[0]:g} is negative; give gamma >= 0, e.g. gamma:0.25")
-    if rule.name in ("zbox", "flex-zbox"):
-        check_bounds(rule.params[0], rule.params[1], f"{where}")
-    if rule.name == "flex-relu" and rule.params[0] <= 0:
-        raise LrpgraphError(f"{where}: flex-relu eps {rule.params[0]:g} must be > 0, e.g. flex-relu:0.01")
 
 
 def check_method_option(option: "Option", value: object) -> None:
@@ -82,7 +46,7 @@ def check_method_option(option: "Option", value: object) -> None:
             at_least = "a positive integer" if option.minimum == 1 else f"an integer >= {option.minimum}"
             raise LrpgraphError(f"{option.flag} {value!r} must be {at_least}")
     elif option.type is float:
-        number = _finite(value, option.flag)[0]
+        number = finite(value, option.flag)[0]
         if option.minimum is not None and number < option.minimum:
             below = "is negative" if option.minimum == 0 else f"is below {option.minimum:g}"
             raise LrpgraphError(f"{option.flag} {number:g} {below}; give {option.meaning or option.name} >= "
@@ -103,7 +67,7 @@ def check_preprocess(preprocess: dict | None, input_shape: tuple | list, where: 
     """Preprocessing that the model's input can take: input_shape (C, H, W), None where not static."""
     pre = preprocess or {}
     channels, height, width = (tuple(input_shape) + (None, None, None))[:3]
-    if pre.get("scale") is not None and not _finite(pre["scale"], "--scale")[0] > 0:
+    if pre.get("scale") is not None and not finite(pre["scale"], "--scale")[0] > 0:
         raise LrpgraphError(f"--scale {pre['scale']:g} must be > 0 (pixel values are divided by it; default 255)")
     mode = pre.get("mode")
     if mode is not None and str(mode).upper() not in CHANNELS:
@@ -118,7 +82,7 @@ def check_preprocess(preprocess: dict | None, input_shape: tuple | list, where: 
             continue
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         for v in values:
-            _finite(v, f"--{key}")
+            finite(v, f"--{key}")
         if count is not None and len(values) not in (1, count):
             raise LrpgraphError(f"--{key} is given {len(values)} times but {where} takes {count} channel(s); "
                                 f"give it once or {count} times")

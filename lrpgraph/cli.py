@@ -9,18 +9,16 @@ from collections.abc import Callable
 import click
 
 from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
-                                 make_output_dir, write_error)
+                                 write_error)
+from lrpgraph.cli_demo import read_labels
+from lrpgraph.cli_detect import detect_options, run_boxes, run_decode, run_regions
 from lrpgraph.cli_methods import MethodCommand, method_options
+from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.notice import PATENT_NOTICE
-from lrpgraph.rules import RuleOptions
+from lrpgraph.rules import listing
+from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
-
-COMPOSITE_NAMES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                   "epsilon-alpha2-beta1-flat", "flex", "attn-lrp", "cp-lrp"]  # composites.COMPOSITES, without importing onnx here
-DEFAULTS = RuleOptions()
-DEMO_DIR = os.path.join(os.path.dirname(__file__), "data", "demo")
-DEMO_PNG_SIDE = 224  # the demo's PNGs are enlarged to about this size
 
 
 class Group(click.Group):
@@ -36,26 +34,6 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="lrpgraph")
 def main() -> None:
     """LRP heatmaps compiled into ONNX graphs: logits and relevance in one ONNX Runtime call."""
-
-
-def rule_options(fn: Callable) -> Callable:
-    options = [
-        click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True,
-                     help="rule preset (zennit's names)"),
-        click.option("--rule", "rules", multiple=True, metavar="KEY=RULE",
-                     help="override by op type or node name, e.g. Gemm=epsilon:0.25, /features/conv0=zplus (repeatable)"),
-        click.option("--epsilon", type=float, default=None, help=f"eps of the epsilon rule [{DEFAULTS.stabilizer:g}]"),
-        click.option("--stabilizer", type=float, default=DEFAULTS.stabilizer, show_default=True, help="stabiliser of the other rules"),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True)
-          for name in ("gamma", "alpha", "beta")),
-        *(click.option(f"--{name}", type=float, default=getattr(DEFAULTS, name), show_default=True,
-                       help=f"{what} image value, for zbox (carried through in-graph normalisation)")
-          for name, what in (("low", "lowest"), ("high", "highest"))),
-        click.option("--flex-epsilon", type=float, default=DEFAULTS.flex_epsilon, show_default=True, help="eps of LRP-Flex's ReLUs"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def preprocess_options(fn: Callable) -> Callable:
@@ -79,16 +57,13 @@ def _preprocess(resize, crop, mean, std, mode, channel_order, scale):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v is not None and v != ()}
 
 
-def _rule_options(kw):
-    """The rule options given on the command line, as the one object the converter takes."""
-    return RuleOptions(**{k: kw[k] for k in RuleOptions.names()})
-
-
 @main.command(cls=MethodCommand)  # --method and the method options: from the method units (cli_methods.py)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: MODEL with .lrp.onnx")
 @click.option("--target", "-t", type=click.Choice(["top", "index", "seed", "all"]), default="top", show_default=True,
               help="what is explained: the predicted class, a class given at run time, a seed tensor, all logits")
+@click.option("--from", "from_tensor", metavar="NAME", default=None, help="explain this tensor (a graph output or an "
+              "inner tensor) with K targets per image; default: the logits, or the first output")
 @rule_options
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="class names, one per line")
 @preprocess_options
@@ -104,9 +79,10 @@ def _rule_options(kw):
 def convert(model: str, output: str | None, target: str, labels: str | None, resize: tuple, crop: tuple, mean: tuple,
             std: tuple, mode: str | None, channel_order: str | None, scale: float | None, force: bool,
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
-            **kw) -> None:
+            from_tensor: str | None, **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
-    from lrpgraph.convert import convert as convert_model, optimized_path, save, uses_external_data, write_optimized
+    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
 
     specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
     check_ignored(given(), specs)
@@ -119,14 +95,19 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
         if os.path.exists(path) and not force:
             raise LrpgraphError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
     preprocess = _preprocess(resize, crop, mean, std, mode, channel_order, scale)
-    names = _read_labels(labels) if labels else None
+    names = read_labels(labels) if labels else None
     converted = convert_model(model, kw["composite"], target, kw["rules"], method=method, explain=explain,
-                              options=_rule_options(kw), method_options=method_options(kw),
-                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size)
+                              options=options_given(kw), method_options=method_options(kw),
+                              preprocess=preprocess or None, labels=names, webgpu=webgpu, image_size=image_size,
+                              from_tensor=from_tensor)
+    folder = os.path.dirname(os.path.abspath(output))
+    created = not os.path.isdir(folder)
     try:
         save(converted, output, force=force, external=uses_external_data(model) or None)
     except OSError as error:
         raise write_error(error, "-o", output) from None
+    if created:  # said, not done silently
+        click.echo(f"created the folder {folder}")
     what = ", ".join(explain) if explain else method or kw["composite"]
     click.echo(f"wrote {output} ({what}, target {target}; {len(converted.graph.node)} nodes)")
     if formats == "ort":
@@ -137,30 +118,33 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
                    f"kept no optimised copy: it loads in {fast:.2f} s, {output} in {plain:.2f} s")
 
 
-def _read_labels(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @rule_options
-def inspect(model: str, **kw) -> None:
+@IMAGE_SIZE
+def inspect(model: str, image_size: tuple | None, **kw) -> None:
     """Op coverage of MODEL and the rule the composite gives each node."""
-    from lrpgraph import bounds, composites, graph
+    import onnx
+
+    from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
-    from lrpgraph.converters import RECORDS
+    from lrpgraph.catalog import RECORDS
+    from lrpgraph.convert import converted_by, plan, read
 
-    from lrpgraph.convert import converted_by
+    source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
+    proto = source.model
+    if source.record is not None:
+        from lrpgraph.inspect_record import lines
 
-    proto = graph.load(model)
-    if converted_by(proto):
-        click.echo(f"{model}: {converted_by(proto)}; `lrpgraph inspect` the original model for op coverage and rules")
+        click.echo(f"{model}: {converted_by(proto)}")
+        click.echo("\n".join(lines(proto, source.record)))
         return
     counts = Counter(n.op_type for n in proto.graph.node)
-    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {graph.opset_of(proto)}")
+    opset, stored = graph.opset_of(proto), graph.opset_of(onnx.load(model, load_external_data=False))
+    click.echo(f"{model}: {len(proto.graph.node)} nodes, opset {opset}"
+               + (f" (upgraded from {stored})" if stored != opset else ""))
     try:
-        canon, error = canonicalize(proto), None
+        canon, error = canonicalize(source.view), None
     except LrpgraphError as err:
         canon, error = None, err
     click.echo("op coverage:" + ("" if error else "  (ok*: within a written-out LayerNorm, RMSNorm or GELU "
@@ -168,17 +152,21 @@ def inspect(model: str, **kw) -> None:
     for op, count in sorted(counts.items()):
         mark = "ok" if op in RECORDS else "--" if error else "ok*"
         click.echo(f"  {mark:<3} {op:<22} {count}")
+    for miss in canon.near_misses if canon else getattr(error, "near_misses", []):
+        click.echo(f"not fused: {miss}")  # a written-out block (a norm) whose pattern check failed, and why
     if error:
         raise error
-    plan = composites.plan(canon.units, kw["composite"], kw["rules"], _rule_options(kw),
-                           first_bounds=bounds.first_layer_maps(canon))
+    rule_plan = plan(canon, kw["composite"], kw["rules"], options_given(kw))
     click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
-    click.echo("rules:")
+    click.echo("rules (--rule RULE:PARAMETERS, defaults, kinds it applies to):")
+    for line in listing():
+        click.echo(f"  {line}")
+    click.echo("rule of each node:")
     for unit in canon.units:
         fused = f" (+{', '.join(unit.fused)})" if unit.fused else ""
         first = " [first layer]" if unit.first else ""
-        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(plan[unit.name])}{first}{fused}")
+        click.echo(f"  {unit.name:<40} {unit.op:<18} {str(rule_plan[unit.name])}{first}{fused}")
 
 
 @main.command()
@@ -188,7 +176,7 @@ def inspect(model: str, **kw) -> None:
 @click.option("--target", type=int, default=None, help="class to explain for every image (models converted with "
               "--target index or seed); default: the predicted class")
 @click.option("--overlay", is_flag=True, help="also write <name>.overlay.png (heatmap over the image)")
-@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic or coldnhot")
+@click.option("--cmap", default="bwr", show_default=True, help="bwr, seismic, coldnhot or gray")
 @click.option("--format", "formats", default="png", show_default=True, help="png, npy or png,npy")
 @click.option("--json", "json_out", is_flag=True, help="print one JSON line per image on stdout")
 @click.option("--html", is_flag=True, help="write an index.html showing every image and its heatmap (with a copy "
@@ -202,12 +190,20 @@ def inspect(model: str, **kw) -> None:
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text models: a tokenizer.json to show token strings in index.html")
 @preprocess_options
+@click.option("--masks", "masks_dir", type=click.Path(), default=None,
+              help="bulk runs: masks with the images' relative names (background fraction, pointing game)")
+@scale_options
+@detect_options
 def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
-            channel_order: str | None, scale: float | None) -> None:
-    """Heatmaps for images (files or folders, walked recursively) with a converted MODEL."""
+            channel_order: str | None, scale: float | None, masks_dir: str | None, decode: str | None, top: int,
+            score: float, iou: float, regions: tuple, **bulk: object) -> None:
+    """Heatmaps for images (files or folders, walked recursively) with a converted MODEL; with --parquet or
+    --engine ray, a bulk run over image folders, globs or Parquet files; --decode yolo and --region for
+    detectors and segmenters."""
     from lrpgraph.checks import check_preprocess
+    from lrpgraph.runtime import describe
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.render import COLORMAPS
     from lrpgraph.runtime.session import ExplainSession
@@ -215,6 +211,9 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
     check_output_dir(out_dir, "--out")
+    if is_bulk(bulk, inputs) or masks_dir is not None:  # lrpgraph/scale/cli.py; exits
+        explain_bulk(click.get_current_context().params, _preprocess(resize, crop, mean, std, mode, channel_order,
+                                                                     scale))
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
     if session.tokens:  # a text model: token ids from .npy / .jsonl files, one coloured-token page
         from lrpgraph.runtime.tokens import explain_token_files
@@ -227,14 +226,21 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
         session.preprocess = {**(session.preprocess or {}), **overrides}
         check_preprocess(session.preprocess, session.input_shape, model)
     click.echo(f"onnxruntime providers: {', '.join(session.providers)}", err=True)
+    if decode:
+        return run_decode(session, inputs, out_dir, top, score, iou, cmap)
+    if regions:
+        return run_regions(session, inputs, out_dir, regions, cmap)
+    notes = [describe.explanations(session.record), describe.preprocessing(session.preprocess, session.input_shape)]
     try:
         summary = explain_paths(session, inputs, out_dir, target=target, batch_size=batch_size, formats=formats,
                                 overlay=overlay, cmap=cmap, json_lines="-" if json_out else None,
                                 progress=not quiet, png_scale=png_scale, inputs_png=html)
         if html:
-            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels))
+            write_index_html(out_dir, summary["records"], cmap=cmap, truth=_folder_truth(summary, session.labels),
+                             notes=notes)
     except OSError as error:
         raise write_error(error, "--out", out_dir) from None
+    click.echo("\n".join(notes), err=True)  # what was shown and applied (also on the page)
     click.echo(f"{summary['explained']} of {summary['found']} images explained -> {out_dir}", err=True)
     if summary["failed"] or not summary["found"]:
         sys.exit(1)
@@ -247,50 +253,15 @@ def _folder_truth(summary, labels):
     return {k: v for k, v in truth.items() if v in names} or None
 
 
-def _demo_truth(records, labels):
-    """{file: true label} from the bundled samples' names, NN_<label>_<id>.png (NN: the class index)."""
-    truth = {}
-    for record in records:
-        prefix = os.path.basename(record["file"]).split("_", 1)[0]
-        if prefix.isdigit() and int(prefix) < len(labels):
-            truth[record["file"]] = labels[int(prefix)]
-    return truth
-
-
 @main.command()
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--composite", "-c", type=click.Choice(COMPOSITE_NAMES), default="epsilon-plus", show_default=True)
 @click.option("--web", is_flag=True, help="also write OUT/site: the demo in the browser (lrpgraph web)")
 def demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the bundled Fashion-MNIST classifier and explain the bundled sample images (offline)."""
-    from lrpgraph.convert import convert as convert_model, save
-    from lrpgraph.runtime.explain import explain_paths, write_index_html
-    from lrpgraph.runtime.session import ExplainSession
+    from lrpgraph.cli_demo import run_demo
 
-    make_output_dir(out_dir, "--out")
-    labels = _read_labels(os.path.join(DEMO_DIR, "labels.txt"))
-    converted = convert_model(os.path.join(DEMO_DIR, "model.onnx"), composite=composite, labels=labels,
-                              preprocess={"mode": "L"}, webgpu=web)
-    model_path = os.path.join(out_dir, "model.lrp.onnx")
-    save(converted, model_path, force=True)
-    click.echo(f"converted the demo model ({composite}) -> {model_path}")
-    session = ExplainSession(model_path)
-    scale = max(1, -(-DEMO_PNG_SIDE // max(session.input_shape[1:])))  # 28 px -> 224 px, nearest neighbour
-    summary = explain_paths(session, [os.path.join(DEMO_DIR, "images")], out_dir, overlay=True, progress=False,
-                            formats="png,npy", png_scale=scale, inputs_png=True)
-    truth = _demo_truth(summary["records"], labels)
-    index = write_index_html(out_dir, summary["records"], title=f"lrpgraph demo: Fashion-MNIST, {composite}",
-                             truth=truth)
-    for record in summary["records"]:
-        true = truth.get(record["file"])
-        mark = "" if true in (None, record["predicted_label"]) else f"  (true: {true}, misclassified)"
-        click.echo(f"  {os.path.basename(record['file']):<32} -> {record['predicted_label']}{mark}")
-    click.echo(f"{summary['explained']} heatmaps and {index or os.path.join(out_dir, 'index.html')} written")
-    if web:
-        _web_site(model_path, os.path.join(out_dir, "site"), [os.path.join(DEMO_DIR, "images")], True,
-                  f"lrpgraph demo: Fashion-MNIST, {composite}")
-    if summary["failed"]:
-        sys.exit(1)
+    run_demo(out_dir, composite, web)
 
 
 @main.command()
@@ -300,14 +271,9 @@ def demo(out_dir: str, composite: str, web: bool) -> None:
 @click.option("--force", is_flag=True, help="replace a site written before")
 def web(model: str, out_dir: str, samples: tuple, force: bool) -> None:
     """A static page that explains images in the browser with onnxruntime-web (WebGPU or WASM)."""
-    _web_site(model, out_dir, samples, force)
+    from lrpgraph.cli_demo import web_site
 
-
-def _web_site(model, out_dir, samples, force, title=None):
-    from lrpgraph.web import build_site
-
-    site = build_site(model, out_dir, samples, force, title)
-    click.echo(f"wrote {site}; serve it: python -m http.server -d {out_dir}")
+    web_site(model, out_dir, samples, force)
 
 
 @main.command()
@@ -328,16 +294,27 @@ def _web_site(model, out_dir, samples, force, title=None):
 @click.option("--no-plots", is_flag=True, help="write no curve plots")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads")
+@scale_options
+@click.option("--boxes", "boxes_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a detector's boxes (JSON {image: [{box, class}]}): pointing game and positive relevance inside")
 def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_dir: str | None, step: int | None,
-             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None) -> None:
+             fill: str, seed: int, batch_size: int, no_plots: bool, provider: str | None, threads: int | None,
+             boxes_file: str | None, **bulk: object) -> None:
     """Deletion / insertion AUC, background fraction, pointing game and conservation of every heatmap output
-    of a converted MODEL on images (files or folders); prints the mean per output."""
-    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics
+    of a converted MODEL on images (files or folders); prints the mean per output. With --parquet or --engine
+    ray: a bulk run, the metrics per image in OUT/rows (Parquet)."""
+    from lrpgraph.runtime.evaluate import evaluate as evaluate_model, format_table, parse_metrics, progress_lines
+
+    if boxes_file:
+        return run_boxes(model, data, boxes_file, out_dir, seed, None if provider == "auto" else provider, threads)
 
     check_output_dir(out_dir, "--out")
+    if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits
+        evaluate_bulk(click.get_current_context().params)
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,
-                            provider=None if provider == "auto" else provider, threads=threads)
+                            provider=None if provider == "auto" else provider, threads=threads,
+                            progress=progress_lines())
     click.echo(format_table(result["summary"], result["images"]))
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)

@@ -7,22 +7,11 @@ import click
 from click.core import ParameterSource
 
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.methods.units import option_users
+from lrpgraph.methods.units import option_users as method_option_users
+from lrpgraph.rules.composites import option_users
 
-# which composites read which numeric option (the rest would silently ignore it)
-LRP_COMPOSITES = {"epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
-                  "epsilon-alpha2-beta1-flat"}
-RULE_OPTION_USERS = {
-    "epsilon": LRP_COMPOSITES - {"zplus"},
-    "stabilizer": LRP_COMPOSITES,
-    "gamma": {"epsilon-gamma-box"},
-    "alpha": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
-    "beta": {"epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat"},
-    "low": {"epsilon-gamma-box"},
-    "high": {"epsilon-gamma-box"},
-    "flex_epsilon": {"flex"},
-    "rules": LRP_COMPOSITES | {"flex"},
-}
+# which composites read which numeric option (the rest would silently ignore it), from the composites' tables
+RULE_OPTION_USERS = option_users()
 
 
 def given(ctx: click.Context | None = None) -> set:
@@ -46,7 +35,7 @@ def check_ignored(chosen: set, specs: list) -> None:
     elif "method" in chosen and "composite" in chosen:
         raise LrpgraphError("--method and --composite exclude each other: --method replaces LRP by a gradient "
                             "method; give one (or several heatmaps with --explain NAME=SPEC)")
-    for table in (RULE_OPTION_USERS, option_users()):  # which method reads which option: from the method units
+    for table in (RULE_OPTION_USERS, method_option_users()):  # which method reads which option: the method units
         for name, users in table.items():
             if name in chosen and not users & set(specs):
                 raise LrpgraphError(f"{flag(name)} is ignored by {', '.join(sorted(set(specs)))}: it is read only by "

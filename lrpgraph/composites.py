@@ -1,50 +1,19 @@
-"""Composites: which rule each unit gets. Same names and meaning as zennit's, so heatmaps can be compared.
+"""Composites: which rule each unit gets (the presets themselves are units in rules/composites.py). Same names
+and meaning as zennit's, so heatmaps can be compared.
 
 A composite maps unit categories (first linear layer, conv, dense, activation, sum, avgpool, bn,
 maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
-from lrpgraph.checks import check_rule, check_rule_options
-from lrpgraph.converters import RECORDS
+from dataclasses import replace
+
+from lrpgraph.catalog import RECORDS
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.rules import RuleOptions, make_rule, parse_rule
+from lrpgraph.rules import RULES, RuleOptions, accepted, check_rule_options, make_rule, parse_rule
+from lrpgraph.rules.composites import COMPOSITES, gradient_composites, message_composites
 
-TRANSFORMER = {"first": "gradient", "conv": "gradient", "dense": "gradient", "activation": "identity",
-               "layernorm": "identity", "normaliser": "gradient", "sum": "gradient", "avgpool": "gradient",
-               "bn": "gradient", "maxpool": "gradient", "gate": "cp", "affine": "gradient", "structure": "gradient"}
-
-# every LRP composite starts from this map (REFERENCE.md section 3)
-BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "maxpool": "wta",
-        "structure": "pass", "gate": "pass", "affine": "pass"}
-
-COMPOSITES = {
-    "epsilon": {"first": "epsilon", "conv": "epsilon", "dense": "epsilon"},
-    "epsilon-plus": {"first": "zplus", "conv": "zplus", "dense": "epsilon"},
-    "epsilon-plus-flat": {"first": "flat", "conv": "zplus", "dense": "epsilon"},
-    # z+ on every linear layer, dense ones included (Dual ISNet's first heatmap, REFERENCE.md section 6)
-    "zplus": {"first": "zplus", "conv": "zplus", "dense": "zplus"},
-    "epsilon-gamma-box": {"first": "zbox", "conv": "gamma", "dense": "epsilon"},
-    "epsilon-alpha2-beta1": {"first": "alpha-beta", "conv": "alpha-beta", "dense": "epsilon"},
-    "epsilon-alpha2-beta1-flat": {"first": "flat", "conv": "alpha-beta", "dense": "epsilon"},
-    # LRP-Flex: relevance = input x gradient with ReLU gradients scaled by a / (a + eps), zbox(0, 1) first
-    "flex": {"first": "flex-zbox", "conv": "gradient", "dense": "gradient", "activation": "gradient",
-             "relu": "flex-relu", "sum": "gradient", "avgpool": "gradient", "bn": "gradient", "maxpool": "wta",
-             "gate": "gradient", "affine": "gradient", "product": "gradient", "normaliser": "gradient",
-             "lrn": "gradient", "layernorm": "gradient"},
-    # transformers (REFERENCE.md section 9), in LXT's gradient form (the message is g = R / x, the heatmap x * g):
-    # LRP-0 on every linear layer (the plain gradient: what LXT does where no zennit rule is attached; the
-    # rules of section 2 through --rule, e.g. Conv=gamma:0.25), the identity rule on element-wise
-    # activations (GELU), LayerNorm with sigma constant, the plain gradient elsewhere (residual and constant
-    # Adds absorb like biases, the Softmax inside is its gradient); products: halved (AttnLRP) or with the
-    # attention probabilities constant (CP-LRP)
-    "attn-lrp": {**TRANSFORMER, "product": "uniform"},
-    "cp-lrp": {**TRANSFORMER, "product": "cp"},
-}
-
-# rule sets that carry a gradient from the logits (the seed is d(explained)/dy, not a relevance)
-GRADIENT_COMPOSITES = {"flex", "attn-lrp", "cp-lrp"}
-# ... of which these carry it to the input, whose heatmap is input x message (the others end in a rule)
-MESSAGE_COMPOSITES = {"attn-lrp", "cp-lrp"}
+GRADIENT_COMPOSITES = gradient_composites()  # carry a gradient from the logits (the seed is d(explained)/dy)
+MESSAGE_COMPOSITES = message_composites()  # ... to the input, whose heatmap is input x message
 
 
 def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple = (), options: RuleOptions | None = None,
@@ -59,7 +28,7 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
     options = options or RuleOptions()
     check_rule_options(options)
     stabilizer = options.stabilizer
-    table = COMPOSITES[composite] if composite in GRADIENT_COMPOSITES else {**BASE, **COMPOSITES[composite]}
+    table = COMPOSITES[composite].rules()
     params = options.params()
     by_key = _parse_overrides(overrides, units, stabilizer)
     chosen = {}
@@ -76,10 +45,12 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
             else:
                 name = table.get(unit.category, "pass")
             values = params.get(name, ())
-            if unit.first and name in ("zbox", "flex-zbox") and unit.name in (first_bounds or {}):
+            if unit.first and RULES[name].image_range and unit.name in (first_bounds or {}):
                 values = first_bounds[unit.name](*values)
-            rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'")
-        allowed = record.rules_for(unit.kind)
+            rule = make_rule(name, values, stabilizer, where=f"node '{unit.name}'", check=False)
+        if options.zero_params and unit.layer is not None:
+            rule = replace(rule, zero_bias=True)
+        allowed = accepted(record, unit.kind)
         if rule.name not in allowed:
             raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
                                 f"node; use one of {', '.join(sorted(allowed))}")
@@ -126,5 +97,4 @@ def _parse_overrides(overrides, units, stabilizer):
             raise LrpgraphError(f"--rule '{text}': no node, layer or op type '{key}' on the explained path; "
                                 "`lrpgraph inspect` lists them")
         out[name] = parse_rule(spec, stabilizer, where=f"--rule '{text}'")
-        check_rule(out[name], f"--rule '{text}'")
     return out

@@ -1,30 +1,62 @@
-"""The conversion pipeline: load -> canonicalize -> plan -> backward walk -> outputs -> check."""
+"""The conversion pipeline, one named step each: read (load, image size, quantized view) -> canonicalize ->
+plan -> seed and backward walk (walker.Walker) per heatmap -> outputs and metadata -> check.
+`lrpgraph inspect` runs the same read, canonicalize and plan."""
 
 import os
-from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import onnx
-from onnx import TensorProto, external_data_helper, helper
+from onnx import TensorProto, helper
 
-from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets
-from lrpgraph.canonicalize import Canonical, Initializers, canonicalize, image_input
-from lrpgraph.converters import RECORDS, Context, check_rule, quantized
+from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets, untrusted
+from lrpgraph.canonicalize import canonicalize, image_input
+from lrpgraph.catalog import Canonical, Initializers
+from lrpgraph.converters import quantized
 from lrpgraph.errors import LrpgraphError
-from lrpgraph.files import atomic_write
+from lrpgraph.recorded_shapes import check_shapes_agree
+from lrpgraph.metadata import RELEVANCE
 from lrpgraph.methods.options import MethodOptions
 from lrpgraph.rules import RuleOptions
+from lrpgraph.walker import Walker
 
-RELEVANCE = "relevance"
-EXTERNAL_BYTES = 1 << 30  # weights above 1 GiB are saved as external data (protobuf's limit is 2 GiB)
+
+@dataclass
+class Source:
+    """A model read for explaining (read). model: the model as loaded, its image size fixed, which convert
+    extends; view: what canonicalize and the rules read, the model itself or, for a QDQ model, its
+    dequantized view (quantized.dequantized_view) with folded, the tensors whose DequantizeLinear it folded."""
+
+    model: onnx.ModelProto
+    where: str  # the path, or "the given model", for messages
+    view: onnx.ModelProto
+    folded: set
+    strict: bool = True  # the model passes onnx.checker's full check, so the converted one is held to it
+    record: metadata.Record | None = None  # a model lrpgraph converted: its record (read stops after loading)
+
+
+@dataclass
+class Request:
+    """What one convert call asks for, its options typed (build_options) and its heatmaps named."""
+
+    explanations: dict  # {output name: composite or method}
+    target: str
+    rules: list | tuple  # the --rule overrides
+    options: RuleOptions
+    method_options: MethodOptions
+    webgpu: bool = False
+    preprocess: dict | None = None
+    labels: list | None = None
+    image_size: tuple | list | None = None
+    from_tensor: str | None = None  # the explained tensor (None: the logits convert finds)
 
 
 def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composite: str = "epsilon-plus",
             target: str = "top", rules: list | tuple = (), method: str | None = None,
             explain: dict | list | None = None, options: RuleOptions | None = None,
             method_options: MethodOptions | None = None, preprocess: dict | None = None, labels: list | None = None,
-            webgpu: bool = False, image_size: tuple | list | None = None, **option_values) -> onnx.ModelProto:
-    """Rewrite an ONNX classifier so that it also returns a heatmap shaped like its image input.
+            webgpu: bool = False, image_size: tuple | list | None = None, from_tensor: str | None = None,
+            **option_values) -> onnx.ModelProto:
+    """Rewrite an ONNX model so that it also returns a heatmap shaped like its image input.
 
     composite: an LRP rule preset (composites.COMPOSITES); method: a gradient-family method instead
     (methods.METHODS); explain: several at once, {"NAME": composite or method} or ["NAME=SPEC"], giving
@@ -34,81 +66,165 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     (epsilon=..., stabilizer, gamma, alpha, beta, low, high, flex_epsilon; steps, quadrature, baseline, chunk,
     samples, noise_level), on top of them. webgpu: exact alternatives to the ops that onnxruntime-web's WebGPU
     backend lacks (docs/web.md). image_size: (H, W) for a model exported with symbolic spatial sizes (fix_image_size).
+    from_tensor: the tensor to explain, a graph output or an inner tensor (the graph after it keeps computing
+    the outputs); by default the logits of a classifier, else the first output. Any explained tensor other
+    than a classifier's logits [N, C] takes K targets per sample (targets.explained_seed; relevance [N, K, ...]).
     Returns the checked onnx.ModelProto."""
     options, method_options = build_options(options, method_options, **option_values)
+    source = read(model_or_path, image_size, webgpu)
+    _refuse_converted(source)
+    canon = canonical(source, from_tensor)
+    request = Request(_explanations(explain, method, composite), target, rules, options, method_options, webgpu,
+                      preprocess, labels, image_size, from_tensor)
+    _check_request(source, canon, request)
+    heatmaps = {output: heatmap(source, canon, request, output) for output in request.explanations}
+    model = source.model
+    _attach(model, heatmaps, canon, request.explanations, from_tensor)
+    if source.view is not model:
+        quantized.shadow(model, source.view, source.folded, sum(len(b.nodes) for b, _, _ in heatmaps.values()))
+    _record(model, canon, request, heatmaps).write(model)
+    check(model, source.strict)
+    return model
+
+
+@untrusted.malformed_refused
+def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, image_size: tuple | list | None = None,
+         webgpu: bool = False) -> Source:
+    """The pipeline's first steps: load (graph.load), fix the image size (fix_image_size), make a ceil_mode
+    pooling exact for WebGPU, take a QDQ model's dequantized view. A model lrpgraph converted is only loaded:
+    its Source has a record, and convert and inspect say who converted it."""
     model = graph.load(model_or_path)
     where = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the given model"
-    done = metadata.Record.from_model(model, where)
-    if done is not None:
-        raise LrpgraphError(f"{where}: already {converted_by(model)}; convert the original classifier it was made "
-                            f"from (input '{done.image_input or '?'}', output "
-                            f"'{done.logits_output or '?'}', without the relevance outputs) instead")
+    record = metadata.Record.from_model(model, where)
+    if record is not None:
+        return Source(model, where, model, set(), record=record)
     if image_size is not None:
         model = fix_image_size(model, image_size, where)
     strict = passes_full_check(model)
+    if not strict:  # a recorded shape that contradicts the ops (an edited file) is refused; ceil_mode pooling is not
+        check_shapes_agree(graph.skeleton(model), where)
     if webgpu:
         from lrpgraph.web import without_ceil_mode
 
         if without_ceil_mode(model):
             model = graph.infer_shapes(model)
     view, folded = quantized.dequantized_view(model) if quantized.is_quantized(model) else (model, set())
-    canon = canonicalize(view)
-    logits_shape = canon.shapes.get(canon.logits)
-    if not logits_shape or len(logits_shape) != 2 or logits_shape[1] is None:
-        raise LrpgraphError(f"the logits '{canon.logits}' must have a static shape [N, classes] (got {logits_shape})")
-    image = next(i for i in model.graph.input if i.name == canon.image)
-    batch = image.type.tensor_type.shape.dim[0]
-    batch_dim = batch.dim_param or batch.dim_value or "N"
-    explanations = _explanations(explain, method, composite)
-    dims = [d.dim_value or None for d in image.type.tensor_type.shape.dim]
-    checks.check_preprocess(preprocess, dims[1:], f"the model's input '{canon.image}'")
-    checks.check_labels(labels, logits_shape[1])
-    first_bounds = bounds.first_layer_maps(canon)
-    builders, inputs, rules_used = [], {}, {}
-    for output, spec in explanations.items():
-        b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}",
-                          webgpu=webgpu)
-        gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
-        seed, new_inputs = targets.seed(b, canon.logits, logits_shape[1], target, batch_dim, gradient)
+    return Source(model, where, view, folded, strict)
 
-        def walk_with(view, plan, start, b=b, spec=spec):
-            ctx = Context(b, view.shapes, view.inits, view.signal, view.nonneg)
-            if spec in composites.MESSAGE_COMPOSITES:
-                ctx.message = "gradient"  # LRP rules receive and return g = R / x (converters/attention.py)
-            return walk(ctx, view, plan, start)
 
-        if methods.is_method(spec):
-            heat, more = methods.emit(b, model, canon, spec, seed, method_options, walk_with)
-            new_inputs = new_inputs + more
-        else:
-            plan = composites.plan(canon.units, spec, rules, options, first_bounds=first_bounds)
-            rules_used[output] = {name: str(rule) for name, rule in plan.items()}
-            heat = walk_with(canon, plan, seed)
-            heat = b.zeros_like(canon.image) if heat is None else heat
-            if spec in composites.MESSAGE_COMPOSITES and canon.image_float:
-                b.scope = "output"
-                heat = b.mul(canon.image, heat)
-        b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
-        if view is model:  # (a dequantized view's ReLUs are not the model's nodes)
-            simplify.denominators(b, model.graph.node, canon.inits)
-        builders.append(b)
-        inputs.update({i.name: i for i in new_inputs})
-    _attach(model, builders, list(inputs.values()), image, explanations)
-    if view is not model:
-        quantized.shadow(model, view, folded, sum(len(b.nodes) for b in builders))
+def _refuse_converted(source):
+    done = source.record
+    if done is not None:
+        raise LrpgraphError(f"{source.where}: already {converted_by(source.model)}; convert the original classifier "
+                            f"it was made from (input '{done.image_input or '?'}', output "
+                            f"'{done.logits_output or '?'}', without the relevance outputs) instead")
+
+
+@untrusted.malformed_refused
+def canonical(source: Source, from_tensor: str | None = None) -> Canonical:
+    """The canonical view of what is explained (canonicalize): the tensor from_tensor, or else the logits
+    (a classifier's [N, classes]) or first output; checked to have a static shape [N, ...]."""
+    if from_tensor is not None:
+        produced = {t for n in source.view.graph.node for t in n.output} | {o.name for o in source.view.graph.output}
+        if from_tensor not in produced:
+            raise LrpgraphError(f"--from '{from_tensor}': {source.where} has no such tensor computed by a node; name "
+                                "a graph output or a node's output (`lrpgraph inspect` lists the nodes)")
+    canon = canonicalize(source.view, from_tensor)
+    shape = canon.shapes.get(canon.logits)
+    if not targets.is_classic(shape, from_tensor):
+        targets.explained_shape(canon.logits, shape)
+    return canon
+
+
+def plan(canon: Canonical, composite: str, rules: list | tuple = (), options: RuleOptions | None = None,
+         preprocess: dict | None = None) -> dict:
+    """{unit name: Rule}: the composite's rules with the overrides (composites.plan), the zbox bounds taken from
+    the stored normalisation (bounds.from_preprocess) and carried through in-graph normalisation to the first
+    layers (bounds.first_layer_maps)."""
+    options = bounds.from_preprocess(preprocess, options or RuleOptions())
+    return composites.plan(canon.units, composite, rules, options, first_bounds=bounds.first_layer_maps(canon))
+
+
+def _check_request(source, canon, request):
+    """The preprocessing and labels fit the model's input and classes."""
+    dims = [d.dim_value or None for d in _image(source.model, canon).type.tensor_type.shape.dim]
+    checks.check_preprocess(request.preprocess, dims[1:], f"the model's input '{canon.image}'")
+    if targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+        checks.check_labels(request.labels, canon.shapes[canon.logits][1])
+
+
+@untrusted.malformed_refused
+def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> tuple:
+    """Emit the heatmap `output` into a builder of its own: (builder, [new graph inputs], {unit name: rule text}
+    for an LRP composite, None for a method)."""
+    model, spec = source.model, request.explanations[output]
+    b = graph.Builder(model, prefix="lrp" if output == RELEVANCE else f"lrp/{output[len(RELEVANCE) + 1:]}",
+                      webgpu=request.webgpu)
+    gradient = methods.is_method(spec) or spec in composites.GRADIENT_COMPOSITES
+    batch = _image(model, canon).type.tensor_type.shape.dim[0]
+    batch = batch.dim_param or batch.dim_value or "N"
+    shape = canon.shapes[canon.logits]
+    if targets.is_classic(shape, request.from_tensor):
+        seed, new_inputs = targets.seed(b, canon.logits, shape[1], request.target, batch, gradient)
+        heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
+    else:
+        if methods.is_method(spec) and spec not in K_METHODS:
+            raise LrpgraphError(f"method '{spec}' explains a classifier's logits only; for the tensor "
+                                f"'{canon.logits}' use an LRP composite or {' or '.join(K_METHODS)}")
+        seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
+        start = len(b.nodes)
+        view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
+        heat, more, used = _walk(b, model, view, canon, request, spec, seed)
+        targets.tile(b, tiled, canon.shapes, k, start)
+        heat = targets.unfold(b, heat, canon.image, k, len(canon.shapes[canon.image]))
+    new_inputs = new_inputs + more
+    b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
+    if source.view is model:  # (a dequantized view's ReLUs are not the model's nodes)
+        simplify.denominators(b, model.graph.node, canon.inits)
+    return b, new_inputs, used
+
+
+K_METHODS = ("gradient", "input-x-gradient")  # the methods that walk the K-target view as it is
+
+
+def _walk(b, model, canon, source_canon, request, spec, seed):
+    """(heatmap of canon's image, [new graph inputs], {unit name: rule text} or None for a method). canon is
+    source_canon or its K-target view (same units, renamed); the rules are planned on source_canon."""
+    walker = Walker(b, "gradient" if spec in composites.MESSAGE_COMPOSITES else "relevance")
+    if methods.is_method(spec):
+        heat, more = methods.emit(b, model, canon, spec, seed, request.method_options, walker)
+        return heat, more, None
+    rule_plan = plan(source_canon, spec, request.rules, request.options, request.preprocess)
+    heat = walker(canon, {u.name: rule_plan[s.name] for u, s in zip(canon.units, source_canon.units)}, seed)
+    heat = b.zeros_like(canon.image) if heat is None else heat
+    if spec in composites.MESSAGE_COMPOSITES and canon.image_float:  # the walk carried g = R / x
+        b.scope = "output"
+        heat = b.mul(canon.image, heat)
+    return heat, [], {name: str(rule) for name, rule in rule_plan.items()}
+
+
+def _image(model, canon):
+    return next(i for i in model.graph.input if i.name == canon.image)
+
+
+def _record(model, canon, request, heatmaps):
+    """The metadata.Record of the converted model."""
+    explanations = request.explanations
+    rules_used = {output: used for output, (_, _, used) in heatmaps.items() if used is not None}
     record = metadata.Record(
-        composite=next(iter(explanations.values())), explanations=explanations, target=target, image_input=canon.image,
-        logits=canon.logits, logits_output=model.graph.output[0].name, outputs_probabilities=canon.outputs_probabilities,
-        options=options.to_dict(), method_options=method_options.to_dict(), webgpu=webgpu,
-        overrides=list(rules), rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
+        composite=next(iter(explanations.values())), explanations=explanations, target=request.target,
+        image_input=canon.image, logits=canon.logits, logits_output=model.graph.output[0].name,
+        outputs_probabilities=canon.outputs_probabilities, options=request.options.to_dict(),
+        method_options=request.method_options.to_dict(), webgpu=request.webgpu, overrides=list(request.rules),
+        rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
         gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
-        preprocess=preprocess or None, labels=list(labels) if labels else None,
-        image_size=[int(d) for d in image_size] if image_size is not None else None)
+        preprocess=request.preprocess or None, labels=list(request.labels) if request.labels else None,
+        image_size=[int(d) for d in request.image_size] if request.image_size is not None else None)
+    if not targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+        record.explained_shape, record.logits_output = list(canon.shapes[canon.logits][1:]), canon.logits
     if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
         record.token_input, record.vocab_size = True, _vocab_size(canon)
-    record.write(model)
-    check(model, strict)
-    return model
+    return record
 
 
 def build_options(options: RuleOptions | None = None, method_options: MethodOptions | None = None,
@@ -201,41 +317,32 @@ def _explanations(explain, method, composite):
     return out
 
 
-def walk(ctx: Context, canon: Canonical, plan: dict, seed: str) -> str | None:
-    """Visit the units in reverse topological order, carrying relevance from outputs to inputs; where a
-    tensor feeds several units, the relevance arriving from each is summed. Returns the image's relevance."""
-    pending = defaultdict(list)
-    pending[canon.logits].append(seed)
-    for unit in reversed(canon.units):
-        arriving = [pending.pop(t, None) for t in unit.outputs]
-        if not any(arriving):
-            continue
-        ctx.b.scope = unit.name
-        r_outs = [ctx.b.sum(r) if r else None for r in arriving]
-        rule = plan[unit.name]
-        check_rule(unit, rule)
-        r_ins = RECORDS[unit.op].converter(unit.kind)(ctx, unit, rule, r_outs)
-        for tensor, r in zip(unit.inputs, r_ins):
-            if r is not None and tensor in canon.signal:
-                pending[tensor].append(r)
-    ctx.b.scope = "input"
-    return ctx.b.sum(pending.get(canon.image, []))
-
-
-def _attach(model, builders, new_inputs, image, explanations):
+@untrusted.malformed_refused
+def _attach(model, heatmaps, canon, explanations, from_tensor):
+    """Add the heatmaps' nodes, the initializers they read, their new graph inputs and their outputs to model."""
     g = model.graph
+    builders = [b for b, _, _ in heatmaps.values()]
     for b in builders:
         g.node.extend(b.nodes)
     used = {t for node in g.node for t in node.input}
     for b in builders:
         g.initializer.extend(i for i in b.initializers if i.name in used)
-    g.input.extend(new_inputs)
+    g.input.extend({i.name: i for _, new_inputs, _ in heatmaps.values() for i in new_inputs}.values())
+    image = _image(model, canon)
+    k_targets = not targets.is_classic(canon.shapes[canon.logits], from_tensor)
     for output, spec in explanations.items():
         info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         info.type.CopyFrom(image.type)
         info.type.tensor_type.elem_type = TensorProto.FLOAT  # token ids: one float relevance per token
         info.doc_string = f"{spec} relevance of each input value for the explained logit(s), shaped like the input"
+        if k_targets:
+            info.type.tensor_type.shape.dim.insert(1, onnx.TensorShapeProto.Dimension(dim_param="K"))
+            info.doc_string = f"{spec} relevance of each input value for each of the K targets, [N, K, *input]"
         g.output.append(info)
+    if k_targets and canon.logits not in {o.name for o in g.output}:  # the session reads the explained tensor
+        shape = [d if d is not None else "N" for d in canon.shapes[canon.logits]]
+        g.output.append(helper.make_tensor_value_info(canon.logits, TensorProto.FLOAT, shape,
+                                                      doc_string="the explained tensor"))
 
 
 def check(model: onnx.ModelProto, strict: bool = True) -> None:
@@ -254,90 +361,3 @@ def passes_full_check(model: onnx.ModelProto) -> bool:
         return True
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         return False
-
-
-def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False, external: bool | None = None) -> None:
-    """Write atomically (temporary file, then rename); refuse to overwrite without force.
-
-    external: weights in PATH.data next to the model (ONNX external data), as models over protobuf's 2 GB
-    limit need; None: when the weights exceed EXTERNAL_BYTES. The relevance path reads the same
-    initializers, so the data file is about the source model's. Converts `model` in place in that case."""
-    path = os.fspath(path)
-    location = os.path.basename(path) + ".data"
-    data = os.path.join(os.path.dirname(os.path.abspath(path)), location)
-    if external is None:
-        external = sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_BYTES
-    for target in [path] + ([data] if external else []):
-        if os.path.exists(target) and not force:
-            raise LrpgraphError(f"{target} exists; pass --force to overwrite it or -o to write elsewhere")
-    if external:
-        external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location,
-                                                            size_threshold=1024)
-        partial = data + ".partial"
-        if os.path.exists(partial):
-            os.remove(partial)
-        for tensor in external_data_helper._get_all_tensors(model):  # written under a temporary name first
-            if external_data_helper.uses_external_data(tensor):
-                external_data_helper.set_external_data(tensor, location=os.path.basename(partial))
-        external_data_helper.write_external_data_tensors(model, os.path.dirname(data))
-        for tensor in external_data_helper._get_all_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = location
-        os.replace(partial, data)
-    atomic_write(path, lambda file: file.write(model.SerializeToString()))
-
-
-def uses_external_data(path: str | os.PathLike) -> bool:
-    """Whether the ONNX file at path keeps its weights in external data files."""
-    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-        return False
-    light = onnx.load(os.fspath(path), load_external_data=False)
-    return any(external_data_helper.uses_external_data(t) for t in light.graph.initializer)
-
-
-def optimized_path(path: str | os.PathLike) -> str:
-    """Where write_optimized puts onnxruntime's optimised copy of a converted model: NAME.ort.onnx."""
-    root, ext = os.path.splitext(os.fspath(path))
-    return (root if ext == ".onnx" else os.fspath(path)) + ".ort.onnx"
-
-
-def write_optimized(path: str | os.PathLike, force: bool = False, repeats: int = 3) -> tuple:
-    """Also write onnxruntime's offline-optimised model (level 'extended': constant folding, e.g. w+ and the
-    flipped kernels, and the CPU provider's fusions; no hardware-specific layouts) next to path, and keep
-    it only when it loads faster. The graph's arithmetic is unchanged: the session would apply the same
-    optimisations when loading. Returns (seconds to load path, seconds to load the copy, kept)."""
-    import time
-
-    from lrpgraph.ort import onnxruntime as ort
-
-    out = optimized_path(path)
-    if os.path.exists(out) and not force:
-        raise LrpgraphError(f"{out} exists; pass --force to overwrite it")
-    temporary = out + ".tmp"
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = temporary
-    try:
-        ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-
-        def load_s(model, level):
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = level
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-                times.append(time.perf_counter() - start)
-            return min(times)
-
-        plain = load_s(os.fspath(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        # the optimised file needs no 'basic'/'extended' pass again; the layout pass ('all') still runs
-        optimized = load_s(temporary, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        if optimized < plain:
-            os.replace(temporary, out)
-            return plain, optimized, True
-        return plain, optimized, False
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)

@@ -8,7 +8,12 @@ class LrpgraphError(Exception):
 
 
 class UnsupportedModelError(LrpgraphError):
-    """The model holds ops or patterns the converter cannot explain."""
+    """The model holds ops or patterns the converter cannot explain. near_misses: the pattern units
+    (patterns.NearMiss) that almost matched there, each with the reason it did not fuse."""
+
+    def __init__(self, message: str, near_misses: list = ()):
+        super().__init__(message)
+        self.near_misses = list(near_misses)
 
 
 class NotConvertedError(LrpgraphError):

@@ -9,26 +9,32 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
+from lrpgraph import untrusted
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
+from lrpgraph.patterns.constants import bypass_identities, constants_to_initializers
 
 MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
 
 
 def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """The onnx.ModelProto as given: a proto (itself), serialized bytes or a path. LrpgraphError with one
-    line for a missing or unreadable file."""
+    line for a missing or unreadable file, or one untrusted.check_model refuses (external data outside the
+    model's folder, sizes that would exhaust memory, a broken graph)."""
     if isinstance(model_or_path, onnx.ModelProto):
+        untrusted.check_model(model_or_path, "the given model")
         return model_or_path
     where = "the given model bytes" if isinstance(model_or_path, (bytes, bytearray)) else os.fspath(model_or_path)
     if not isinstance(model_or_path, (bytes, bytearray)) and not os.path.isfile(where):
         raise LrpgraphError(f"{where}: no such file; give the path of an .onnx model")
+    if not isinstance(model_or_path, (bytes, bytearray)):
+        return untrusted.load_file(where)  # checked before its external data is read
     try:
-        if isinstance(model_or_path, (bytes, bytearray)):
-            return onnx.load_from_string(bytes(model_or_path))
-        return onnx.load(where)
+        model = onnx.load_from_string(bytes(model_or_path))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise LrpgraphError(f"{where}: not a readable ONNX model ({type(err).__name__}: {err}); "
                             "is the file truncated? export it again with torch.onnx.export or onnx.save") from None
+    untrusted.check_model(model, where)
+    return model
 
 
 def load(model_or_path: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -100,37 +106,6 @@ def weights_not_inputs(model: onnx.ModelProto) -> None:
         del model.graph.input[:]
         model.graph.input.extend(keep)
     model.ir_version = max(model.ir_version, 4)
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> None:
-    """Constant nodes holding tensors become initializers, so weights look the same however they were stored."""
-    graph = model.graph
-    keep = []
-    for node in graph.node:
-        tensor = constant_value(node) if node.op_type == "Constant" else None
-        if tensor is not None:
-            graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-
-
-def bypass_identities(model: onnx.ModelProto) -> None:
-    """Identity nodes that only rename an initializer (the TorchScript exporter shares equal weights
-    this way) are removed and their readers read the initializer, so BatchNorm folding still sees weights."""
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node
-             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
-    if not alias:
-        return
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for node in keep:
-        node.input[:] = [alias.get(t, t) for t in node.input]
-    del graph.node[:]
-    graph.node.extend(keep)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -320,19 +295,6 @@ def attrs_of(node: onnx.NodeProto, decoded: bool = False) -> dict:
             raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): subgraph attributes are not supported")
         out[a.name] = v
     return out
-
-
-def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    """The value of a Constant node given as a tensor, float(s) or int(s); None for its other forms."""
-    if len(node.attribute) != 1:
-        return None
-    attr = node.attribute[0]
-    if attr.name == "value":
-        return numpy_helper.to_array(attr.t)
-    if attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
-        dtype = np.float32 if attr.name.startswith("value_float") else np.int64
-        return np.array(helper.get_attribute_value(attr), dtype)
-    return None
 
 
 def needed_nodes(nodes: list, outputs: list | set, keep: Callable | None = None, follow: Callable | None = None,

@@ -6,7 +6,9 @@ A converted model carries:
                         "logits_output", "outputs_probabilities", "relevance_outputs": [names], "options": {...},
                         "method_options": {...}, "rules": {node: rule}, "overrides", "gradient_seed", "webgpu",
                         and for token models "token_input", "vocab_size"; "image_size": [h, w] when convert fixed
-                        the spatial sizes of a model exported with symbolic ones}
+                        the spatial sizes of a model exported with symbolic ones; "explained_shape": S when the
+                        explained tensor "logits" [N, *S] takes K targets per sample (targets.explained_seed)
+                        rather than a classifier's one class: `target` [N, K, len(S)], relevance [N, K, ...]}
   lrpgraph.preprocess  JSON (optional): {"resize": [h, w] | int, "crop": [h, w] | int, "mean": [...],
                         "std": [...], "mode": "L" | "RGB", "channel_order": "RGB" | "BGR", "scale": 255.0}
   lrpgraph.labels      JSON (optional): list of class names
@@ -59,10 +61,16 @@ class Record:
     token_input: bool = False
     vocab_size: int | None = None
     image_size: list | None = None  # the spatial sizes convert fixed (image_size=...), None if the model had them
+    explained_shape: list | None = None  # S of an explained tensor [N, *S] with K targets; None: a classifier's
     preprocess: dict | None = None
     labels: list | None = None
     version: str = __version__  # the lrpgraph version that wrote the model
     format: int = FORMAT
+
+    @property
+    def k_targets(self) -> bool:
+        """True when the model takes K targets per sample (relevance [N, K, *input])."""
+        return self.explained_shape is not None
 
     @property
     def relevance_outputs(self) -> list:
@@ -73,6 +81,40 @@ class Record:
         """True when output's seed is a gradient (one-hot), False when it is relevance (logit * one-hot)."""
         return bool(self.gradient_seed.get(output, False))
 
+    def check(self, where: str = "the model") -> None:
+        """Refuse (one line) a record whose fields have the wrong types, whose layout is newer than this
+        lrpgraph reads, or whose target mode is unknown: a tampered or damaged lrpgraph.config."""
+        from lrpgraph.targets import TARGETS
+
+        for item in fields(self):
+            value, kinds = getattr(self, item.name), _TYPES.get(item.name)
+            if kinds is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+                raise LrpgraphError(f"{where}: lrpgraph metadata field {item.name!r} is {type(value).__name__} "
+                                    f"{str(value)[:60]!r}, not {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}; "
+                                    "the metadata was altered: convert the model again")
+        bad = [k for k, v in self.explanations.items() if not isinstance(v, str)]
+        bad += [v for v in self.labels or () if not isinstance(v, (str, int, float))]
+        if bad:
+            raise LrpgraphError(f"{where}: lrpgraph metadata holds {str(bad[0])[:60]!r} where a name belongs; "
+                                "the metadata was altered: convert the model again")
+        if self.format > FORMAT:
+            raise LrpgraphError(f"{where}: lrpgraph metadata of format {self.format} (this lrpgraph reads up to "
+                                f"{FORMAT}); upgrade lrpgraph or convert the model with this one")
+        if self.target not in TARGETS:
+            raise LrpgraphError(f"{where}: lrpgraph metadata names target mode {self.target[:40]!r}, not one of "
+                                f"{', '.join(TARGETS)}; the metadata was altered: convert the model again")
+
+    def check_inputs(self, inputs: list, where: str = "the model") -> None:
+        """Refuse a target mode that does not match the graph's inputs (index: `target`, seed:
+        `relevance_seed`, top and all: neither)."""
+        from lrpgraph.targets import SEED_INPUT, TARGET_INPUT
+
+        want = {"index": TARGET_INPUT, "seed": SEED_INPUT}.get(self.target)
+        have = [n for n in (TARGET_INPUT, SEED_INPUT) if n in inputs]
+        if want is None and have:
+            raise LrpgraphError(f"{where}: converted with target {self.target!r} but takes a {have[0]!r} input; the "
+                                "metadata does not match the graph: convert the model again")
+
     def config(self) -> dict:
         """The lrpgraph.config JSON object."""
         out = {k: v for k, v in asdict(self).items() if k not in ("preprocess", "labels", "version")}
@@ -81,6 +123,8 @@ class Record:
             del out["token_input"], out["vocab_size"]
         if self.image_size is None:
             del out["image_size"]
+        if self.explained_shape is None:
+            del out["explained_shape"]
         return out
 
     def to_props(self) -> dict:
@@ -112,7 +156,10 @@ class Record:
                 from None
         if not isinstance(config, dict):
             raise LrpgraphError(f"{where}: lrpgraph.config is not a JSON object; convert the model again")
-        return cls.from_config(config, preprocess, labels, props.get(VERSION, "unknown"))
+        _check_json(config, where)
+        record = cls.from_config(config, preprocess, labels, props.get(VERSION, "unknown"))
+        record.check(where)
+        return record
 
     @classmethod
     def from_config(cls, config: dict, preprocess: dict | None = None, labels: list | None = None,
@@ -134,6 +181,24 @@ class Record:
     def from_model(cls, model: "onnx.ModelProto", where: str = "the model") -> "Record | None":
         """The record of an onnx.ModelProto; None if lrpgraph did not convert it."""
         return cls.from_props({p.key: p.value for p in model.metadata_props}, where)
+
+
+_TYPES = {"composite": (str,), "target": (str,), "image_input": (str, type(None)), "logits": (str, type(None)),
+          "logits_output": (str, type(None)), "outputs_probabilities": (bool,), "explanations": (dict,),
+          "options": (dict,), "method_options": (dict,), "rules": (dict,), "overrides": (list,), "gradient_seed": (dict,),
+          "webgpu": (bool,), "token_input": (bool,), "vocab_size": (int, type(None)), "image_size": (list, type(None)),
+          "preprocess": (dict, type(None)), "labels": (list, type(None)), "version": (str,), "format": (int,)}
+
+
+def _check_json(config, where):
+    """The parts from_config reads before Record.check can: relevance_outputs a list of names."""
+    outputs = config.get("relevance_outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
+        raise LrpgraphError(f"{where}: lrpgraph metadata field 'relevance_outputs' is {str(outputs)[:60]!r}, not a list "
+                            "of names; the metadata was altered: convert the model again")
+    if not isinstance(config.get("explanations") or {}, dict):
+        raise LrpgraphError(f"{where}: lrpgraph metadata field 'explanations' is not an object; the metadata was "
+                            "altered: convert the model again")
 
 
 def read(model: "onnx.ModelProto") -> dict:

@@ -1,4 +1,4 @@
-"""Heatmap evaluation metrics (REFERENCE.md section 8), with numpy and ONNX Runtime only (no torch).
+"""Heatmap evaluation metrics (defined in docs/methods.md, Metrics), with numpy and ONNX Runtime only (no torch).
 
 Perturbation metrics (RISE, Petsiuk et al. 2018). Pixels are ranked by their relevance summed over
 channels, most relevant first (ties: the lower flat index first). Deletion starts from the image and
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from lrpgraph import graph, metadata
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.ort import Runner
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from lrpgraph import untrusted
 from lrpgraph.errors import LrpgraphError, MissingDependencyError
 
 try:
@@ -51,14 +52,18 @@ def session_options(threads: int | None = None, optimization: str = "all") -> "o
 
 
 def source_of(path_or_model: object) -> tuple:
-    """(what onnxruntime takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes."""
+    """(what onnxruntime takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes, each
+    checked first (untrusted.check_model: external data inside the model's folder, sane sizes, a sound graph)."""
     if isinstance(path_or_model, (bytes, bytearray)):
+        untrusted.check_source(bytes(path_or_model))  # before onnxruntime parses it
         return bytes(path_or_model), "the given model bytes"
     if hasattr(path_or_model, "SerializeToString"):
+        untrusted.check_model(path_or_model, "the given model")
         return path_or_model.SerializeToString(), "the given model"
     path = os.fspath(path_or_model)
     if not os.path.isfile(path):
         raise LrpgraphError(f"model file {path} does not exist; give the path of a converted .onnx file")
+    untrusted.check_source(path)
     return path, path
 
 

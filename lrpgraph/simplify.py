@@ -23,8 +23,9 @@ from collections.abc import Mapping
 
 from onnx import helper
 
-from lrpgraph.canonicalize import Initializers
-from lrpgraph.graph import Builder, attrs_of
+from lrpgraph.catalog import Initializers
+from lrpgraph.graph import Builder
+from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division
 
 
 def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
@@ -38,13 +39,11 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
     values = Initializers(b.initializers)
-    relu_of = {n.input[0]: n.output[0] for n in every if n.op_type == "Relu"}
-    clip_of = _clips_from_zero(forward_nodes, inits)
+    relu_of = relu_outputs(every)
+    clip_of = clips_from_zero(forward_nodes, inits)
     ratios, new, before, dropped, rewired, count = {}, {}, {}, [], {}, 0
     for div in b.nodes:
-        if div.op_type != "Div":
-            continue
-        found = _stabilized(div.input[1], producer, values)
+        found = stabilized_division(div, producer, values)
         if found is None:
             continue
         z, eps = found
@@ -52,7 +51,7 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
         route = b.routes.get(numerator)
         if route is not None and route[2] == relu_of.get(z):  # through a MaxPool of relu(z)
             r, m, _ = route
-            factors = _factors(r, m, producer, uses)
+            factors = products(r, m, producer, uses)
             if factors is None:
                 continue
             nodes = _ratio(name, m, eps, "relu", {})
@@ -63,7 +62,7 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
             dropped.append(producer[div.input[1]])
         else:
             v, kind = (relu_of[z], "relu") if z in relu_of else (clip_of[z], "clip") if z in clip_of else (z, "abs")
-            factors = _factors(numerator, v, producer, uses)
+            factors = products(numerator, v, producer, uses)
             if factors is None:
                 continue
             nodes = _ratio(name, v, eps, kind, ratios, z, None if b.webgpu else b.const(0.0))
@@ -114,58 +113,6 @@ def _scaled(name, factors, ratio, outputs):
         g = f"{name}/signal"
         nodes.append(helper.make_node("Sum", factors, [g], name=g))
     return nodes + [helper.make_node("Mul", [g, ratio], outputs, name=f"{name}/scaled")]
-
-
-def _clips_from_zero(forward_nodes, inits):
-    """{z: clip(z)} for every Clip whose lower bound is 0 and upper bound is at least 0 (ReLU6). (graph.load has
-    turned Constant nodes into initializers.)"""
-    clips = {}
-    for n in forward_nodes:
-        if n.op_type != "Clip":
-            continue
-        attrs = attrs_of(n)
-        bounds = [attrs.get("min"), attrs.get("max")]  # opset 6; inputs from opset 11
-        for k, t in enumerate(n.input[1:3]):
-            bounds[k] = inits[t].reshape(-1)[0] if t in inits and inits[t].size == 1 else (None if t else bounds[k])
-        low, high = bounds
-        if low is not None and float(low) == 0.0 and (high is None or float(high) >= 0.0):
-            clips[n.input[0]] = n.output[0]
-    return clips
-
-
-def _stabilized(d, producer, values):
-    """(z, name of the eps constant) when d = z + Where(z >= 0, eps, -eps) with eps > 0 (Builder.stab)."""
-    add = producer.get(d)
-    if add is None or add.op_type != "Add":
-        return None
-    z, shift = add.input
-    where, test = producer.get(shift), None
-    if where is not None and where.op_type == "Where":
-        test = producer.get(where.input[0])
-    if test is None or test.op_type != "GreaterOrEqual" or list(test.input[:1]) != [z]:
-        return None
-    zero, plus, minus = (values.get(t) for t in (test.input[1], where.input[1], where.input[2]))
-    if any(v is None or v.size != 1 for v in (zero, plus, minus)):
-        return None
-    eps = float(plus.reshape(-1)[0])
-    if float(zero.reshape(-1)[0]) != 0.0 or not eps > 0 or float(minus.reshape(-1)[0]) != -eps:
-        return None
-    return z, where.input[1]
-
-
-def _factors(r, v, producer, uses):
-    """[g_1, ...] when r = v * g (or a sum of such products) and nothing else reads r or the products."""
-    node = producer.get(r)
-    if node is None or uses.get(r, 0) != 1:
-        return None
-    parts = list(node.input) if node.op_type == "Sum" else [r]  # Builder.sum's fan-in
-    factors = []
-    for t in parts:
-        mul = producer.get(t)
-        if mul is None or mul.op_type != "Mul" or v not in mul.input or (t != r and uses.get(t, 0) != 1):
-            return None
-        factors.append(mul.input[1] if mul.input[0] == v else mul.input[0])
-    return factors
 
 
 def _without_dead(nodes, candidates, forward_nodes):

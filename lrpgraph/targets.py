@@ -1,16 +1,26 @@
-"""What is explained: the seed put at the logits y [N, C] (REFERENCE.md section 4).
+"""What is explained: the seed put at the explained tensor (docs/rules.md, Targets).
 
 Each mode gives a relevance seed (LRP rule sets) and a gradient seed (gradient-family rule sets and
 LRP-Flex, whose relevance is input x modified gradient): top and index give y_c at the class and the
-one-hot vector; all gives y and ones; seed takes a tensor from a new input and uses it as either."""
+one-hot vector; all gives y and ones; seed takes a tensor from a new input and uses it as either.
 
+A classifier's logits y [N, C] take the classic layout (seed): `target` [N], `relevance_seed` [N, C],
+relevance [N, *input]. Any other explained tensor y [N, *S] (a detector's head, an inner tensor named by
+convert's from_tensor) takes K targets per sample (explained_seed): `target` [N, K, len(S)] index tuples
+into S, `relevance_seed` [N, K, *S]; the K seeds are laid along the batch axis as [K * N, *S]
+(target-major) and walked back through the forward activations tiled K times (tiled_view: the forward is
+computed once), giving relevance [N, K, *input] (unfold)."""
+
+import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 from onnx import TensorProto, helper
 
 from lrpgraph.errors import LrpgraphError
 
 if TYPE_CHECKING:
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
 
 TARGETS = ("top", "index", "seed", "all")
@@ -38,3 +48,91 @@ def seed(b: "Builder", logits: str, num_classes: int, mode: str, batch_dim: str 
         index, inputs = TARGET_INPUT, [info]
     onehot = b.op("OneHot", [index, b.ints([num_classes]), b.const([0.0, 1.0])], "onehot", axis=-1)
     return (onehot if gradient else b.mul(logits, onehot)), inputs
+
+
+def is_classic(shape: list | None, from_tensor: str | None) -> bool:
+    """True for the classic layout: logits [N, C] found by convert itself (no from_tensor)."""
+    return from_tensor is None and shape is not None and len(shape) == 2 and shape[1] is not None
+
+
+def explained_shape(tensor: str, shape: list | None) -> list:
+    """S of an explained tensor [N, *S], checked to be static."""
+    if not shape or len(shape) < 2 or any(not isinstance(d, int) or d < 1 for d in shape[1:]):
+        raise LrpgraphError(f"the explained tensor '{tensor}' must have a static shape [N, ...] (got {shape}); give "
+                            "the image size (--image-size H,W) or name another tensor with --from")
+    return list(shape[1:])
+
+
+def explained_seed(b: "Builder", tensor: str, sizes: list, mode: str, batch_dim: str | int,
+                   gradient: bool = False) -> tuple:
+    """The K seeds at the explained tensor [N, *S] (S = sizes) laid along the batch: ([K * N, *S], K as an
+    int64 [1] tensor, [new graph inputs])."""
+    if mode not in TARGETS:
+        raise LrpgraphError(f"unknown target mode '{mode}'; choose one of {', '.join(TARGETS)}")
+    b.scope = "target"
+    inputs, rank, size = [], len(sizes), math.prod(sizes)
+    if mode == "seed":
+        info = helper.make_tensor_value_info(SEED_INPUT, TensorProto.FLOAT, [batch_dim, "K", *sizes])
+        info.doc_string = "what to explain: K relevance (LRP) or gradient seeds per sample at the explained tensor"
+        mask, inputs, gradient = SEED_INPUT, [info], True
+    elif mode == "all":
+        mask = b.op("Unsqueeze", [b.ones_like(tensor), b.ints([1])], "all")
+    else:
+        if mode == "top":
+            flat = b.op("ArgMax", [b.op("Reshape", [tensor, b.ints([0, -1])], "flat")], "argmax", axis=1,
+                        keepdims=1)
+        else:
+            info = helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [batch_dim, "K", rank])
+            info.doc_string = f"K index tuples into the explained tensor's {sizes} per sample, [N, K, {rank}]"
+            inputs = [info]
+            strides = np.cumprod([1] + sizes[::-1][:-1])[::-1]
+            flat = b.op("ReduceSum", [b.mul(TARGET_INPUT, b.ints(list(strides))), b.ints([-1])], "flat", keepdims=0)
+        onehot = b.op("OneHot", [flat, b.ints([size]), b.const([0.0, 1.0])], "onehot", axis=-1)
+        mask = b.op("Reshape", [onehot, b.ints([0, 0, *sizes])], "mask")
+    value = mask if gradient else b.mul(mask, b.op("Unsqueeze", [tensor, b.ints([1])], "unsqueeze"))
+    k = b.op("Shape", [value], "k", start=1, end=2)
+    major = b.op("Transpose", [value], "target_major", perm=[1, 0, *range(2, rank + 2)])
+    return b.op("Reshape", [major, b.ints([-1, *sizes])], "seed"), k, inputs
+
+
+def tiled_view(canon: "Canonical", prefix: str) -> tuple:
+    """(view, {tiled name: forward tensor}): canon with every image-dependent tensor renamed to its copy
+    tiled K times along the batch ([K * N, ...]); tile() emits the copies the walk read."""
+    from lrpgraph.methods.paths import renamed
+
+    rename = {t: f"{prefix}:{t}" for t in canon.signal}
+    view = renamed(canon, rename, prefix)
+    for t in rename.values():
+        shape = view.shapes.get(t)
+        if shape:
+            view.shapes[t] = [None, *shape[1:]]
+    view.image_float = canon.image_float
+    return view, {v: t for t, v in rename.items()}
+
+
+def tile(b: "Builder", tiled: dict, shapes: dict, k: str, start: int) -> None:
+    """Insert, at b.nodes[start], Tile nodes for the tiled tensors that the nodes after start read."""
+    read = {t for node in b.nodes[start:] for t in node.input} | {t for node in b.nodes[start:] for t in node.output}
+    nodes, kept = [], b.nodes[start:]
+    del b.nodes[start:]
+    b.scope = "tile"
+    for name, tensor in tiled.items():
+        if name not in read:
+            continue
+        rank = len(shapes.get(tensor) or [])
+        if rank < 1:
+            raise LrpgraphError(f"the rank of '{tensor}' is unknown; K targets per sample need it")
+        repeats = b.op("Concat", [k, b.ints([1] * (rank - 1))], "repeats", axis=0) if rank > 1 else k
+        nodes.append(helper.make_node("Tile", [tensor, repeats], [name], name=f"{b.prefix}/tile/{name}"))
+    b.nodes.extend(nodes)
+    b.nodes.extend(kept)
+
+
+def unfold(b: "Builder", heat: str, image: str, k: str, rank: int) -> str:
+    """[K * N, *input] -> [N, K, *input]."""
+    b.scope = "output"
+    rest = b.op("Shape", [image], "shape")
+    major = b.op("Reshape", [heat, b.op("Concat", [k, b.ints([-1]), b.op("Slice", [rest, b.ints([1]),
+                                                                               b.ints([rank])], "rest")],
+                                        "shape", axis=0)], "unfold")
+    return b.op("Transpose", [major], "sample_major", perm=[1, 0, *range(2, rank + 1)])

@@ -2,8 +2,24 @@ import os
 import sys
 
 import pytest
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import their shared references (zennit_ref) by name
+# ultralytics (the detector tests' exporter) must never pip-install anything or reach its hub while tests run
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+PILLOW_OPEN = Image.open  # taken before any test module (and so ultralytics) is imported
+
+
+@pytest.fixture(autouse=True)
+def pil_open_as_pillow_has_it():
+    """Importing ultralytics replaces PIL.Image.open process-wide (it retries unidentified images with a HEIF
+    plugin it tries to install); every test sees Pillow's own open."""
+    Image.open = PILLOW_OPEN
+    yield
+    Image.open = PILLOW_OPEN
 
 
 @pytest.fixture(scope="session", autouse=True)

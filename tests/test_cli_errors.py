@@ -10,7 +10,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 from test_cli import assert_one_line_error, small_cnn
 
 ROOT = Path(__file__).resolve().parents[1]

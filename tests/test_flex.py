@@ -1,4 +1,4 @@
-"""LRP-Flex parity: the `flex` composite against an independent torch transcription of REFERENCE.md 3.
+"""LRP-Flex parity: the `flex` composite against an independent torch transcription of LRP-Flex's definition (docs/rules.md, Composites).
 
 The reference (float64): relevance = input x modified gradient, where every ReLU's backward multiplies
 the gradient by a / (a + eps) (a = the ReLU's output, eps = 0.01, NaN -> 0), every other module uses its

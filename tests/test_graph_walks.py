@@ -1,6 +1,6 @@
 """The graph helpers the converter, the runtime and the importer share: which nodes some outputs need (one
 backward walk, graph.needed_nodes), node attributes and Constant values decoded once (graph.attrs_of,
-graph.constant_value)."""
+patterns.constants.constant_value)."""
 
 import re
 from pathlib import Path
@@ -11,6 +11,7 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from lrpgraph import graph
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.patterns.constants import constant_value
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lrpgraph"
 
@@ -71,11 +72,11 @@ def test_attributes_and_constants_decoded_once():
     for key, value, want in (("value", numpy_helper.from_array(weights), weights),
                              ("value_float", 2.5, np.float32(2.5)), ("value_floats", [1.5, 2.0], [1.5, 2.0]),
                              ("value_int", 7, np.int64(7)), ("value_ints", [3, -1], [3, -1])):
-        got = graph.constant_value(helper.make_node("Constant", [], ["k"], **{key: value}))
+        got = constant_value(helper.make_node("Constant", [], ["k"], **{key: value}))
         np.testing.assert_array_equal(got, want)
         assert got.dtype == (np.float32 if "float" in key or key == "value" else np.int64)
     strings = helper.make_node("Constant", [], ["k"], value_strings=["a"])
-    assert strings.attribute[0].type == AttributeProto.STRINGS and graph.constant_value(strings) is None
+    assert strings.attribute[0].type == AttributeProto.STRINGS and constant_value(strings) is None
 
 
 def test_no_other_backward_walk_over_nodes():

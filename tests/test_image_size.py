@@ -102,3 +102,18 @@ def test_image_size_of_a_fixed_model(tmp_path):
     assert_one_line_error(*run("convert", path, "--image-size", "8,8"), "fixed at 6x6", "leave --image-size out")
     code, output = run("convert", path, "--image-size", "6,6")
     assert code == 0, output
+
+
+def test_inspect_takes_the_image_size(tmp_path):
+    """`lrpgraph inspect` reads a model as convert does: with symbolic spatial sizes it advises --image-size,
+    and with it lists the rules of the model at that size."""
+    path = tmp_path / "model.onnx"
+    onnx.save(small_cnn(input_shape=("N", 2, "H", "W")), path)
+    code, output = run("inspect", path)
+    assert code == 2 and "spatial sizes must be static" in output and "--image-size H,W" in output, output
+    code, output = run("inspect", path, "--image-size", "8,8")
+    assert code == 0, output
+    assert "image input 'x' [None, 2, 8, 8]" in output
+    rules = output.split("rule of each node:")[1].split()
+    assert ["conv", "Conv", "zplus", "[first", "layer]", "relu_0", "Relu", "pass"] == rules[:8], output
+    assert_one_line_error(*run("inspect", path, "--image-size", "8"), "--image-size 8", "2 spatial sizes")

@@ -1,4 +1,4 @@
-"""Acceptance of the gradient-family explainers (REFERENCE.md section 7) against torch autograd.
+"""Acceptance of the gradient-family explainers (docs/rules.md, Gradient-family methods) against torch autograd.
 
 Models: torchvision resnet18 with random weights (torchvision_model, BatchNorm statistics randomised, so
 folding matters) at 32 x 32, batch 2; the pretrained digit CNN (ReLU + MaxPool) and a small smooth net
@@ -344,4 +344,4 @@ def test_cli_several_explanations(noisy_digits, digit_onnx, tmp_path):
     assert l1(result["relevance_gig"], gig) < TOLERANCE
     _, lrp = zennit_relevance(copy.deepcopy(noisy_digits.model), noisy_digits.x, zennit_composite("epsilon-plus"),
                               dtype=torch.float64)
-    assert l1(result["relevance_lrp"], lrp) < 1e-4  # REFERENCE.md 4: eps = 1e-6 bound
+    assert l1(result["relevance_lrp"], lrp) < 1e-4  # the parity bound at eps = 1e-6 (README)

@@ -1,4 +1,4 @@
-"""lrpgraph.metrics against direct loop-based numpy transcriptions of REFERENCE.md section 8 (written here,
+"""lrpgraph.metrics against direct loop-based numpy transcriptions of the metrics of docs/methods.md (written here,
 independently), a sanity check on the pretrained digit CNN, and the `lrpgraph evaluate` command."""
 
 import csv

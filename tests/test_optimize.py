@@ -12,7 +12,7 @@ from torch import nn
 
 import lrpgraph
 from lrpgraph.cli import main
-from lrpgraph.convert import optimized_path, write_optimized
+from lrpgraph.files import optimized_path, write_optimized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.runtime.session import ExplainSession
 from zennit_ref import export

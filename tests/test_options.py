@@ -16,7 +16,7 @@ from lrpgraph.cli import main
 from lrpgraph.convert import build_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods.options import MethodOptions
-from lrpgraph.rules import OTHER_RULES, RuleOptions
+from lrpgraph.rules import RULES, RuleOptions
 from lrpgraph.train.config import TrainConfig
 
 
@@ -39,7 +39,7 @@ def test_keywords_and_objects_give_the_same_model():
 
 def test_one_default_for_each_option():
     defaults = RuleOptions()
-    assert OTHER_RULES["flex-relu"][1] == (defaults.flex_epsilon,)
+    assert RULES["flex-relu"].params[0].default == defaults.flex_epsilon
     assert TrainConfig.__dataclass_fields__["flex_epsilon"].default == defaults.flex_epsilon
     recorded = metadata.Record.from_model(lrpgraph.convert(tiny_cnn(), composite="flex")).options
     assert recorded == {k: v for k, v in dataclasses.asdict(defaults).items() if v is not None}

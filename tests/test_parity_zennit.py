@@ -7,11 +7,11 @@ vgg16_bn with a narrow head, since its own head needs 224 px); each unmodified a
 224 x 224. The pretrained digit CNN sees real digits with a little noise (no exact max-pooling ties).
 
 Left out as ill-conditioned in float32, and measured instead by `python benchmarks/conditioning.py`:
-the epsilon rule at eps = 1e-6 on every layer of vgg16_bn, and densenet121 at stabiliser 1e-6 or with the
+the epsilon rule at eps = 1e-6 on every layer of vgg16_bn, and densenet121 at stabilizer 1e-6 or with the
 epsilon rule on its convolutions. DenseNet's transition layers average signed convolution outputs, and
 the norm rule divides by their sum; near-zero sums amplify float32 rounding (zennit's own float32 heatmap
 is 1e-4 to 1e-1 from its float64 one there), so no float32 implementation can meet a fixed bound. At
-eps = stabiliser = 0.01 the other composites are well-conditioned on densenet121 and are tested."""
+eps = stabilizer = 0.01 the other composites are well-conditioned on densenet121 and are tested."""
 
 import functools
 

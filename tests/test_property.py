@@ -44,12 +44,12 @@ rounding of a stable computation, ~1e-6; a wrong rule or a wrong wiring gives 1e
   standalone BatchNorm passes its offset, a random relevance_seed meets a logit near 0) divides by ~z,
   and float32 rounding alone gave L1 errors up to 5e-3 there (SIGMOID_AFTER_BN below); that case is
   measured by `python benchmarks/property_nightly.py --epsilon 1e-6 --stabilizer 1e-6`, not tested.
-- stabiliser 0.01 for the other rules. The norm rule of a residual sum or an average pool divides by a sum
+- stabilizer 0.01 for the other rules. The norm rule of a residual sum or an average pool divides by a sum
   of mixed-sign values (after a leaky, tanh or no activation) that can come near 0 just as z does: at the
   default 1e-6 a random net reached L1 8e-5 (bound 1e-4) from rounding alone, at 0.01 the same net
   gives 2e-6. The other denominators are single-signed sums (z+, alpha-beta's two parts, zbox with bounds
   that enclose the first layer's input, flat's counts), whose relative rounding is a few ulps whatever
-  their size, so there the stabiliser only changes the formula, identically in both.
+  their size, so there the stabilizer only changes the formula, identically in both.
 - BatchNorm statistics are calibrated: the running mean and variance are those of the BatchNorm's input on
   a calibration batch (affine parameters random, a quarter of the scales negative, so folding matters),
   as training leaves them. Random statistics let a random net drift into saturation or a single sign,
@@ -83,7 +83,7 @@ from property_reference import Vacuous, errors
 COMPOSITES = ["epsilon", "epsilon-plus", "epsilon-plus-flat", "zplus", "epsilon-gamma-box", "epsilon-alpha2-beta1",
               "epsilon-alpha2-beta1-flat"]
 EPSILON = 0.01  # the epsilon rule's eps; see the module docstring
-STABILIZER = 0.01  # the other rules' stabiliser (norm, z+, alpha-beta, gamma, zbox, flat); see the module docstring
+STABILIZER = 0.01  # the other rules' stabilizer (norm, z+, alpha-beta, gamma, zbox, flat); see the module docstring
 SETTINGS = [(name, EPSILON) for name in COMPOSITES]
 BOUND = 1e-4  # relative L1 against zennit in float64
 EXAMPLES = 100

@@ -50,7 +50,7 @@ def test_relu_denominators_match_zennit(net_bytes):
     x = image()
     model = convert_bytes(net_bytes, composite="epsilon", epsilon=1e-3, stabilizer=1e-3)
     # both Conv layers feed a ReLU, the Linear's relevance is logit * seed (the |z| form): only the pooling's
-    # stabiliser keeps its sign test
+    # stabilizer keeps its sign test
     assert ops(model, "Where") == 1 and ops(model, "GreaterOrEqual") == 1 and ops(model, "Abs") == 1
     relevance = assert_matches_zennit(model, small_net(), x, "a / (a + eps) denominators")
     assert np.isfinite(relevance).all() and not relevance[:, :, :, :10].any()  # zero inputs, zero relevance

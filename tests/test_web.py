@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrpgraph.convert import convert, save
+from lrpgraph.convert import convert
+from lrpgraph.files import save
 from lrpgraph.runtime.images import list_images, load_image
 from lrpgraph.runtime.session import ExplainSession
 from lrpgraph.web import HERE, build_site
@@ -72,17 +73,28 @@ def browser():
         instance.close()
 
 
+def wait_for(page, expression, timeout_ms=TIMEOUT_MS):
+    """Poll a JS expression until it is true. (page.wait_for_function evaluates a string in the page, which the
+    site's Content-Security-Policy forbids; page.evaluate runs through the debugger protocol.)"""
+    waited = 0
+    while not page.evaluate(expression):
+        if waited > timeout_ms:
+            raise TimeoutError(f"{expression} still false after {timeout_ms} ms")
+        page.wait_for_timeout(100)
+        waited += 100
+
+
 def _open(browser, url, query=""):
     page = browser.new_page()
     page.goto(f"{url}/index.html{query}")
-    page.wait_for_function("window.pageReady !== undefined", timeout=TIMEOUT_MS)
+    wait_for(page, "window.pageReady !== undefined")
     return page
 
 
 def _explain(page, file):
     page.evaluate("window.lastResult = null")
     page.set_input_files("#file", str(file))
-    page.wait_for_function("window.lastResult !== null", timeout=TIMEOUT_MS)
+    wait_for(page, "window.lastResult !== null")
     result = page.evaluate("window.lastResult")
     assert "error" not in result, result
     return result

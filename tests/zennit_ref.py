@@ -193,7 +193,7 @@ def randomize_batch_norm(model, generator):
 def zero_biases(model, x):
     """All biases and BatchNorm shifts zero (for conservation checks), with each BatchNorm's variance set to
     the mean square of its input on x, as training would: without shifts a random deep net's activations
-    otherwise shrink towards the stabiliser (mobilenet_v2's logits fell to 3e-9)."""
+    otherwise shrink towards the stabilizer (mobilenet_v2's logits fell to 3e-9)."""
 
     def calibrate(module, inputs):
         module.running_var.copy_(inputs[0].pow(2).mean((0, 2, 3)) + 1e-6)

@@ -2,46 +2,53 @@
 rule sets use the plain derivative ('gradient'), LRP-Flex scales the ReLU gradient by a / (a + eps)
 ('flex-relu'), and guided methods let only positive gradients through a ReLU ('guided').
 
-Each activation is one record and one function, its derivative: `@activation_op(op_type, flags...)`
-on `derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks)."""
+Each activation is one record (catalog/ops.py, ACTIVATIONS) and one function, its derivative,
+`derivative(ctx, unit, x, y) -> dy/dx` (torch's conventions at the kinks), attached by `@derivative_of(op_type)`.
+An activation the catalog does not know is added with `@activation_op(op_type, flags...)`: both at once."""
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import RECORDS, Context, register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.catalog import RECORDS, Context, add, record
+from lrpgraph.converters.registry import EMITTERS, attach
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
 def activation(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r = r_outs[0]
-    rest = [None] * (len(unit.inputs) - 1)
-    if rule.name == "pass":
-        return [r] + rest
-    b, x, y = ctx.b, unit.inputs[0], unit.outputs[0]
-    record = RECORDS[unit.op]
-    if rule.name == "identity":  # AttnLRP's identity rule R_x = R_y, the message being g = R / x: g f(x) / x
-        return [b.mul(r, b.div(y, b.stab(x, 1e-10)))] + rest
-    if rule.name == "flex-relu":  # accepted by ReLU only (its record's rules)
-        ratio = b.div(y, b.add(y, b.const(rule.params[0])))
-        ratio = b.op("Where", [b.op("IsNaN", [ratio], "isnan"), b.const(0.0), ratio], "nan_to_zero")
-        return [b.mul(r, ratio)] + rest
-    if rule.name == "guided" and record.guided:
-        return [b.mul(b.pos(r), record.derivative(ctx, unit, x, y))] + rest
-    if rule.name in GRADIENT_RULES:
-        return [b.mul(r, record.derivative(ctx, unit, x, y))] + rest
-    raise unsupported_rule(unit, rule)
+    """The rule's activation emitter, with the op's derivative (and whether guided methods gate it) as primitives."""
+    rest, derivative = [None] * (len(unit.inputs) - 1), EMITTERS[unit.op].derivative
+    x, y = unit.inputs[0], unit.outputs[0]
+    op = SimpleNamespace(place=lambda t: [t] + rest, guided=RECORDS[unit.op].guided,
+                         gradient=lambda t: ctx.b.mul(t, derivative(ctx, unit, x, y)))
+    return rule.emitter("activation", unit)(ctx, unit, rule, r_outs, op)
+
+
+def derivative_of(*op_types: str) -> Callable:
+    """Decorator: attach an element-wise activation's derivative fn(ctx, unit, x, y) -> dy/dx to the catalog's
+    records of op_types (with the converter `activation`, which every activation shares)."""
+
+    def decorate(derivative):
+        for op_type in op_types:
+            attach(op_type, "activation", activation, derivative=derivative)
+        return derivative
+
+    return decorate
 
 
 def activation_op(*op_types: str, **flags) -> Callable:
-    """Decorator: register an element-wise activation by its derivative fn(ctx, unit, x, y) -> dy/dx.
-    flags: OpRecord fields (rules, nonneg_output, guided, gate_source, composite_key, ...)."""
+    """Decorator for an activation the catalog does not know: its record (flags: OpRecord fields: rules,
+    nonneg_output, guided, gate_source, composite_key, ...) and its derivative fn(ctx, unit, x, y) -> dy/dx,
+    in one registration. An unknown rule or field is an error before anything is added."""
+    new = [record(op_type, "activation", **flags) for op_type in op_types]
 
     def decorate(derivative):
-        register(*op_types, kind="activation", derivative=derivative, **flags)(activation)
-        return derivative
+        for one in new:
+            add(one)
+        return derivative_of(*op_types)(derivative)
 
     return decorate
 
@@ -54,32 +61,24 @@ def _positive(b, x):
     return b.op("Greater", [x, b.const(0.0)], "is_pos")
 
 
-@activation_op("Relu", rules={"pass", "gradient", "flex-relu", "guided", "identity"}, composite_key="relu", guided=True,
-               nonneg_output=True)
+@derivative_of("Relu")
 def relu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return ctx.b.op("Cast", [_positive(ctx.b, x)], "step", to=1)
 
 
-@activation_op("LeakyRelu", guided=True)
+@derivative_of("LeakyRelu")
 def leaky_relu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), b.const(float(unit.attrs.get("alpha", 0.01))))
 
 
-@activation_op("PRelu", guided=True)
+@derivative_of("PRelu")
 def prelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return _where(b, _positive(b, x), b.const(1.0), unit.inputs[1])
 
 
-def _clip_min_nonneg(unit, inits) -> bool:
-    if len(unit.inputs) > 1 and unit.inputs[1]:
-        value = inits.get(unit.inputs[1])
-        return value is not None and float(value) >= 0
-    return "min" in unit.attrs and float(unit.attrs["min"]) >= 0
-
-
-@activation_op("Clip", guided=True, gate_source=True, nonneg_output=_clip_min_nonneg)
+@derivative_of("Clip")
 def clip(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     low, high = _clip_bounds(ctx, unit)
@@ -88,19 +87,23 @@ def clip(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return b.op("Cast", [inside], "step", to=1)
 
 
-@activation_op("Sigmoid", gate_source=True, nonneg_output=True)
+@derivative_of("Sigmoid")
 def sigmoid(ctx: Context, unit: "Unit", x: str, y: str) -> str:
+    """e / (1 + e)^2 with e = exp(-|x|): onnxruntime's float32 Sigmoid approximates its tails (relative error 1e-4
+    at x = -10, 0.17 at -15), and y (1 - y) would inherit that where a detector's class logits saturate."""
     b = ctx.b
-    return b.mul(y, b.sub(b.const(1.0), y))
+    e = b.op("Exp", [b.op("Neg", [b.op("Abs", [x], "abs")], "neg")], "exp")
+    one_plus = b.add(b.const(1.0), e)
+    return b.div(e, b.mul(one_plus, one_plus))
 
 
-@activation_op("Tanh")
+@derivative_of("Tanh")
 def tanh(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b = ctx.b
     return b.sub(b.const(1.0), b.mul(y, y))
 
 
-@activation_op("HardSigmoid", gate_source=True, nonneg_output=True)
+@derivative_of("HardSigmoid")
 def hard_sigmoid(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     b, attrs = ctx.b, unit.attrs
     one, zero = b.const(1.0), b.const(0.0)
@@ -110,7 +113,7 @@ def hard_sigmoid(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return b.mul(b.op("Cast", [inside], "step", to=1), b.const(alpha))
 
 
-@activation_op("HardSwish")
+@derivative_of("HardSwish")
 def hard_swish(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # 0 below -3, x/3 + 1/2 up to 3, 1 above
     b = ctx.b
     middle = b.add(b.div(x, b.const(3.0)), b.const(0.5))
@@ -125,7 +128,7 @@ def _clip_bounds(ctx, unit):
     return float(low), float(high)
 
 
-@activation_op("Elu")
+@derivative_of("Elu")
 def elu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # 1 above 0, alpha * exp(x) = y + alpha below
     b = ctx.b
     alpha = b.const(float(unit.attrs.get("alpha", 1.0)))
@@ -135,7 +138,7 @@ def elu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # 1 above 0, alpha 
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # the ONNX defaults
 
 
-@activation_op("Selu")
+@derivative_of("Selu")
 def selu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # gamma above 0, gamma * alpha * exp(x) below
     b = ctx.b
     alpha, gamma = float(unit.attrs.get("alpha", SELU_ALPHA)), float(unit.attrs.get("gamma", SELU_GAMMA))
@@ -143,12 +146,12 @@ def selu(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # gamma above 0, g
     return _where(b, _positive(b, x), b.const(gamma), below)
 
 
-@activation_op("Softplus")
+@derivative_of("Softplus")
 def softplus(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # d log(1 + e^x) / dx = sigmoid(x)
     return ctx.b.op("Sigmoid", [x], "sigmoid")
 
 
-@activation_op("Mish")
+@derivative_of("Mish")
 def mish(ctx: Context, unit: "Unit", x: str, y: str) -> str:  # x tanh(sp(x)): tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
     b = ctx.b
     t = b.op("Tanh", [b.op("Softplus", [x], "softplus")], "tanh")

@@ -1,4 +1,4 @@
-"""Transformer ops (REFERENCE.md section 9): a Softmax inside the graph, products of two signals
+"""Transformer ops (AttnLRP and CP-LRP, docs/transformers.md): a Softmax inside the graph, products of two signals
 (attention's Q K^T and A V as MatMul or Einsum, an element-wise a * b), Gather by constant indices (a class token, a
 fused qkv) and of token ids (the embedding table), Expand, Where, GELU, and the linear layers and
 activations under the transformer composites.
@@ -18,47 +18,34 @@ products change the plain gradient, so no relevance is divided by a value that m
 
 import math
 import string
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 
-from lrpgraph.converters.activations import activation_op
-from lrpgraph.converters.registry import Context, extend, register, unsupported_rule
-from lrpgraph.converters.structure import mul_div, unbroadcast
+from lrpgraph.catalog import Context
+from lrpgraph.converters.activations import derivative_of
+from lrpgraph.converters.registry import converts
+from lrpgraph.converters.structure import unbroadcast
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.graph import attrs_of
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
-
-# ops a Softmax output may pass on its way to the product that uses it as attention probabilities
-_MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather"}
+    from lrpgraph.catalog import Unit
 
 
-def attention_operand(node: onnx.NodeProto, producer: dict) -> "int | None":
-    """The index (0 or 1) of the operand of a product computed by a Softmax (through shape ops), or None."""
-    def from_softmax(tensor, depth=0):
-        n = producer.get(tensor)
-        if n is None or depth > 8:
-            return False
-        if n.op_type == "Softmax":
-            return True
-        return n.op_type in _MOVES and from_softmax(n.input[0], depth + 1)
-
-    found = [i for i in (0, 1) if from_softmax(node.input[i])]
-    return found[0] if len(found) == 1 else None
-
-
+@converts("Softmax", kind="normaliser")  # a Softmax inside the graph (the one at the output is the head)
 def softmax(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    b, r = ctx.b, r_outs[0]
-    s = unit.outputs[0]
+    """A Softmax inside the graph; primitives: its gradient s (r - sum(s r))."""
+    b, s = ctx.b, unit.outputs[0]
     axes = b.ints([int(unit.attrs.get("axis", -1))])
-    if rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
-    inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
-    return [b.mul(s, b.sub(r, inner))]
+
+    def gradient(r):
+        inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
+        return b.mul(s, b.sub(r, inner))
+
+    op = SimpleNamespace(place=lambda t: [t], gradient=gradient)
+    return rule.emitter("normaliser", unit)(ctx, unit, rule, r_outs, op)
 
 
 def _matmul_back(ctx, unit, s):
@@ -91,26 +78,20 @@ def _sum_to(ctx, g, operand, out, rank):
     return b.reshape_like(g, operand) if lead else g
 
 
+@converts("MatMul", "Mul", "Einsum", kind="product")
 def product(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """A product of two signals, MatMul (a @ b) or element-wise Mul (a * b), in the gradient form."""
-    b, g = ctx.b, r_outs[0]
-    a_name, b_name = unit.inputs[:2]
-    out = unit.outputs[0]
-    if rule.name not in GRADIENT_RULES + ("uniform", "cp"):
-        raise unsupported_rule(unit, rule)
-    if unit.op == "MatMul":
-        ga, gb = _matmul_back(ctx, unit, g)
-    elif unit.op == "Einsum":
-        ga, gb = _einsum_back(ctx, unit, g)
-    else:
-        ga = unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out)
-        gb = unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out)
-    if rule.name in GRADIENT_RULES:
-        return [ga, gb]
-    if rule.name == "cp" and unit.gate is not None:
-        return [None, gb] if unit.gate == 0 else [ga, None]
-    half = b.const(0.5)
-    return [b.mul(ga, half), b.mul(gb, half)]
+    """A product of two signals, MatMul (a @ b), Einsum or element-wise Mul (a * b), in the gradient form.
+    Primitives: gradients(g), both operands' shares of the product rule."""
+    def gradients(g):
+        b, (a_name, b_name), out = ctx.b, unit.inputs[:2], unit.outputs[0]
+        if unit.op == "MatMul":
+            return _matmul_back(ctx, unit, g)
+        if unit.op == "Einsum":
+            return _einsum_back(ctx, unit, g)
+        return (unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out),
+                unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out))
+
+    return rule.emitter("product", unit)(ctx, unit, rule, r_outs, SimpleNamespace(gradients=gradients))
 
 
 def einsum_terms(ctx: Context, unit: "Unit") -> tuple:
@@ -149,42 +130,11 @@ def _einsum_back(ctx, unit, s):
             ctx.b.op("Einsum", [s, a_name], "grad_b", equation=f"{to},{ta}->{tb}"))
 
 
-def _einsum_kind(node, dynamic):
-    if all(dynamic[:2]):
-        return "product"
-    equation = attrs_of(node, decoded=True).get("equation", "")
-    raise UnsupportedModelError(f"node '{node.name or node.output[0]}' (Einsum '{equation}'): an Einsum of the input "
-                                "with a constant matrix is supported as x @ W or x @ W^T only, the constant on either "
-                                "side ('...k,kc->...c', '...k,ck->...c', 'ck,...k->...c'); export it as MatMul")
-
-
 def _t(b, x, rank):
     return b.op("Transpose", [x], "swap", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
 
 
-def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """A signal times a gate (x * sigmoid(x), squeeze-excitation): under 'cp' the gate is a constant and the
-    message to the signal is g * gate (REFERENCE.md section 9); the other rules as for any gate."""
-    if rule.name != "cp":
-        return mul_div(ctx, unit, rule, r_outs)
-    result = [None, None]
-    signal, out = 1 - unit.gate, unit.outputs[0]
-    result[signal] = unbroadcast(ctx, ctx.b.mul(r_outs[0], unit.inputs[unit.gate]), unit.inputs[signal], unit, out)
-    return result
-
-
-PRODUCT_RULES = {"uniform", "cp", "gradient"}
-# a MatMul of two signals is a product, one with a constant matrix a linear layer; a Softmax inside the graph
-# (the one at the output is the head before which the logits are explained) is a normaliser
-extend("MatMul", "product", product, PRODUCT_RULES,
-       classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
-extend("Mul", "product", product, PRODUCT_RULES)
-register("Einsum", kind="product", rules=PRODUCT_RULES, classify=_einsum_kind)(product)
-extend("Mul", "gate", gate, {"pass", "gradient", "cp"})
-extend("Softmax", "normaliser", softmax, {"gradient"}, classify=lambda node, dynamic: "normaliser")
-
-
-@activation_op("Gelu")
+@derivative_of("Gelu")
 def gelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     """d gelu / dx: Phi(x) + x phi(x), or for approximate='tanh' the derivative of its tanh form."""
     b = ctx.b
@@ -204,12 +154,19 @@ def gelu(ctx: Context, unit: "Unit", x: str, y: str) -> str:
     return b.add(cdf, b.mul(x, pdf))
 
 
-@register("Gather", kind="structure")
+def _flat_selection(ctx, unit, r, index, shape, axis):
+    """r shaped data[:axis] + index.shape + data[axis+1:], reshaped with the index axes as one."""
+    trailing = shape[axis + 1:]
+    if sum(d is None for d in trailing) > 1:
+        raise UnsupportedModelError(f"node '{unit.name}' (Gather): more than one dynamic axis after the gathered one")
+    dims = [0] * axis + [int(index.size)] + [-1 if d is None else int(d) for d in trailing]
+    return ctx.b.op("Reshape", [r, ctx.b.ints(dims)], "flat_selection")
+
+
+@converts("Gather")
 def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b, r = ctx.b, r_outs[0]
     data, indices = unit.inputs[:2]
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     if indices in ctx.signal:  # token ids into an embedding table: relevance per token, summed over hidden
         if unit.attrs.get("axis", 0) != 0 or data in ctx.signal:
             raise UnsupportedModelError(f"node '{unit.name}' (Gather): token ids must index axis 0 of a constant "
@@ -242,9 +199,9 @@ def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         raise UnsupportedModelError(f"node '{unit.name}' (Gather): gathering along a dynamic axis is only "
                                     "supported for one non-negative constant index")
     index = np.where(index < 0, index + dim, index)
-    if index.ndim != 1:
-        raise UnsupportedModelError(f"node '{unit.name}' (Gather): only scalar or 1-D constant indices are supported")
     rank = len(shape)
+    if index.ndim != 1:  # indices of any rank (torch's as_strided, a window partition): one flat selection
+        r, index = _flat_selection(ctx, unit, r, index, shape, axis), index.reshape(-1)
     perm = [i for i in range(rank) if i != axis] + [axis]
     onehot = np.zeros((len(index), dim), np.float32)
     onehot[np.arange(len(index)), index] = 1.0  # repeated indices add up
@@ -252,10 +209,8 @@ def gather(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [b.op("Transpose", [moved], "from_last", perm=[perm.index(i) for i in range(rank)]), None]
 
 
-@register("Expand", "Tile", kind="structure")
+@converts("Expand", "Tile")
 def expand(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     x, out = unit.inputs[0], unit.outputs[0]
     if unit.op == "Tile":  # any repeats, constant or computed: R viewed as [k0, d0, k1, d1, ...], summed over the k
         b, rank = ctx.b, len(ctx.shapes[x])
@@ -266,10 +221,8 @@ def expand(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [unbroadcast(ctx, r_outs[0], x, unit, out), None]
 
 
-@register("Where", kind="structure")
+@converts("Where")
 def where(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     b, r = ctx.b, r_outs[0]
     cond, x, y = unit.inputs[:3]
     if cond in ctx.signal:
@@ -281,6 +234,6 @@ def where(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [None, rx, ry]
 
 
-@register("Cast", kind="structure")
+@converts("Cast")
 def cast(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [r_outs[0]]

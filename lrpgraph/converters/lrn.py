@@ -1,19 +1,21 @@
 """LocalResponseNormalization (AlexNet, GoogLeNet, ZFNet): y_c = x_c / d_c^beta with
 d_c = bias + alpha / size * sum of x_j^2 over the channels j in c's window.
 
-LRP treats the normaliser d as a constant (REFERENCE.md section 9, as for LayerNorm): y is then x times a
+LRP treats the normaliser d as a constant (as AttnLRP does for LayerNorm, docs/transformers.md): y is then x times a
 positive factor per element, so relevance passes unchanged ('pass', what every LRP composite gives it).
 Gradient-family rule sets ('gradient': the methods and LRP-Flex) get the true derivative, d included:
 
     dL/dx_c = g_c d_c^-beta - (2 alpha beta / size) x_c sum_{j: c in window(j)} g_j x_j d_j^(-beta-1)"""
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
 def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: int, after: int) -> str:
@@ -27,13 +29,14 @@ def channel_window_sum(ctx: Context, t: str, channels: int, rank: int, before: i
     return b.sum(parts)
 
 
-@register("LRN", kind="normaliser", rules={"pass", "gradient"}, category="lrn", keeps_nonneg=True)
+@converts("LRN")
 def lrn(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r = r_outs[0]
-    if rule.name == "pass":
-        return [r]
-    if rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
+    """Primitives: the gradient (the module docstring's formula)."""
+    op = SimpleNamespace(place=lambda t: [t], gradient=lambda r: _gradient(ctx, unit, r))
+    return rule.emitter("normaliser", unit)(ctx, unit, rule, r_outs, op)
+
+
+def _gradient(ctx, unit, r):
     b, x, attrs = ctx.b, unit.inputs[0], unit.attrs
     shape = ctx.shape(x, unit)
     size = int(attrs["size"])
@@ -44,4 +47,4 @@ def lrn(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     direct = b.mul(r, b.op("Pow", [d, b.const(-beta)], "pow"))
     inner = b.mul(b.mul(r, x), b.op("Pow", [d, b.const(-beta - 1.0)], "pow"))
     spread = channel_window_sum(ctx, inner, shape[1], len(shape), high, low)  # the transposed window
-    return [b.sub(direct, b.mul(b.mul(x, spread), b.const(2.0 * alpha * beta / size)))]
+    return b.sub(direct, b.mul(b.mul(x, spread), b.const(2.0 * alpha * beta / size)))

@@ -3,57 +3,68 @@ LRP composites pass relevance through it ('pass', as zennit does); gradient rule
 scale / sqrt(var + eps)."""
 
 import math
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, register, unsupported_rule
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
-@register("BatchNormalization", kind="bn")
+@converts("BatchNormalization")
 def batch_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r, rest = r_outs[0], [None] * (len(unit.inputs) - 1)
-    if rule.name == "pass":
-        return [r] + rest
-    if rule.name in GRADIENT_RULES:
+    """Primitives: the gradient scales by scale / sqrt(var + eps) per channel."""
+    rest = [None] * (len(unit.inputs) - 1)
+
+    def gradient(r):
         b = ctx.b
         scale, _, _, var = unit.inputs[1:5]
         k = b.div(scale, b.op("Sqrt", [b.add(var, b.const(float(unit.attrs.get("epsilon", 1e-5))))], "sqrt"))
         rank = len(ctx.shape(unit.inputs[0], unit))
-        k = b.op("Reshape", [k, b.ints([1, -1] + [1] * (rank - 2))], "bn_scale")
-        return [b.mul(r, k)] + rest
-    raise unsupported_rule(unit, rule)
+        return b.mul(r, b.op("Reshape", [k, b.ints([1, -1] + [1] * (rank - 2))], "bn_scale"))
+
+    op = SimpleNamespace(place=lambda t: [t] + rest, gradient=gradient)
+    return rule.emitter("bn", unit)(ctx, unit, rule, r_outs, op)
 
 
-@register("LayerNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("LayerNormalization")
 def layer_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). 'identity'
-    (AttnLRP, CP-LRP; the message is a gradient, converters/attention.py): sigma is a constant and the centring
-    linear, so g_x = (t - mean(t)) / sigma with t = scale g; 'gradient': the full derivative; 'pass': R
-    unchanged."""
-    b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
-    if rule.name == "pass":
-        return [r_outs[0]] + rest
-    x, g, mean, eps = _normaliser_start(ctx, unit, rule, r_outs[0])
-    centred = b.sub(x, mean(x))
-    sigma = b.op("Sqrt", [b.add(mean(b.mul(centred, centred)), b.const(eps))], "sigma")
-    if rule.name == "identity":
-        return [b.div(b.sub(g, mean(g)), sigma)] + rest
-    normed = b.div(centred, sigma)
-    inner = b.sub(b.sub(g, mean(g)), b.mul(normed, mean(b.mul(g, normed))))
-    return [b.div(inner, sigma)] + rest
+    """y = scale (x - mean) / sigma + bias over the axes from `axis` on (written out: any axes). Primitives:
+    frozen (sigma a constant and the centring linear: g_x = (t - mean(t)) / sigma with t = scale g; the
+    'identity' rule of AttnLRP and CP-LRP, whose message is a gradient), gradient (the full derivative)."""
+    def start(g):
+        x, t, mean, eps = _normaliser_start(ctx, unit, g)
+        centred = ctx.b.sub(x, mean(x))
+        sigma = ctx.b.op("Sqrt", [ctx.b.add(mean(ctx.b.mul(centred, centred)), ctx.b.const(eps))], "sigma")
+        return t, mean, centred, sigma
+
+    def frozen(g):
+        b, (t, mean, _, sigma) = ctx.b, start(g)
+        return b.div(b.sub(t, mean(t)), sigma)
+
+    def gradient(g):
+        b, (t, mean, centred, sigma) = ctx.b, start(g)
+        normed = b.div(centred, sigma)
+        inner = b.sub(b.sub(t, mean(t)), b.mul(normed, mean(b.mul(t, normed))))
+        return b.div(inner, sigma)
+
+    return _normaliser(ctx, unit, rule, r_outs, frozen, gradient)
 
 
-def _normaliser_start(ctx, unit, rule, r):
-    """What LayerNorm and RMSNorm share under 'identity' and the gradient rules: (x, the incoming message times
-    the scale (a norm written out without a scale, fusion.py, has none), the mean over the normalised axes,
-    epsilon)."""
-    if rule.name != "identity" and rule.name not in GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
+def _normaliser(ctx, unit, rule, r_outs, frozen, gradient):
+    rest = [None] * (len(unit.inputs) - 1)
+    op = SimpleNamespace(place=lambda t: [t] + rest, frozen=frozen, gradient=gradient)
+    return rule.emitter("normaliser", unit)(ctx, unit, rule, r_outs, op)
+
+
+def _normaliser_start(ctx, unit, g):
+    """What LayerNorm and RMSNorm share under both primitives: (x, the incoming message times the scale (a norm
+    written out without a scale, fusion.py, has none), the mean over the normalised axes, epsilon)."""
     scale = unit.inputs[1]
-    return (unit.inputs[0], ctx.b.mul(r, scale) if scale else r) + _normaliser_mean(ctx, unit)
+    return (unit.inputs[0], ctx.b.mul(g, scale) if scale else g) + _normaliser_mean(ctx, unit)
 
 
 def _normaliser_mean(ctx, unit):
@@ -76,17 +87,21 @@ def _normaliser_mean(ctx, unit):
     return mean, float(unit.attrs.get("epsilon", 1e-5))
 
 
-@register("RMSNormalization", kind="normaliser", category="layernorm", rules={"identity", "gradient", "pass"})
+@converts("RMSNormalization")
 def rms_norm(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). 'identity': rms
-    is a constant (LXT's RMSNorm patch): g_x = scale g / rms; 'gradient': the full derivative; 'pass': R
-    unchanged."""
-    b, rest = ctx.b, [None] * (len(unit.inputs) - 1)
-    if rule.name == "pass":
-        return [r_outs[0]] + rest
-    x, t, mean, eps = _normaliser_start(ctx, unit, rule, r_outs[0])
-    rms = b.op("Sqrt", [b.add(mean(b.mul(x, x)), b.const(eps))], "rms")
-    if rule.name == "identity":
-        return [b.div(t, rms)] + rest
-    inner = b.sub(t, b.mul(x, b.div(mean(b.mul(t, x)), b.mul(rms, rms))))
-    return [b.div(inner, rms)] + rest
+    """y = scale x / rms(x), rms over the axes from `axis` on (opset 23; written out: any axes). Primitives:
+    frozen (rms a constant, LXT's RMSNorm patch: g_x = scale g / rms), gradient (the full derivative)."""
+    def start(g):
+        x, t, mean, eps = _normaliser_start(ctx, unit, g)
+        return x, t, mean, ctx.b.op("Sqrt", [ctx.b.add(mean(ctx.b.mul(x, x)), ctx.b.const(eps))], "rms")
+
+    def frozen(g):
+        _, t, _, rms = start(g)
+        return ctx.b.div(t, rms)
+
+    def gradient(g):
+        b, (x, t, mean, rms) = ctx.b, start(g)
+        inner = b.sub(t, b.mul(x, b.div(mean(b.mul(t, x)), b.mul(rms, rms))))
+        return b.div(inner, rms)
+
+    return _normaliser(ctx, unit, rule, r_outs, frozen, gradient)

@@ -4,33 +4,32 @@ and a ConvTranspose). Average pools (AveragePool,
 GlobalAveragePool, ReduceMean): the norm rule R_i = x_i * A^T(R / stab(z)), with A^T the adjoint of the
 pooling (its gradient), as zennit's Norm; gradient rule sets use A^T alone."""
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from lrpgraph.converters.registry import Context, register, unsupported_rule
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.rules import Rule
 from lrpgraph.windows import explicit_pads, pool_output_size
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
 
-@register("MaxPool", kind="maxpool", guided=True, gradient_rule="wta")
+@converts("MaxPool")
 def max_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    if rule.name not in ("wta", "pass") + GRADIENT_RULES:
-        raise unsupported_rule(unit, rule)
-    b, x, r = ctx.b, unit.inputs[0], r_outs[0]
-    if rule.name == "guided":
-        r = b.pos(r)
-    if b.webgpu:
-        routed = _wta_unfold(ctx, unit, r)
-    else:
-        routed = _wta_scatter(ctx, unit, r)
-    b.routes[routed] = (r, unit.outputs[0], x)
-    return [routed]
+    """Primitives: route (each window's message to its arg-max)."""
+    def route(r):
+        b, x = ctx.b, unit.inputs[0]
+        routed = _wta_unfold(ctx, unit, r) if b.webgpu else _wta_scatter(ctx, unit, r)
+        b.routes[routed] = (r, unit.outputs[0], x)
+        return routed
+
+    return rule.emitter("maxpool", unit)(ctx, unit, rule, r_outs, SimpleNamespace(route=route))
 
 
 def _wta_scatter(ctx, unit, r):
@@ -83,21 +82,13 @@ def _wta_unfold(ctx, unit, r):
     return b.op("Reshape", [folded, b.ints([-1, channels] + spatial)], "relevance")
 
 
-@register("AveragePool", "GlobalAveragePool", "ReduceMean", kind="avgpool")
+@converts("AveragePool", "GlobalAveragePool", "ReduceMean")
 def average_pool(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    b, x, z, r = ctx.b, unit.inputs[0], unit.outputs[0], r_outs[0]
-    if rule.name == "norm":
-        s = b.div(r, b.stab(z, rule.stabilizer))
-    elif rule.name in GRADIENT_RULES:
-        s = r
-    else:
-        raise unsupported_rule(unit, rule)
-    if unit.op == "AveragePool":
-        back = _average_pool_adjoint(ctx, unit, s)
-    else:
-        back = _mean_adjoint(ctx, unit, s)
-    r_in = b.mul(x, back) if rule.name == "norm" else back
-    return [r_in] + [None] * (len(unit.inputs) - 1)
+    """Primitives: gradient (the pooling's adjoint)."""
+    adjoint = _average_pool_adjoint if unit.op == "AveragePool" else _mean_adjoint
+    op = SimpleNamespace(place=lambda t: [t] + [None] * (len(unit.inputs) - 1),
+                         gradient=lambda s: adjoint(ctx, unit, s))
+    return rule.emitter("avgpool", unit)(ctx, unit, rule, r_outs, op)
 
 
 def _mean_adjoint(ctx, unit, s):
@@ -173,14 +164,12 @@ def _outer(vectors):
     return result
 
 
-@register("GatherND", kind="structure")
+@converts("GatherND")
 def gather_nd(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Window selections with constant indices (the dynamo exporter's adaptive average pooling when the output
     size does not divide the input): relevance and gradients go back to the positions read, and positions
     read by several (overlapping) windows add up (ScatterND with reduction 'add')."""
     data, indices = unit.inputs[:2]
-    if rule.name not in GRADIENT_RULES + ("pass",):
-        raise unsupported_rule(unit, rule)
     if indices in ctx.signal or int(unit.attrs.get("batch_dims", 0)) != 0:
         raise UnsupportedModelError(f"node '{unit.name}' (GatherND): only constant indices with batch_dims 0 are "
                                     "supported")

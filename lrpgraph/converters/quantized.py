@@ -8,7 +8,7 @@ relevance path
 - reads the activations the int8 model computes: each layer's input is the DequantizeLinear output;
 - uses the dequantized weights and biases: DequantizeLinear of a constant is folded at convert time into a
   float initializer, in the view that canonicalize and the rules read (`dequantized_view`);
-- reads a layer's own output z (the stabiliser's denominator, the norm rule's sum) from a float copy of
+- reads a layer's own output z (the stabilizer's denominator, the norm rule's sum) from a float copy of
   the layer (`separate`): the forward node's output keeps its one consumer, the QuantizeLinear, so
   onnxruntime can still fuse the forward into quantized kernels and the logits stay bit-identical.
 """
@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from lrpgraph.converters.registry import Context, register
+from lrpgraph.catalog import QDQ, Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.patterns.tails import is_dequantize
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
 SHADOW = "lrp/shadow/"
 
 
-# a Q -> DQ pair keeps a non-negative activation non-negative (its clipping may only remove negatives)
-@register(*QDQ, kind="structure")
+@converts(*QDQ)
 def quantize_linear(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Q and DQ pass relevance (and gradients: the straight-through estimator) to their data input."""
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
@@ -68,7 +68,7 @@ def dequantized_view(model: "onnx.ModelProto") -> tuple:
     inits = {i.name: i for i in view.graph.initializer}
     folded, keep = set(), []
     for node in view.graph.node:
-        if node.op_type == "DequantizeLinear" and all(not t or t in inits for t in node.input):
+        if is_dequantize(node) and all(not t or t in inits for t in node.input):
             values = [numpy_helper.to_array(inits[t]) if t else None for t in node.input]
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             view.graph.initializer.append(numpy_helper.from_array(dequantize(*values, axis=axis), node.output[0]))
@@ -114,7 +114,7 @@ def shadow(model: "onnx.ModelProto", view: "onnx.ModelProto", folded: set, count
             inputs = [read(t) for t in node.input]
             outputs = [SHADOW + o if o else "" for o in node.output]
             name = SHADOW + (node.name or tensor)
-            if node.op_type == "DequantizeLinear":
+            if is_dequantize(node):
                 copies.extend(_dequantize_nodes(node, inputs, outputs[0], name, values))
             else:
                 clone = helper.make_node(node.op_type, inputs, outputs, name=name, domain=node.domain)

@@ -1,241 +1,136 @@
-"""The one description of every op the converter knows: an OpRecord per op type.
+"""The emitting half of every op: the functions that emit ONNX nodes, attached by op type to the records of
+the catalog (lrpgraph/catalog/), which hold everything else. Each family module attaches its functions when
+it is imported:
 
-A record says what kind of step the op is (KINDS), which rules it accepts, how it treats signs, and
-which function carries relevance (or a gradient) back through it. canonicalize, composites, methods,
-bounds and the CLI ask the records; nothing else lists op types. Adding an op = one `register` call
-(usually as a decorator on its converter function) in the right converters/ module:
+    @converts("Gather")                         # structure ops: carries the signal back, per input
+    def gather(ctx, unit, rule, r_outs): ...
 
-    @register("Gather", kind="structure")
-    def gather(ctx, unit, rule, r_outs): ...    # the signal for each input
-
-    @activation_op("Softsign")                  # activations.py: the record, by the op's derivative
-    def softsign(ctx, unit, x, y): ...          # dy/dx as emitted ONNX nodes
+    @derivative_of("Relu")                      # activations.py: an activation's derivative
+    def relu(ctx, unit, x, y): ...              # dy/dx as emitted ONNX nodes
 
 A converter is called as fn(ctx, unit, rule, r_outs) and returns the signal for each of unit.inputs
-(None where the input gets none: weights, constants, a squeeze-excitation gate)."""
+(None where the input gets none: weights, constants, a squeeze-excitation gate).
+
+An op the catalog does not know (an extension's, a test's) is added with one registration that gives
+both halves: `register` (a record and its converter), `activations.activation_op` (a record and its
+derivative), `linear.linear_op` (a record, its attribute reader and its forward and adjoint passes)."""
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-import numpy as np
-from onnx import NodeProto
-
-from lrpgraph.errors import LrpgraphError, UnsupportedModelError
-from lrpgraph.rules import LINEAR_RULES, OTHER_RULES, Rule
-
-if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
-
-_LINEAR = frozenset(LINEAR_RULES) | {"gradient", "flex-zbox"}
-_MOVE = frozenset({"pass", "gradient"})
-
-# kind -> (what it is, defaults every op of that kind gets unless its record says otherwise: the rules it
-# accepts, and flags). The rules are those zennit's composites allow for such a layer (REFERENCE.md section 3).
-KINDS = {
-    "linear": ("a layer with constant weights (Conv, Gemm, MatMul): bias Add and BatchNormalization fused in",
-               {"rules": _LINEAR}),
-    "activation": ("an element-wise non-linearity of one signal input",
-                   {"rules": frozenset({"pass", "gradient", "guided", "identity"})}),
-    "bn": ("a standalone per-channel affine normalisation (BatchNormalization)", {"rules": _MOVE}),
-    "normaliser": ("a normalisation whose statistics depend on the input (LayerNorm, Softmax in the graph)", {}),
-    "sum": ("a sum of signals (residual Add)",
-            {"rules": frozenset({"norm", "pass", "gradient"}), "keeps_nonneg": True, "gate_path": True}),
-    "affine": ("an element-wise map by a constant (Add/Sub/Mul/Div: input normalisation)",
-               {"rules": _MOVE, "gate_path": True}),
-    "gate": ("a product of a signal and a gate (squeeze-excitation, x * sigmoid(x))",
-             {"rules": _MOVE, "keeps_nonneg": True, "gate_path": True}),
-    "product": ("a product of two signals (MatMul of two activations, attention)", {}),
-    "maxpool": ("a max over windows", {"rules": frozenset({"wta", "gradient", "guided"}), "keeps_nonneg": True}),
-    "avgpool": ("a mean over windows or axes", {"rules": frozenset({"norm", "gradient"}), "keeps_nonneg": True}),
-    "structure": ("moves or selects values without arithmetic (Reshape, Concat, Slice, Gather, ...)",
-                  {"rules": _MOVE, "keeps_nonneg": True, "gate_path": True}),
-    "shape": ("computes from the input's shape only, never from its values (Shape, Size)", {}),
-    "head": ("turns the logits into probabilities at the output; the logits before it are explained", {}),
-}
-KNOWN_RULES = set(LINEAR_RULES) | set(OTHER_RULES)
-
-Check = bool | Callable  # a flag, or a predicate (unit, inits) -> bool
-
-
-@dataclass(frozen=True)
-class OpRecord:
-    """Everything the converter knows about one op type.
-
-    kind: one of KINDS, the unit's kind unless `classify` says otherwise.
-    convert: fn(ctx, unit, rule, r_outs) -> one signal (or None) per input; None for ops that are never
-        explained on the path (shape and head kinds).
-    rules: {kind: rule names} the op accepts; a kind not listed accepts its KINDS default rules.
-    category: the composite key (composites.py) when the unit has the record's kind; the kind if None.
-    composite_key: a more specific composite key tried first (flex's 'relu').
-    classify: fn(node, dynamic) -> kind, for ops whose kind depends on which inputs carry the signal
-        (dynamic[i]: input i depends on the image); may raise UnsupportedModelError.
-    nonneg_output: the output is never negative (ReLU, Sigmoid), or a predicate (unit, inits) -> bool.
-    keeps_nonneg: a non-negative input gives a non-negative output, or a predicate (unit, inits) -> bool.
-    guided: under guided methods (guided IG, GNL) only positive gradients pass it.
-    gradient_rule: the rule gradient-family methods give it ('wta' for MaxPool).
-    gate_source: its output can be the gate of a Mul (Sigmoid, HardSigmoid, Clip).
-    gate_path: the search for a gate looks through it to its first input.
-    derivative: fn(ctx, unit, x, y) -> dy/dx element-wise, for activations.
-    affine: fn(value, signal_first) -> (factor, shift): the map x -> x * factor + shift it applies with
-        the constant `value` (affine ops; bounds.py pushes the image range through it).
-    domains: the ONNX domains the op type is looked up in.
-    by_kind: {kind: converter} for kinds `classify` may give that `convert` does not handle (see extend).
-    """
-
-    op_type: str
-    kind: str
-    convert: Callable | None
-    rules: Mapping = field(default_factory=dict)
-    category: str | None = None
-    composite_key: str | None = None
-    classify: Callable | None = None
-    nonneg_output: Check = False
-    keeps_nonneg: Check = False
-    guided: bool = False
-    gradient_rule: str = "gradient"
-    gate_source: bool = False
-    gate_path: bool = False
-    derivative: Callable | None = None
-    affine: Callable | None = None
-    domains: tuple = ("", "ai.onnx")
-    by_kind: Mapping = field(default_factory=dict)
-
-    def converter(self, kind: str) -> Callable | None:
-        """The function that carries the signal back through a unit of this op and kind."""
-        return self.by_kind.get(kind, self.convert)
-
-    def rules_for(self, kind: str) -> frozenset:
-        """The rule names a unit of this op and kind accepts."""
-        return self.rules.get(kind, KINDS[kind][1].get("rules", frozenset()))
-
-    def category_of(self, kind: str) -> str:
-        return self.category if kind == self.kind and self.category else kind
-
-    def check(self, flag: str, unit: "Unit", inits: Mapping) -> bool:
-        value = getattr(self, flag)
-        return bool(value(unit, inits)) if callable(value) else bool(value)
+from lrpgraph.catalog import RECORDS, UNEXPLAINED, OpRecord, RegistryError, Unit, add, add_kind, record
+from lrpgraph.catalog import remove as remove_record
+from lrpgraph.rules import RULES
 
 
 @dataclass
-class Context:
-    """What converters may read: the builder, static shapes, initializer values, tensor facts."""
+class Emitters:
+    """What the converters attach to one op type of the catalog.
 
-    b: object  # graph.Builder
-    shapes: dict
-    inits: dict  # name -> numpy array
-    signal: set  # tensors that depend on the image input
-    nonneg: set = field(default_factory=set)  # tensors known to be >= 0 (ReLU outputs and what only moves them)
-    message: str = "relevance"  # "gradient": LRP rules receive and return g = R / x (attn-lrp, cp-lrp)
+    by_kind: {kind: converter fn(ctx, unit, rule, r_outs)}, one for each kind of its record relevance crosses.
+    derivative: an activation's fn(ctx, unit, x, y) -> dy/dx element-wise.
+    forward, adjoint: a linear op's passes, fn(b, layer, x, w, bias) -> y and fn(b, layer, s, w) -> the
+        gradient of sum(s * y) with respect to x (converters/linear.py).
+    weight_layout: a linear op's fn(b, layer, w, bias) -> (w, bias) that brings its stored weight to the layout
+        its passes take, where it needs one (Gemm's transB, alpha and beta).
+    """
 
-    def value(self, name: str, unit: "Unit", what: str) -> np.ndarray:
-        """The numpy value of a constant input, or a clear error naming the node."""
-        if name not in self.inits:
-            raise UnsupportedModelError(f"node '{unit.name}' ({unit.op}): its {what} ('{name}') must be a constant "
-                                        "initializer; fold constants first (e.g. onnxsim) or re-export")
-        return self.inits[name]
-
-    def shape(self, name: str, unit: "Unit") -> list:
-        shape = self.shapes.get(name)
-        if shape is None or any(d is None for d in shape[1:]):
-            raise UnsupportedModelError(f"node '{unit.name}' ({unit.op}): the shape of '{name}' is unknown or not "
-                                        "static beyond the batch; export the model with fixed spatial sizes")
-        return shape
+    by_kind: dict = field(default_factory=dict)
+    derivative: Callable | None = None
+    forward: Callable | None = None
+    adjoint: Callable | None = None
+    weight_layout: Callable | None = None
 
 
-RECORDS: dict[str, OpRecord] = {}
+EMITTERS: dict[str, Emitters] = {}
 
 
-def register(*op_types: str, kind: str = None, rules: Iterable | Mapping = None, **flags) -> Callable:
-    """Decorator: register the function as the converter of op_types, one record each (OpRecord's fields
-    as keywords; the kind's default flags and rules (KINDS) apply where not given; rules: a set for the
-    record's kind or {kind: set}). The kind is required; an
-    unknown kind, rule or field is an error at import time."""
-    if kind not in KINDS:
-        raise RegistryError(f"op(s) {', '.join(op_types)}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    flags = {**{k: v for k, v in KINDS[kind][1].items() if k != "rules"}, **flags}
+def attach(op_type: str, kind: str | None = None, converter: Callable | None = None, **parts) -> Emitters:
+    """Attach emitting functions to the catalog's record of op_type: a converter for one of its kinds (its
+    record's kind if None) and any of Emitters' other fields. An op without a record, or a kind the record
+    does not list, is an error."""
+    known = RECORDS.get(op_type)
+    if known is None:
+        raise RegistryError(f"op '{op_type}' has no record in the catalog (lrpgraph/catalog/); add its record first")
+    kind = kind or known.kind
+    if converter is not None and (kind not in known.kinds or kind in UNEXPLAINED):
+        raise RegistryError(f"op '{op_type}': its record gives no explained kind {kind!r} (kinds: "
+                            f"{', '.join(known.kinds)})")
+    unknown = [name for name in parts if name not in Emitters.__dataclass_fields__ or name == "by_kind"]
+    if unknown:
+        raise RegistryError(f"op '{op_type}': {', '.join(unknown)} not among the emitters (Emitters' fields)")
+    emitters = EMITTERS.setdefault(op_type, Emitters())
+    if converter is not None:
+        emitters.by_kind[kind] = converter
+    for name, fn in parts.items():
+        setattr(emitters, name, fn)
+    return emitters
+
+
+def converts(*op_types: str, kind: str | None = None) -> Callable:
+    """Decorator: attach the function as the converter of op_types for one kind (each record's own kind if
+    None)."""
 
     def decorate(fn):
         for op_type in op_types:
-            add(OpRecord(op_type, kind, fn, {} if rules is None else rules, **flags))
+            attach(op_type, kind, fn)
         return fn
 
     return decorate
 
 
-def add(record: OpRecord) -> OpRecord:
-    """Register one record as given (also for ops without a converter: the shape and head kinds)."""
-    if record.kind not in KINDS:
-        raise RegistryError(f"op '{record.op_type}': kind {record.kind!r} is not one of {', '.join(KINDS)}")
-    if record.op_type in RECORDS:
-        raise RegistryError(f"op '{record.op_type}' is registered twice")
-    record = replace(record, rules=_rules_by_kind(record.op_type, record.kind, record.rules))
-    RECORDS[record.op_type] = record
-    return record
+def converter_of(unit: Unit) -> Callable:
+    """The function that carries the signal back through the unit (its op and kind)."""
+    return EMITTERS[unit.op].by_kind[unit.kind]
+
+
+def register(*op_types: str, kind: str = None, rules: Iterable | Mapping = None, **flags) -> Callable:
+    """Decorator for an op the catalog does not know: add a record for each of op_types (catalog.record's
+    keywords: the kind's defaults apply) and attach the function as its converter. An unknown kind, rule or
+    field is an error before anything is added."""
+    _known_rules(op_types, rules)
+    new = [record(op_type, kind, rules=rules, **flags) for op_type in op_types]
+
+    def decorate(fn):
+        for one in new:
+            add(one)
+            attach(one.op_type, one.kind, fn)
+        return fn
+
+    return decorate
 
 
 def extend(op_type: str, kind: str, fn: Callable, rules: Iterable | None = None,
            classify: Callable | None = None) -> OpRecord:
-    """Give a registered op a converter for another kind (e.g. MatMul of two signals: 'product', next to
-    its 'linear' layers), with the rules that kind accepts and, if given, a new classify hook."""
-    record = RECORDS[op_type]
-    if kind not in KINDS or kind in record.by_kind or kind == record.kind:
-        raise RegistryError(f"op '{op_type}': kind {kind!r} is unknown or already has a converter")
-    new_rules = dict(record.rules)
-    if rules is not None:
-        new_rules.update(_rules_by_kind(op_type, kind, rules))
-    RECORDS[op_type] = replace(record, by_kind={**record.by_kind, kind: fn}, rules=new_rules,
-                               classify=classify or record.classify)
-    return RECORDS[op_type]
+    """Give a known op another kind and its converter (e.g. MatMul of two signals: 'product', next to its
+    'linear' layers), with the rules that kind accepts and, if given, a new classify hook."""
+    _known_rules([op_type], rules)
+    extended = add_kind(op_type, kind, rules, classify)
+    attach(op_type, kind, fn)
+    return extended
 
 
-def remove(op_type: str) -> OpRecord | None:
-    """Unregister an op (tests register temporary ops); returns its record."""
-    return RECORDS.pop(op_type, None)
+def _known_rules(op_types, rules):
+    """Rule names an extension's record lists must be registered rules (the catalog itself names them blind)."""
+    names = [n for names in (rules.values() if isinstance(rules, Mapping) else [rules or ()]) for n in names]
+    unknown = sorted(set(names) - set(RULES))
+    if unknown:
+        raise RegistryError(f"op(s) {', '.join(op_types)}: unknown rule(s) {unknown}")
 
 
-def _rules_by_kind(op_type, kind, rules):
-    by_kind = dict(rules) if isinstance(rules, Mapping) else {kind: rules}
-    out = {}
-    for k, names in by_kind.items():
-        unknown = set(names) - KNOWN_RULES
-        if k not in KINDS or unknown:
-            raise RegistryError(f"op '{op_type}': unknown kind {k!r} or rule(s) {sorted(unknown)}")
-        out[k] = frozenset(names)
-    return out
+def remove(op_type: str) -> tuple:
+    """Take an op out of the catalog and the converters (tests register temporary ops): (op_type, its record
+    or None, its emitters or None), for `restore`."""
+    return op_type, remove_record(op_type), EMITTERS.pop(op_type, None)
 
 
-class RegistryError(LrpgraphError):
-    """An op registered with a missing or unknown kind, rule or flag (a programming error, met at import)."""
-
-
-def record_of(node: NodeProto) -> OpRecord | None:
-    """The record of an onnx NodeProto (or anything with op_type and domain), None if the op is unknown."""
-    record = RECORDS.get(node.op_type)
-    return record if record is not None and getattr(node, "domain", "") in record.domains else None
-
-
-def explainable(node: NodeProto) -> bool:
-    """Whether relevance can be carried back through the node (a known op with a converter)."""
-    record = record_of(node)
-    return record is not None and (record.convert is not None or bool(record.by_kind))
-
-
-def is_kind(node: NodeProto, kind: str) -> bool:
-    record = record_of(node)
-    return record is not None and record.kind == kind
-
-
-def node_name(node: NodeProto) -> str:
-    return node.name or node.output[0]
-
-
-def unsupported_rule(unit: "Unit", rule: Rule) -> UnsupportedModelError:
-    return UnsupportedModelError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to this op; "
-                                 "choose another with --rule")
-
-
-def check_rule(unit: "Unit", rule: Rule) -> None:
-    """The walker's check: the rule is one the unit's record accepts for its kind."""
-    if rule.name not in RECORDS[unit.op].rules_for(unit.kind):
-        raise unsupported_rule(unit, rule)
+def restore(removed: tuple) -> None:
+    """Undo `remove`: whatever was registered under the op type since is taken out, the old record and
+    emitters are put back."""
+    op_type, old, emitters = removed
+    remove_record(op_type)
+    EMITTERS.pop(op_type, None)
+    if old is not None:
+        RECORDS[op_type] = old
+    if emitters is not None:
+        EMITTERS[op_type] = emitters

@@ -5,14 +5,19 @@ code serves gradients. A residual sum uses the norm rule R_i = x_i R / stab(x_1 
 x * s(x) sends all relevance to the signal x; Add/Sub/Mul/Div by a constant (input normalisation in
 the graph) pass relevance unchanged, and scale a gradient by their derivative."""
 
+from types import SimpleNamespace
+
+import numpy as np
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters.registry import Context, OpRecord, add, node_name, register, unsupported_rule
+from lrpgraph.catalog import Context
+from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.rules import GRADIENT_RULES, Rule
+from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
-    from lrpgraph.canonicalize import Unit
+    from lrpgraph.catalog import Unit
+    from lrpgraph.graph import Builder
 
 
 def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:
@@ -30,132 +35,97 @@ def unbroadcast(ctx: Context, t: str, to: str, unit: "Unit", frm: str) -> str:
     return b.reshape_like(t, to) if lead else t
 
 
-def _sum_or_affine(node, dynamic):
-    """A sum of two signals (a residual), or a signal plus a constant."""
-    return "sum" if all(dynamic[:2]) else "affine"
-
-
-def _gate_or_affine(node, dynamic):
-    """A signal times a gate (both depend on the image), or a signal times a constant."""
-    return "gate" if all(dynamic[:2]) else "affine"
-
-
-def _divide_by_constant(node, dynamic):
-    if dynamic[1]:
-        raise UnsupportedModelError(f"node '{node_name(node)}' (Div): division by a tensor that depends on the image "
-                                    "is not supported; only division by constants")
-    return "affine"
-
-
-def _not_affine(unit, inits):
-    return unit.kind != "affine"
-
-
-@register("Add", kind="sum", classify=_sum_or_affine, keeps_nonneg=_not_affine,
-          affine=lambda value, signal_first: (1.0, value))
-@register("Sub", kind="sum", classify=_sum_or_affine, keeps_nonneg=False,
-          affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value))
+@converts("Add", "Sub")
+@converts("Add", "Sub", kind="affine")
 def add_sub(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r, b = r_outs[0], ctx.b
-    x, y = unit.inputs[:2]
-    out = unit.outputs[0]
-    sign = -1.0 if unit.op == "Sub" else 1.0
+    """A residual sum x + y or x - y (signals [(x, 1), (y, -1 for Sub)]), or a signal plus a constant, whose
+    gradient negates where the signal is subtracted."""
     if unit.kind == "affine":
-        i = 0 if x in ctx.signal else 1
-        if rule.name in GRADIENT_RULES and sign < 0 and i == 1:
-            r = b.op("Neg", [r], "neg")
-        elif rule.name not in GRADIENT_RULES + ("pass",):
-            raise unsupported_rule(unit, rule)
-        result = [None, None]
-        result[i] = unbroadcast(ctx, r, unit.inputs[i], unit, out)
-        return result
-    if rule.name == "norm":
-        s = b.div(r, b.stab(out, rule.stabilizer))
-        rx, ry = b.mul(x, s), b.mul(y, s)
-        if sign < 0:
-            ry = b.op("Neg", [ry], "neg")
-    elif rule.name in GRADIENT_RULES or rule.name == "pass":
-        rx = ry = r
-        if sign < 0 and rule.name != "pass":
-            ry = b.op("Neg", [r], "neg")
-    else:
-        raise unsupported_rule(unit, rule)
-    return [unbroadcast(ctx, rx, x, unit, out), unbroadcast(ctx, ry, y, unit, out)]
+        i = 0 if unit.inputs[0] in ctx.signal else 1
+        negated = unit.op == "Sub" and i == 1
+        return _affine(ctx, unit, rule, r_outs, i, lambda r: ctx.b.op("Neg", [r], "neg") if negated else r)
+    sign = -1.0 if unit.op == "Sub" else 1.0
+    return _sum(ctx, unit, rule, r_outs, [(unit.inputs[0], 1.0), (unit.inputs[1], sign)])
 
 
-def _sum_of_signals(node, dynamic):
-    """Sum (opset <= 7 residuals): of two or more signals, or one signal plus constants."""
-    return "sum" if sum(dynamic) >= 2 else "affine"
-
-
-@register("Sum", kind="sum", classify=_sum_of_signals, keeps_nonneg=_not_affine)
-def sum_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    """Like a residual Add with n inputs: the norm rule R_i = x_i R / stab(sum), or the gradient (each
-    signal gets R); constants get nothing (a Sum with one signal passes R to it)."""
-    r, b, out = r_outs[0], ctx.b, unit.outputs[0]
-    signals = [t if t in ctx.signal else None for t in unit.inputs]
-    if rule.name == "norm" and unit.kind == "sum":
-        s = b.div(r, b.stab(out, rule.stabilizer))
-        parts = [b.mul(t, s) if t else None for t in signals]
-    elif rule.name in GRADIENT_RULES or rule.name == "pass":
-        parts = [r if t else None for t in signals]
-    else:
-        raise unsupported_rule(unit, rule)
-    return [unbroadcast(ctx, p, t, unit, out) if p else None for p, t in zip(parts, unit.inputs)]
-
-
-@register("Mul", kind="affine", classify=_gate_or_affine, keeps_nonneg=_not_affine,
-          affine=lambda value, signal_first: (value, 0.0))
-@register("Div", kind="affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0))
-def mul_div(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
-    r, b = r_outs[0], ctx.b
-    x, y = unit.inputs[:2]
+def _sum(ctx, unit, rule, r_outs, signals):
+    """The rule's sum emitter; primitives: the signals [(tensor or None, sign)], and place_all, which sums each
+    part over the axes its input was broadcast along."""
     out = unit.outputs[0]
-    if unit.kind == "gate":
-        gate = unit.gate
-        signal = 1 - gate
-        result = [None, None]
-        if rule.name == "pass":
-            result[signal] = unbroadcast(ctx, r, unit.inputs[signal], unit, out)
-        elif rule.name in GRADIENT_RULES:  # the product rule
-            result[signal] = unbroadcast(ctx, b.mul(r, unit.inputs[gate]), unit.inputs[signal], unit, out)
-            result[gate] = unbroadcast(ctx, b.mul(r, unit.inputs[signal]), unit.inputs[gate], unit, out)
-        else:
-            raise unsupported_rule(unit, rule)
+    op = SimpleNamespace(signals=signals, place_all=lambda parts: [
+        unbroadcast(ctx, p, t, unit, out) if p else None for p, t in zip(parts, unit.inputs)])
+    return rule.emitter("sum", unit)(ctx, unit, rule, r_outs, op)
+
+
+def _affine(ctx, unit, rule, r_outs, i, gradient):
+    """The rule's affine emitter; primitives: place (at signal input i, summed over broadcast axes) and the
+    gradient of the map."""
+    def place(t):
+        result = [None] * len(unit.inputs)
+        result[i] = unbroadcast(ctx, t, unit.inputs[i], unit, unit.outputs[0])
         return result
-    i = 0 if x in ctx.signal else 1
-    if rule.name in GRADIENT_RULES:
-        other = unit.inputs[1 - i]
-        r = b.div(r, other) if unit.op == "Div" else b.mul(r, other)
-    elif rule.name != "pass":
-        raise unsupported_rule(unit, rule)
-    result = [None, None]
-    result[i] = unbroadcast(ctx, r, unit.inputs[i], unit, out)
-    return result
+
+    op = SimpleNamespace(place=place, gradient=gradient)
+    return rule.emitter("affine", unit)(ctx, unit, rule, r_outs, op)
 
 
-@register("Identity", "Dropout", kind="structure")
+@converts("Sum")
+@converts("Sum", kind="affine")
+def sum_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """Like a residual Add with n inputs (constants get nothing); a Sum with one signal is affine: the signal
+    gets the message."""
+    if unit.kind == "affine":
+        i = next(k for k, t in enumerate(unit.inputs) if t in ctx.signal)
+        return _affine(ctx, unit, rule, r_outs, i, lambda r: r)
+    return _sum(ctx, unit, rule, r_outs, [(t if t in ctx.signal else None, 1.0) for t in unit.inputs])
+
+
+@converts("Mul", "Div")
+def mul_div(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """A signal times (or divided by) a constant: its gradient scales by it."""
+    i = 0 if unit.inputs[0] in ctx.signal else 1
+    other = unit.inputs[1 - i]
+    return _affine(ctx, unit, rule, r_outs, i,
+                   lambda r: ctx.b.div(r, other) if unit.op == "Div" else ctx.b.mul(r, other))
+
+
+@converts("Mul", kind="gate")
+def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """A signal times a gate (x * sigmoid(x), squeeze-excitation; unit.gate: the gate's index). Primitives:
+    place (at the signal) and partial(i, t): the product rule's share of operand i, t times the other operand."""
+    out = unit.outputs[0]
+    signal = 1 - unit.gate
+
+    def place(t):
+        result = [None, None]
+        result[signal] = unbroadcast(ctx, t, unit.inputs[signal], unit, out)
+        return result
+
+    def partial(i, t):
+        return unbroadcast(ctx, ctx.b.mul(t, unit.inputs[1 - i]), unit.inputs[i], unit, out)
+
+    op = SimpleNamespace(place=place, partial=partial)
+    return rule.emitter("gate", unit)(ctx, unit, rule, r_outs, op)
+
+
+@converts("Identity", "Dropout")
 def identity(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [r_outs[0]] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Reshape", "Flatten", "Squeeze", "Unsqueeze", kind="structure")
+@converts("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [ctx.b.reshape_like(r_outs[0], unit.inputs[0])] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Transpose", kind="structure")
+@converts("Transpose")
 def transpose(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     perm = list(unit.attrs.get("perm", range(len(ctx.shapes[unit.inputs[0]]))[::-1]))
     inverse = [perm.index(i) for i in range(len(perm))]
     return [ctx.b.op("Transpose", [r_outs[0]], "transpose", perm=inverse)]
 
 
-def _no_negative_constant(unit, inits):
-    return not any(t in inits and (inits[t] < 0).any() for t in unit.inputs)
-
-
-@register("Concat", kind="structure", keeps_nonneg=_no_negative_constant)
+@converts("Concat")
 def concat(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     axis = unit.attrs["axis"]
     sizes = []
@@ -167,7 +137,7 @@ def concat(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [p if t in ctx.signal else None for p, t in zip(parts, unit.inputs)]
 
 
-@register("Split", kind="structure")
+@converts("Split")
 def split(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     parts = [r if r is not None else b.zeros_like(out) for r, out in zip(r_outs, unit.outputs)]
@@ -175,7 +145,7 @@ def split(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     return [joined] + [None] * (len(unit.inputs) - 1)
 
 
-@register("Slice", kind="structure")
+@converts("Slice")
 def slice_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     x = unit.inputs[0]
@@ -184,28 +154,35 @@ def slice_(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     ends = [int(v) for v in ctx.value(unit.inputs[2], unit, "ends")]
     axes = [int(v) for v in ctx.value(unit.inputs[3], unit, "axes")] if _has(unit, 3) else list(range(len(starts)))
     steps = [int(v) for v in ctx.value(unit.inputs[4], unit, "steps")] if _has(unit, 4) else [1] * len(starts)
-    if any(s != 1 for s in steps):
-        raise UnsupportedModelError(f"node '{unit.name}' (Slice): only steps of 1 are supported")
-    pads = [0] * (2 * len(shape))
-    for start, end, axis in zip(starts, ends, axes):
+    pads, strided = [0] * (2 * len(shape)), []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= len(shape)
         dim = shape[axis]
         if dim is None:
             raise UnsupportedModelError(f"node '{unit.name}' (Slice): slicing a dynamic axis is not supported")
+        if step != 1:  # every step-th value (Swin's patch merging): R goes back to the positions read
+            strided.append((axis, np.arange(dim)[slice(start, end, step)], dim))
+            continue
         start = min(max(start + dim if start < 0 else start, 0), dim)
         end = min(max(end + dim if end < 0 else end, 0), dim)
         pads[axis], pads[axis + len(shape)] = start, dim - max(end, start)
-    return [b.op("Pad", [r_outs[0], b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
+    r = r_outs[0]
+    for axis, index, dim in strided:
+        r = scatter_along(b, r, index, dim, axis, len(shape))
+    return [b.op("Pad", [r, b.ints(pads)], "pad")] + [None] * (len(unit.inputs) - 1)
 
 
-def _pads_with_zero(unit, inits):
-    if len(unit.inputs) > 2 and unit.inputs[2]:
-        value = inits.get(unit.inputs[2])
-        return value is not None and float(value) == 0.0
-    return True
+def scatter_along(b: "Builder", r: str, index: np.ndarray, dim: int, axis: int, rank: int) -> str:
+    """r, whose `axis` holds the values at positions `index` of an axis of size dim, put back at those positions
+    (zeros elsewhere, repeated positions summed): a MatMul with a 0/1 matrix along the axis moved last."""
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    onehot = np.zeros((len(index), dim), np.float32)
+    onehot[np.arange(len(index)), index] = 1.0
+    moved = b.op("MatMul", [b.op("Transpose", [r], "to_last", perm=perm), b.const(onehot)], "scatter")
+    return b.op("Transpose", [moved], "from_last", perm=[perm.index(i) for i in range(rank)])
 
 
-@register("Pad", kind="structure", keeps_nonneg=_pads_with_zero)
+@converts("Pad")
 def pad(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     b = ctx.b
     mode = unit.attrs.get("mode", b"constant")
@@ -227,10 +204,3 @@ def pad(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 
 def _has(unit, i):
     return len(unit.inputs) > i and bool(unit.inputs[i])
-
-
-# ops the walker never explains, known so that canonicalize can step over them
-for _op in ("Shape", "Size"):
-    add(OpRecord(_op, "shape", None))
-for _op in ("Softmax", "LogSoftmax"):
-    add(OpRecord(_op, "head", None, nonneg_output=_op == "Softmax"))

@@ -17,7 +17,7 @@ from lrpgraph.methods.units import METHODS, Option, is_method, method, option_us
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
 
 __all__ = ["gradient", "integrated", "smooth", "METHODS", "MethodOptions", "Option", "emit", "is_method", "method",

@@ -5,7 +5,7 @@ ops whose records say guided. The gradient and input x gradient methods."""
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lrpgraph.converters import RECORDS
+from lrpgraph.catalog import RECORDS
 from lrpgraph.methods.units import method
 from lrpgraph.rules import make_rule
 

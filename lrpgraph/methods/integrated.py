@@ -20,7 +20,7 @@ from lrpgraph.methods.units import Option, method
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
     from lrpgraph.methods.options import MethodOptions
 

@@ -4,7 +4,7 @@ along the batch axis as [m * N, ...] (point-major), with its units renamed for t
 import copy
 from typing import TYPE_CHECKING
 
-from lrpgraph.canonicalize import Canonical
+from lrpgraph.catalog import Canonical
 from lrpgraph.graph import Builder, needed_nodes
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
         clone.input[:] = [rename.get(t, t) for t in node.input]
         clone.output[:] = [rename.get(t, t) for t in node.output]
         nodes.append(clone)
-    return nodes, _renamed(canon, rename, prefix)
+    return nodes, renamed(canon, rename, prefix)
 
 
 def _repeated_inputs(b, graph, canon, m):
@@ -54,7 +54,8 @@ def _repeated_inputs(b, graph, canon, m):
     return out
 
 
-def _renamed(canon, rename, prefix):
+def renamed(canon: Canonical, rename: dict, prefix: str) -> Canonical:
+    """canon with its tensors renamed ({old: new}) and its units named PREFIX_LAST/unit."""
     def r(t):
         return rename.get(t, t)
 

@@ -1,5 +1,5 @@
 """Gradient-family methods on text models (token ids in): they act on the word embeddings e = E[ids],
-the output of the Gather that reads the ids (REFERENCE.md section 9), and give one value per token by
+the output of the Gather that reads the ids (docs/transformers.md), and give one value per token by
 reducing over the hidden axis. Methods that give a gradient (gradient, SmoothGrad) give its L2 norm per
 token (the gradient saliency of NLP: a sum would cancel, exactly so when a LayerNorm follows the
 embeddings as in BERT); methods that give an attribution (input x gradient, IG and guided IG from the
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.canonicalize import Canonical
+    from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
     from lrpgraph.methods.options import MethodOptions
     from lrpgraph.methods.units import Method

@@ -10,16 +10,32 @@ is_torch and to_numpy tell the types apart without importing torch when the call
 """
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from lrpgraph.ort import run_error
+from lrpgraph.ort import Runner, run_error
 
 if TYPE_CHECKING:
     import torch
 
-    from lrpgraph.runtime.session import ExplainSession
+
+class Explaining(Protocol):
+    """What a backend reads of the session it runs for (runtime.session.ExplainSession, which imports this
+    module: the backends name no class of it)."""
+
+    name: str
+    image_input: str
+    target_input: "str | None"
+    logits_output: str
+    relevance_outputs: list
+    num_classes: "int | None"
+    logits_float32: bool
+    runner: Runner
+    ort_session: object
+
+    def constant_feeds(self) -> dict:
+        """The inputs fed the same value on every run."""
 
 
 def is_torch(value: object) -> bool:
@@ -34,7 +50,7 @@ def to_numpy(array: object) -> np.ndarray:
 class NumpyOps:
     """numpy arrays through InferenceSession.run."""
 
-    def __init__(self, session: "ExplainSession"):
+    def __init__(self, session: Explaining):
         self.session = session
 
     def run(self, x: np.ndarray, feed: np.ndarray | None) -> tuple:
@@ -69,7 +85,7 @@ class NumpyOps:
 class TorchOps:
     """torch tensors on the session's own device, bound with IO binding."""
 
-    def __init__(self, session: "ExplainSession"):
+    def __init__(self, session: Explaining):
         self.session = session
         self.torch = sys.modules["torch"]
 

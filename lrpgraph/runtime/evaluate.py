@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import TextIO
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from lrpgraph.metrics import (Classifier, auc, background_fraction, conservation
                               open_session, pointing_game, softmax)
 from lrpgraph.runtime.explain import output_bases
 from lrpgraph.runtime.images import find_images, image_mode, load_image, open_image, resize_and_crop, to_array
+from lrpgraph.files import atomic_write, inside
 from lrpgraph.runtime.render import save_text
 
 METRICS = ("deletion", "insertion", "background", "pointing", "conservation")
@@ -141,15 +143,70 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
              masks_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
              step: int | None = None, fill: str | float = "black", batch_size: int = 16, provider: str | None = None,
              threads: int | None = None, seed: int = 0, plots: bool = True,
-             on_failure: Callable | None = _report_failure) -> dict:
+             on_failure: Callable | None = _report_failure, progress: Callable | None = None) -> dict:
     """Evaluate every heatmap output of a converted model on image files (folders walked recursively).
 
     masks_dir holds a mask per image under the same relative name (PNG; nonzero = foreground), needed for
     background and pointing. fill: 'black' (a black pixel in the model's input space) or a number.
     An image that cannot be read is reported by on_failure(file, message) (default: one line on stderr),
-    skipped, and listed in "failed", as `lrpgraph explain` does.
+    skipped, and listed in "failed", as `lrpgraph explain` does. progress(done, total) is called after each
+    batch (progress_lines: a line on stderr every few seconds, readable in a log file as on a terminal).
     Returns {"rows": [per image and output: dict], "summary": {output: {metric: mean}}, "curves": n written,
     "notes": [...], "images": n found, "failed": [{"file", "error"}]}; with out_dir also writes metrics.csv and, with matplotlib, curves/<image>.curves.png."""
+    metrics, needs_masks = _checked(metrics, masks_dir, batch_size, step)
+    heatmaps = HeatmapModel(model, provider, threads, seed)
+    classifier = Classifier(heatmaps.proto, provider, threads)
+    fill_value = heatmaps.black() if str(fill).lower() == "black" else _number(fill, "fill")
+    scores = _Scores(heatmaps, classifier, metrics, step, fill_value)
+    found = find_images(paths, exclude=out_dir)
+    if not found:
+        raise LrpgraphError(f"no image files found in {', '.join(map(str, paths))}")
+    mask_files = [_mask_path(masks_dir, rel) for _, rel in found] if needs_masks else None
+    bases = output_bases(found)
+    plot = _plotter(out_dir) if plots and out_dir is not None and {"deletion", "insertion"} & set(metrics) else None
+    notes = ["matplotlib is not installed: no curve plots written"] if plot is False else []
+    for base in bases if plot else ():
+        inside(Path(out_dir) / "curves", f"{base}.curves.png")  # refused before any image is run
+    rows, written, failed = [], 0, []
+    for first in range(0, len(found), batch_size):
+        chunk, images = _load_chunk(found, range(first, min(first + batch_size, len(found))), heatmaps, failed,
+                                    on_failure)
+        if not chunk:
+            continue
+        chunk_rows, curves = scores.chunk(images, [str(found[i][0]) for i in chunk],
+                                          [mask_files[i] for i in chunk] if mask_files else None)
+        rows += chunk_rows
+        if progress is not None:
+            progress(min(first + batch_size, len(found)), len(found))
+        if plot:
+            for j, i in enumerate(chunk):
+                plot(bases[i], {key: (c.fractions, c.probabilities[j]) for key, c in curves.items()})
+                written += 1
+    summary = summarize(rows, heatmaps.outputs)
+    if out_dir is not None:
+        _write_csv(Path(out_dir) / "metrics.csv", rows)
+    return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found),
+            "failed": failed}
+
+
+def progress_lines(every: float = 5.0, stream: "TextIO | None" = None) -> Callable:
+    """A progress(done, total) for evaluate: one line 'evaluated D of T images (S s)' on stream (stderr) at the
+    first batch, then at most every `every` seconds, and at the end."""
+    import time
+
+    start, last = time.perf_counter(), [None]
+
+    def progress(done, total):
+        now = time.perf_counter()
+        if last[0] is None or now - last[0] >= every or done == total:
+            last[0] = now
+            print(f"evaluated {done} of {total} images ({now - start:.0f} s)", file=stream or sys.stderr, flush=True)
+
+    return progress
+
+
+def _checked(metrics, masks_dir, batch_size, step):
+    """evaluate's arguments checked: (the metrics as a list, those of them that need masks)."""
     metrics = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
     if any(m not in METRICS for m in metrics):
         raise LrpgraphError(f"unknown metric in {metrics}; choose from {', '.join(METRICS)}")
@@ -162,57 +219,53 @@ def evaluate(model: object, paths: list, metrics: str | tuple | list = ("deletio
         raise LrpgraphError(f"batch size must be a positive integer, got {batch_size!r}")
     if step is not None and (not isinstance(step, int) or step < 1):
         raise LrpgraphError(f"step must be a positive number of pixels, got {step!r}")
-    heatmaps = HeatmapModel(model, provider, threads, seed)
-    classifier = Classifier(heatmaps.proto, provider, threads)
-    fill_value = heatmaps.black() if str(fill).lower() == "black" else _number(fill, "fill")
-    found = find_images(paths, exclude=out_dir)
-    if not found:
-        raise LrpgraphError(f"no image files found in {', '.join(map(str, paths))}")
-    mask_files = [_mask_path(masks_dir, rel) for _, rel in found] if needs_masks else None
-    bases = output_bases(found)
-    plot = _plotter(out_dir) if plots and out_dir is not None and {"deletion", "insertion"} & set(metrics) else None
-    notes = ["matplotlib is not installed: no curve plots written"] if plot is False else []
-    rows, written, failed = [], 0, []
-    for first in range(0, len(found), batch_size):
-        chunk, images = _load_chunk(found, range(first, min(first + batch_size, len(found))), heatmaps, failed,
-                                    on_failure)
-        if not chunk:
-            continue
-        logits = classifier.logits(images)
+    return metrics, needs_masks
+
+
+class _Scores:
+    """evaluate's metrics on one chunk of images at a time: the predicted class from the classifier, every
+    heatmap output of heatmaps, and a row per image and output."""
+
+    def __init__(self, heatmaps, classifier, metrics, step, fill_value):
+        self.heatmaps, self.classifier, self.metrics = heatmaps, classifier, metrics
+        self.step, self.fill_value = step, fill_value
+
+    def chunk(self, images, files, mask_files):
+        """(rows, {(output, "deletion" | "insertion"): curve}) for images [N, C, H, W] read from files."""
+        heatmaps = self.heatmaps
+        logits = self.classifier.logits(images)
         classes = logits.argmax(axis=1)
         probs = softmax(logits)
         maps = heatmaps.heatmaps(images, classes, logits)
-        masks = (np.stack([_load_mask(mask_files[i], heatmaps.preprocess, heatmaps.input_shape) for i in chunk])
+        masks = (np.stack([_load_mask(path, heatmaps.preprocess, heatmaps.input_shape) for path in mask_files])
                  if mask_files else None)
-        curves = {}
+        rows, curves = [], {}
         for output, relevance in maps.items():
-            values = {}
-            if "deletion" in metrics:
-                curves[(output, "deletion")] = c = deletion(classifier, images, relevance, classes, step, fill_value)
-                values["deletion_auc"] = c.auc
-            if "insertion" in metrics:
-                curves[(output, "insertion")] = c = insertion(classifier, images, relevance, classes, step)
-                values["insertion_auc"] = c.auc
-            if "background" in metrics:
-                values["background_fraction"] = background_fraction(relevance, masks)
-            if "pointing" in metrics:
-                values["pointing_hit"] = pointing_game(relevance, masks).astype(np.float64)
-            if "conservation" in metrics:
-                values["conservation_error"] = conservation_error(relevance, heatmaps.seed_sums(output, logits,
-                                                                                                 classes))
-            for j, i in enumerate(chunk):
-                rows.append({"file": str(found[i][0]), "output": output, "class": int(classes[j]),
+            values = self._values(output, images, relevance, classes, logits, masks, curves)
+            for j, file in enumerate(files):
+                rows.append({"file": file, "output": output, "class": int(classes[j]),
                              "probability": float(probs[j, classes[j]]),
                              **{k: float(v[j]) for k, v in values.items()}})
-        if plot:
-            for j, i in enumerate(chunk):
-                plot(bases[i], {key: (c.fractions, c.probabilities[j]) for key, c in curves.items()})
-                written += 1
-    summary = summarize(rows, heatmaps.outputs)
-    if out_dir is not None:
-        _write_csv(Path(out_dir) / "metrics.csv", rows)
-    return {"rows": rows, "summary": summary, "curves": written, "notes": notes, "images": len(found),
-            "failed": failed}
+        return rows, curves
+
+    def _values(self, output, images, relevance, classes, logits, masks, curves):
+        """{column: value per image} of one heatmap output; its deletion / insertion curves go to curves."""
+        metrics, classifier, values = self.metrics, self.classifier, {}
+        if "deletion" in metrics:
+            curves[(output, "deletion")] = c = deletion(classifier, images, relevance, classes, self.step,
+                                                        self.fill_value)
+            values["deletion_auc"] = c.auc
+        if "insertion" in metrics:
+            curves[(output, "insertion")] = c = insertion(classifier, images, relevance, classes, self.step)
+            values["insertion_auc"] = c.auc
+        if "background" in metrics:
+            values["background_fraction"] = background_fraction(relevance, masks)
+        if "pointing" in metrics:
+            values["pointing_hit"] = pointing_game(relevance, masks).astype(np.float64)
+        if "conservation" in metrics:
+            values["conservation_error"] = conservation_error(relevance, self.heatmaps.seed_sums(output, logits,
+                                                                                                 classes))
+        return values
 
 
 def _number(value, what):
@@ -267,8 +320,7 @@ def _plotter(out_dir):
         return False
 
     def plot(base, curves):
-        path = Path(out_dir) / "curves" / f"{base}.curves.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = inside(Path(out_dir) / "curves", f"{base}.curves.png")
         kinds = [k for k in ("deletion", "insertion") if any(kind == k for _, kind in curves)]
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
@@ -280,7 +332,7 @@ def _plotter(out_dir):
             ax.legend(fontsize=7)
         fig.suptitle(str(base), fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=80))  # never through a planted link
         plt.close(fig)
 
     return plot

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import inside
 from lrpgraph.metrics import softmax
 from lrpgraph.runtime import render
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images, load_image_and_display
@@ -186,6 +187,7 @@ def _record(session, file, outputs, logits_row, probabilities_row, maps, explain
         "explained": explained,
         "explained_label": _label(session.labels, explained),
         "explained_score": None if explained is None else _finite(logits_row[explained]),
+        "explained_score_kind": "probability" if session.outputs_probabilities else "logit",
         "relevance_sum": next(iter(sums.values())) if len(sums) == 1 else sums,
     }
     bad = [k for k, v in maps.items() if not np.isfinite(np.asarray(v)).all()]
@@ -216,6 +218,37 @@ def explain_paths(session: "ExplainSession", paths: list, out_dir: str | os.Path
     on_failure(file, message) (default: one line on stderr) and skipped. The summary holds counts,
     failures, records, seconds and images per second.
     """
+    options = _options(session, target, batch_size, formats, png_scale, cmap, overlay, inputs_png)
+    out_dir = Path(out_dir)
+    files, bases = _found(paths, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = _Written(out_dir, cmap, png_scale, json_lines, on_failure)
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < PROGRESS_MIN_IMAGES, file=sys.stderr)
+    try:
+        for items in _loaded_batches(session, files, batch_size):
+            good = [(i, result) for i, result in items if not isinstance(result, str)]
+            written.add(files, items, _explain_loaded(session, good, target, batch_size, files, bases, options))
+            bar.update(len(items))
+        written.wait()
+    finally:
+        written.close()
+        bar.close()
+    written.save_lines()
+    seconds = time.perf_counter() - started
+    return {
+        "found": len(files),
+        "explained": len(written.records),
+        "failed": written.failures,
+        "records": written.records,
+        "out_dir": str(out_dir),
+        "seconds": seconds,
+        "images_per_second": len(written.records) / seconds if seconds > 0 else None,
+    }
+
+
+def _options(session, target, batch_size, formats, png_scale, cmap, overlay, inputs_png):
+    """explain_paths' arguments checked: {"formats", "overlay", "inputs_png"} for _output_names."""
     formats = parse_formats(formats)
     if not isinstance(png_scale, int) or isinstance(png_scale, bool) or not 1 <= png_scale <= 64:
         raise LrpgraphError(f"png_scale must be an integer from 1 to 64, got {png_scale!r}")
@@ -225,7 +258,11 @@ def explain_paths(session: "ExplainSession", paths: list, out_dir: str | os.Path
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LrpgraphError(f"batch_size must be a positive integer, got {batch_size!r}")
     _check_target(session, target)
-    out_dir = Path(out_dir)
+    return options
+
+
+def _found(paths, out_dir):
+    """([image file], [its output name without extension]) of the images in paths, none under out_dir."""
     found = find_images(paths, exclude=out_dir)
     if not found:
         given = [paths] if isinstance(paths, (str, os.PathLike)) else paths
@@ -233,56 +270,59 @@ def explain_paths(session: "ExplainSession", paths: list, out_dir: str | os.Path
             f"no image files found in {', '.join(map(str, given))}; "
             f"give files or folders with {', '.join(IMAGE_EXTENSIONS)}"
         )
-    bases, files = output_bases(found), [file for file, _ in found]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records, failures, lines = [], [], []
-    stream = sys.stdout if json_lines == "-" else None
-    started = time.perf_counter()
-    bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < PROGRESS_MIN_IMAGES, file=sys.stderr)
-    writer, writing, written = ThreadPoolExecutor(max_workers=WRITE_THREADS), [], []
-    try:
-        for items in _loaded_batches(session, files, batch_size):
-            good = [(i, result) for i, result in items if not isinstance(result, str)]
-            batch_lines = {}
-            for i, message in ((i, r) for i, r in items if isinstance(r, str)):
-                failures.append({"file": str(files[i]), "error": message})
-                batch_lines[i] = failures[-1]
-                if on_failure is not None:
-                    on_failure(files[i], message)
-            for i, record, maps, display in _explain_loaded(session, good, target, batch_size, files, bases, options):
-                batch_lines[i] = record
-                if "error" in record:  # NaN heatmaps: no files, reported like an unreadable image
-                    failures.append({"file": record["file"], "error": record["error"]})
-                    if on_failure is not None:
-                        on_failure(files[i], record["error"])
-                    continue
-                writing.append(writer.submit(_write_outputs, out_dir, record["outputs"], maps, display, cmap,
-                                             png_scale))
-                records.append(record)
-            lines += [batch_lines[i] for i in sorted(batch_lines)]  # in file order
-            if stream is not None:
-                for line in lines:
-                    stream.write(json.dumps(line, allow_nan=False) + "\n")
-                stream.flush()
-                lines = []
-            for future in written:  # the previous batch's files: raise its errors, bound the queue
-                future.result()
-            written, writing = writing, []
-            bar.update(len(items))
-        for future in written:
+    bases = output_bases(found)
+    for base in bases:
+        inside(out_dir, str(base))  # an output folder under out_dir that is a symlink to elsewhere: refused
+    return [file for file, _ in found], bases
+
+
+class _Written:
+    """What explain_paths writes: each batch's files (in threads, while the next batch runs), the records,
+    the failures (reported by on_failure) and the JSON lines (streamed to stdout for '-', else saved at the end)."""
+
+    def __init__(self, out_dir, cmap, png_scale, json_lines, on_failure):
+        self.out_dir, self.cmap, self.png_scale = out_dir, cmap, png_scale
+        self.json_lines, self.on_failure = json_lines, on_failure
+        self.stream = sys.stdout if json_lines == "-" else None
+        self.records, self.failures, self.lines = [], [], []
+        self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
+        self.writing, self.written = [], []
+
+    def add(self, files, items, explained):
+        """One batch: items [(index, loaded or error message)], explained (_explain_loaded of the loaded ones)."""
+        batch_lines = {}
+        for i, message in ((i, r) for i, r in items if isinstance(r, str)):
+            batch_lines[i] = self._fail(files[i], message)
+        for i, record, maps, display in explained:
+            batch_lines[i] = record
+            if "error" in record:  # NaN heatmaps: no files, reported like an unreadable image
+                self._fail(files[i], record["error"])
+                continue
+            self.writing.append(self.pool.submit(_write_outputs, self.out_dir, record["outputs"], maps, display,
+                                                 self.cmap, self.png_scale))
+            self.records.append(record)
+        self.lines += [batch_lines[i] for i in sorted(batch_lines)]  # in file order
+        if self.stream is not None:
+            for line in self.lines:
+                self.stream.write(json.dumps(line, allow_nan=False) + "\n")
+            self.stream.flush()
+            self.lines = []
+        self.wait()  # the previous batch's files: raise its errors, bound the queue
+        self.written, self.writing = self.writing, []
+
+    def _fail(self, file, message):
+        self.failures.append({"file": str(file), "error": message})
+        if self.on_failure is not None:
+            self.on_failure(file, message)
+        return self.failures[-1]
+
+    def wait(self):
+        for future in self.written:
             future.result()
-    finally:
-        writer.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    if json_lines is not None and stream is None:
-        render.save_text(json_lines, "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines))
-    seconds = time.perf_counter() - started
-    return {
-        "found": len(files),
-        "explained": len(records),
-        "failed": failures,
-        "records": records,
-        "out_dir": str(out_dir),
-        "seconds": seconds,
-        "images_per_second": len(records) / seconds if seconds > 0 else None,
-    }
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def save_lines(self):
+        if self.json_lines is not None and self.stream is None:
+            render.save_text(self.json_lines, "".join(json.dumps(line, allow_nan=False) + "\n" for line in self.lines))

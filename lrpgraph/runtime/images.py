@@ -7,7 +7,9 @@ Preprocessing follows the model's `lrpgraph.preprocess` metadata, with torchvisi
   scale           values are divided by this (default 255.0, giving [0, 1])
   channel_order   'RGB' (default) or 'BGR'; mean and std are given in this order
   mean, std       per channel (or one value), applied after scaling and reordering
-Without preprocess metadata an image is resized straight to the model's H x W and scaled to [0, 1].
+Without resize and crop in the metadata the aspect ratio is kept: the image is scaled to just cover the
+model's H x W (for a square input: the shorter side becomes H), then centre-cropped to H x W; values are
+scaled to [0, 1] (runtime.describe says so in words).
 Resizing is bilinear (PIL, antialiased), as torchvision's Resize on PIL images. EXIF orientation is
 not applied (torchvision's loaders do not apply it either).
 
@@ -123,6 +125,13 @@ def resize_shorter(size: tuple, side: int) -> tuple:
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
+def cover(size: tuple, height: int, width: int) -> tuple:
+    """(w, h) of (w, h) scaled, aspect kept, to just cover height x width (app.js's 'cover' step alike)."""
+    w, h = size
+    factor = max(height / h, width / w)
+    return max(width, int(w * factor + 0.5)), max(height, int(h * factor + 0.5))
+
+
 def center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     """Centre crop to height x width, torchvision's offsets; areas outside the image become zero."""
     w, h = image.size
@@ -138,7 +147,9 @@ def resize_and_crop(image: Image.Image, preprocess: dict | None, input_shape: tu
     if resize is None and crop is None:
         if height is None or width is None:
             raise LrpgraphError("the model's image size is dynamic and it stores no preprocess; resize images yourself")
-        return image.resize((width, height), Image.BILINEAR) if image.size != (width, height) else image
+        target = cover(image.size, height, width)  # the aspect ratio kept: just covering H x W, centre crop
+        image = image.resize(target, Image.BILINEAR) if image.size != target else image
+        return center_crop(image, height, width)
     if resize is not None:
         if isinstance(resize, (int, float)) or (isinstance(resize, (list, tuple)) and len(resize) == 1):
             target = resize_shorter(image.size, _pair(resize, "resize")[0])  # [s] is s, as in torchvision

@@ -86,6 +86,9 @@ def _text(record, truth):
         mark = ('<span class="ok">correct</span>' if truth == predicted
                 else '<span class="flag">&#10007; misclassified</span>')
         lines.insert(0, f"true: <b>{html.escape(str(truth))}</b> {mark}")
+    score = record.get("explained_score")
+    if score is not None:  # next to the sum it is spread over (LRP conserves it up to the biases' share)
+        lines.append(f"explained {record.get('explained_score_kind', 'logit')}: {score:.4g}")
     sums = record.get("relevance_sum")
     for name, value in (sums.items() if isinstance(sums, dict) else [("", sums)]):
         shown = "n/a" if value is None else f"{value:.4g}"
@@ -94,8 +97,9 @@ def _text(record, truth):
 
 
 def write_index_html(out_dir: str | os.PathLike, records: list, title: str = "lrpgraph explanations", cmap: str = "bwr",
-                     truth: dict | None = None) -> None:
-    """Write out_dir/index.html; truth {file: true class label} adds the true class and flags mistakes."""
+                     truth: dict | None = None, notes: list | tuple = ()) -> None:
+    """Write out_dir/index.html; truth {file: true class label} adds the true class and flags mistakes; notes:
+    lines shown above the table (runtime.describe: the heatmaps' composite, the preprocessing)."""
     truth = {str(k): v for k, v in (truth or {}).items()}
     outputs = _outputs_of(records)
     single = outputs == ["relevance"]
@@ -124,7 +128,8 @@ def write_index_html(out_dir: str | os.PathLike, records: list, title: str = "lr
         wrong = true is not None and true != predicted
         rows.append(f'<tr{" class=wrong" if wrong else ""}>{"".join(cells)}</tr>')
     wrong = sum(1 for r in records if truth.get(str(r["file"])) not in (None, r.get("predicted_label")))
-    summary = (f"<p>{len(records)} images" + (f", {wrong} misclassified (rows in red)" if truth else "") + ".</p>")
+    summary = (f"<p>{len(records)} images" + (f", {wrong} misclassified (rows in red)" if truth else "") + ".</p>"
+               + "".join(f'<p class="note">{html.escape(str(n))}</p>' for n in notes))
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"

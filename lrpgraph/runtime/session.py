@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from lrpgraph import metadata
-from lrpgraph.runtime import tokens
+from lrpgraph.runtime import ktargets, tokens
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.ort import NOISE_SEED_INPUT, SEED_INPUT, TARGET_INPUT, Runner, session_options, source_of
 from lrpgraph.runtime.arrays import NumpyOps, TorchOps, is_torch, to_numpy
@@ -86,6 +86,7 @@ class ExplainSession:
         inputs, outputs = self.runner.inputs, self.runner.outputs
         self.tokens = record.token_input
         self._find_tensors(inputs, outputs)
+        record.check_inputs(list(inputs), self.name)  # a tampered target mode: one line
         shape = list(inputs[self.image_input].shape)
         if self.tokens:  # token ids [N, L]: explain_inputs feeds them and the other inputs by name
             shape = [None, None, None, None]
@@ -94,7 +95,7 @@ class ExplainSession:
                 f"{self.name}: image input {self.image_input!r} has shape {shape}, expected [N, C, H, W]"
             )
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])
-        classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0]
+        classes = (list(outputs[self.logits_output].shape)[-1:] or [None])[0] if not record.k_targets else None
         labels_count = len(self.labels) if isinstance(self.labels, list) else None
         self.num_classes = classes if isinstance(classes, int) and classes > 0 else labels_count
         self.logits_float32 = outputs[self.logits_output].type == "tensor(float)"
@@ -150,7 +151,10 @@ class ExplainSession:
     # ---- targets -------------------------------------------------------------------------------
 
     def _target_feed(self, target, n):
-        """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale."""
+        """A _Plan for n rows: what to feed, the explained classes, and whether to predict / scale (a KPlan on a
+        model with K targets per sample, runtime/ktargets.py)."""
+        if self.record.k_targets:
+            return ktargets.plan(self, target, n)
         if is_torch(target):
             target = target.detach().cpu().numpy()
         if self.target_input is None:
@@ -245,6 +249,9 @@ class ExplainSession:
         "relevance_gig": ...}, in the order the model lists them (session.relevance_outputs).
         target: None (the predicted class), an int, a sequence of N ints, or for seed models a float
         seed [N, classes] / [classes]. The explained classes are an int64 array, or None for 'all'.
+        On a model with K targets per sample (a detector's head, convert --from; session.record.k_targets):
+        logits is the explained tensor [N, *S], target index tuples [N, K, len(S)] (or seeds [N, K, *S]),
+        relevance [N, K, C, H, W], the explained targets index tuples (runtime/ktargets.py).
         """
         size = _positive(batch_size if batch_size is not None else self.batch_size, "batch_size")
         if is_torch(batch):
@@ -255,44 +262,58 @@ class ExplainSession:
                 raise LrpgraphError(f"batch must hold numbers, got dtype {array.dtype}")
             self._check_batch_shape(array.shape)
             x = np.ascontiguousarray(array, dtype=np.float32)
-            logits, relevance, explained = self._explain_rows(x, target, size, NumpyOps(self))
-        if explained is None and self.target_mode == "top":
-            explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
+            logits, relevance, explained = self.explain_rows(x, target, NumpyOps(self), size)
         relevance = dict(zip(self.relevance_outputs, relevance)) if self.several else relevance[0]
         return (logits, relevance, explained) if return_targets else (logits, relevance)
 
-    def _explain_rows(self, x, target, size, ops):
+    def explain_rows(self, x: object, target: object, ops: object, batch_size: int | None = None) -> tuple:
+        """(logits, [relevance per heatmap output], explained classes) for the rows x: the one loop that turns a
+        target into feeds (the module's docstring) and runs them in chunks of batch_size rows. ops runs a chunk
+        and does the array work in x's own type: arrays.NumpyOps or TorchOps for images [N, C, H, W],
+        tokens.TokenOps for a text model's inputs by name (tokens.Feeds); x.shape[0] is the number of rows and
+        x[rows] a chunk. The classes are None for target 'all'."""
         n = x.shape[0]
+        size = batch_size or self.batch_size
         plan = self._target_feed(target, n)
         logits_parts, relevance_parts, predicted = [], [], []
         for start in range(0, n, size):
-            rows = slice(start, min(start + size, n))
-            feed = None if plan.feed is None else plan.feed[rows]
-            logits, relevance = ops.run(x[rows], feed)
-            classes = None if plan.explained is None else plan.explained[rows]
-            if plan.predict:
-                classes = to_numpy(logits).argmax(axis=1).astype(np.int64)
-                redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
-                if redo.size:
-                    _, again = ops.run(ops.take(x[rows], redo), self._class_feed(classes[redo]))
-                    relevance = [ops.put(r, redo, a) for r, a in zip(relevance, again)]
-                predicted.append(classes)
-            if plan.scale:
-                self._check_range(classes, to_numpy(logits).shape[1])
-                factors = to_numpy(logits)[np.arange(len(classes)), classes]
-                relevance = [ops.scale(r, factors) if s else r for r, s in zip(relevance, plan.scale)]
+            logits, relevance, classes = self._run_chunk(x[start:min(start + size, n)], plan, start, ops)
+            predicted.append(classes)
             logits_parts.append(logits)
             relevance_parts.append(relevance)
         explained = plan.explained
-        if self.num_classes is None and explained is not None and logits_parts:
+        if self.num_classes is None and explained is not None and logits_parts and not self.record.k_targets:
             self._check_range(explained, to_numpy(logits_parts[0]).shape[1])
-        if plan.predict:
+        if plan.predict or (self.record.k_targets and predicted and predicted[0] is not None):
             explained = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
         if not logits_parts:
             logits, empty = ops.empty(x, self.num_classes or 0)
             return logits, [empty for _ in self.relevance_outputs], explained
-        relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(self.relevance_outputs))]
-        return ops.cat(logits_parts), relevance, explained
+        relevance = [ops.cat([part[k] for part in relevance_parts]) for k in range(len(relevance_parts[0]))]
+        logits = ops.cat(logits_parts)
+        if explained is None and self.target_mode == "top" and not self.record.k_targets:
+            explained = to_numpy(logits).argmax(axis=1).astype(np.int64)
+        return logits, relevance, explained
+
+    def _run_chunk(self, x, plan, start, ops):
+        """(logits, [relevance], explained classes) of the chunk x, rows start.. of the plan."""
+        if self.record.k_targets:
+            return ktargets.run_chunk(self, x, plan, start, ops)
+        rows = slice(start, start + x.shape[0])
+        feed = None if plan.feed is None else plan.feed[rows]
+        logits, relevance = ops.run(x, feed)
+        classes = None if plan.explained is None else plan.explained[rows]
+        if plan.predict:
+            classes = to_numpy(logits).argmax(axis=1).astype(np.int64)
+            redo = np.nonzero(classes != 0)[0]  # the first run explained class 0
+            if redo.size:
+                _, again = ops.run(ops.take(x, redo), self._class_feed(classes[redo]))
+                relevance = [ops.put(r, redo, a) for r, a in zip(relevance, again)]
+        if plan.scale:
+            self._check_range(classes, to_numpy(logits).shape[1])
+            factors = to_numpy(logits)[np.arange(len(classes)), classes]
+            relevance = [ops.scale(r, factors) if s else r for r, s in zip(relevance, plan.scale)]
+        return logits, relevance, classes
 
     def constant_feeds(self) -> dict:
         """Inputs fed the same value on every run: {noise_seed: its default} on SmoothGrad/SmoothTaylor models."""
@@ -305,15 +326,15 @@ class ExplainSession:
         same = home.type == self.device
         x = batch.detach().to(dtype=torch.float32)
         if not same:
-            logits, relevance, explained = self._explain_rows(
-                np.ascontiguousarray(x.cpu().numpy()), target, size, NumpyOps(self)
+            logits, relevance, explained = self.explain_rows(
+                np.ascontiguousarray(x.cpu().numpy()), target, NumpyOps(self), size
             )
             return torch.from_numpy(logits).to(home), [torch.from_numpy(r).to(home) for r in relevance], explained
         if home.type == "cuda" and (home.index or 0) != self.device_id:  # the CUDA provider's own GPU
             x = x.to(f"cuda:{self.device_id}").contiguous()
-            logits, relevance, explained = self._explain_rows(x, target, size, TorchOps(self))
+            logits, relevance, explained = self.explain_rows(x, target, TorchOps(self), size)
             return logits.to(home), [r.to(home) for r in relevance], explained
-        return self._explain_rows(x.contiguous(), target, size, TorchOps(self))
+        return self.explain_rows(x.contiguous(), target, TorchOps(self), size)
 
 
 class _Plan:

@@ -15,6 +15,7 @@ import numpy as np
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
+from lrpgraph.runtime.arrays import NumpyOps
 from lrpgraph.runtime.page import footer
 
 if TYPE_CHECKING:
@@ -59,23 +60,36 @@ def explain_inputs(session: "ExplainSession", inputs: dict, target: int | np.nda
             raise LrpgraphError(f"input {name!r} has shape {list(value.shape)}; it must match the token ids "
                                 f"{list(ids.shape)}")
         feeds[name] = value.astype(np.float32 if info.type == "tensor(float)" else np.int64)
-    plan = session._target_feed(target, len(ids))
-    run = [session.logits_output, session.relevance_output]
+    logits, relevance, explained = session.explain_rows(Feeds(feeds), target, TokenOps(session), max(len(ids), 1))
+    return logits, relevance[0], explained
 
-    def once(feed):
-        extra = {} if feed is None else {session.target_input: feed}
-        return session.runner.run(run, {**feeds, **extra, **session.constant_feeds()})
 
-    logits, relevance = once(plan.feed)
-    explained = plan.explained
-    if plan.predict:
-        explained = logits.argmax(1).astype(np.int64)
-        logits, relevance = once(session._class_feed(explained))
-    if plan.scale:
-        relevance = relevance * logits[np.arange(len(explained)), explained][:, None]
-    if explained is None and session.target_mode == "top":
-        explained = logits.argmax(1).astype(np.int64)
-    return logits, relevance, explained
+class Feeds:
+    """A text model's inputs by name, each [N, L], as rows for ExplainSession.explain_rows: shape is the token
+    ids' shape, feeds[rows] the same rows of every input."""
+
+    def __init__(self, arrays: dict) -> None:
+        self.arrays = arrays
+        self.shape = next(iter(arrays.values())).shape
+
+    def __getitem__(self, rows: object) -> "Feeds":
+        return Feeds({name: np.ascontiguousarray(value[rows]) for name, value in self.arrays.items()})
+
+
+class TokenOps(NumpyOps):
+    """The array backend of a text model (arrays.NumpyOps on Feeds rows): runs the token inputs by name and
+    reads the first heatmap output."""
+
+    def run(self, x: Feeds, feed: np.ndarray | None) -> tuple:
+        s = self.session
+        extra = {} if feed is None else {s.target_input: feed}
+        logits, relevance = s.runner.run([s.logits_output, s.relevance_output],
+                                         {**x.arrays, **extra, **s.constant_feeds()})
+        return logits, [relevance]
+
+    @staticmethod
+    def take(array: Feeds, rows: np.ndarray) -> Feeds:
+        return array[rows]
 
 
 def read_token_file(path: str) -> list:
@@ -113,7 +127,7 @@ def read_vocab(path: str | os.PathLike) -> dict:
         tokens = ({i: t for t, i in vocab.items()} if isinstance(vocab, dict)
                   else {i: entry[0] for i, entry in enumerate(vocab)})
         tokens.update({t["id"]: t["content"] for t in data.get("added_tokens", [])})
-        return tokens
+        return {int(i): str(t) for i, t in tokens.items()}  # a page shows them as text, whatever the file held
     except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
         raise LrpgraphError(f"{path}: not a tokenizer.json with model.vocab (the `tokenizers` format)") from None
 

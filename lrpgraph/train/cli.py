@@ -22,7 +22,10 @@ VARIANTS = ("plain", "original", "dual", "selective", "stochastic")  # isnet.VAR
 @click.option("--masks", required=True, type=click.Path(file_okay=False),
               help="foreground masks under the same relative paths (nonzero = foreground)")
 @click.option("--val", type=click.Path(file_okay=False), help="validation images (class folders)")
-@click.option("--val-masks", type=click.Path(file_okay=False), help="validation masks [VAL_masks]")
+@click.option("--val-masks", type=click.Path(file_okay=False),
+              help="validation masks [VAL_masks, or VAL/../masks for VAL .../images]")
+@click.option("--fit-images", is_flag=True,
+              help="resize (bilinear) and convert images whose size or colour differs from the model's input")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="run folder: model.onnx, model.lrp.onnx, checkpoints/, metrics.csv, loss.png, accuracy.png")
 @click.option("--variant", type=click.Choice(VARIANTS), default="selective", show_default=True,

@@ -6,11 +6,11 @@ RESUME_KEYS are the options a checkpoint records: --resume refuses to continue a
 """
 
 import dataclasses
-from pathlib import Path
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
 from lrpgraph.train import isnet
+from lrpgraph.train.precheck import default_val_masks
 from lrpgraph.train.loss import ISNetLoss
 
 RESUME_KEYS = ("variant", "selective_class", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -26,6 +26,7 @@ class TrainConfig:
     out: str
     val: str = None
     val_masks: str = None
+    fit_images: bool = False  # resize and convert images whose size or colour differs from the model's input
     variant: str = "selective"
     selective_class: str = "predicted"
     epochs: int = 30
@@ -67,8 +68,8 @@ def check_options(c: TrainConfig) -> None:
               (c.schedule in ("none", "step", "cosine"), f"--schedule {c.schedule}: none, step or cosine"),
               (c.lr > 0 and c.clip >= 0, "--lr must be > 0 and --clip >= 0"),
               (0 <= c.tune_epochs < c.epochs, f"--tune-epochs {c.tune_epochs} must be in [0, --epochs)"),
-              (c.val is None or c.val_masks is not None or Path(f"{str(c.val).rstrip('/')}_masks").is_dir(),
-               f"--val {c.val}: give --val-masks (there is no {str(c.val).rstrip('/')}_masks folder)")]
+              (c.val is None or c.val_masks is not None or default_val_masks(c.val).is_dir(),
+               f"--val {c.val}: give --val-masks (there is no {default_val_masks(c.val)} folder)")]
     for ok, message in checks:
         if not ok:
             raise LrpgraphError(message)

@@ -21,8 +21,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from lrpgraph import graph, metadata, targets
+from lrpgraph.converters import is_kind
 from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelError
-from lrpgraph.graph import attrs_of, constant_value, needed_nodes, topological
+from lrpgraph.graph import attrs_of, needed_nodes, topological
+from lrpgraph.patterns.constants import constant_value, is_constant
 
 from lrpgraph.train.onnx_ops import OPS, Ctx
 from lrpgraph.train import transformer_ops  # registers LayerNormalization, Gelu in OPS
@@ -73,7 +75,7 @@ class LrpModule(nn.Module):
         inits = {i.name: i for i in g.initializer}
         nodes, constants = [], {}
         for node in g.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            if is_constant(node):
                 value = constant_value(node)
                 if value is None:
                     raise UnsupportedModelError(f"Constant node '{node.name}': only tensor, float(s) and int(s) values "
@@ -82,7 +84,7 @@ class LrpModule(nn.Module):
             else:
                 nodes.append(node)
         nodes = topological(nodes, set(inits) | set(constants) | {i.name for i in g.input})
-        stats = {t for n in nodes if n.op_type == "BatchNormalization" for t in n.input[3:5]}
+        stats = {t for n in nodes if is_kind(n, "bn") for t in n.input[3:5]}  # running statistics
         forward_reads = {t for n in nodes if not n.name.startswith(RELEVANCE_PREFIX) for t in n.input}
         self.weights, self.consts = nn.ParameterDict(), nn.Module()
         self.onnx_names, self._where, taken = {}, {}, set()

@@ -1,4 +1,4 @@
-"""ISNet variants (REFERENCE.md section 6): the graph each variant needs, and its heatmaps per training step.
+"""ISNet variants (Bassi et al.: original, Dual, Selective and Stochastic ISNet): the graph each variant needs, and its heatmaps per training step.
 
 variant     K   explained per image                                              graph (converted here)
 plain       0   nothing: cross-entropy only (the baseline)                       flex, target seed (validation)
@@ -29,7 +29,7 @@ import onnx
 import torch
 
 from lrpgraph import metadata
-from lrpgraph.composites import GRADIENT_COMPOSITES  # flex, attn-lrp, cp-lrp: LRP in the gradient form
+from lrpgraph.composites import COMPOSITES, GRADIENT_COMPOSITES  # flex, attn-lrp, cp-lrp: LRP in the gradient form
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.graph import needed_nodes
 from lrpgraph.rules import DEFAULT_FLEX_EPSILON
@@ -47,7 +47,7 @@ SELECTIVE_E = 0.01
 # f_a the relevance f_a * sum_j w_ja (the column sum of the dense weights), which softmax training can
 # null, hiding a shortcut that raises one class and lowers the others (docs/bias.md)
 DUAL_EXPLAIN = {"zplus": "zplus", "epsilon": "epsilon"}
-ZPLUS_COMPOSITES = ("zplus", "epsilon-plus", "epsilon-plus-flat")
+ZPLUS_COMPOSITES = tuple(c.name for c in COMPOSITES.values() if c.table.get("conv") == "zplus")  # z+ on the Convs
 
 
 def conversion(variant: str, flex_epsilon: float = DEFAULT_FLEX_EPSILON) -> dict:

@@ -3,7 +3,7 @@ write-back) and train(), which runs it.
 
 train(TrainConfig(...)) (config.py) checks everything up front (model, variant, data, masks, options; LrpgraphError
 with one line before any step), then trains: per step one forward + one relevance pass + one backward of
-(1 - P) CE + P L_H (REFERENCE.md 5), gradients all-reduced across processes (distributed.py; torchrun: gloo on
+(1 - P) CE + P L_H (the ISNet loss of loss.py), gradients all-reduced across processes (distributed.py; torchrun: gloo on
 CPU, NCCL on GPUs) and clipped, SGD or Adam, a step or cosine schedule per epoch. With --tune-epochs N the first
 N epochs train on CE only and the last of them feeds C1C2Tuner (C1, C2 for the rest). Every epoch: validation
 accuracy and background relevance fraction, an atomic checkpoint (weights, optimizer, scheduler, C1/C2,
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from lrpgraph import metadata
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import atomic_write
-from lrpgraph.train import isnet
+from lrpgraph.train import isnet, precheck
 from lrpgraph.train.config import RESUME_KEYS, TrainConfig, check_options
 from lrpgraph.train.data import MaskedImageFolder
 from lrpgraph.train.distributed import Distributed
@@ -60,12 +60,13 @@ def _check_binary_masks(dataset):
                                 "for background and one value for foreground")
 
 
-def _dataset(images, masks, shape, what):
+def _dataset(images, masks, shape, what, fit=False):
     channels, size = shape[1], shape[2:]
     if channels not in (1, 3):
         raise LrpgraphError(f"the model's image input has {channels} channels; the trainer reads grayscale (1) "
                             "or RGB (3) images")
     data = MaskedImageFolder(images, masks, grayscale=channels == 1, size=size if all(size) else None)
+    data.fitted = precheck.check_images(data.samples, shape, fit, what)
     _check_binary_masks(data)
     if not all(size):
         from PIL import Image
@@ -117,15 +118,21 @@ class Trainer:
         self.classes = isnet.num_classes(explained)
         image = next(i for i in explained.graph.input if i.name == self.spec.image)
         shape = [d.dim_value or None for d in image.type.tensor_type.shape.dim]
-        self.train_set = _dataset(c.images, c.masks, shape, "training")
-        self.val_set = _dataset(c.val, c.val_masks or f"{str(c.val).rstrip('/')}_masks", shape, "validation") \
-            if c.val else None
+        self.train_set = _dataset(c.images, c.masks, shape, "training", c.fit_images)
+        self.val_set = _dataset(c.val, c.val_masks or precheck.default_val_masks(c.val), shape, "validation",
+                                c.fit_images) if c.val else None
+        self.notes = [d.fitted for d in (self.train_set, self.val_set) if d is not None and d.fitted]
         found = len(self.train_set.classes)
         if found > self.classes:
             raise LrpgraphError(f"{c.images} has {found} class folders but the model has {self.classes} outputs")
+        if not c.resume and record.labels is None and found == self.classes:  # the class folders name the classes
+            record.labels = list(self.train_set.classes)
+            record.write(explained)
         pre = record.preprocess or {}
         self.mean = torch.tensor(pre["mean"]).reshape(1, -1, 1, 1) if pre.get("mean") else None
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None
+        self.start_module = import_onnx(explained)  # the importer against onnxruntime, before any step
+        precheck.check_start(self.start_module, explained, self._input(self._example()).cpu().numpy())
         if not c.resume and dist.rank == 0:  # the graphs the run starts from; write_back needs them at the end
             for path, model in ((self.start_plain, plain), (self.start_explained, explained)):
                 atomic_write(path, lambda f, m=model: f.write(m.SerializeToString()), durable=True)
@@ -134,7 +141,7 @@ class Trainer:
     def _build(self, explained):
         """The torch module, heatmaps, loss, optimizer, schedule and generators (and the checkpoint on --resume)."""
         c, dist = self.c, self.dist
-        self.module = import_onnx(explained).to(dist.device)
+        self.module = self.start_module.to(dist.device)
         self.params = list(self.module.weights.values())
         self.heatmaps = isnet.Heatmaps(self.module, self.spec, self.classes, c.selective_class)
         self.loss = ISNetLoss(c.P, c.A, c.B, c.E, c.d, c.C1, c.C2, c.psi)
@@ -203,6 +210,10 @@ class Trainer:
         if self.mean is not None:
             x = x - self.mean.to(x)
         return x / self.std.to(x) if self.std is not None else x
+
+    def _example(self):
+        """The first (up to) 4 training images: the probe batch of the round-trip checks."""
+        return _collate([self.train_set[i] for i in range(min(4, len(self.train_set)))])[0]
 
     def _batches(self, n, shuffle):
         order = torch.randperm(n, generator=self.order) if shuffle else torch.arange(n)
@@ -322,10 +333,14 @@ class Trainer:
         if self.dist.rank == 0:
             from lrpgraph.train.export import write_back
 
-            example = self._input(_collate([self.train_set[i] for i in range(min(4, len(self.train_set)))])[0])
+            from lrpgraph.train.export import RoundTripError
+
+            example = self._input(self._example())
             try:
                 report = write_back(self.module, self.start_plain, self.start_explained, self.out / "model.onnx",
                                     self.out / "model.lrp.onnx", example=example.cpu().numpy())
+            except RoundTripError as err:
+                error = precheck.failed_write_back(str(err), self.out, err.plain_ok)
             except LrpgraphError as err:
                 error = str(err)
         errors = [e for e in self.dist.gather(error) if e]  # every rank stops alike, none waits forever
@@ -347,6 +362,10 @@ def train(config: TrainConfig, progress: Callable | None = None) -> dict:
     dist = Distributed(config.device)
     try:
         trainer = Trainer(config, dist)
+        if dist.rank == 0 and trainer.notes:  # what --fit-images does to the data, said before the first step
+            import sys
+
+            print("\n".join(trainer.notes), file=sys.stderr)
         if progress is None:
             from tqdm import tqdm
 

@@ -1,4 +1,4 @@
-"""The ISNet heatmap loss (REFERENCE.md section 5) and the cross-entropy + heatmap total.
+"""The ISNet heatmap loss (Bassi et al., Faster ISNet, IEEE Access 2024) and the cross-entropy + heatmap total.
 
 Shapes: heatmaps N x K x C x h x w (K heatmaps per sample, C channels each; N x C x h x w is K = 1),
 masks N x 1 x H x W or N x H x W with 1 = foreground, resized here to h x w.
@@ -125,7 +125,7 @@ def foreground_term(F: torch.Tensor, C1: float = 1.0, C2: float = 25.0, psi: str
 
 def heatmap_loss(heatmaps: torch.Tensor, masks: torch.Tensor, A: float = 1.0, B: float = 1.0, E: float = 1.0,
                  d: float = 0.9, C1: float = 1.0, C2: float = 25.0, psi: str = "hybrid") -> HeatmapLoss:
-    """The ISNet heatmap loss L_H of REFERENCE.md section 5, steps 1-5; returns a HeatmapLoss.
+    """The ISNet heatmap loss L_H (Faster ISNet's steps 1-5, below); returns a HeatmapLoss.
 
     heatmaps: N x K x C x h x w (or N x C x h x w, K = 1); masks: N x 1 x H x W or N x H x W,
     binary, 1 = foreground, resized to h x w by resize_mask. Computed in float32 at least.

@@ -2,8 +2,9 @@
 
 The site is index.html + app.js (this folder), the converted model, model.json (what app.js needs: the
 input, the preprocessing as a plain pipeline, labels, colour maps, sample images) and onnxruntime-web's
-JS and WASM files, copied from lrpgraph/web/node_modules (`make web` runs `npm ci` there; the version
-is pinned in package.json / package-lock.json) or from the folder in $LRPGRAPH_ORT_WEB. It needs no
+JS and WASM files, copied from the folder in $LRPGRAPH_ORT_WEB, lrpgraph/web/node_modules (`make web` runs
+`npm ci` there; the version is pinned in package.json / package-lock.json) or the user cache that web.fetch
+fills from the npm registry on first use (checked against package-lock.json's hash). It needs no
 network once written: serve it with any static server (`python -m http.server -d site`).
 """
 
@@ -18,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrpgraph import graph, metadata
-from lrpgraph.converters import is_kind
+from lrpgraph.catalog import is_kind
 from lrpgraph.errors import LrpgraphError, NotConvertedError
 from lrpgraph.runtime import images, render
 
@@ -27,15 +28,22 @@ PAGE_FILES = ("index.html", "app.js")
 # ort.min.mjs is onnxruntime-web's WASM + WebGPU build; it loads the .jsep files from its own folder
 ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 MODEL_NAME = "model.lrp.onnx"
+MANIFEST = ".lrpgraph-site"  # the files build_site wrote: --force replaces a folder holding only these
 
 
-def ort_dist() -> Path:
-    """The folder holding onnxruntime-web's dist files, or a one-line error saying how to get them."""
-    folder = Path(os.environ.get("LRPGRAPH_ORT_WEB") or HERE / "node_modules" / "onnxruntime-web" / "dist")
+def ort_dist(progress: bool = True) -> Path:
+    """The folder holding onnxruntime-web's dist files: $LRPGRAPH_ORT_WEB, else `make web`'s node_modules, else
+    the user cache, filled from the npm registry on first use (web.fetch); or a one-line error."""
+    given = os.environ.get("LRPGRAPH_ORT_WEB")
+    folder = Path(given or HERE / "node_modules" / "onnxruntime-web" / "dist")
     missing = [name for name in ORT_FILES if not (folder / name).is_file()]
+    if missing and given:
+        raise LrpgraphError(f"LRPGRAPH_ORT_WEB: {folder / missing[0]} is missing; set it to onnxruntime-web's dist "
+                            "folder (`make web` installs one), or unset it to use the cached download")
     if missing:
-        raise LrpgraphError(f"onnxruntime-web is not installed ({folder / missing[0]} is missing); run `make web` "
-                            "(npm ci in lrpgraph/web) or set LRPGRAPH_ORT_WEB to its dist folder")
+        from lrpgraph.web.fetch import cached_dist
+
+        return cached_dist(ORT_FILES, progress)
     return folder
 
 
@@ -46,8 +54,8 @@ def pipeline(preprocess: dict | None, shape: list) -> dict:
     steps = {"mode": images.image_mode(pre, shape), "scale": float(pre.get("scale") or 255.0),
              "bgr": str(pre.get("channel_order", "RGB")).upper() == "BGR"}
     resize, crop = pre.get("resize"), pre.get("crop")
-    if resize is None and crop is None:
-        steps["size"] = list(shape[1:])
+    if resize is None and crop is None:  # the default: aspect kept (images.resize_and_crop)
+        steps["cover"], crop = list(shape[1:]), list(shape[1:])
     elif resize is not None:
         shorter = isinstance(resize, (int, float)) or (isinstance(resize, (list, tuple)) and len(resize) == 1)
         steps["shorter" if shorter else "size"] = images._pair(resize, "resize")[0] if shorter else \
@@ -90,7 +98,7 @@ def without_ceil_mode(model: onnx.ModelProto) -> int:
     shapes, nodes, count = graph.tensor_shapes(model), [], 0
     for node in model.graph.node:
         attrs, shape = graph.attrs_of(node), shapes.get(node.input[0]) if node.input else None
-        if (node.op_type != "MaxPool" or not attrs.get("ceil_mode") or len([o for o in node.output if o]) > 1
+        if (not is_kind(node, "maxpool") or not attrs.get("ceil_mode") or len([o for o in node.output if o]) > 1
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not shape or None in shape[2:]):
             nodes.append(node)
             continue
@@ -140,13 +148,30 @@ def site_config(model: onnx.ModelProto, title: str) -> dict:
             "webgpu_blocked": webgpu_blocked(model), "samples": []}
 
 
+def _check_replaceable(out: Path) -> None:
+    """--force replaces only a site build_site wrote: a real folder whose files are all in its MANIFEST."""
+    try:
+        listed = set(json.loads((out / MANIFEST).read_text(encoding="utf-8"))) if not out.is_symlink() else None
+    except (OSError, ValueError, TypeError):
+        listed = None
+    if not isinstance(listed, set) or not out.is_dir():
+        raise LrpgraphError(f"{out} exists and is no lrpgraph site (it has no {MANIFEST}); --force replaces only "
+                            "sites lrpgraph wrote: choose another --out")
+    found = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir() or p.is_symlink()}
+    extra = sorted(found - listed - {MANIFEST})
+    if extra:
+        raise LrpgraphError(f"{out} holds {extra[0]!r}, which lrpgraph did not write; --force would delete it: "
+                            "move it away or choose another --out")
+
+
 def build_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, samples: list | tuple = (),
                force: bool = False, title: str | None = None) -> Path:
     """Write the static site for a converted model to out_dir (built aside, then renamed into place)."""
     out = Path(out_dir)
-    if out.exists() and not (force and (out / "model.json").is_file() and (out / "app.js").is_file()):
-        raise LrpgraphError(f"{out} exists; pass --force to replace a site written before, or choose another --out"
-                            if not force else f"{out} exists and is no lrpgraph site; choose another --out")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise LrpgraphError(f"{out} exists; pass --force to replace a site written before, or choose another --out")
+        _check_replaceable(out)
     model = graph.load(model_path)
     config = site_config(model, title or f"lrpgraph: {Path(model_path).name}")
     dist = ort_dist()
@@ -167,6 +192,8 @@ def build_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, sample
             shutil.copyfile(file, work / name)
             config["samples"].append(name)
         (work / "model.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        written = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        (work / MANIFEST).write_text(json.dumps(written, indent=0), encoding="utf-8")
         os.chmod(work, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

@@ -104,6 +104,11 @@ function preprocess(img) {
     const newLong = Math.trunc((p.shorter * long) / short);
     img = img.w <= img.h ? resample(img, p.shorter, newLong) : resample(img, newLong, p.shorter);
   }
+  else if (p.cover) { // just cover H x W, aspect kept (lrpgraph.runtime.images.cover)
+    const f = Math.max(p.cover[0] / img.h, p.cover[1] / img.w);
+    const w = Math.max(p.cover[1], Math.floor(img.w * f + 0.5)), h = Math.max(p.cover[0], Math.floor(img.h * f + 0.5));
+    if (w !== img.w || h !== img.h) img = resample(img, w, h);
+  }
   if (p.crop) img = centerCrop(img, p.crop[0], p.crop[1]);
   const [C, H, W] = config.shape;
   if (img.c !== C || img.h !== H || img.w !== W) throw new Error(`preprocessing gives ${img.c}x${img.h}x${img.w}, the model takes ${C}x${H}x${W}`);

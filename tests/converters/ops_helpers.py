@@ -1,7 +1,7 @@
 """Shared pieces of the per-op parity tests (tests/converters/test_*.py): every supported op, in a tiny
 model, against an independent transcription of its rule.
 
-References are written from REFERENCE.md, in float64, and share no code with lrpgraph:
+References are written from docs/rules.md's formulas, in float64, and share no code with lrpgraph:
 - linear rules (section 2): a direct numpy transcription on the layer's dense matrix A (a Conv is
   unrolled into A[input pixel, output pixel] by loops over its window), with the contributions
   x_i w_ij formed by einsum;
@@ -183,7 +183,7 @@ def stab(z, eps=STAB):
 
 
 def eps_rule(f, x, R, eps=STAB):
-    """Epsilon rule through an affine map f (bias included in z); with eps = stabiliser it is the norm rule
+    """Epsilon rule through an affine map f (bias included in z); with eps = stabilizer it is the norm rule
     for a sum or an average: R_i = x_i * sum_j df_j/dx_i R_j / stab(z_j)."""
     x = x.detach().clone().requires_grad_(True)
     z = f(x)

@@ -21,7 +21,7 @@ ACTIVATIONS = {
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_activation_passes(name):
-    """x -> Conv -> activation -> head: the activation passes relevance unchanged (REFERENCE.md 2, 'pass').
+    """x -> Conv -> activation -> head: the activation passes relevance unchanged (docs/rules.md: 'pass').
 
     The Conv uses epsilon = 0.01 rather than 1e-6: Sigmoid and HardSigmoid pass relevance that does not
     vanish where the Conv's z does, and R / (z + 1e-6) at a z ~ 1e-5 magnifies float32 rounding of z

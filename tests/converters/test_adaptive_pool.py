@@ -2,7 +2,7 @@
 224 px): the dynamo exporter writes it as GatherND window selections with constant indices, a Where mask,
 scalar Gathers, Adds and a Div. Relevance moves back through the selections, and overlapping windows add
 up. Reference (float64 torch, ops_helpers): the epsilon rule of the Linear head, the norm rule of
-F.adaptive_avg_pool2d (eps_rule with the stabiliser), ReLU passes, the Conv with epsilon 0.01; and the plain
+F.adaptive_avg_pool2d (eps_rule with the stabilizer), ReLU passes, the Conv with epsilon 0.01; and the plain
 gradient by autograd."""
 
 import numpy as np

@@ -1,5 +1,5 @@
 """ConvTranspose on the explained path as a linear layer (issue 10): its forward with modified weights and
-its transpose (the Conv with the same weight and windows) carry the rules of REFERENCE.md section 2.
+its transpose (the Conv with the same weight and windows) carry the rules of docs/rules.md (rules for linear layers).
 x -> Conv -> Relu -> ConvTranspose (stride 2, padding, output_padding, groups) -> Relu -> head; the
 reference is torch's conv_transpose2d in float64: the epsilon rule and z+ through autograd (ops_helpers)."""
 

@@ -1,5 +1,5 @@
 """Per-op parity for lrpgraph/converters/linear.py: Conv, Gemm and MatMul under every linear rule (against a
-literal transcription of REFERENCE.md section 2 on the layer's dense matrix) and inside small networks.
+literal transcription of docs/rules.md's linear rules on the layer's dense matrix) and inside small networks.
 Fused and folded layers: test_linear_fused.py. References and helpers: ops_helpers."""
 
 import functools
@@ -11,7 +11,7 @@ from ops_helpers import (STAB, Net, assert_l1, check_network, conv_fn, dense, ep
                          zplus_rule)
 
 
-# ================================================================================== REFERENCE.md section 2
+# ======================================================================= the linear rules of docs/rules.md
 def conv_matrix(W, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
     """A[i, j]: the weight joining input value i = (c, h, w) to output value j = (m, oh, ow); conn[i, j] = 1
     where i lies in j's receptive field (padding is not an input). Built by loops over the windows."""
@@ -44,7 +44,7 @@ def np_stab(z, eps=STAB):
 
 
 def dense_rule(rule, params, x, A, bias, R, conn, low=None, high=None):
-    """REFERENCE.md section 2, literally: x [N, I], A [I, J], bias [J] (or None), R [N, J] -> R_in [N, I]."""
+    """docs/rules.md's linear rules, literally: x [N, I], A [I, J], bias [J] (or None), R [N, J] -> R_in [N, I]."""
     x, A, R = (np.asarray(v, np.float64) for v in (x, A, R))
     b = np.zeros(A.shape[1]) if bias is None else np.asarray(bias, np.float64)
     xp, xn, Ap, An = np.maximum(x, 0), np.minimum(x, 0), np.maximum(A, 0), np.minimum(A, 0)

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from qdq_ref import qdq_relevance, quantize
 from zennit_ref import digit_model, real_digits, zennit_composite
 
@@ -81,3 +82,44 @@ def test_resnet18_int8(tmp_path):
     source = export(net, torch.from_numpy(x[:1]), tmp_path / "r18.onnx")
     quantized = quantize(source, tmp_path / "r18_int8.onnx", x[4:], per_channel=True, activations="QInt8")
     check(source, quantized, x[:4], "ResNet-18 int8 per-channel")
+
+
+def qdq_cnn():
+    """x -> Conv (int8 weights through DequantizeLinear) -> Add (int32 bias through DequantizeLinear) -> Relu
+    -> GlobalAveragePool -> Flatten -> Gemm: the bias is a constant only once its DequantizeLinear is folded."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, size=(4, 2, 3, 3)).astype(np.int8), "w_q"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(rng.integers(-500, 500, size=(1, 4, 1, 1)).astype(np.int32), "b_q"),
+             numpy_helper.from_array(np.array(0.001, np.float32), "b_scale"),
+             numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"], name="w_dq"),
+             helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["b"], name="b_dq"),
+             helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["pooled"], name="pool"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_inspect_reads_the_dequantized_view(tmp_path):
+    """`lrpgraph inspect` on a QDQ model reads the view convert explains: the dequantized bias folds into the
+    Conv (no Add unit of its own), and the units and rules it lists are those the converted model records."""
+    from click.testing import CliRunner
+
+    from lrpgraph import metadata
+    from lrpgraph.cli import main
+
+    path = tmp_path / "qdq.onnx"
+    onnx.save(qdq_cnn(), path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    listed = [line.split() for line in result.output.split("rule of each node:\n")[1].splitlines()]
+    assert listed[0][:3] == ["conv", "Conv", "zplus"] and listed[0][-1] == "(+bias)", result.output
+    assert "Add" not in [row[1] for row in listed]
+    recorded = metadata.Record.from_model(convert(str(path))).rules
+    assert {row[0]: row[2] for row in listed} == recorded

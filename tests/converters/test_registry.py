@@ -1,6 +1,8 @@
-"""The op registry (lrpgraph/converters/registry.py) is the one description of an op: registering a new
-element-wise activation = one record and one function (its derivative), and every part of the converter
-(canonicalize's kinds, the composites' rules, the gradient methods) handles it.
+"""The op catalog (lrpgraph/catalog/) is the one description of an op, and the converters attach their
+emitting functions to its records (lrpgraph/converters/registry.py): every record relevance crosses has its
+converter, and no converter lacks a record. Registering a new element-wise activation = one record and one
+function (its derivative), in one registration, and every part of the converter (canonicalize's kinds, the
+composites' rules, the gradient methods) handles it.
 
 The new op is Softsign, y = x / (1 + |x|), which lrpgraph does not otherwise support; the references are
 float64 torch (autograd through F.softsign, torch's own derivative, and zennit-style rule transcriptions
@@ -17,8 +19,10 @@ from ops_helpers import Net, assert_l1, eps_rule, head_seed, inputs, run, stab, 
 import lrpgraph
 from lrpgraph import graph
 from lrpgraph.canonicalize import canonicalize
+from lrpgraph.catalog import RECORDS, UNEXPLAINED, RegistryError
 from lrpgraph.converters import registry
 from lrpgraph.converters.activations import activation_op
+from lrpgraph.converters.registry import EMITTERS
 from lrpgraph.errors import UnsupportedModelError
 
 TOL = 1e-5
@@ -34,12 +38,10 @@ def softsign_derivative(ctx, unit, x, y):
 @pytest.fixture
 def softsign():
     """Softsign registered for the test: the one record (activation_op) on the one function (derivative)."""
-    saved = registry.remove("Softsign")
+    removed = registry.remove("Softsign")
     activation_op("Softsign")(softsign_derivative)
-    yield registry.RECORDS["Softsign"]
-    registry.remove("Softsign")
-    if saved is not None:
-        registry.add(saved)
+    yield RECORDS["Softsign"]
+    registry.restore(removed)
 
 
 def model_and_reference(seed=70):
@@ -51,14 +53,14 @@ def model_and_reference(seed=70):
 
 
 def test_unregistered_softsign_is_refused():
-    if "Softsign" in registry.RECORDS:
+    if "Softsign" in RECORDS:
         pytest.skip("Softsign is registered by the package itself")
     with pytest.raises(UnsupportedModelError, match="Softsign"):
         lrpgraph.convert(model_and_reference()[0])
 
 
 def test_the_record_gives_the_kind(softsign):
-    assert softsign.kind == "activation" and softsign.derivative is softsign_derivative
+    assert softsign.kind == "activation" and EMITTERS["Softsign"].derivative is softsign_derivative
     canon = canonicalize(graph.load(model_and_reference()[0]))
     unit = next(u for u in canon.units if u.op == "Softsign")
     assert (unit.kind, unit.category) == ("activation", "activation")
@@ -136,18 +138,20 @@ def test_gradient_matches_finite_differences(softsign):
 
 @pytest.fixture
 def matmul_linear_only():
-    """MatMul as a linear layer only (its 'product' kind, converters/attention.py, taken away for the test)."""
-    saved = registry.RECORDS["MatMul"]
-    registry.RECORDS["MatMul"] = replace(saved, by_kind={}, classify=None,
-                                         rules={k: v for k, v in saved.rules.items() if k != "product"})
+    """MatMul as a linear layer only (its 'product' kind, catalog/linear.py and converters/attention.py, taken
+    away for the test)."""
+    saved, converters = RECORDS["MatMul"], EMITTERS["MatMul"]
+    RECORDS["MatMul"] = replace(saved, kinds=("linear",), classify=None,
+                                rules={k: v for k, v in saved.rules.items() if k != "product"})
+    EMITTERS["MatMul"] = replace(converters, by_kind={"linear": converters.by_kind["linear"]})
     yield
-    registry.RECORDS["MatMul"] = saved
+    RECORDS["MatMul"], EMITTERS["MatMul"] = saved, converters
 
 
 @pytest.fixture
 def matmul_product(matmul_linear_only):
     """MatMul given a second kind for the test: 'product' when both operands carry the signal."""
-    saved = registry.RECORDS["MatMul"]
+    saved, converters = RECORDS["MatMul"], EMITTERS["MatMul"]
 
     def halves(ctx, unit, rule, r_outs):  # each operand gets half of the relevance
         half = ctx.b.mul(r_outs[0], ctx.b.const(0.5))
@@ -156,7 +160,7 @@ def matmul_product(matmul_linear_only):
     registry.extend("MatMul", "product", halves, rules={"pass"},
                     classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
     yield
-    registry.RECORDS["MatMul"] = saved
+    RECORDS["MatMul"], EMITTERS["MatMul"] = saved, replace(converters, by_kind=dict(converters.by_kind))
 
 
 def product_model():
@@ -190,14 +194,49 @@ def test_without_the_second_kind_a_product_is_refused(matmul_linear_only):
     (dict(kind="elementwise"), "kind 'elementwise'"),
     (dict(kind="activation", rules={"pass", "no-such-rule"}), "no-such-rule"),
     (dict(kind="activation", no_such_flag=True), "no_such_flag"),
+    (dict(kind="linear"), "needs its LinearOp"),
 ])
 def test_a_record_without_a_valid_kind_rule_or_flag_is_an_error(bad, message):
-    with pytest.raises((registry.RegistryError, TypeError), match=message):
+    with pytest.raises((RegistryError, TypeError), match=message):
         registry.register("FakeOp", **bad)(lambda ctx, unit, rule, r_outs: r_outs)
-    assert "FakeOp" not in registry.RECORDS
+    assert "FakeOp" not in RECORDS and "FakeOp" not in EMITTERS
 
 
 def test_registering_an_op_twice_is_an_error():
-    with pytest.raises(registry.RegistryError, match="twice"):
+    with pytest.raises(RegistryError, match="twice"):
         registry.register("Relu", kind="activation")(lambda ctx, unit, rule, r_outs: r_outs)
-    assert registry.RECORDS["Relu"].derivative is not None
+    assert EMITTERS["Relu"].derivative is not None and EMITTERS["Relu"].by_kind["activation"] is not None
+
+
+def test_every_record_relevance_crosses_has_its_converters():
+    """Each kind of each record that relevance crosses has a converter; an activation has its derivative, a
+    linear op its reader (in the catalog) and its forward and adjoint passes."""
+    missing = []
+    for op, known in RECORDS.items():
+        emitters = EMITTERS.get(op, registry.Emitters())
+        missing += [f"{op}: no converter for kind {kind}" for kind in known.kinds
+                    if kind not in UNEXPLAINED and kind not in emitters.by_kind]
+        if "activation" in known.kinds and emitters.derivative is None:
+            missing.append(f"{op}: no derivative")
+        if "linear" in known.kinds and (known.linear is None or emitters.forward is None or emitters.adjoint is None):
+            missing.append(f"{op}: no reader, forward or adjoint")
+    assert not missing, "\n".join(missing)
+    assert {"Relu", "Conv", "Gather", "Softmax", "MatMul"} <= set(EMITTERS)
+
+
+def test_no_converter_lacks_a_record():
+    """Every op type the converters attach to has a record, and only the kinds its record lists."""
+    stray = [f"{op}: {sorted(emitters.by_kind)}" for op, emitters in EMITTERS.items()
+             if op not in RECORDS or not set(emitters.by_kind) <= set(RECORDS[op].kinds) - UNEXPLAINED]
+    assert not stray, "\n".join(stray)
+
+
+@pytest.mark.parametrize("op, kind, message", [
+    ("FakeOp", None, "no record"),
+    ("Relu", "sum", "no explained kind 'sum'"),
+    ("Shape", None, "no explained kind 'shape'"),
+])
+def test_attaching_without_a_record_or_kind_is_an_error(op, kind, message):
+    with pytest.raises(RegistryError, match=message):
+        registry.converts(op, kind=kind)(lambda ctx, unit, rule, r_outs: r_outs)
+    assert "FakeOp" not in EMITTERS and "sum" not in EMITTERS["Relu"].by_kind and "Shape" not in EMITTERS

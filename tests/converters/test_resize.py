@@ -5,7 +5,6 @@ summed over the copies. Reference: the gradient of torch's repeat_interleave (fl
 import pytest
 from ops_helpers import Net, check_network, eps_rule, inputs, move, run, t64
 
-from lrpgraph.errors import UnsupportedModelError
 
 
 def upsample(t):
@@ -29,15 +28,6 @@ def test_nearest_resize_moves_relevance(form):
     y, relevance = run(net.model(logits), x, rules=["Conv=epsilon:0.01"])
     check_network(x, y, relevance, lambda t: upsample(conv(t)),
                   lambda r: eps_rule(conv, x64, move(upsample, conv(x64), r), 0.01), head)
-
-
-def test_linear_resize_is_refused():
-    net = Net([3, 6, 6], seed=92, opset=13)
-    h, _, _, _ = net.conv("x", 3, 4, pads=[1, 1, 1, 1])
-    up = net.op("Resize", [h, "", net.const([1, 1, 2, 2])], mode="linear")
-    logits, _ = net.head(up, 4 * 12 * 12)
-    with pytest.raises(UnsupportedModelError, match=r"mode 'linear' is not supported \(only nearest\)"):
-        run(net.model(logits), inputs([3, 6, 6]))
 
 
 def test_importer_runs_resize_and_window_selections():

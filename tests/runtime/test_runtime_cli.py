@@ -9,7 +9,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 
 
 def test_explain_folder_of_samples_with_a_corrupt_image(tmp_path):

@@ -13,7 +13,7 @@ from lrpgraph.runtime.session import ExplainSession
 
 LABELS = ["cat", "dog", "fox & hound", "<owl>"]
 RECORD_KEYS = {"file", "outputs", "predicted", "predicted_label", "top5", "explained", "explained_label",
-               "explained_score", "relevance_sum"}
+               "explained_score", "explained_score_kind", "relevance_sum"}
 
 
 def make_folder(root):

@@ -46,11 +46,16 @@ def test_preprocess_matches_a_numpy_computation(tmp_path):
     assert np.array_equal(display, cropped.astype(np.uint8))
 
 
-def test_without_preprocess_images_are_resized_to_the_model(tmp_path):
+def test_without_preprocess_the_aspect_ratio_is_kept(tmp_path):
+    """No stored preprocessing: scaled to just cover H x W, then a centre crop (not a squash to H x W)."""
     path = write_image(tmp_path / "a.png", 9, 7)
     array = load_image(path, None, (3, 6, 5))
-    want = np.asarray(Image.open(path).resize((5, 6), Image.BILINEAR), dtype=np.float32) / 255.0
+    resized = Image.open(path).resize((8, 6), Image.BILINEAR)  # 9 x 7 by max(6/7, 5/9): 8 x 6 (w x h, rounded)
+    want = np.asarray(resized, dtype=np.float32)[0:6, 2:7] / 255.0  # centre crop 6 x 5: top 0, left round(1.5) = 2
     np.testing.assert_allclose(array, want.transpose(2, 0, 1), rtol=1e-6)
+    from lrpgraph.runtime import describe
+
+    assert "resized to cover 6x5 (aspect ratio kept), centre crop 6x5" in describe.preprocessing(None, (3, 6, 5))
 
 
 def test_grey_model_loads_grey_images(tmp_path):

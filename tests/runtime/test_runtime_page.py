@@ -10,7 +10,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 
 IMAGES = sorted(Path(DEMO_DIR, "images").glob("*.png"))
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from lrpgraph.cli import DEMO_DIR, main
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
 from lrpgraph.runtime import ExplainSession
 from lrpgraph.runtime.images import load_image
 

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lrpgraph.cli import main
-from lrpgraph.convert import convert, save
+from lrpgraph.convert import convert
+from lrpgraph.files import save
 from lrpgraph.web import ORT_FILES, pipeline
 
 DEMO = Path(__file__).resolve().parents[2] / "lrpgraph" / "data" / "demo"
@@ -41,7 +42,7 @@ def test_site(tmp_path, ort_files):
     code, output = web(model, "--out", tmp_path / "site", "--samples", DEMO / "images")
     assert code == 0, output
     site = tmp_path / "site"
-    files = {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples"}
+    files = {"index.html", "app.js", "model.json", "model.lrp.onnx", "ort", "samples", ".lrpgraph-site"}
     assert {p.name for p in site.iterdir()} == files
     assert sorted(p.name for p in (site / "ort").iterdir()) == sorted(ORT_FILES)
     config = json.loads((site / "model.json").read_text())
@@ -56,7 +57,8 @@ def test_site(tmp_path, ort_files):
 
 
 def test_pipeline_steps():
-    assert pipeline(None, [3, 224, 224]) == {"mode": "RGB", "scale": 255.0, "bgr": False, "size": [224, 224]}
+    assert pipeline(None, [3, 224, 224]) == {"mode": "RGB", "scale": 255.0, "bgr": False, "cover": [224, 224],
+                                             "crop": [224, 224]}  # the aspect ratio kept
     steps = pipeline({"resize": [40, 30], "channel_order": "BGR", "mean": [0.5, 0.4, 0.3], "std": 0.2,
                       "scale": 1.0}, [3, 40, 30])
     assert steps == {"mode": "RGB", "scale": 1.0, "bgr": True, "size": [40, 30], "mean": [0.5, 0.4, 0.3], "std": [0.2]}

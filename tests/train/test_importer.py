@@ -9,7 +9,7 @@ The importer (float32) and onnxruntime are each compared with the importer run i
 'seed' cases seed every class with its own logit times a random factor, so that the dense layer's
 epsilon rule divides no relevance by a near-zero logit (a random seed on 1000 random logits makes a few
 classes amplify float32 rounding by 1e4, and any two float32 implementations then differ by ~1e-3), and
-epsilon and stabiliser are 0.01: at 1e-6 the norm rule of DenseNet's transition pooling (an average of
+epsilon and stabilizer are 0.01: at 1e-6 the norm rule of DenseNet's transition pooling (an average of
 signed convolution outputs) divides by sums whose float32 rounding is amplified to 3e-4 (L1) in both
 float32 implementations alike."""
 

@@ -205,10 +205,10 @@ def test_a_rank_failing_in_setup_stops_every_rank(data, tmp_path):
         "import lrpgraph.train.loop as loop\n"
         "from lrpgraph.errors import LrpgraphError\n"
         "real = loop._dataset\n"
-        "def dataset(images, masks, shape, what):\n"
+        "def dataset(images, masks, shape, what, *rest):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise LrpgraphError(f'{images}: not readable on this node')\n"
-        "    return real(images, masks, shape, what)\n"
+        "    return real(images, masks, shape, what, *rest)\n"
         "loop._dataset = dataset\n"
         "from lrpgraph.train.cli import train\n"
         "train(prog_name='lrpgraph train')\n")

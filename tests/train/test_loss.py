@@ -1,4 +1,4 @@
-"""The ISNet loss against a direct float64 numpy transcription of REFERENCE.md section 5."""
+"""The ISNet loss against a direct float64 numpy transcription of the Faster ISNet loss (Bassi et al.)."""
 
 import math
 

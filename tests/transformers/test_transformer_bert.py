@@ -72,7 +72,7 @@ def test_explain_session_and_cli_for_tokens(bert, tmp_path):
     from click.testing import CliRunner
 
     from lrpgraph.cli import main
-    from lrpgraph.convert import save
+    from lrpgraph.files import save
     from lrpgraph.errors import LrpgraphError
     from lrpgraph.runtime.session import ExplainSession
 
@@ -108,3 +108,30 @@ def test_explain_session_and_cli_for_tokens(bert, tmp_path):
     np.save(tmp_path / "bad.npy", np.full((1, 5), 999))
     bad = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1 and "out of range" in bad.output
+
+
+
+@pytest.mark.parametrize("target", ["index", "seed"])
+def test_explain_session_targets_for_tokens(bert, target):
+    """A text model converted with a target input: ExplainSession's target loop (the one images use) explains
+    the predicted class by default, as the model converted with target 'top' (its argmax in the graph), and a
+    given class as the class index (index) or the seed (seed: one-hot, attn-lrp being gradient-seeded; logit x
+    one-hot for an LRP-seeded composite) fed by hand to onnxruntime."""
+    from lrpgraph.composites import GRADIENT_COMPOSITES
+    from lrpgraph.runtime.session import ExplainSession
+
+    feeds = bert["feeds"]
+    top_logits, top = run(lrpgraph.convert(bert["onnx"], composite="attn-lrp"), feeds)
+    converted = lrpgraph.convert(bert["onnx"], composite="attn-lrp", target=target)
+    session = ExplainSession(converted.SerializeToString())
+    logits, relevance = session.explain_inputs(feeds)
+    np.testing.assert_allclose(logits, top_logits, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(relevance, top, rtol=1e-5, atol=1e-7)
+    other = (top_logits.argmax(1) + 1) % top_logits.shape[1]
+    _, given = session.explain_inputs(feeds, target=other)
+    onehot = np.eye(top_logits.shape[1], dtype=np.float32)[other]
+    seed = onehot if "attn-lrp" in GRADIENT_COMPOSITES else onehot * top_logits
+    fed = {"target": other.astype(np.int64)} if target == "index" else {"relevance_seed": seed}
+    _, expected = run(converted, {**feeds, **fed})
+    np.testing.assert_allclose(given, expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(given - relevance).max() > 0  # another class, another heatmap

@@ -36,7 +36,7 @@ def ort_run(converted, feeds):
 
 
 def test_cp_lrp_conserves_without_biases(x):
-    """No biases, LayerNorm shifts, class token or position embedding: sum R = y_c (REFERENCE.md section 4)."""
+    """No biases, LayerNorm shifts, class token or position embedding: sum R = y_c (docs/rules.md, Targets)."""
     model = tm.vit(seed=2, bias=False, constants=False)
     out = ort_run(lrpgraph.convert(tm.export_image_model(model, x), composite="cp-lrp"), {"x": x.numpy()})
     explained = out["linear_16"].max(1) if "linear_16" in out else list(out.values())[0].max(1)

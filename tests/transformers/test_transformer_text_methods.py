@@ -94,7 +94,7 @@ def test_explain_reads_json_lines(bert, tmp_path):
     from click.testing import CliRunner
 
     from lrpgraph.cli import main
-    from lrpgraph.convert import save
+    from lrpgraph.files import save
 
     onnx_bytes, feeds = bert
     path = tmp_path / "bert.lrp.onnx"

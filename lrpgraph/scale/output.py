@@ -1,0 +1,157 @@
+"""Where a bulk job's output goes: Parquet parts under out/rows/ and out/errors/, and its summary.
+
+Output keeps each input exactly once: rows whose id was written before (by this run, or by an earlier
+run when resuming) are dropped and counted as duplicates. Parts are written under a temporary name and
+renamed when complete (every ROWS_PER_PART rows and at the end), so a job that is stopped leaves only
+whole parts; `--resume` reads the ids in them (done_ids) and the next run skips those inputs. The folder
+reads back with pandas.read_parquet(out / "rows") or pyarrow.dataset.
+
+Summary collects, as the rows arrive: counts (inputs, explained, errors, skipped by --resume, duplicates
+dropped), the histogram of predicted classes, the mean of every per-image metric column (e.g. the mean
+background fraction), and the slowest batch; summary.json gets it at the end.
+"""
+
+import json
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from lrpgraph.files import atomic_write
+from lrpgraph.scale import rows
+from lrpgraph.scale.sources import pyarrow
+
+ROWS_PER_PART = 4096
+TABLES = ("rows", "errors")
+
+
+def done_ids(out_dir: str | os.PathLike) -> set:
+    """The ids already in out_dir's rows and errors parts (what --resume skips)."""
+    pq, ids = pyarrow().parquet, set()
+    for table in TABLES:
+        for part in sorted((Path(out_dir) / table).glob("part-*.parquet")):
+            ids.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+    return ids
+
+
+class Output:
+    """Writes output tables (rows.schema, with the error column) as rows and errors parts; drops duplicates."""
+
+    def __init__(self, out_dir: str | os.PathLike, seen: set | None = None):
+        self.out_dir = Path(out_dir)
+        self.run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.seen = set(seen or ())
+        self.pending = {table: [] for table in TABLES}
+        self.parts = {table: 0 for table in TABLES}
+        self.duplicates = 0
+        self.schemas = {}  # {table: pyarrow schema} of the tables seen
+        for table in TABLES:
+            (self.out_dir / table).mkdir(parents=True, exist_ok=True)
+            for stale in (self.out_dir / table).glob(".part-*.tmp"):  # left by a job that was killed
+                stale.unlink()
+
+    def add(self, table: object) -> tuple:
+        """Keep the rows of table not seen before; return (explained rows, error rows) kept."""
+        pa = pyarrow()
+        ids = table.column("id").to_pylist()
+        keep = []
+        for i, key in enumerate(ids):
+            if key in self.seen:
+                self.duplicates += 1
+            else:
+                self.seen.add(key)
+                keep.append(i)
+        if len(keep) < len(ids):
+            table = table.take(pa.array(keep, type=pa.int64()))
+        good, bad = rows.split(table)
+        for name, part in (("rows", good), ("errors", bad)):
+            self.schemas[name] = part.schema
+            if part.num_rows:
+                self.pending[name].append(part)
+                if sum(t.num_rows for t in self.pending[name]) >= ROWS_PER_PART:
+                    self._flush(name)
+        return good, bad
+
+    def _flush(self, name, empty=False):
+        pa, pending = pyarrow(), self.pending[name]
+        if not pending and not empty:
+            return
+        table = pa.concat_tables(pending) if pending else self.schemas[name].empty_table()
+        folder = self.out_dir / name
+        temporary = folder / f".part-{self.run}-{self.parts[name]:05d}.tmp"
+        pa.parquet.write_table(table, temporary)
+        os.replace(temporary, folder / f"part-{self.run}-{self.parts[name]:05d}.parquet")
+        self.parts[name] += 1
+        self.pending[name] = []
+
+    def close(self) -> None:
+        """Write what is pending; a table without any part gets an empty one, so that it reads back with its
+        columns."""
+        for name in TABLES:
+            folder = self.out_dir / name
+            self._flush(name, empty=name in self.schemas and not any(folder.glob("part-*.parquet")))
+
+
+class Summary:
+    """Counts, class histogram, metric means and the slowest batch of a job, collected as tables arrive."""
+
+    def __init__(self, inputs: int, skipped: int = 0):
+        self.inputs, self.skipped = inputs, skipped
+        self.explained = self.errors = 0
+        self.classes = Counter()
+        self.sums, self.counts = Counter(), Counter()
+        self.slowest = None  # (seconds, first id, rows)
+        self.batch_seconds, self.batch_rows = {}, Counter()  # by the first id of each batch
+        self.started = time.perf_counter()
+
+    def add(self, good: object, bad: object) -> None:
+        """Count the kept rows of one output table."""
+        self.explained += good.num_rows
+        self.errors += bad.num_rows
+        self.classes.update(good.column("predicted").to_pylist())
+        for name in good.column_names:
+            if any(name.endswith("_" + metric) for metric in rows.SUMMARY_METRICS if metric != "sum"):
+                for value in good.column(name).to_pylist():
+                    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                        self.sums[name] += float(value)
+                        self.counts[name] += 1
+        for part in (good, bad):
+            for first, seconds in zip(part.column("batch").to_pylist(), part.column("batch_seconds").to_pylist()):
+                self.batch_rows[first] += 1
+                self.batch_seconds[first] = seconds
+        if self.batch_seconds:
+            first = max(self.batch_seconds, key=self.batch_seconds.get)
+            self.slowest = {"seconds": self.batch_seconds[first], "first": first, "rows": self.batch_rows[first]}
+
+    def result(self, labels: list | None = None) -> dict:
+        """The summary as a dict (what summary.json holds)."""
+        seconds = time.perf_counter() - self.started
+        histogram = {str(k): v for k, v in sorted(self.classes.items())}
+        if isinstance(labels, list):
+            histogram = {f"{k} {labels[int(k)]}" if int(k) < len(labels) else k: v for k, v in histogram.items()}
+        return {"inputs": self.inputs, "explained": self.explained, "errors": self.errors, "skipped": self.skipped,
+                "classes": histogram, "means": {k: self.sums[k] / self.counts[k] for k in sorted(self.counts)},
+                "slowest_batch": self.slowest, "seconds": seconds,
+                "images_per_second": self.explained / seconds if seconds > 0 else None}
+
+
+def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
+    """summary.json in out_dir."""
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(Path(out_dir) / "summary.json", lambda f: f.write(text), binary=False)
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a few lines for the terminal."""
+    lines = [f"{summary['explained']} of {summary['inputs']} inputs explained, {summary['errors']} errors, "
+             f"{summary['skipped']} skipped (done before), {summary.get('duplicates', 0)} duplicates dropped; "
+             f"{summary['seconds']:.1f} s"]
+    lines.append("classes: " + ", ".join(f"{k}: {v}" for k, v in summary["classes"].items()))
+    for name, mean in summary["means"].items():
+        lines.append(f"mean {name}: {mean:.4f}")
+    if summary["slowest_batch"]:
+        slow = summary["slowest_batch"]
+        lines.append(f"slowest batch: {slow['seconds']:.2f} s ({slow['rows']} inputs from {slow['first']})")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""ultralytics YOLOv8n (detect and segment heads) as ultralytics exports it converts as a whole graph (the box
+branch's DFL Softmax, anchors computed through Shape / Range / ConstantOfShape, Split / Concat, arithmetic by
+constants), and one class score at a chosen anchor, seeded on the raw head output, matches zennit in float64
+on the torch model's class logits (the Sigmoid in the export passes relevance unchanged, L-CRP's choice; the
+residual Adds pass it to both terms as zennit's plain `+` does: `--rule Add=gradient`). The gradient matches
+torch autograd, the importer runs the converted graph as onnxruntime does, and a dynamic-size export converted with an image size gives the static export's heatmap."""
+
+import numpy as np
+import pytest
+import torch
+
+from seeded_ref import SEED, run, same_as_onnxruntime, seeded
+from yolo_models import SIDE, ClassLogits, yolo
+from zennit_ref import l1, zennit_composite
+
+CLASS, ANCHOR = 3, 17  # anchor 17: a cell of the stride-8 grid
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("yolo")
+    cache = {}
+
+    def get(name, dynamic=False):
+        if (name, dynamic) not in cache:
+            where = folder / f"{name}{'-dynamic' if dynamic else ''}"
+            where.mkdir()
+            cache[name, dynamic] = yolo(name, str(where), dynamic=dynamic)
+        return cache[name, dynamic]
+    return get
+
+
+def image(batch=1):
+    return torch.rand(batch, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+
+
+def one_hot(row):
+    def seed(y):
+        s = np.zeros_like(y)
+        s[:, row, ANCHOR] = 1.0
+        return s
+    return seed
+
+
+def zennit_class_score(model, x, composite, eps):
+    reference = ClassLogits(model).double()
+    xx = x.double().requires_grad_(True)
+    with zennit_composite(composite, eps, eps).context(reference) as modified:
+        out = modified(xx)
+        grad = torch.zeros_like(out)
+        grad[:, CLASS, ANCHOR] = 1.0
+        (heat,) = torch.autograd.grad(out, xx, grad)
+    reference.float()
+    return out.detach().float().numpy(), heat.float().numpy()
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolov8n-seg"])
+@pytest.mark.parametrize("composite,eps", [("epsilon-plus-flat", 1e-6), ("epsilon", 0.01)])
+def test_class_score_matches_zennit(exports, name, composite, eps):
+    model, path = exports(name)
+    x = image()
+    converted = seeded(path, composite, rules=["Add=gradient"], epsilon=eps, stabilizer=eps)
+    y, heat = run(converted, x.numpy(), one_hot(4 + CLASS))
+    logits, ref = zennit_class_score(model, x, composite, eps)
+    classes = logits.shape[1]
+    assert np.allclose(y[:, 4:4 + classes], 1 / (1 + np.exp(-logits)), atol=1e-4), "class scores differ from torch"
+    assert np.abs(ref).sum() > 0
+    assert l1(heat, ref) <= 1e-4, (name, composite, l1(heat, ref))
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
+def test_gradient_matches_autograd(exports, name):
+    """The gradient of one class score (YOLO11's C2PSA attention included; through the head's Sigmoid, whose derivative is written with Exp: onnxruntime's
+    float32 Sigmoid approximates the saturated tails that random weights reach)."""
+    model, path = exports(name)
+    x = image()
+    _, heat = run(seeded(path, "gradient"), x.numpy(), one_hot(4 + CLASS))
+    xx = x.double().requires_grad_(True)
+    score = torch.sigmoid(ClassLogits(model).double()(xx))[:, CLASS, ANCHOR].sum()
+    (ref,) = torch.autograd.grad(score, xx)
+    model.float()
+    assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
+
+
+def test_dynamic_export_with_image_size_equals_static(exports):
+    """ultralytics' dynamic=True export (batch and size symbolic; its anchors and Reshapes computed from Shape)
+    converted at the static export's size gives its heatmap, for two images in one batch."""
+    _, static = exports("yolov8n")
+    _, dynamic = exports("yolov8n", dynamic=True)
+    x = image(2)
+    seed = one_hot(4 + CLASS)
+    _, ref = run(seeded(static, "epsilon-plus-flat", rules=["Add=gradient"]), x[:1].numpy(), seed)
+    _, heat = run(seeded(dynamic, "epsilon-plus-flat", image_size=(SIDE, SIDE), rules=["Add=gradient"]), x.numpy(),
+                  seed)
+    assert np.abs(ref).sum() > 0 and l1(heat[:1], ref) <= 1e-6, l1(heat[:1], ref)
+
+
+def test_importer_runs_yolov8n_as_onnxruntime(exports):
+    """lrpgraph.train's importer computes the converted YOLOv8n's outputs and relevance as onnxruntime does."""
+    _, path = exports("yolov8n")
+    model = seeded(path, "epsilon-plus-flat", rules=["Add=gradient"])
+    same_as_onnxruntime(model, {"images": image().numpy(), SEED: one_hot(4 + CLASS)(np.zeros([1, 84, 525], np.float32))})

@@ -1,0 +1,70 @@
+"""Generated data for the bulk-run tests (28 x 28 garment-like images with masks, PNG bytes) and the processes a\nlocal Ray cluster started by this test process runs."""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def garment(rng, size=28):
+    """(uint8 image, bool mask): a bright blob on a dark, noisy background."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(8, 20, 2)
+    ry, rx = rng.uniform(4, 10, 2)
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    image = rng.integers(0, 40, (size, size)) + mask * rng.integers(120, 215, (size, size))
+    return image.astype(np.uint8), mask
+
+
+def png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_images(folder, count, seed=0, masks=True):
+    """count PNGs (two sub-folders) under folder/images and their masks under folder/masks."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image, mask = garment(rng)
+        relative = Path(f"part{i % 2}") / f"img_{i:04d}.png"
+        for root, array in (("images", image), ("masks", mask.astype(np.uint8) * 255)):
+            if root == "masks" and not masks:
+                continue
+            (folder / root / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / root / relative)
+    return folder / "images", folder / "masks"
+
+
+def _parents():
+    """{pid: parent pid} of every process."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def command(pid):
+    """The command line of pid ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root=None):
+    """The pids of every process below root (this process by default): a cluster ray.init starts here (its
+    gcs_server, raylet and workers), not one another test process started."""
+    parents, found, todo = _parents(), set(), [root or os.getpid()]
+    while todo:
+        pid = todo.pop()
+        children = [child for child, parent in parents.items() if parent == pid and child not in found]
+        found.update(children)
+        todo += children
+    return found

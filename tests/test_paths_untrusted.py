@@ -1,0 +1,132 @@
+"""Output paths in a folder someone else can write to (issue 25): writes never follow a symlink planted at or
+near the destination, output names derived from input names stay under --out, and --force deletes only what
+lrpgraph wrote. On lrpgraph before these checks: save's external-data '.partial' file and write_optimized's
+'.tmp' were opened through a planted symlink (creating or overwriting a file elsewhere), evaluate's curve
+plots were written through a planted link, explain wrote through an output sub-folder linked elsewhere, and
+`web --force` deleted a folder holding model.json and app.js with whatever else it held."""
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from lrpgraph.cli import main
+from lrpgraph.cli_demo import DEMO_DIR
+from lrpgraph.convert import convert
+from lrpgraph.errors import LrpgraphError
+from lrpgraph.files import inside, optimized_path, save, write_optimized
+from lrpgraph.web import ORT_FILES
+from test_cli import assert_one_line_error
+
+DEMO = Path(DEMO_DIR)
+IMAGE = next((DEMO / "images").glob("*.png"))
+VICTIM = b"not yours to overwrite"
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def converted():
+    return convert(onnx.load(DEMO / "model.onnx"))
+
+
+@pytest.fixture
+def victim(tmp_path):
+    path = tmp_path / "elsewhere" / "victim.bin"
+    path.parent.mkdir()
+    path.write_bytes(VICTIM)
+    return path
+
+
+def test_save_never_writes_through_planted_links(tmp_path, converted, victim):
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "model.lrp.onnx"
+    created = tmp_path / "elsewhere" / "created.bin"
+    os.symlink(created, out / "model.lrp.onnx.data.partial")  # a dangling link where the data was staged
+    os.symlink(victim, path)
+    os.symlink(victim, out / "model.lrp.onnx.data")
+    model = onnx.ModelProto()
+    model.CopyFrom(converted)
+    save(model, path, force=True, external=True)
+    assert victim.read_bytes() == VICTIM and not created.exists()
+    assert not path.is_symlink() and not (out / "model.lrp.onnx.data").is_symlink()
+    assert onnx.load(path).graph.initializer  # the external data is read back from the folder
+
+
+def test_write_optimized_never_writes_through_a_planted_link(tmp_path, converted, victim):
+    path = tmp_path / "model.lrp.onnx"
+    save(converted, path)
+    os.symlink(victim, optimized_path(path) + ".tmp")
+    write_optimized(path, repeats=1)
+    assert victim.read_bytes() == VICTIM
+
+
+def test_explain_never_leaves_out_through_a_linked_sub_folder(tmp_path, victim):
+    model = tmp_path / "model.lrp.onnx"
+    assert cli("convert", DEMO / "model.onnx", "-o", model)[0] == 0
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    (tmp_path / "images" / "cats" / "a.png").write_bytes(IMAGE.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim.parent, out / "cats")
+    code, output = cli("explain", model, tmp_path / "images", "-o", out, "-q")  # after the providers line
+    assert code == 2 and output.strip().splitlines()[-1].startswith("lrpgraph: error:") and "symlink" in output
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.bin"]
+    os.remove(out / "cats")
+    (out / "cats").mkdir()
+    os.symlink(victim, out / "cats" / "a.relevance.png")  # a planted link at the file itself is replaced
+    assert cli("explain", model, tmp_path / "images", "-o", out, "-q")[0] == 0
+    assert victim.read_bytes() == VICTIM and not (out / "cats" / "a.relevance.png").is_symlink()
+
+
+def test_evaluate_curves_never_follow_a_planted_link(tmp_path, victim):
+    pytest.importorskip("matplotlib")
+    model = tmp_path / "model.lrp.onnx"
+    assert cli("convert", DEMO / "model.onnx", "-o", model)[0] == 0
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(IMAGE.read_bytes())
+    (tmp_path / "ev" / "curves").mkdir(parents=True)
+    os.symlink(victim, tmp_path / "ev" / "curves" / "a.curves.png")
+    assert cli("evaluate", model, tmp_path / "images", "-o", tmp_path / "ev", "--metrics", "deletion")[0] == 0
+    assert victim.read_bytes() == VICTIM and (tmp_path / "ev" / "curves" / "a.curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["../x.png", "a/../../x.png", "/etc/x.png", "..\\x.png", "C:\\x.png"])
+def test_output_names_from_archives_or_columns_cannot_leave_out(tmp_path, name):
+    with pytest.raises(LrpgraphError, match="would leave"):
+        inside(tmp_path, name)
+    assert inside(tmp_path, "..%2F..%2Fx.png") == os.path.join(tmp_path, "..%2F..%2Fx.png")  # a plain name
+
+
+@pytest.fixture
+def ort_files(tmp_path, monkeypatch):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    for name in ORT_FILES:
+        (dist / name).write_text(f"// {name}")
+    monkeypatch.setenv("LRPGRAPH_ORT_WEB", str(dist))
+
+
+def test_web_force_deletes_only_what_it_wrote(tmp_path, ort_files):
+    model = tmp_path / "model.lrp.onnx"
+    assert cli("convert", DEMO / "model.onnx", "-o", model)[0] == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("model.json", "app.js", "thesis.tex"):
+        (mine / name).write_text("the user's")
+    assert_one_line_error(*cli("web", model, "-o", mine, "--force"), "is no lrpgraph site")
+    assert (mine / "thesis.tex").read_text() == "the user's"
+    site = tmp_path / "site"
+    assert cli("web", model, "-o", site, "--samples", DEMO / "images")[0] == 0
+    (site / "samples" / "notes.txt").write_text("the user's")
+    assert_one_line_error(*cli("web", model, "-o", site, "--force"), "'samples/notes.txt'", "did not write")
+    assert (site / "samples" / "notes.txt").exists()
+    os.remove(site / "samples" / "notes.txt")
+    assert cli("web", model, "-o", site, "--force")[0] == 0 and not (site / "samples").exists()
