@@ -5,28 +5,33 @@ small class-specific artefact at a class-specific place in the background (--bia
 Test sets from the Fashion-MNIST test split, the same garments and textures three times: biased (the own
 class's artefact), unbiased (none), confounded (the artefact of another class). A model that learned the
 shortcut is right on biased, worse on unbiased and wrong on confounded images; one that looks at the garment
-scores alike on all three.
+scores alike on all three. A fourth test set comes from "another hospital" (datasets.ood_set: other background
+textures, another class's artefact at places never used in training): out of distribution, as the paper means it.
 
 Rows: the same backbone (tests/train/fashion_data.tiny_cnn: three 3x3 convolutions, BatchNorm, two max
 pools, global average pooling, one dense layer) from the same initial weights, trained with
 lrpgraph.train.loop.train (what `lrpgraph train` runs) with the same options: plain (cross-entropy only), oracle
 (cross-entropy on the same training images without the artefact: the accuracy to reach), and the ISNet variants
-original, dual, selective and stochastic. Each trained model.onnx (the last epoch) is converted with the
+original, dual, selective and stochastic; then the alternatives of bias_alternatives.py (--alternatives: Right for
+the Right Reasons, a U-Net segmenter followed by the classifier, and the chance-level control untrained) with the
+same budget. Each trained model.onnx (the last epoch) is converted with the
 --explainer composite (default flex, the LRP-Flex heatmap the Faster ISNet variants train) explaining the
 predicted class, and run in onnxruntime on the three test sets: accuracy on each; background relevance fraction
 sum(|R| (1 - M)) / sum(|R|) and pointing-game score (the heatmap's arg-max lies in the garment); training
 seconds per epoch. Every seed (--seeds) draws its own data, initial weights and order.
 
 Output: the per-seed rows in --csv, the markdown (mean +- std over the seeds, per-seed accuracies, the
-acceptance checks of bias_checks.py) built from that CSV into --out's generated block, the figure (first seed).
-Exit status 1 when an acceptance check fails, 0 when all hold.
+checks of bias_checks.py: each method against plain and the oracle, each ISNet variant's OOD accuracy against each
+alternative's) built from that CSV into --out's generated block, the figure (first seed); all written again after
+every seed. Exit status 1 when a check fails, 0 when all hold.
 
     python benchmarks/bias.py --quick --csv docs/bias.csv --out docs/bias.md --figure docs/bias.png  # 2-core CPU
     python benchmarks/bias.py --out out/bias.md --figure out/bias.png --device cuda   # full, on a GPU
 
 --quick: 4 classes (t-shirt, trouser, sandal, bag), 36 x 36 canvases, 400 training images per class,
 100 test images per class (x 3 sets), widths 16/32/32, 10 epochs, batch 16, Adam lr 3e-3 with a cosine
-schedule, P 0.5 (original and stochastic ISNet 0.6), selective ISNet explaining the lowest logit, seeds 0, 1, 2. Full: 10 classes, 64 x 64 canvases,
+schedule, P 0.5 (original and stochastic ISNet 0.6), selective ISNet explaining the lowest logit, seeds 0 to 4.
+Full: 10 classes, 64 x 64 canvases,
 2000 training images per class, 500 test per class, widths 32/64/64, 30 epochs, batch 64, Adam lr 1e-3, P 0.7
 (not run: no GPU here). Any option can be set on its own (see --help).
 """
@@ -51,12 +56,14 @@ from lrpgraph import datasets, metadata, metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bias_report import markdown, read_csv, write_csv, write_markdown  # noqa: E402
+import bias_alternatives  # noqa: E402
+from bias_alternatives import ALTERNATIVES, RRR_LAMBDA  # noqa: E402
+from bias_report import accuracy_figure, markdown, read_csv, write_csv, write_markdown  # noqa: E402
 
 VARIANTS = ("original", "dual", "selective", "stochastic")
 QUICK = {"classes": "0,1,5,8", "size": 36, "train_per_class": 400, "test_per_class": 100, "widths": "16,32",
          "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "schedule": "cosine",
-         "P": "0.5,original=0.6,stochastic=0.6", "warm_start": "no", "selective_class": "lowest", "seeds": "0,1,2"}
+         "P": "0.5,original=0.6,stochastic=0.6", "warm_start": "no", "selective_class": "lowest", "seeds": "0,1,2,3,4"}
 FULL = {"classes": "0,1,2,3,4,5,6,7,8,9", "size": 64, "train_per_class": 2000, "test_per_class": 500,
         "widths": "32,64", "epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
         "schedule": "none", "P": 0.7, "warm_start": "no", "selective_class": "predicted", "seeds": "0,1,2"}
@@ -70,6 +77,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="markdown: its generated block is replaced (the whole file if it has none)")
     p.add_argument("--figure", default="out/bias/bias.png", help="PNG of example heatmaps (the first seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="ISNet variants, or none (plain and oracle always run)")
+    p.add_argument("--alternatives", default="rrr,segmenter",
+                   help="the paper's alternatives (bias_alternatives.py): rrr, segmenter, and the chance-level "
+                        "control untrained; or none")
+    p.add_argument("--rrr-lambda", type=float, default=RRR_LAMBDA, help="weight of RRR's input-gradient penalty")
     p.add_argument("--classes", help="Fashion-MNIST labels, comma-separated")
     p.add_argument("--size", type=int, help="canvas size (>= 36)")
     p.add_argument("--train-per-class", type=int)
@@ -111,13 +122,19 @@ def parse_args(argv=None):
     args.widths = tuple(int(w) for w in str(args.widths).split(","))
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip() not in ("", "none", "plain", "oracle")]
+    args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip() not in ("", "none")]
+    unknown = [a for a in args.alternatives if a not in ALTERNATIVES]
+    if unknown:
+        p.error(f"--alternatives {unknown[0]}: choose from {', '.join(ALTERNATIVES)}")
     args.csv = args.csv or str(Path(args.work) / "bias.csv")
     return args
 
 
 def test_sets(args, seed):
-    return {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, seed)
+    sets = {m: datasets.biased_fashion_mnist("test", m, args.test_per_class, args.classes, args.size, seed)
             for m in datasets.MODES}
+    sets["ood"] = datasets.ood_set(args.test_per_class, args.classes, args.size, seed)
+    return sets
 
 
 def make_data(args, seed, root):
@@ -145,24 +162,49 @@ def loss_weights(spec):
     return weights
 
 
-def train_row(args, seed, row, start_model, folders, out):
-    """Train one row (plain, oracle or an ISNet variant) with lrpgraph.train; returns (model.onnx, s / epoch)."""
+def train_row(args, seed, row, start_model, train_folders, val_folders, out):
+    """Train one row with lrpgraph.train: plain, oracle and the segmenter's classifier with cross-entropy, an ISNet
+    variant with its heatmap loss, on train_folders (images, masks); returns (model.onnx, s / epoch)."""
     from lrpgraph.train.config import TrainConfig
     from lrpgraph.train.loop import train
 
-    isnet = row not in ("plain", "oracle")
-    images, masks = folders["train-oracle" if row == "oracle" else "train"]
-    val, val_masks = folders["test-unbiased"]  # monitoring only (metrics.csv); the last epoch is evaluated
+    isnet = row in VARIANTS
+    images, masks = train_folders
+    val, val_masks = val_folders  # monitoring only (metrics.csv); the last epoch is evaluated
     config = TrainConfig(model=str(start_model), images=str(images), masks=str(masks), out=str(out), val=str(val),
                          val_masks=str(val_masks), variant=row if isnet else "plain",
-                         epochs=args.isnet_epochs if isnet else args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
-                         P=args.P_of.get(row, args.P_of[None]), d=args.d,
+                         epochs=args.epochs if row in ("plain", "oracle") else args.isnet_epochs,
+                         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                         schedule=args.schedule, P=args.P_of.get(row, args.P_of[None]), d=args.d,
                          tune_epochs=args.tune_epochs if isnet else 0, seed=seed, force=True,
                          selective_class=args.selective_class, device=args.device, threads=args.threads,
                          progress=False)
     result = train(config)
     return out / "model.onnx", float(np.mean([r["seconds"] for r in result["history"]]))
+
+
+def train_any(args, seed, name, work, base, folders, out):
+    """Train row `name` of one seed (from the plain model with --warm-start, else from backbone.onnx)."""
+    start = (base or work) / "backbone.onnx"
+    if name in ALTERNATIVES:
+        def classifier(images, masks, where):
+            return train_row(args, seed, name, start, (images, masks), folders["test-unbiased"], where)
+
+        trained, per_epoch = bias_alternatives.train(name, args, seed, start, out, classifier)
+        (out / "seconds_per_epoch.txt").write_text(f"{per_epoch}\n")
+        return trained, per_epoch
+    if args.warm_start and name not in ("plain", "oracle"):
+        start = (base or work) / "runs" / "plain" / "model.onnx"
+    train_folders = folders["train-oracle" if name == "oracle" else "train"]
+    return train_row(args, seed, name, start, train_folders, folders["test-unbiased"], out)
+
+
+def seconds_per_epoch(out):
+    """The mean training seconds per epoch a finished run recorded."""
+    if (out / "seconds_per_epoch.txt").is_file():
+        return float((out / "seconds_per_epoch.txt").read_text())
+    with open(out / "metrics.csv") as f:
+        return float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
 
 
 class Explained:
@@ -259,7 +301,7 @@ def run_seed(args, seed):
         backbone = work / "backbone.onnx"
         onnx.save(tiny_cnn(len(args.classes), 1, args.size, args.widths, seed=seed), str(backbone))
     rows, all_maps = [], {}
-    for name in ("plain", "oracle", *args.variants):
+    for name in ("plain", "oracle", *args.variants, *args.alternatives):
         t = time.perf_counter()
         out = work / "runs" / name
         if base is not None and name in ("plain", "oracle"):
@@ -268,14 +310,9 @@ def run_seed(args, seed):
             if not (out / "model.onnx").is_file():
                 print(f"seed {seed} {name}: no {out / 'model.onnx'}, skipped", flush=True)
                 continue
-            with open(out / "metrics.csv") as f:
-                per_epoch = float(np.mean([float(r["seconds"]) for r in csv.DictReader(f)]))
-            trained = out / "model.onnx"
+            trained, per_epoch = out / "model.onnx", seconds_per_epoch(out)
         else:
-            warm = args.warm_start and name not in ("plain", "oracle")
-            plain = (base or work) / "runs" / "plain" / "model.onnx"
-            start = plain if warm else (base or work) / "backbone.onnx"
-            trained, per_epoch = train_row(args, seed, name, start, folders, out)
+            trained, per_epoch = train_any(args, seed, name, work, base, folders, out)
         row, maps = evaluate(Explained(trained, args.explainer, args.threads), sets)
         rows.append({"seed": seed, "model": name, **row, "seconds_per_epoch": per_epoch})
         all_maps[name] = maps
@@ -285,6 +322,49 @@ def run_seed(args, seed):
     return rows, all_maps, sets
 
 
+def cpu_name():
+    """The CPU's model name (lscpu's 'Model name' from /proc/cpuinfo), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def accuracy_path(figure_path):
+    """Where the accuracy bars go: beside the heatmap figure, FIGURE_accuracy.png."""
+    path = Path(figure_path)
+    return path.with_name(f"{path.stem}_accuracy.png")
+
+
+def report(args, rows, first, minutes, done):
+    """Write the CSV, the markdown (printed, and into --out) and the figure for the seeds done; returns whether every
+    check held. Called after every seed, so a run cut short leaves its finished seeds reported."""
+    left = [k for k in args.seeds if k not in done]
+    config = (f"Configuration: classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} "
+              f"training and {args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, "
+              f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
+              f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
+              f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
+              f"{args.explainer}, alternatives {','.join(args.alternatives) or 'none'} (RRR lambda "
+              f"{args.rrr_lambda:g}), seeds {','.join(map(str, done))}" +
+              (f" (seeds {','.join(map(str, left))} not run yet)" if left else "") +
+              f"; {cpu_name()}, torch threads {args.threads or 'default'}; total {minutes:.1f} min" +
+              (" (evaluation only)" if args.evaluate_only else "") + ".")
+    write_csv(args.csv, rows)
+    block, held = markdown(read_csv(args.csv), config)
+    print(block, flush=True)
+    figure(args.figure, first[1], first[0], args)
+    accuracy_figure(read_csv(args.csv), accuracy_path(args.figure), len(args.classes))
+    if args.out:
+        write_markdown(args.out, block)
+    print(f"wrote {args.csv}, {args.figure}, {accuracy_path(args.figure)}" + (f" and {args.out}" if args.out else ""),
+          flush=True)
+    return held
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -292,30 +372,17 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows, first = [], None
+    rows, first, done, held = [], None, [], False
     for seed in args.seeds:
         mine, maps, sets = run_seed(args, seed)
         rows += mine
         first = first or (maps, sets)
+        done.append(seed)
+        if rows:
+            held = report(args, rows, first, (time.perf_counter() - start) / 60, done)
     if not rows:
         print(f"bias.py: nothing to report under {args.work}", file=sys.stderr)
         return 2
-    total = time.perf_counter() - start
-    config = (f"Configuration: classes {','.join(map(str, args.classes))}, canvas {args.size}, {args.train_per_class} "
-              f"training and {args.test_per_class} test images per class, bias {args.bias}, widths {args.widths}, "
-              f"{args.epochs} epochs (ISNet {args.isnet_epochs}), batch {args.batch_size}, {args.optimizer} lr "
-              f"{args.lr}, schedule {args.schedule}, P {args.P}, d {args.d}, tune epochs {args.tune_epochs}, warm "
-              f"start {'yes' if args.warm_start else 'no'}, selective class {args.selective_class}, explainer "
-              f"{args.explainer}, seeds {','.join(map(str, args.seeds))}; {platform.machine()}, torch threads "
-              f"{args.threads or 'default'}; total {total / 60:.1f} min" +
-              (" (evaluation only)" if args.evaluate_only else "") + ".")
-    write_csv(args.csv, rows)
-    block, held = markdown(read_csv(args.csv), config)
-    print(block)
-    figure(args.figure, first[1], first[0], args)
-    if args.out:
-        write_markdown(args.out, block)
-    print(f"wrote {args.csv}, {args.figure}" + (f" and {args.out}" if args.out else ""))
     if not held:
         print("bias.py: an acceptance check failed (see above)", file=sys.stderr)
     return 0 if held else 1

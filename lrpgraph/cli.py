@@ -335,10 +335,13 @@ def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_d
 @click.option("--bias", type=float, default=1.0, show_default=True,
               help="probability that a training image carries its class's artefact")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ood", is_flag=True, help="also test-ood/: test garments from another hospital (other background "
+              "textures, artefacts of another class at places never used in training)")
 def make_dataset(root: str, classes: str, size: int, train_per_class: int, val_per_class: int, test_per_class: int,
-                 bias: float, seed: int) -> None:
+                 bias: float, seed: int, ood: bool) -> None:
     """Write background-biased Fashion-MNIST to ROOT: train/, [val/,] test-biased/, test-unbiased/,
-    test-confounded/, each with images/<class>/ and masks/<class>/ (the layout `lrpgraph train` reads)."""
+    test-confounded/, [test-ood/,] each with images/<class>/ and masks/<class>/ (the layout `lrpgraph train`
+    reads)."""
     from lrpgraph.datasets import write_benchmark
 
     try:
@@ -346,7 +349,8 @@ def make_dataset(root: str, classes: str, size: int, train_per_class: int, val_p
     except ValueError:
         raise click.BadParameter(f"{classes!r}: comma-separated integers", param_hint="--classes") from None
     try:
-        folders = write_benchmark(root, train_per_class, test_per_class, val_per_class, labels, size, seed, bias)
+        folders = write_benchmark(root, train_per_class, test_per_class, val_per_class, labels, size, seed, bias,
+                                  ood)
     except LrpgraphError as err:
         click.echo(f"lrpgraph: error: {err}", err=True)
         sys.exit(err.exit_code)

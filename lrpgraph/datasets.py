@@ -14,7 +14,12 @@ Sets (`mode`):
   confounded  the artefact of a uniformly drawn *other* class
 
 For a given split and seed the three modes share the same garments, positions and textures, so the test
-sets differ only in the artefact. Everything is drawn from numpy generators seeded by `seed`: the same
+sets differ only in the artefact.
+
+Out of distribution (`ood=True`, "another hospital"): the same garments on textures of another kind (concentric
+rings around a random centre, brighter and noisier, instead of straight stripes), and the artefact (of the class
+the mode picks) at a random place on the outer ring that overlaps none of the ten places artefacts take in
+training. A model that learned the training backgrounds or the artefacts' places meets neither there. Everything is drawn from numpy generators seeded by `seed`: the same
 arguments give the same bytes.
 
 Data: the Debian package dataset-fashion-mnist (gzipped idx files under /usr/share/datasets/fashion-mnist),
@@ -87,9 +92,23 @@ def artefact_box(k: int, size: int) -> tuple:
     return places[k]
 
 
-def draw_artefact(canvas: np.ndarray, k: int) -> None:
-    """Paint class k's artefact (white shape, black 3 x 3 box) into canvas (H x W float) in place."""
-    top, left = artefact_box(k, canvas.shape[0])
+def ood_artefact_box(rng: np.random.Generator, size: int) -> tuple:
+    """(top, left) of an out-of-distribution artefact: a random place on the outer ring (its 3 x 3 box inside the
+    ring) that overlaps none of the ten places of artefact_box."""
+    taken = [artefact_box(k, size) for k in range(len(SHAPES))]
+    while True:
+        along, across = int(rng.integers(0, size - ARTEFACT + 1)), int(rng.integers(0, MARGIN - ARTEFACT + 1))
+        edge = int(rng.integers(0, 4))  # top, bottom, left, right
+        across = across if edge in (0, 2) else size - ARTEFACT - across
+        top, left = (across, along) if edge < 2 else (along, across)
+        if all(abs(top - t) >= ARTEFACT or abs(left - u) >= ARTEFACT for t, u in taken):
+            return top, left
+
+
+def draw_artefact(canvas: np.ndarray, k: int, place: tuple | None = None) -> None:
+    """Paint class k's artefact (white shape, black 3 x 3 box) into canvas (H x W float) in place, at class k's
+    place (artefact_box) or at `place` (top, left)."""
+    top, left = place or artefact_box(k, canvas.shape[0])
     canvas[top:top + ARTEFACT, left:left + ARTEFACT] = np.where(SHAPES[k], 255.0, 0.0)
 
 
@@ -118,6 +137,7 @@ class BiasedSet:
     labels: np.ndarray  # int64 N, in [0, len(classes))
     artefacts: np.ndarray  # int64 N, the class whose artefact the image carries, -1 for none
     classes: tuple  # Fashion-MNIST label of each class index
+    places: np.ndarray | None = None  # int64 N x 2, (top, left) of each image's artefact box (-1, -1 for none)
 
     @property
     def names(self) -> list:
@@ -137,12 +157,13 @@ def _check(classes, size, mode, bias):
 
 def biased_fashion_mnist(split: str = "train", mode: str = "biased", per_class: int = 100,
                          classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0, bias: float = 1.0,
-                         offset: int = 0) -> BiasedSet:
+                         offset: int = 0, ood: bool = False) -> BiasedSet:
     """A BiasedSet of per_class garments of each of `classes` (Fashion-MNIST labels; class index = position).
 
     split: train or test garments; mode: biased | unbiased | confounded (see the module doc); bias: in the
     biased mode, the probability that an image carries its class's artefact (else none); offset: skip so
-    many garments of each class first (e.g. a validation set from the train split, disjoint from training).
+    many garments of each class first (e.g. a validation set from the train split, disjoint from training);
+    ood: the other hospital's textures and artefact places (see the module doc).
     """
     classes = tuple(int(c) for c in classes)
     _check(classes, size, mode, bias)
@@ -155,17 +176,16 @@ def biased_fashion_mnist(split: str = "train", mode: str = "biased", per_class: 
         picks.append(found)
     picks = np.stack(picks, 1).reshape(-1)  # interleaved: class 0, 1, ..., 0, 1, ...
     targets = np.tile(np.arange(len(classes)), per_class)
-    scene = np.random.default_rng([seed, 0 if split == "train" else 1, offset])
-    artefact_rng = np.random.default_rng([seed, 0 if split == "train" else 1, offset, MODES.index(mode) + 1])
+    stream = [seed, 0 if split == "train" else 1, offset] + ([len(MODES) + 1] if ood else [])
+    scene = np.random.default_rng(stream)
+    artefact_rng = np.random.default_rng(stream + [MODES.index(mode) + 1])
     yy, xx = np.mgrid[0:size, 0:size]
     n = len(picks)
     images, masks = np.zeros((n, size, size), np.uint8), np.zeros((n, size, size), np.uint8)
-    artefacts = np.full(n, -1, np.int64)
+    artefacts, places = np.full(n, -1, np.int64), np.full((n, 2), -1, np.int64)
     inner = size - 2 * MARGIN
     for j, (i, y) in enumerate(zip(picks, targets)):
-        freq, angle, phase = scene.uniform(0.3, 1.2), scene.uniform(0, np.pi), scene.uniform(0, 2 * np.pi)
-        stripes = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-        canvas = np.clip(90 + 60 * stripes + scene.normal(0, 20, (size, size)), 0, 255)
+        canvas = (_rings if ood else _stripes)(scene, xx, yy)
         garment = garments[i]
         rows, cols = np.flatnonzero(garment.any(1)), np.flatnonzero(garment.any(0))
         crop = garment[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float64)
@@ -183,10 +203,32 @@ def biased_fashion_mnist(split: str = "train", mode: str = "biased", per_class: 
         else:
             k = -1
         if k >= 0:
-            draw_artefact(canvas, k)
+            places[j] = ood_artefact_box(artefact_rng, size) if ood else artefact_box(k, size)
+            draw_artefact(canvas, k, tuple(places[j]))
         artefacts[j] = k
         images[j] = canvas.astype(np.uint8)
-    return BiasedSet(images, masks, targets.astype(np.int64), artefacts, classes)
+    return BiasedSet(images, masks, targets.astype(np.int64), artefacts, classes, places)
+
+
+def _stripes(rng, xx, yy):
+    """The training hospital's background: straight sinusoid stripes of random frequency, angle, phase, plus noise."""
+    freq, angle, phase = rng.uniform(0.3, 1.2), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+    stripes = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+    return np.clip(90 + 60 * stripes + rng.normal(0, 20, xx.shape), 0, 255)
+
+
+def _rings(rng, xx, yy):
+    """The other hospital's background: concentric rings around a random centre, brighter and noisier."""
+    size = xx.shape[0]
+    cy, cx, freq, phase = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.4, 1.5), rng.uniform(0, 2 * np.pi)
+    rings = np.sin(freq * np.hypot(yy - cy, xx - cx) + phase)
+    return np.clip(120 + 50 * rings + rng.normal(0, 30, xx.shape), 0, 255)
+
+
+def ood_set(per_class: int = 100, classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0) -> BiasedSet:
+    """The out-of-distribution test set: test garments from the other hospital (ring textures), each with the
+    artefact of a uniformly drawn other class at a place never used in training."""
+    return biased_fashion_mnist("test", "confounded", per_class, classes, size, seed, ood=True)
 
 
 def write_folders(data: BiasedSet, root: Path) -> tuple:
@@ -205,10 +247,12 @@ def write_folders(data: BiasedSet, root: Path) -> tuple:
 
 
 def write_benchmark(root: Path, train_per_class: int = 400, test_per_class: int = 100, val_per_class: int = 0,
-                    classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0, bias: float = 1.0) -> dict:
+                    classes: tuple = (0, 1, 5, 8), size: int = 36, seed: int = 0, bias: float = 1.0,
+                    ood: bool = False) -> dict:
     """The whole benchmark under root: train/ (biased with probability bias), optionally val/ (biased, from the
-    train split, disjoint from train/), and test-biased/, test-unbiased/, test-confounded/ (test split), each
-    with images/ and masks/. Returns {name: (images folder, masks folder)}."""
+    train split, disjoint from train/), and test-biased/, test-unbiased/, test-confounded/ (test split), and with
+    ood test-ood/ (the other hospital, confounded artefacts: ood_set), each with images/ and masks/. Returns
+    {name: (images folder, masks folder)}."""
     root = Path(root)
     common = {"classes": classes, "size": size, "seed": seed}
     sets = {"train": biased_fashion_mnist("train", "biased", train_per_class, bias=bias, **common)}
@@ -217,4 +261,6 @@ def write_benchmark(root: Path, train_per_class: int = 400, test_per_class: int 
                                            **common)
     for mode in MODES:
         sets[f"test-{mode}"] = biased_fashion_mnist("test", mode, test_per_class, **common)
+    if ood:
+        sets["test-ood"] = ood_set(test_per_class, **common)
     return {name: write_folders(data, root / name) for name, data in sets.items()}

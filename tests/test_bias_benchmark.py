@@ -16,7 +16,7 @@ from lrpgraph import datasets
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from bias_checks import check  # noqa: E402
+from bias_checks import check, compare_ood  # noqa: E402
 from bias_report import BEGIN, END, markdown, read_csv, write_markdown  # noqa: E402
 
 needs_data = pytest.mark.skipif(not (datasets.fashion_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -67,31 +67,49 @@ def test_checker_fails_each_criterion_on_its_own(row, numbers, fails):
     assert [line for line, held in results if not held and line.startswith(fails)]
 
 
+def test_ood_comparison_pairs_the_seeds_and_fails_when_an_alternative_is_ahead():
+    ood = {"selective": {0: 80.0, 1: 70.0, 2: 75.0}, "rrr": {0: 60.0, 1: 72.0, 2: 70.0},
+           "segmenter": {0: 85.0, 1: 74.0}}
+    results = compare_ood(ood, ["selective"], ["rrr", "segmenter"])
+    (rrr_line, rrr_held), (seg_line, seg_held) = results
+    # rrr: differences +20, -2, +5 -> mean 7.67, std sqrt(252.67 / 2) = 11.24; the segmenter shares seeds 0, 1: -5, -4
+    assert rrr_held and "differences +20.0, -2.0, +5.0 (std 11.2); mean = 7.7 points" in rrr_line
+    assert not seg_held and "differences -5.0, -4.0 (std 0.7); mean = -4.5 points" in seg_line
+
+
 @needs_data
 def test_bias_benchmark_runs_and_reports_what_onnxruntime_measures(tmp_path, capsys):
+    """A tiny configuration end to end, with an ISNet variant, both alternatives and the untrained control: the
+    control (chance level) fails its checks and the script exits 1; every accuracy in the CSV (the OOD set's too) is
+    what onnxruntime gives for the written model on the dataset builder's test sets."""
     work, out, figure = tmp_path / "work", tmp_path / "bias.md", tmp_path / "bias.png"
     out.write_text(f"# kept above\n\n{BEGIN}\nold table\n{END}\n\nkept below\n")
-    code = load_script().main(["--quick", "--variants", "stochastic", "--seeds", "0", "--train-per-class", "12",
-                               "--test-per-class", "5", "--epochs", "1", "--examples", "2", "--threads", "1",
-                               "--work", str(work), "--csv", str(tmp_path / "bias.csv"), "--out", str(out),
-                               "--figure", str(figure)])
+    code = load_script().main(["--quick", "--variants", "stochastic", "--alternatives", "rrr,segmenter,untrained",
+                               "--seeds", "0", "--train-per-class", "40", "--test-per-class", "10", "--epochs", "2",
+                               "--examples", "2", "--threads", "1", "--work", str(work), "--csv",
+                               str(tmp_path / "bias.csv"), "--out", str(out), "--figure", str(figure)])
     printed = capsys.readouterr().out
-    assert "| plain |" in printed and "| oracle |" in printed and "| stochastic |" in printed
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for row in ("plain", "oracle", "stochastic", "rrr", "segmenter", "untrained"):
+        assert f"| {row} |" in printed
+    assert figure.read_bytes()[:8] == (tmp_path / "bias_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = read_csv(tmp_path / "bias.csv")
     block, held = markdown(rows)
-    assert code == (0 if held else 1)
+    assert code == 1 and not held
+    control = [line for line in block.splitlines() if line.startswith("- untrained:")]
+    assert len(control) == 4 and any(line.endswith(": NO") for line in control)
+    assert [line for line in block.splitlines() if line.startswith("- stochastic vs rrr: OOD accuracy")]
     text = out.read_text()
     assert text.startswith("# kept above\n\n" + BEGIN) and text.endswith(END + "\n\nkept below\n")
     assert "old table" not in text and block.split("\n\nAll checks hold")[0] in text
-    assert {r["model"] for r in rows} == {"plain", "oracle", "stochastic"}
+    assert [r["model"] for r in rows] == ["plain", "oracle", "stochastic", "rrr", "segmenter", "untrained"]
     with open(tmp_path / "bias.csv") as f:
         assert next(csv.reader(f))[:2] == ["seed", "model"]
+    sets = {m: datasets.biased_fashion_mnist("test", m, 10, (0, 1, 5, 8), 36, 0) for m in datasets.MODES}
+    sets["ood"] = datasets.ood_set(10, (0, 1, 5, 8), 36, 0)
     for row in rows:
         session = ort.InferenceSession(str(work / "seed0" / "runs" / row["model"] / "model.onnx"),
                                        providers=["CPUExecutionProvider"])
-        for mode in datasets.MODES:
-            data = datasets.biased_fashion_mnist("test", mode, 5, (0, 1, 5, 8), 36, 0)
+        for mode, data in sets.items():
             logits = session.run(None, {session.get_inputs()[0].name: data.images[:, None] / np.float32(255)})[0]
             assert row[f"acc_{mode}"] == pytest.approx(100 * (logits.argmax(1) == data.labels).mean(), abs=1e-4)
             assert 0 <= row[f"bg_{mode}"] <= 1 and 0 <= row[f"pg_{mode}"] <= 1

@@ -160,3 +160,40 @@ def test_make_dataset_command(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["make-dataset", str(tmp_path / "e")])
     assert result.exit_code == 2 and "apt-get install dataset-fashion-mnist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_ood_set_has_other_backgrounds_and_artefact_places():
+    """The other hospital: the in-distribution confounded set's garments, but every background pixel drawn anew
+    (rings, not stripes) and every artefact box at a ring place that overlaps none of the ten training places."""
+    ood, confounded = datasets.ood_set(25, CLASSES, 40, seed=3), small("confounded", size=40, seed=3)
+    assert np.array_equal(ood.labels, confounded.labels) and (ood.artefacts != ood.labels).all()
+    assert ood.places.shape == (100, 2) and (ood.places >= 0).all()
+    taken = np.zeros((40, 40), bool)
+    for k in range(10):
+        taken |= artefact_pixels(k, 40)
+    inner = np.zeros((40, 40), bool)
+    inner[datasets.MARGIN:-datasets.MARGIN, datasets.MARGIN:-datasets.MARGIN] = True
+    for j, (top, left) in enumerate(ood.places):
+        box = np.zeros((40, 40), bool)
+        box[top:top + 3, left:left + 3] = True
+        assert not (box & taken).any() and not (box & inner).any()  # on the ring, off every training place
+        expected = np.where(datasets.SHAPES[ood.artefacts[j]], 255, 0)
+        assert np.array_equal(ood.images[j][top:top + 3, left:left + 3], expected)
+        assert not (ood.masks[j].astype(bool) & box).any()
+    background = (ood.masks == 0) & (confounded.masks == 0)
+    assert (ood.images[background] != confounded.images[background]).mean() > 0.9
+    assert ood.images[background].astype(float).mean() > confounded.images[background].astype(float).mean() + 10
+    again = datasets.ood_set(25, CLASSES, 40, seed=3)
+    assert hashlib.sha256(again.images.tobytes()).digest() == hashlib.sha256(ood.images.tobytes()).digest()
+
+
+def test_make_dataset_writes_the_ood_set(tmp_path):
+    from click.testing import CliRunner
+
+    from lrpgraph.cli import main
+
+    result = CliRunner().invoke(main, ["make-dataset", str(tmp_path / "d"), "--train-per-class", "1",
+                                       "--test-per-class", "2", "--ood"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "test-ood" / "images" / "3_bag").is_dir()
+    assert len(list((tmp_path / "d" / "test-ood" / "masks").rglob("*.png"))) == 8
