@@ -11,7 +11,7 @@ a dtype, a shape, an attribute, the op type, the opset, truncate the serialised 
   converted           the converted model passes onnx.checker.check_model(full_check=True) and runs in
                       onnxruntime (zeros of its input shapes)
   converted-structural  the mutated source itself fails the full check (onnx's strict shape inference), so
-                      convert holds its output to the structural check only (convert.check, as for pooling with
+                      convert holds its output to the structural check only (pipeline.check, as for pooling with
                       ceil_mode in onnx <= 1.23); it passes that and runs in onnxruntime
   source-fails-ort    converted, but neither the mutated source nor the converted model runs in onnxruntime
                       on zeros (e.g. a Reshape to a shape that does not fit): nothing lrpgraph could have known

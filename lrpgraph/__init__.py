@@ -6,29 +6,15 @@
     session = lrpgraph.ExplainSession("model.lrp.onnx")                # needs an onnxruntime build
     logits, relevance = session.explain(batch)
 
-`lrpgraph.convert` is the pipeline module made callable: lrpgraph.convert(...) runs lrpgraph.convert.convert,
-and the module's other names (lrpgraph.convert.check, .fix_image_size, ...) stay reachable; lrpgraph.save is
-lrpgraph.files.save.
+lrpgraph.convert is lrpgraph.pipeline.convert (the pipeline's other steps, check, fix_image_size, ..., live in
+lrpgraph.pipeline); lrpgraph.save is lrpgraph.files.save.
 """
 
-import types
-
-from lrpgraph import convert as _pipeline, files
+from lrpgraph import files
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.pipeline import convert
 from lrpgraph.version import __version__
 
-
-class _CallableModule(types.ModuleType):
-    """The module lrpgraph.convert, callable as its function convert (so neither hides the other)."""
-
-    def __call__(self, model_or_path, *args, **kwargs):
-        return self.convert(model_or_path, *args, **kwargs)
-
-    __call__.__doc__ = _pipeline.convert.__doc__
-
-
-_pipeline.__class__ = _CallableModule
-convert = _pipeline
 save = files.save
 
 

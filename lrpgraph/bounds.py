@@ -27,7 +27,7 @@ def first_layer_maps(canon: Canonical) -> dict:
         if not unit.first:
             continue
         chain, tensor = [], unit.inputs[0]
-        while tensor != canon.image:
+        while tensor != canon.input:
             step = producer.get(tensor)
             if step is None or step.kind != "affine" or RECORDS[step.op].affine is None:
                 chain = None
@@ -49,7 +49,7 @@ def _step(unit, canon):
     if const not in canon.inits:
         return None
     value = np.asarray(canon.inits[const], np.float64)
-    rank = len(canon.shapes.get(canon.image) or ())
+    rank = len(canon.shapes.get(canon.input) or ())
     if value.ndim > rank or rank < 2:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape

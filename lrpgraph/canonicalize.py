@@ -20,11 +20,11 @@ from lrpgraph.patterns.tails import is_batch_norm, is_bias_add
 
 
 def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canonical:
-    """The canonical view of the path from the image to the explained tensor: the given one (convert's
-    from_tensor), or else the logits before the first output's head."""
+    """The canonical view of the path from the explained input (an image or token ids) to the explained tensor:
+    the given one (convert's from_tensor), or else the logits before the first output's head."""
     graph = model.graph
     inits = Initializers(graph.initializer)
-    image, image_float = image_input(graph, inits)
+    source, float_input = explained_input(graph, inits)
     if explained is None:
         logits, probabilities = logits_of(graph)
         logits = _flat_logits(model, logits, probabilities)
@@ -32,26 +32,26 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
         logits, probabilities = explained, False
     shapes = tensor_shapes(model)
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
-    signal = {image}
+    signal = {source}
     for node in nodes:
         if not is_kind(node, "shape") and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
-    _check_image_size(shapes.get(image), image, image_float)
+    _check_image_size(shapes.get(source), source, float_input)
     if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
         shapes = shapes_.merged(shapes, shapes_.symbolic_shapes(model))
         inits.add(shapes_.computed_values(model, shapes, inits))
     if logits not in signal:
-        raise LrpgraphError(f"the model output '{logits}' does not depend on the image input '{image}'; "
+        raise LrpgraphError(f"the model output '{logits}' does not depend on the input '{source}'; "
                             "nothing to explain")
     relevant, near_misses = fuse(_on_path(nodes, logits, signal), inits)
     _check_supported(relevant, near_misses, signal)
     units = _units(relevant, graph, inits, shapes, signal)
-    _mark_first(units, image)
-    return Canonical(model, units, image, shapes.get(image), logits, probabilities, shapes, inits, signal,
-                     _nonneg(units, inits), image_float, near_misses)
+    _mark_first(units, source)
+    return Canonical(model, units, source, shapes.get(source), logits, probabilities, shapes, inits, signal,
+                     _nonneg(units, inits), float_input, near_misses)
 
 
-def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
+def explained_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
     constant embedding table (Gather), 'input_ids' first."""
     inputs = [i for i in graph.input if i.name not in inits]
@@ -71,9 +71,9 @@ def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
                         "[N, C, H, W] or int64 input_ids")
 
 
-def _check_image_size(shape, image, image_float):
+def _check_image_size(shape, image, float_input):
     """An image [N, C, H, W] with symbolic H or W: only --image-size (or a fixed export) makes its layers known."""
-    if image_float and shape is not None and len(shape) == 4 and any(d is None for d in shape[2:]):
+    if float_input and shape is not None and len(shape) == 4 and any(d is None for d in shape[2:]):
         raise UnsupportedModelError(f"the input '{image}' has symbolic spatial sizes: spatial sizes must be static; "
                                     "give the image size with --image-size H,W (image_size=(H, W)) or export with a "
                                     "fixed one")

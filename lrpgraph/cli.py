@@ -81,7 +81,7 @@ def convert(model: str, output: str | None, target: str, labels: str | None, res
             method: str | None, explain: tuple, webgpu: bool, formats: str, optimize: bool, image_size: tuple | None,
             from_tensor: str | None, **kw) -> None:
     """Rewrite MODEL so that it also outputs `relevance`, an LRP heatmap of its prediction."""
-    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.pipeline import convert as convert_model
     from lrpgraph.files import optimized_path, save, uses_external_data, write_optimized
 
     specs = [e.partition("=")[2].strip() for e in explain] if explain else [method or kw["composite"]]
@@ -129,7 +129,7 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
     from lrpgraph import graph
     from lrpgraph.canonicalize import canonicalize
     from lrpgraph.catalog import RECORDS
-    from lrpgraph.convert import converted_by, plan, read
+    from lrpgraph.pipeline import converted_by, plan, read
 
     source = read(model, image_size)  # the first steps of convert: load, --image-size, a QDQ model's view
     proto = source.model
@@ -157,7 +157,7 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
     if error:
         raise error
     rule_plan = plan(canon, kw["composite"], kw["rules"], options_given(kw))
-    click.echo(f"image input '{canon.image}' {canon.image_shape}; explained tensor '{canon.logits}'"
+    click.echo(f"{'image' if canon.float_input else 'token'} input '{canon.input}' {canon.input_shape}; explained tensor '{canon.logits}'"
                + (" (before the output softmax)" if canon.outputs_probabilities else ""))
     click.echo("rules (--rule RULE:PARAMETERS, defaults, kinds it applies to):")
     for line in listing():

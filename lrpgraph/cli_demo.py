@@ -20,7 +20,7 @@ def read_labels(path: str) -> list:
 
 def run_demo(out_dir: str, composite: str, web: bool) -> None:
     """Convert the demo model with composite, explain the samples into out_dir (and the site with web)."""
-    from lrpgraph.convert import convert as convert_model
+    from lrpgraph.pipeline import convert as convert_model
     from lrpgraph.files import save
     from lrpgraph.runtime.explain import explain_paths, write_index_html
     from lrpgraph.runtime.session import ExplainSession

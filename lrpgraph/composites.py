@@ -1,8 +1,8 @@
 """Composites: which rule each unit gets (the presets themselves are units in rules/composites.py). Same names
 and meaning as zennit's, so heatmaps can be compared.
 
-A composite maps unit categories (first linear layer, conv, dense, activation, sum, avgpool, bn,
-maxpool, gate, affine, structure: the kinds and categories of the op records in converters/) to rules;
+A composite maps composite keys (first linear layer, conv, dense, activation, sum, avgpool, bn,
+maxpool, gate, affine, structure: the op records' keys, lrpgraph/catalog/) to rules;
 overrides by op type or node name come on top. Which rules a node accepts is its op record's."""
 
 from dataclasses import replace
@@ -40,10 +40,8 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
                 name = "pass"
             elif unit.first:
                 name = table["first"]
-            elif record.composite_key in table:
-                name = table[record.composite_key]
             else:
-                name = table.get(unit.category, "pass")
+                name = next((table[key] for key in unit.keys if key in table), "pass")
             values = params.get(name, ())
             if unit.first and RULES[name].image_range and unit.name in (first_bounds or {}):
                 values = first_bounds[unit.name](*values)
@@ -52,7 +50,7 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
             rule = replace(rule, zero_bias=True)
         allowed = accepted(record, unit.kind)
         if rule.name not in allowed:
-            raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.category} "
+            raise LrpgraphError(f"node '{unit.name}' ({unit.op}): rule '{rule.name}' does not apply to a {unit.keys[0]} "
                                 f"node; use one of {', '.join(sorted(allowed))}")
         chosen[unit.name] = rule
     return chosen

@@ -106,7 +106,7 @@ def tiled_view(canon: "Canonical", prefix: str) -> tuple:
         shape = view.shapes.get(t)
         if shape:
             view.shapes[t] = [None, *shape[1:]]
-    view.image_float = canon.image_float
+    view.float_input = canon.float_input
     return view, {v: t for t, v in rename.items()}
 
 

@@ -74,4 +74,4 @@ class Walker:
     def finish(self) -> str | None:
         """The image's relevance: what reached the image input, combined."""
         self.b.scope = "input"
-        return self.combine(self.pending.get(self.view.image, []))
+        return self.combine(self.pending.get(self.view.input, []))

@@ -1,5 +1,5 @@
-"""A seed at any tensor the graph explains, without the target modes: the conversion steps (convert.read,
-canonicalize, convert.plan, walker.Walker, methods.emit) driven directly, with the seed a new graph input
+"""A seed at any tensor the graph explains, without the target modes: the conversion steps (pipeline.read,
+canonicalize, pipeline.plan, walker.Walker, methods.emit) driven directly, with the seed a new graph input
 `relevance_seed` shaped like the explained tensor (a detector's raw head output, a segmenter's logits map).
 The tests of which graphs convert use it to compare heatmaps with zennit and autograd at a seed of their own."""
 
@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from lrpgraph import composites, convert, graph, methods
+from lrpgraph import composites, graph, methods, pipeline
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.methods.options import MethodOptions
 from lrpgraph.rules import RuleOptions
@@ -20,7 +20,7 @@ SEED = "relevance_seed"
 def seeded(model, spec="epsilon", image_size=None, method_options=None, rules=(), **options):
     """The model with `relevance_seed` (shaped like the explained tensor) as an input and `relevance` as an
     output: spec is a composite or a method, rules its overrides ('OpType=rule')."""
-    source = convert.read(model, image_size)
+    source = pipeline.read(model, image_size)
     canon = canonicalize(source.view)
     m = source.model
     b = graph.Builder(m)
@@ -32,10 +32,10 @@ def seeded(model, spec="epsilon", image_size=None, method_options=None, rules=()
         heat, more = methods.emit(b, m, canon, spec, SEED, method_options or MethodOptions(), walker)
         new_inputs += more
     else:
-        plan = convert.plan(canon, spec, rules, RuleOptions(**options))
+        plan = pipeline.plan(canon, spec, rules, RuleOptions(**options))
         heat = walker(canon, plan, SEED)
         if spec in composites.MESSAGE_COMPOSITES:
-            heat = b.mul(canon.image, heat)
+            heat = b.mul(canon.input, heat)
     b.nodes.append(helper.make_node("Identity", [heat], ["relevance"], name="lrp/output"))
     g = m.graph
     g.node.extend(b.nodes)
@@ -43,7 +43,7 @@ def seeded(model, spec="epsilon", image_size=None, method_options=None, rules=()
     g.initializer.extend(i for i in b.initializers if i.name in used)
     g.input.extend(new_inputs)
     out = helper.make_tensor_value_info("relevance", TensorProto.FLOAT, None)
-    out.type.CopyFrom(next(i for i in g.input if i.name == canon.image).type)
+    out.type.CopyFrom(next(i for i in g.input if i.name == canon.input).type)
     g.output.append(out)
     onnx.checker.check_model(graph.skeleton(m))
     return m

@@ -56,13 +56,12 @@ def test_every_attribute_readme_shows_exists(dotted):
     assert value is not None
 
 
-def test_convert_is_callable_and_keeps_its_module_names(tmp_path):
+def test_convert_is_the_pipeline_function_and_save_the_files_one(tmp_path):
     from test_cli import small_cnn
 
-    assert lrpgraph.files.save is lrpgraph.save and callable(lrpgraph.convert.check)
-    import lrpgraph.convert as pipeline
+    import lrpgraph.pipeline
 
-    assert pipeline is lrpgraph.convert
+    assert lrpgraph.files.save is lrpgraph.save and lrpgraph.convert is lrpgraph.pipeline.convert
     model = lrpgraph.convert(small_cnn(), composite="epsilon")
     path = tmp_path / "m.lrp.onnx"
     lrpgraph.save(model, path)

@@ -19,7 +19,7 @@ from zennit_ref import l1, run_onnx, torchvision_model
 
 import lrpgraph
 from lrpgraph import metadata
-from lrpgraph.convert import fix_image_size
+from lrpgraph.pipeline import fix_image_size
 from lrpgraph.errors import LrpgraphError
 
 

@@ -12,7 +12,7 @@ from train.fashion_data import tiny_cnn
 
 import lrpgraph
 from lrpgraph import metadata
-from lrpgraph.convert import converted_by
+from lrpgraph.pipeline import converted_by
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.metadata import Record
 from lrpgraph.runtime.evaluate import HeatmapModel

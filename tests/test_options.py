@@ -13,7 +13,7 @@ from train.fashion_data import tiny_cnn
 import lrpgraph
 from lrpgraph import metadata
 from lrpgraph.cli import main
-from lrpgraph.convert import build_options
+from lrpgraph.pipeline import build_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods.options import MethodOptions
 from lrpgraph.rules import RULES, RuleOptions

@@ -18,7 +18,7 @@ from PIL import Image
 
 from lrpgraph import metadata
 from lrpgraph.cli import main
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 from lrpgraph.files import save
 from lrpgraph.web import build_site
 import test_web  # skips this module too without chromium or node

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lrpgraph.cli import main
 from lrpgraph.cli_demo import DEMO_DIR
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.files import inside, optimized_path, save, write_optimized
 from lrpgraph.web import ORT_FILES

@@ -175,7 +175,7 @@ def test_random_cnn_matches_zennit(arch):
 
 # 4. Max / average pooling with ceil_mode whose last window would start in the right padding (torch and
 #    ONNX Runtime drop that window: 5 px, kernel 2, stride 2, padding 1 -> 3 outputs). onnx 1.23's shape
-#    inference keeps it (4 outputs), so lrpgraph.convert.check (onnx.checker full_check) rejects the
+#    inference keeps it (4 outputs), so lrpgraph.pipeline.check (onnx.checker full_check) rejects the
 #    converted model ("Inferred shape and existing shape differ"), and for AveragePool the relevance
 #    subgraph itself fails to load in ONNX Runtime (the divisor map from an AveragePool of ones is
 #    inferred 4x4, the window count Conv 3x3: Mul "Incompatible dimensions"). Fixed: the converter now

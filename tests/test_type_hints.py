@@ -10,7 +10,7 @@ PENDING: set = set()
 
 
 def registered_op(fn):
-    return any(isinstance(d, ast.Call) and getattr(d.func, "id", None) == "op" for d in fn.decorator_list)
+    return any(isinstance(d, ast.Call) and getattr(d.func, "id", None) == "torch_op" for d in fn.decorator_list)
 
 
 def missing_hints(tree):
@@ -40,7 +40,7 @@ def missing_hints(tree):
 def test_the_scan_finds_missing_hints():
     assert missing_hints(ast.parse("def f(x, y: int) -> int: pass")) == [(1, "f: x")]
     assert missing_hints(ast.parse("class A:\n    def m(self, x: int): pass")) == [(2, "A.m: return")]
-    assert not missing_hints(ast.parse("def _f(x): pass\n@op('Relu')\ndef relu(ctx, x): pass"))
+    assert not missing_hints(ast.parse("def _f(x): pass\n@torch_op('Relu')\ndef relu(ctx, x): pass"))
 
 
 def test_every_public_function_has_type_hints():

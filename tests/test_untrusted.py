@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from lrpgraph import metadata
 from lrpgraph.cli import main
 from lrpgraph.cli_demo import DEMO_DIR
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.runtime.session import ExplainSession
 from lrpgraph.train.importer import import_onnx

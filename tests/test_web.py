@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 from lrpgraph.files import save
 from lrpgraph.runtime.images import list_images, load_image
 from lrpgraph.runtime.session import ExplainSession

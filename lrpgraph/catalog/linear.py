@@ -85,9 +85,9 @@ def dense(read: Callable) -> LinearOp:
 
 
 LINEAR: list[OpRecord] = [
-    record("Conv", "linear", category="conv", linear=CONV),
-    record("ConvTranspose", "linear", category="conv", linear=CONV_TRANSPOSE),
-    record("Gemm", "linear", category="dense", linear=dense(read_gemm)),
+    record("Conv", "linear", keys=("conv",), linear=CONV),
+    record("ConvTranspose", "linear", keys=("conv",), linear=CONV_TRANSPOSE),
+    record("Gemm", "linear", keys=("dense",), linear=dense(read_gemm)),
     record("MatMul", "linear", kinds=("product",), rules={"product": PRODUCT_RULES}, classify=product_or_linear,
-           category="dense", linear=dense(read_matmul)),
+           keys=("dense",), linear=dense(read_matmul)),
 ]

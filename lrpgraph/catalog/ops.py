@@ -18,7 +18,7 @@ def _clip_min_nonneg(unit, inits):
 
 # element-wise activations (converters/activations.py: each one's derivative)
 ACTIVATIONS: list[OpRecord] = [
-    record("Relu", "activation", rules={"pass", "gradient", "flex-relu", "guided", "identity"}, composite_key="relu",
+    record("Relu", "activation", rules={"pass", "gradient", "flex-relu", "guided", "identity"}, keys=("relu", "activation"),
            guided=True, nonneg_output=True),
     record("LeakyRelu", "activation", guided=True),
     record("PRelu", "activation", guided=True),
@@ -37,9 +37,9 @@ ACTIVATIONS: list[OpRecord] = [
 # normalisations (converters/norm.py, converters/lrn.py)
 NORMS: list[OpRecord] = [
     record("BatchNormalization", "bn"),
-    record("LayerNormalization", "normaliser", category="layernorm", rules={"identity", "gradient", "pass"}),
-    record("RMSNormalization", "normaliser", category="layernorm", rules={"identity", "gradient", "pass"}),
-    record("LRN", "normaliser", rules={"pass", "gradient"}, category="lrn", keeps_nonneg=True),
+    record("LayerNormalization", "normaliser", keys=("layernorm",), rules={"identity", "gradient", "pass"}),
+    record("RMSNormalization", "normaliser", keys=("layernorm",), rules={"identity", "gradient", "pass"}),
+    record("LRN", "normaliser", rules={"pass", "gradient"}, keys=("lrn",), keeps_nonneg=True),
 ]
 
 

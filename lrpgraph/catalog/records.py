@@ -46,8 +46,9 @@ class OpRecord:
     kinds: every kind a unit of this op may have, `kind` first (classify picks among them).
     rules: {kind: rule names} the op accepts; a kind not listed accepts the rules whose units name that kind
         (lrpgraph.rules.accepted).
-    category: the composite key (composites.py) when the unit has the record's kind; the kind if None.
-    composite_key: a more specific composite key tried first (flex's 'relu').
+    keys: the composite keys (rules/composites.py) a unit of the record's kind is looked up by, most specific
+        first (Relu: ('relu', 'activation'), Conv: ('conv',)); a unit of another kind, or an empty keys, is
+        looked up by its kind.
     classify: fn(node, dynamic) -> kind, for ops whose kind depends on which inputs carry the signal
         (dynamic[i]: input i depends on the image); may raise UnsupportedModelError.
     nonneg_output: the output is never negative (ReLU, Sigmoid), or a predicate (unit, inits) -> bool.
@@ -66,8 +67,7 @@ class OpRecord:
     kind: str
     kinds: tuple = ()
     rules: Mapping = field(default_factory=dict)
-    category: str | None = None
-    composite_key: str | None = None
+    keys: tuple = ()
     classify: Callable | None = None
     nonneg_output: Check = False
     keeps_nonneg: Check = False
@@ -79,8 +79,9 @@ class OpRecord:
     linear: LinearOp | None = None
     domains: tuple = ("", "ai.onnx")
 
-    def category_of(self, kind: str) -> str:
-        return self.category if kind == self.kind and self.category else kind
+    def keys_of(self, kind: str) -> tuple:
+        """The composite keys of a unit of this op with this kind, most specific first."""
+        return self.keys if kind == self.kind and self.keys else (kind,)
 
 
 RECORDS: dict[str, OpRecord] = {}

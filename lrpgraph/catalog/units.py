@@ -62,9 +62,10 @@ class Unit:
     gate: int = None  # Mul gates: index of the gate input (gets no relevance)
 
     @property
-    def category(self) -> str:
-        """What composites map: the record's category (conv, dense) or the kind."""
-        return RECORDS[self.op].category_of(self.kind)
+    def keys(self) -> tuple:
+        """The composite keys a composite's table is looked up by, most specific first (conv, dense, relu, ...;
+        the kind where the record names none)."""
+        return RECORDS[self.op].keys_of(self.kind)
 
     def holds(self, flag: str, inits: Mapping) -> bool:
         """Whether the op record's flag (nonneg_output, keeps_nonneg: a bool or a predicate) holds for this unit."""
@@ -78,15 +79,15 @@ class Canonical:
 
     model: object
     units: list
-    image: str
-    image_shape: list
+    input: str  # the explained input: an image, or token ids ([N, L] int64)
+    input_shape: list
     logits: str
     outputs_probabilities: bool
     shapes: dict
     inits: dict
     signal: set
     nonneg: set
-    image_float: bool = True  # False: the explained input is token ids (its relevance is per token)
+    float_input: bool = True  # False: the explained input is token ids (its relevance is per token)
     near_misses: list = field(default_factory=list)  # patterns.NearMiss: written-out blocks that did not fuse, why
 
 

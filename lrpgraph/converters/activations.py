@@ -41,7 +41,7 @@ def derivative_of(*op_types: str) -> Callable:
 
 def activation_op(*op_types: str, **flags) -> Callable:
     """Decorator for an activation the catalog does not know: its record (flags: OpRecord fields: rules,
-    nonneg_output, guided, gate_source, composite_key, ...) and its derivative fn(ctx, unit, x, y) -> dy/dx,
+    nonneg_output, guided, gate_source, keys, ...) and its derivative fn(ctx, unit, x, y) -> dy/dx,
     in one registration. An unknown rule or field is an error before anything is added."""
     new = [record(op_type, "activation", **flags) for op_type in op_types]
 

@@ -164,7 +164,7 @@ def linear(ctx: Context, unit: Unit, rule: Rule, r_outs: list) -> list:
 def linear_op(op_type: str, reads: LinearOp, forward: Callable, adjoint: Callable,
               weight_layout: Callable | None = None, **flags) -> None:
     """Add a linear op the catalog does not know, in one registration: its record (kind linear; flags: OpRecord
-    fields such as category), how a node of it reads as a LinearLayer (reads), and its passes: forward
+    fields such as keys), how a node of it reads as a LinearLayer (reads), and its passes: forward
     fn(b, layer, x, w, bias) -> y, adjoint fn(b, layer, s, w) -> the gradient of sum(s * y) with respect to x,
     and, if its stored weight needs it, weight_layout fn(b, layer, w, bias) -> (w, bias)."""
     add(record(op_type, "linear", linear=reads, **flags))

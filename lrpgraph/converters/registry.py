@@ -2,13 +2,13 @@
 the catalog (lrpgraph/catalog/), which hold everything else. Each family module attaches its functions when
 it is imported:
 
-    @converts("Gather")                         # structure ops: carries the signal back, per input
+    @converts("Gather")                         # structure ops: carries the message back, per input
     def gather(ctx, unit, rule, r_outs): ...
 
     @derivative_of("Relu")                      # activations.py: an activation's derivative
     def relu(ctx, unit, x, y): ...              # dy/dx as emitted ONNX nodes
 
-A converter is called as fn(ctx, unit, rule, r_outs) and returns the signal for each of unit.inputs
+A converter is called as fn(ctx, unit, rule, r_outs) and returns the message for each of unit.inputs
 (None where the input gets none: weights, constants, a squeeze-excitation gate).
 
 An op the catalog does not know (an extension's, a test's) is added with one registration that gives
@@ -80,7 +80,7 @@ def converts(*op_types: str, kind: str | None = None) -> Callable:
 
 
 def converter_of(unit: Unit) -> Callable:
-    """The function that carries the signal back through the unit (its op and kind)."""
+    """The function that carries the message back through the unit (its op and kind)."""
     return EMITTERS[unit.op].by_kind[unit.kind]
 
 

@@ -31,7 +31,7 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", method: str
     unit = METHODS.get(method)
     if unit is None:
         raise LrpgraphError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    if not canon.image_float:  # token ids: the methods act on the word embeddings
+    if not canon.float_input:  # token ids: the methods act on the word embeddings
         from lrpgraph.methods import tokens
 
         return tokens.emit(b, model, canon, unit, seed, options, walk)

@@ -31,7 +31,7 @@ def gradient_plan(units: list, guided: bool = False) -> dict:
 def gradient_of(b: "Builder", canon: "Canonical", seed: str, walk: Callable) -> str:
     """dy_c/dx of the explained input (zeros where no unit depends on it); leaves the builder in scope 'output'."""
     grad = walk(canon, gradient_plan(canon.units), seed)
-    grad = b.zeros_like(canon.image) if grad is None else grad
+    grad = b.zeros_like(canon.input) if grad is None else grad
     b.scope = "output"
     return grad
 
@@ -47,4 +47,4 @@ def gradient(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: s
 def input_x_gradient(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str,
                      options: "MethodOptions", walk: Callable) -> tuple:
     """x * dy_c/dx."""
-    return b.mul(gradient_of(b, canon, seed, walk), canon.image), []
+    return b.mul(gradient_of(b, canon, seed, walk), canon.input), []

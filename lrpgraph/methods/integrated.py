@@ -76,11 +76,11 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, 
     steps = int(options.steps)
     points, weights = quadrature(steps, options.quadrature)
     chunk = int(options.chunk or min(steps, DEFAULT_CHUNK))
-    x = canon.image
+    x = canon.input
     b.scope = "baseline"
     baseline, inputs = _baseline(b, model, canon, options.baseline)
     diff = b.sub(x, baseline) if baseline else x
-    rank = len(canon.image_shape)
+    rank = len(canon.input_shape)
     total = None
     for start in range(0, steps, chunk):
         a, w = points[start:start + chunk], weights[start:start + chunk]
@@ -110,13 +110,13 @@ def _baseline(b, model, canon, kind):
     if kind == "zero":
         return None, []
     if kind == "input":
-        image = next(i for i in model.graph.input if i.name == canon.image)
+        image = next(i for i in model.graph.input if i.name == canon.input)
         info = helper.make_tensor_value_info(BASELINE_INPUT, TensorProto.FLOAT, None)
         info.type.CopyFrom(image.type)
         info.doc_string = "integrated gradients baseline x', shaped like the image"
         return BASELINE_INPUT, [info]
     if kind == "blur":
-        return blur(b, canon.image, canon.image_shape), []
+        return blur(b, canon.input, canon.input_shape), []
     raise LrpgraphError(f"unknown baseline '{kind}'; use zero, blur or input")
 
 

@@ -20,14 +20,14 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
     it and the nodes that read them cloned too, the embeddings' own Gather excepted (nodes added to b)."""
     graph = model.graph
     repeated = _repeated_inputs(b, graph, canon, m) if b is not None else {}
-    dependent = {canon.image} | set(repeated)
+    dependent = {canon.input} | set(repeated)
     for node in graph.node:  # graph order is topological (checked on load)
-        if canon.image not in node.output and any(t in dependent for t in node.input):
+        if canon.input not in node.output and any(t in dependent for t in node.input):
             dependent.update(t for t in node.output if t)
-    keep = needed_nodes(graph.node, [canon.logits], keep=lambda node: canon.image not in node.output
+    keep = needed_nodes(graph.node, [canon.logits], keep=lambda node: canon.input not in node.output
                         and any(t in dependent for t in node.input))
     rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
-    rename[canon.image] = new_input
+    rename[canon.input] = new_input
     rename.update(repeated)
     nodes = []
     for node in keep:
@@ -46,7 +46,7 @@ def _repeated_inputs(b, graph, canon, m):
     out = {}
     for info in graph.input:
         dims = info.type.tensor_type.shape.dim
-        if info.name in weights or info.name == canon.image or not dims or dims[0].dim_value:
+        if info.name in weights or info.name == canon.input or not dims or dims[0].dim_value:
             continue
         points = b.op("Expand", [b.op("Unsqueeze", [info.name, b.ints([0])], "unsqueeze"),
                                  b.ints([m] + [1] * len(dims))], "repeat")
@@ -71,7 +71,7 @@ def renamed(canon: Canonical, rename: dict, prefix: str) -> Canonical:
         units.append(u)
     shapes = dict(canon.shapes)
     shapes.update({r(t): s for t, s in canon.shapes.items() if t in rename})
-    return Canonical(canon.model, units, r(canon.image), canon.image_shape, r(canon.logits),
+    return Canonical(canon.model, units, r(canon.input), canon.input_shape, r(canon.logits),
                      canon.outputs_probabilities, shapes, canon.inits, {r(t) for t in canon.signal},
                      {r(t) for t in canon.nonneg})
 

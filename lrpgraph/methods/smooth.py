@@ -109,8 +109,8 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, 
     """SmoothGrad (or with taylor, SmoothTaylor) of canon's explained input; (heatmap, [the noise_seed input])."""
     samples = int(options.samples)
     level = float(options.noise_level)
-    x = canon.image
-    rank = len(canon.image_shape)
+    x = canon.input
+    rank = len(canon.input_shape)
     b.scope = "noise"
     axes = list(range(1, rank))
     spread = b.sub(_reduce(b, model, "ReduceMax", x, axes), _reduce(b, model, "ReduceMin", x, axes))

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 def embedding_view(canon: "Canonical") -> "Canonical":
     """The canonical view whose explained input is the word embeddings: the units after the Gather."""
-    gather = next(u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.image)
+    gather = next(u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.input)
     e = gather.outputs[0]
-    return replace(canon, units=[u for u in canon.units if u is not gather], image=e, image_shape=canon.shapes[e],
-                   image_float=True)
+    return replace(canon, units=[u for u in canon.units if u is not gather], input=e, input_shape=canon.shapes[e],
+                   float_input=True)
 
 
 def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", unit: "Method", seed: str,

@@ -32,7 +32,7 @@ class Option:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method. emit(b, model, canon, seed, options, walk) -> (heatmap shaped like canon.image,
+    """A registered method. emit(b, model, canon, seed, options, walk) -> (heatmap shaped like canon.input,
     [new graph inputs]) emits it for the explained input of canon (walk(view, plan, seed) runs the backward
     walker with a rule plan). On a text model the same emitter runs on the word embeddings and per_token
     says how the hidden axis is reduced: 'norm' (the L2 norm, for methods that give a gradient) or 'sum'

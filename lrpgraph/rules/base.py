@@ -6,7 +6,7 @@ options of the composites and their CLI flags (options.py), which composite read
 (composites.py), `lrpgraph inspect` and the parameter table of docs/rules.md (parameter_table).
 
 An emitter is called by the converter of a unit of that kind as fn(ctx, unit, rule, r_outs, op) and returns
-the signal for each of unit.inputs; `op` holds the op's own primitives, which the converter supplies:
+the message (relevance, or the gradient-form g) for each of unit.inputs; `op` holds the op's own primitives, which the converter supplies:
 
 - linear: the LinearLayer (forward, backward: the transposed map, weights, per_channel, x, out);
 - activation, bn, affine, normaliser, avgpool: place(t) (t at the signal input, None elsewhere),
@@ -16,7 +16,7 @@ the signal for each of unit.inputs; `op` holds the op's own primitives, which th
 - gate: place(t) and partial(i, t) (the product rule's share of operand i);
 - product: gradients(t) (both operands' shares of the product rule);
 - maxpool: route(t) (each window's t to its arg-max);
-- structure: none: the converter moves the signal as the op moves values (MOVE)."""
+- structure: none: the converter moves the message as the op moves values (MOVE)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from lrpgraph.catalog import OpRecord, Unit
 
 DEFAULT_STABILIZER = 1e-6
-MOVE = "move"  # an emitter entry: the converter moves the signal as the op moves values, whatever the rule
+MOVE = "move"  # an emitter entry: the converter moves the message as the op moves values, whatever the rule
 
 
 @dataclass(frozen=True)

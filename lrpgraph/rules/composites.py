@@ -3,7 +3,7 @@ heatmaps can be compared. Imports neither onnx nor the converters: the CLI, its 
 read the names and the options each composite reads from here; composites.plan applies them to a graph.
 
 A table maps composite keys (first linear layer, conv, dense, activation, sum, avgpool, bn, maxpool, gate,
-affine, structure, ...: the kinds and categories of the op records) to rule names."""
+affine, structure, ...: the keys of the op records, lrpgraph/catalog/) to rule names."""
 
 from dataclasses import dataclass, field
 

@@ -26,11 +26,11 @@ from lrpgraph.errors import LrpgraphError, NotConvertedError, UnsupportedModelEr
 from lrpgraph.graph import attrs_of, needed_nodes, topological
 from lrpgraph.patterns.constants import constant_value, is_constant
 
-from lrpgraph.train.onnx_ops import OPS, Ctx
+from lrpgraph.train.onnx_ops import OPS, TorchContext
 from lrpgraph.train import transformer_ops  # registers LayerNormalization, Gelu in OPS
 from lrpgraph.train import selection_ops  # registers GatherND, ScatterND, Resize in OPS
 
-OP_MODULES = (transformer_ops, selection_ops)  # imported only for their @op registrations into OPS
+OP_MODULES = (transformer_ops, selection_ops)  # imported only for their @torch_op registrations into OPS
 RELEVANCE_PREFIX = "lrp/"  # names of the nodes the converter emits
 DERIVED = "derived input"  # a plan step computing a graph input inside the run (LrpModule.run's `derived`)
 
@@ -168,7 +168,7 @@ class LrpModule(nn.Module):
         fn(source) computed inside this run (e.g. a relevance seed from the logits: one forward, one
         relevance pass)."""
         dtype, device = self._float()
-        ctx = Ctx(dtype, device, self.opset)
+        ctx = TorchContext(dtype, device, self.opset)
         outputs = list(outputs or self.output_names)
         derived = derived or {}
         env = {name: self.tensor(name) for name in self._where}

@@ -17,16 +17,17 @@ DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: to
 OPS = {}
 
 
-def op(*names) -> Callable:
-    def register(fn):
+def torch_op(*names) -> Callable:
+    """Decorator: fn(ctx, *inputs, **attributes) runs the ONNX op(s) `names` in torch for the importer."""
+    def add(fn):
         for name in names:
             OPS[name] = fn
         return fn
-    return register
+    return add
 
 
-class Ctx:
-    """What an op may read besides its inputs and attributes: the float dtype, device, output count, opset."""
+class TorchContext:
+    """What an imported op may read at run time besides its inputs and attributes: the float dtype, device, output count, opset."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device, opset: int):
         self.dtype, self.device, self.opset, self.outputs = dtype, device, opset, 1
@@ -57,38 +58,38 @@ OPS.update({"MatMul": lambda ctx, a, b: torch.matmul(a, b), "Where": lambda ctx,
                 gamma * torch.where(x > 0, x, alpha * torch.expm1(x)), "Mish": lambda ctx, x: F.mish(x)})
 
 
-@op("LRN")
+@torch_op("LRN")
 def lrn(ctx, x, size, alpha=1e-4, beta=0.75, bias=1.0):  # ONNX's window: floor((size-1)/2) channels before
     pad = [0, 0] * (x.dim() - 2) + [(size - 1) // 2, size // 2]
     square_sum = F.pad(x * x, pad).unfold(1, size, 1).sum(-1)
     return x / (bias + alpha / size * square_sum) ** beta
 
 
-@op("Div")
+@torch_op("Div")
 def div(ctx, a, b):
     return a / b if a.is_floating_point() else torch.div(a, b, rounding_mode="trunc")
 
 
-@op("Mod")
+@torch_op("Mod")
 def mod(ctx, a, b, fmod=0):
     return torch.fmod(a, b) if fmod else torch.remainder(a, b)
 
 
-@op("Min", "Max", "Sum", "Mean")
+@torch_op("Min", "Max", "Sum", "Mean")
 def variadic(ctx, *xs, _op=None):
     fn = {"Min": torch.minimum, "Max": torch.maximum}.get(_op, torch.add)
     out = reduce(fn, xs)
     return out / len(xs) if _op == "Mean" else out
 
 
-@op("Clip")
+@torch_op("Clip")
 def clip(ctx, x, lo=None, hi=None, min=None, max=None):
     lo = lo if lo is not None else min
     hi = hi if hi is not None else max
     return x if lo is None and hi is None else torch.clamp(x, lo, hi)
 
 
-@op("Softmax", "LogSoftmax")
+@torch_op("Softmax", "LogSoftmax")
 def softmax(ctx, x, axis=None, _op=None):
     fn = torch.softmax if _op == "Softmax" else torch.log_softmax
     if ctx.opset >= 13:
@@ -97,12 +98,12 @@ def softmax(ctx, x, axis=None, _op=None):
     return fn(x.reshape(math.prod(x.shape[:axis]), -1), 1).reshape(x.shape)
 
 
-@op("Cast")
+@torch_op("Cast")
 def cast(ctx, x, to, saturate=1, round_mode="up"):
     return x.to(ctx.onnx_dtype(to))
 
 
-@op("Dropout")
+@torch_op("Dropout")
 def dropout(ctx, x, ratio=None, training_mode=None, seed=None):
     return x, torch.ones_like(x, dtype=torch.bool)
 
@@ -127,7 +128,7 @@ def _symmetric(pads, kernel, dilations):
     return all(pads[i] == pads[i + n] and pads[i] <= ((kernel[i] - 1) * dilations[i] + 1) // 2 for i in range(n))
 
 
-@op("Conv")
+@torch_op("Conv")
 def conv(ctx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     kernel, pads, strides, dilations = _window(x, kernel_shape or list(w.shape[2:]), auto_pad, pads, strides,
                                                dilations)
@@ -138,7 +139,7 @@ def conv(ctx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_s
     return fn(F.pad(x, _torch_pad(pads)), w, b, strides, 0, dilations, group)
 
 
-@op("ConvTranspose")
+@torch_op("ConvTranspose")
 def conv_transpose(ctx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
     n = w.dim() - 2
@@ -158,14 +159,14 @@ def conv_transpose(ctx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1
     return out if b is None else out + b.reshape([1, -1] + [1] * n)
 
 
-@op("Gemm")
+@torch_op("Gemm")
 def gemm(ctx, a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     y = (a.t() if transA else a) @ (b.t() if transB else b)
     y = y * alpha if alpha != 1.0 else y
     return y if c is None else y + (c * beta if beta != 1.0 else c)
 
 
-@op("BatchNormalization")
+@torch_op("BatchNormalization")
 def batch_norm(ctx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1):
     """Always the running statistics (eval semantics): no coupling between the samples of a batch."""
     shape = [1, -1] + [1] * (x.dim() - 2)
@@ -175,7 +176,7 @@ def batch_norm(ctx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, train
 
 
 # ---- pooling --------------------------------------------------------------------------------------
-@op("MaxPool")
+@torch_op("MaxPool")
 def max_pool(ctx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None):
     """Indices as ONNX has them: flattened over the whole N x C x spatial tensor (torch's are per plane)."""
@@ -200,7 +201,7 @@ def max_pool(ctx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shap
     return y, idx + planes * math.prod(spatial)
 
 
-@op("AveragePool")
+@torch_op("AveragePool")
 def average_pool(ctx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
                  pads=None, strides=None):
     kernel, pads, strides, dilations = _window(x, kernel_shape, auto_pad, pads, strides, dilations)
@@ -221,13 +222,13 @@ def average_pool(ctx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, di
     return total / count
 
 
-@op("GlobalAveragePool", "GlobalMaxPool")
+@torch_op("GlobalAveragePool", "GlobalMaxPool")
 def global_pool(ctx, x, _op=None):
     dims = tuple(range(2, x.dim()))
     return x.mean(dims, keepdim=True) if _op == "GlobalAveragePool" else x.amax(dims, keepdim=True)
 
 
-@op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+@torch_op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
 def reduce_(ctx, x, axes_in=None, axes=None, keepdims=1, noop_with_empty_axes=0, _op=None):
     axes = axes_in.tolist() if axes_in is not None else axes
     if not axes:
@@ -242,7 +243,7 @@ def reduce_(ctx, x, axes_in=None, axes=None, keepdims=1, noop_with_empty_axes=0,
     return fn(x, dim=tuple(axes), keepdim=bool(keepdims))
 
 
-@op("ArgMax", "ArgMin")
+@torch_op("ArgMax", "ArgMin")
 def argmax(ctx, x, axis=0, keepdims=1, select_last_index=0, _op=None):
     fn = torch.argmax if _op == "ArgMax" else torch.argmin
     if select_last_index:
@@ -255,46 +256,46 @@ def _ints(t):
     return [int(v) for v in t.tolist()] if torch.is_tensor(t) else list(t)
 
 
-@op("Shape")
+@torch_op("Shape")
 def shape(ctx, x, start=0, end=None):
     return torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
 
 
-@op("Size")
+@torch_op("Size")
 def size(ctx, x):
     return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
 
 
-@op("ConstantOfShape")
+@torch_op("ConstantOfShape")
 def constant_of_shape(ctx, shape, value=None):
     value = np.zeros(1, np.float32) if value is None else value
     dtype = ctx.dtype if value.dtype == np.float32 else torch.from_numpy(value).dtype
     return torch.full(_ints(shape), value.reshape(-1)[0].item(), dtype=dtype, device=ctx.device)
 
 
-@op("Expand")
+@torch_op("Expand")
 def expand(ctx, x, shape):
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))
 
 
-@op("Reshape")
+@torch_op("Reshape")
 def reshape(ctx, x, shape, allowzero=0):
     dims = _ints(shape)
     return x.reshape([x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)])
 
 
-@op("Flatten")
+@torch_op("Flatten")
 def flatten(ctx, x, axis=1):
     axis = axis + x.dim() if axis < 0 else axis
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
-@op("Transpose")
+@torch_op("Transpose")
 def transpose(ctx, x, perm=None):
     return x.permute(perm if perm is not None else list(reversed(range(x.dim()))))
 
 
-@op("Squeeze")
+@torch_op("Squeeze")
 def squeeze(ctx, x, axes_in=None, axes=None):
     axes = _ints(axes_in) if axes_in is not None else axes
     if axes is None:
@@ -302,7 +303,7 @@ def squeeze(ctx, x, axes_in=None, axes=None):
     return x.squeeze(tuple(a % x.dim() for a in axes))
 
 
-@op("Unsqueeze")
+@torch_op("Unsqueeze")
 def unsqueeze(ctx, x, axes_in=None, axes=None):
     axes = _ints(axes_in) if axes_in is not None else axes
     rank = x.dim() + len(axes)
@@ -311,22 +312,22 @@ def unsqueeze(ctx, x, axes_in=None, axes=None):
     return x
 
 
-@op("Tile")
+@torch_op("Tile")
 def tile(ctx, x, repeats):
     return x.repeat(_ints(repeats))
 
 
-@op("Range")
+@torch_op("Range")
 def range_(ctx, start, limit, delta):
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
 
 
-@op("Concat")
+@torch_op("Concat")
 def concat(ctx, *xs, axis):
     return torch.cat(xs, axis)
 
 
-@op("Split")
+@torch_op("Split")
 def split(ctx, x, split_in=None, axis=0, num_outputs=None, split=None):
     sizes = _ints(split_in) if split_in is not None else split
     if sizes is None:
@@ -336,7 +337,7 @@ def split(ctx, x, split_in=None, axis=0, num_outputs=None, split=None):
     return tuple(torch.split(x, list(sizes), axis))
 
 
-@op("Slice")
+@torch_op("Slice")
 def slice_(ctx, x, starts=None, ends=None, axes_in=None, steps=None, axes=None):
     """Python's slicing semantics are ONNX's (clamping, negative indices and steps included); before
     opset 10 starts, ends and axes are attributes."""
@@ -354,7 +355,7 @@ def slice_(ctx, x, starts=None, ends=None, axes_in=None, steps=None, axes=None):
     return x
 
 
-@op("Pad")
+@torch_op("Pad")
 def pad(ctx, x, pads_in=None, constant_value=None, axes_in=None, mode="constant", pads=None, value=0.0):
     pads = _ints(pads_in) if pads_in is not None else list(pads)
     rank = x.dim()
@@ -367,7 +368,7 @@ def pad(ctx, x, pads_in=None, constant_value=None, axes_in=None, mode="constant"
     return F.pad(x, _torch_pad(full), torch_mode, fill if mode == "constant" else None)
 
 
-@op("Gather")
+@torch_op("Gather")
 def gather(ctx, x, index, axis=0):
     axis %= x.dim()
     index = torch.where(index < 0, index + x.shape[axis], index)
@@ -375,7 +376,7 @@ def gather(ctx, x, index, axis=0):
     return out.reshape(list(x.shape[:axis]) + list(index.shape) + list(x.shape[axis + 1:]))
 
 
-@op("OneHot")
+@torch_op("OneHot")
 def one_hot(ctx, indices, depth, values, axis=-1):
     depth = int(depth.reshape(-1)[0])
     indices = indices.long()
@@ -385,7 +386,7 @@ def one_hot(ctx, indices, depth, values, axis=-1):
     return out.movedim(-1, axis % out.dim())
 
 
-@op("ScatterElements")
+@torch_op("ScatterElements")
 def scatter_elements(ctx, data, indices, updates, axis=0, reduction="none"):
     indices = torch.where(indices < 0, indices + data.shape[axis], indices)
     if reduction == "none":
@@ -394,6 +395,3 @@ def scatter_elements(ctx, data, indices, updates, axis=0, reduction="none"):
         return data.scatter_add(axis, indices, updates)
     how = {"mul": "prod", "max": "amax", "min": "amin"}[reduction]
     return data.scatter_reduce(axis, indices, updates, how, include_self=True)
-
-
-# ---- the module -----------------------------------------------------------------------------------

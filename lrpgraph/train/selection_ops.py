@@ -8,24 +8,24 @@ import torch
 
 from lrpgraph.converters.resize import interpolation_matrices, nearest_index_maps
 from lrpgraph.errors import UnsupportedModelError
-from lrpgraph.train.onnx_ops import op
+from lrpgraph.train.onnx_ops import torch_op
 
 
-@op("GatherND")
+@torch_op("GatherND")
 def gather_nd(ctx, data, indices, batch_dims=0):
     if batch_dims:
         raise UnsupportedModelError("GatherND: only batch_dims 0 is supported")
     return data[tuple(indices.long().unbind(-1))]
 
 
-@op("ScatterND")
+@torch_op("ScatterND")
 def scatter_nd(ctx, data, indices, updates, reduction="none"):
     if reduction not in ("none", "add"):
         raise UnsupportedModelError(f"ScatterND: reduction '{reduction}' is not supported (none or add)")
     return data.index_put(tuple(indices.long().unbind(-1)), updates, accumulate=reduction == "add")
 
 
-@op("Resize")
+@torch_op("Resize")
 def resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
     mode = attrs.get("mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):

@@ -118,7 +118,7 @@ def test_importer_op_matches_onnxruntime(op, attrs, opset):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from lrpgraph.train.onnx_ops import OPS, Ctx
+    from lrpgraph.train.onnx_ops import OPS, TorchContext
 
     x = inputs([6, 3, 3], seed=68) * 2
     info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(x.shape)) for n in ("x", "y")]
@@ -127,5 +127,5 @@ def test_importer_op_matches_onnxruntime(op, attrs, opset):
     (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     fn = OPS[op]
     kwargs = {"_op": op} if "_op" in fn.__code__.co_varnames else {}
-    got = fn(Ctx(torch.float32, "cpu", opset), torch.as_tensor(x), **attrs, **kwargs)
+    got = fn(TorchContext(torch.float32, "cpu", opset), torch.as_tensor(x), **attrs, **kwargs)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)

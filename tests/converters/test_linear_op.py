@@ -52,7 +52,7 @@ def conv_transpose_from_here():
     """ConvTranspose registered by this file: one call, the record and the passes."""
     removed = registry.remove("ConvTranspose")
     linear_op("ConvTranspose", LinearOp(read, out_channels, channel_axis=1, bn_shape=lambda layer: None),
-              forward, adjoint, category="conv")
+              forward, adjoint, keys=("conv",))
     yield RECORDS["ConvTranspose"]
     registry.restore(removed)
 
@@ -90,7 +90,7 @@ def test_without_its_registration_the_op_is_refused(without_conv_transpose):
 def test_the_unit_reads_its_node_and_folds_the_bias_add(conv_transpose_from_here):
     model = upsampling_model(2)[0]
     unit = next(u for u in canonicalize(graph.load(model)).units if u.op == "ConvTranspose")
-    assert (unit.kind, unit.category, len(unit.fused)) == ("linear", "conv", 1)
+    assert (unit.kind, unit.keys, len(unit.fused)) == ("linear", ("conv",), 1)
     assert unit.layer.attrs["group"] == 2 and unit.layer.bias_from_add
     converted = lrpgraph.convert(model, composite="epsilon")
     assert any(node.name.endswith("up_adjoint") for node in converted.graph.node)

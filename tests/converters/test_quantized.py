@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qdq_ref import qdq_relevance, quantize
 from zennit_ref import digit_model, real_digits, zennit_composite
 
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 
 LIMIT = 1e-5  # L1 relative to the reference, float32 against float64
 

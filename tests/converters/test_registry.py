@@ -63,7 +63,7 @@ def test_the_record_gives_the_kind(softsign):
     assert softsign.kind == "activation" and EMITTERS["Softsign"].derivative is softsign_derivative
     canon = canonicalize(graph.load(model_and_reference()[0]))
     unit = next(u for u in canon.units if u.op == "Softsign")
-    assert (unit.kind, unit.category) == ("activation", "activation")
+    assert (unit.kind, unit.keys) == ("activation", ("activation",))
 
 
 def test_epsilon_plus_passes_relevance(softsign):

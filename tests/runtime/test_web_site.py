@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from lrpgraph.cli import main
-from lrpgraph.convert import convert
+from lrpgraph.pipeline import convert
 from lrpgraph.files import save
 from lrpgraph.web import ORT_FILES, pipeline
 

@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets, untrusted
-from lrpgraph.canonicalize import canonicalize, image_input
+from lrpgraph.canonicalize import canonicalize, explained_input
 from lrpgraph.catalog import Canonical, Initializers
 from lrpgraph.converters import quantized
 from lrpgraph.errors import LrpgraphError
@@ -148,7 +148,7 @@ def plan(canon: Canonical, composite: str, rules: list | tuple = (), options: Ru
 def _check_request(source, canon, request):
     """The preprocessing and labels fit the model's input and classes."""
     dims = [d.dim_value or None for d in _image(source.model, canon).type.tensor_type.shape.dim]
-    checks.check_preprocess(request.preprocess, dims[1:], f"the model's input '{canon.image}'")
+    checks.check_preprocess(request.preprocess, dims[1:], f"the model's input '{canon.input}'")
     if targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
         checks.check_labels(request.labels, canon.shapes[canon.logits][1])
 
@@ -176,7 +176,7 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
         heat, more, used = _walk(b, model, view, canon, request, spec, seed)
         targets.tile(b, tiled, canon.shapes, k, start)
-        heat = targets.unfold(b, heat, canon.image, k, len(canon.shapes[canon.image]))
+        heat = targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input]))
     new_inputs = new_inputs + more
     b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
     if source.view is model:  # (a dequantized view's ReLUs are not the model's nodes)
@@ -196,15 +196,15 @@ def _walk(b, model, canon, source_canon, request, spec, seed):
         return heat, more, None
     rule_plan = plan(source_canon, spec, request.rules, request.options, request.preprocess)
     heat = walker(canon, {u.name: rule_plan[s.name] for u, s in zip(canon.units, source_canon.units)}, seed)
-    heat = b.zeros_like(canon.image) if heat is None else heat
-    if spec in composites.MESSAGE_COMPOSITES and canon.image_float:  # the walk carried g = R / x
+    heat = b.zeros_like(canon.input) if heat is None else heat
+    if spec in composites.MESSAGE_COMPOSITES and canon.float_input:  # the walk carried g = R / x
         b.scope = "output"
-        heat = b.mul(canon.image, heat)
+        heat = b.mul(canon.input, heat)
     return heat, [], {name: str(rule) for name, rule in rule_plan.items()}
 
 
 def _image(model, canon):
-    return next(i for i in model.graph.input if i.name == canon.image)
+    return next(i for i in model.graph.input if i.name == canon.input)
 
 
 def _record(model, canon, request, heatmaps):
@@ -213,7 +213,7 @@ def _record(model, canon, request, heatmaps):
     rules_used = {output: used for output, (_, _, used) in heatmaps.items() if used is not None}
     record = metadata.Record(
         composite=next(iter(explanations.values())), explanations=explanations, target=request.target,
-        image_input=canon.image, logits=canon.logits, logits_output=model.graph.output[0].name,
+        image_input=canon.input, logits=canon.logits, logits_output=model.graph.output[0].name,
         outputs_probabilities=canon.outputs_probabilities, options=request.options.to_dict(),
         method_options=request.method_options.to_dict(), webgpu=request.webgpu, overrides=list(request.rules),
         rules=rules_used.get(RELEVANCE) or next(iter(rules_used.values()), {}),
@@ -222,7 +222,7 @@ def _record(model, canon, request, heatmaps):
         image_size=[int(d) for d in request.image_size] if request.image_size is not None else None)
     if not targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
         record.explained_shape, record.logits_output = list(canon.shapes[canon.logits][1:]), canon.logits
-    if not canon.image_float:  # token ids: relevance per token; the embedding table bounds the ids
+    if not canon.float_input:  # token ids: relevance per token; the embedding table bounds the ids
         record.token_input, record.vocab_size = True, _vocab_size(canon)
     return record
 
@@ -243,7 +243,7 @@ def build_options(options: RuleOptions | None = None, method_options: MethodOpti
 def fix_image_size(model: onnx.ModelProto, image_size: tuple | list, where: str = "the model") -> onnx.ModelProto:
     """The model with its image input's spatial dims set to image_size (the batch stays as it is) and its shapes
     inferred again, so that shape computations on them (Shape -> Gather -> Concat -> Reshape) become known."""
-    name, is_float = image_input(model.graph, Initializers(model.graph.initializer))
+    name, is_float = explained_input(model.graph, Initializers(model.graph.initializer))
     dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
     size = list(image_size)
     spatial = len(dims) - 2
@@ -284,7 +284,7 @@ def _text(values, sep=","):
 
 def _vocab_size(canon):
     return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
-                 if u.op == "Gather" and u.inputs[1] == canon.image and u.inputs[0] in canon.inits), None)
+                 if u.op == "Gather" and u.inputs[1] == canon.input and u.inputs[0] in canon.inits), None)
 
 
 def converted_by(model: onnx.ModelProto) -> str | None:
