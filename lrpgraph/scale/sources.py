@@ -4,7 +4,9 @@ of them) with an image column (encoded bytes) and optional mask and target colum
 A record has the columns of RECORD_COLUMNS: `id` (the image's path as found, or the Parquet id column,
 else `<file>#<row>`), `path` (an image file to read, or null), `image` (encoded bytes, or null), `mask_path`
 / `mask` (the same for its mask), `target` (a class index, -1 for none) and `problem` (why the record
-cannot be explained, found while reading: an unreadable Parquet file, a missing mask). The inputs are cut into units
+cannot be explained, found while reading: an unreadable Parquet file, a missing mask). Records of token models
+carry `tokens` (token ids), or `text` (tokenized by the worker), and `extra` (JSON: the model's other inputs,
+e.g. attention_mask, found as columns of the same name) instead of an image. The inputs are cut into units
 (batch_size image files, or one row group of a Parquet file); a Reader turns one unit into a pyarrow table of
 records. Units are what Ray spreads over its workers, so Parquet inputs are best written with row groups of a
 few hundred records (pyarrow.parquet.write_table(..., row_group_size=256)).
@@ -22,7 +24,7 @@ from pathlib import Path
 from lrpgraph.errors import LrpgraphError, MissingDependencyError
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images
 
-RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem")
+RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem", "tokens", "text", "extra")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 NO_TARGET = -1
 
@@ -77,7 +79,10 @@ class Source:
 
     def __init__(self, inputs: list, columns: dict | None = None, masks_dir: str | os.PathLike | None = None,
                  exclude: str | os.PathLike | None = None):
-        self.columns = {"image": "image", "mask": None, "target": None, "id": "id", **(columns or {})}
+        self.columns = {"image": "image", "mask": None, "target": None, "id": "id", "tokens": None, "text": None,
+                        "extra": (), **(columns or {})}
+        if self.tokens:
+            self.columns["image"] = None
         if masks_dir is not None and not Path(masks_dir).is_dir():
             raise LrpgraphError(f"--masks {masks_dir} is not a folder")
         self.masks_dir = None if masks_dir is None else str(masks_dir)
@@ -92,11 +97,19 @@ class Source:
                 image_inputs.append(path)
         if image_inputs:
             self.images = [(str(f), str(Path(r).as_posix())) for f, r in find_images(image_inputs, exclude=exclude)]
+        if self.tokens and self.images:
+            raise LrpgraphError(f"{self.images[0][0]} is an image; token ids and texts are read from Parquet files "
+                                "(--tokens-column / --text-column)")
         if not self.images and not self.parquet:
             raise LrpgraphError(f"no image or Parquet files found in {', '.join(map(str, inputs))}; give files or "
                                 f"folders with {', '.join(IMAGE_EXTENSIONS)}, or .parquet files")
         for file in self.parquet:
             self._check_columns(file)
+
+    @property
+    def tokens(self) -> bool:
+        """True when the records are token ids or texts (a token model's job)."""
+        return bool(self.columns["tokens"] or self.columns["text"])
 
     def _check_columns(self, file):
         """Refuse a readable Parquet file that lacks a named column (an unreadable one becomes an error record)."""
@@ -106,11 +119,11 @@ class Source:
             raise
         except Exception:
             return
-        missing = [c for c in (self.columns["image"], self.columns["mask"], self.columns["target"])
-                   if c is not None and c not in names]
+        missing = [c for c in _named(self.columns) if c not in names]
         if missing:
             raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
-                                "(choose with --image-column, --masks-column, --target-column)")
+                                "(choose with --image-column, --masks-column, --target-column, --tokens-column, "
+                                "--text-column)")
 
     def units(self, batch_size: int) -> list:
         """The read units as JSON strings: batch_size image files, or a Parquet file's row group (with the
@@ -172,7 +185,7 @@ class Reader:
             records["problem"].append(None if mask is not None or self.masks_dir is None else
                                       f"no mask for {relative} in {self.masks_dir} (expected "
                                       f"{Path(self.masks_dir) / relative} or the same name with .png)")
-        _fill(records, len(files), image=None, mask=None, target=NO_TARGET)
+        _fill(records, len(files), image=None, mask=None, target=NO_TARGET, tokens=None, text=None, extra=None)
         return records
 
     def _mask_path(self, relative):
@@ -190,21 +203,26 @@ class Reader:
             table = pq.ParquetFile(file).read_row_group(group)
         except Exception as error:  # a broken file: one error record, the job goes on
             records["id"].append(file)
-            _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET,
-                  problem=f"cannot read Parquet file {file}: {str(error).splitlines()[0] if str(error) else error}")
+            _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET, tokens=None,
+                  text=None, extra=None, problem=f"cannot read Parquet file {file}: {str(error).splitlines()[0] if str(error) else error}")
             return records
         names, n = table.column_names, table.num_rows
-        missing = [c for c in (self.columns["image"], self.columns["mask"], self.columns["target"])
-                   if c is not None and c not in names]
+        missing = [c for c in _named(self.columns) if c not in names]
         if missing:
             raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
-                                "(choose with --image-column, --masks-column, --target-column)")
+                                "(choose with --image-column, --masks-column, --target-column, --tokens-column, "
+                                "--text-column)")
         ids = table.column(self.columns["id"]).to_pylist() if self.columns["id"] in names else [None] * n
         records["id"] = [str(key) if key is not None else f"{file}#{first + row}" for row, key in enumerate(ids)]
-        records["image"] = table.column(self.columns["image"]).to_pylist()
-        records["mask"] = (table.column(self.columns["mask"]).to_pylist() if self.columns["mask"] else [None] * n)
-        targets = table.column(self.columns["target"]).to_pylist() if self.columns["target"] else [None] * n
-        records["target"] = [NO_TARGET if t is None else int(t) for t in targets]
+        def values(role):
+            return table.column(self.columns[role]).to_pylist() if self.columns[role] else [None] * n
+
+        records["image"], records["mask"] = values("image"), values("mask")
+        records["tokens"], records["text"] = values("tokens"), values("text")
+        records["target"] = [NO_TARGET if t is None else int(t) for t in values("target")]
+        extra = {name: table.column(name).to_pylist() for name in self.columns["extra"] if name in names}
+        records["extra"] = [json.dumps({name: column[row] for name, column in extra.items()}) if extra else None
+                            for row in range(n)]
         _fill(records, n, path=None, mask_path=None, problem=None)
         return records
 
@@ -228,4 +246,10 @@ def record_schema() -> object:
     pa = pyarrow()
     return pa.schema([("id", pa.string()), ("path", pa.string()), ("image", pa.binary()),
                       ("mask_path", pa.string()), ("mask", pa.binary()), ("target", pa.int64()),
-                      ("problem", pa.string())])
+                      ("problem", pa.string()), ("tokens", pa.list_(pa.int64())), ("text", pa.string()),
+                      ("extra", pa.string())])
+
+
+def _named(columns):
+    """The Parquet columns a job reads besides the id (which may be absent)."""
+    return [columns[role] for role in ("image", "mask", "target", "tokens", "text") if columns.get(role)]

@@ -68,3 +68,36 @@ def descendants(root=None):
         found.update(children)
         todo += children
     return found
+
+
+def token_model(folder):
+    """(path, tokenizer.json text) of a small BERT classifier with random weights (tests/transformers' export),
+    converted with attn-lrp, and a word-level tokenizer over its 120 ids ("w0" ... "w119")."""
+    import sys
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    import lrpgraph
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "transformers"))
+    import transformer_models as tm
+
+    ids, mask, types = tm.text_batch(n=1)
+    path = str(Path(folder) / "bert.lrp.onnx")
+    lrpgraph.save(lrpgraph.convert(tm.export_text_model(tm.bert(seed=0), ids, mask, types), composite="attn-lrp"),
+                  path)
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(120)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return path, tokenizer.to_str()
+
+
+def token_table(count, seed=0):
+    """A pyarrow table of count sequences: id, input_ids (lengths 3 to 9), attention_mask (ones), text (the same
+    ids as words "wN")."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(1, 120, int(rng.integers(3, 10))).tolist() for _ in range(count)]
+    return pa.table({"id": [f"seq{i:03d}" for i in range(count)], "input_ids": ids,
+                     "attention_mask": [[1] * len(row) for row in ids],
+                     "text": [" ".join(f"w{t}" for t in row) for row in ids]})

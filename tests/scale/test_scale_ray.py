@@ -1,5 +1,5 @@
 """The Ray engine on a real local Ray cluster (two actor processes): its Parquet equals the local engine's row for
-row; an actor killed by its pid mid-job is restarted and the output still has every input exactly once; the
+row (images, and token ids of a text model); an actor killed by its pid mid-job is restarted and the output still has every input exactly once; the
 Python API on ray.data.read_images. The cluster is shut down at the end and no ray process is left."""
 
 import os
@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from scale_data import command, descendants, write_images
+import pyarrow as pa
+
+from scale_data import command, descendants, token_model, token_table, write_images
 from lrpgraph import scale
 from lrpgraph.scale import output
 
@@ -115,3 +117,25 @@ def test_python_api_on_read_images(cluster, models, tmp_path):
     assert out.id.tolist() == a.id.tolist() and local["explained"] == 20 and out.error.isna().all()
     assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a.relevance, out.relevance)) <= 1e-6
     assert out.predicted.tolist() == a.predicted.tolist()
+
+
+def test_token_model_ray_rows_equal_local(cluster, tmp_path):
+    pytest.importorskip("transformers")
+    model, _ = token_model(tmp_path)
+    table = pa.concat_tables([token_table(60, seed=5), pa.table({"id": ["far"], "input_ids": [[3, 999]],
+                                                                 "attention_mask": [[1, 1]], "text": ["w3"]})])
+    pq.write_table(table, tmp_path / "seqs.parquet", row_group_size=16)
+    options, columns = scale.JobOptions(batch_size=8), {"tokens": "input_ids"}
+    runs = [scale.run([tmp_path / "seqs.parquet"], model, tmp_path / engine, options, engine=engine, workers=2,
+                      columns=columns, progress=False) for engine in ("local", "ray")]
+    assert [(r["explained"], r["errors"], r["duplicates"]) for r in runs] == [(60, 1, 0)] * 2
+    a, a_errors = tables(tmp_path / "local")
+    b, b_errors = tables(tmp_path / "ray")
+    assert a_errors[["id", "error"]].equals(b_errors[["id", "error"]]) and a_errors.id.tolist() == ["far"]
+    assert a.id.tolist() == b.id.tolist() == sorted(table.column("id").to_pylist()[:60])
+    for column in ("tokens", "shape"):
+        assert all(list(x) == list(y) for x, y in zip(a[column], b[column])), column
+    for column in ("relevance", "logits"):
+        assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a[column], b[column])) <= 1e-6
+    for column in ("predicted", "explained", "probability", "relevance_sum"):
+        assert np.allclose(a[column], b[column], rtol=1e-6, atol=1e-9), column
