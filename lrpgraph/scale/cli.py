@@ -63,6 +63,20 @@ def is_bulk(kw: dict, inputs: tuple) -> bool:
     return bulk
 
 
+def check_out(out_dir: str | None, bulk: bool) -> bool:
+    """Check --out (a local folder, or an object-store URI for bulk runs); return bulk."""
+    from lrpgraph.cli_checks import check_output_dir
+    from lrpgraph.scale.store import is_uri
+
+    if is_uri(out_dir):
+        if not bulk:
+            raise LrpgraphError(f"--out {out_dir}: an object-store URI takes bulk runs (Parquet); add --parquet")
+        return bulk
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
+    return bulk
+
+
 def run_bulk(params: dict, options: object, quiet: bool) -> dict:
     """Run the bulk job the command's parameters describe; print its summary on stderr; return it."""
     from lrpgraph import scale

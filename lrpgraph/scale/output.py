@@ -17,10 +17,9 @@ import os
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
-from lrpgraph.files import atomic_write
 from lrpgraph.scale import rows
+from lrpgraph.scale.store import Folder, open_input
 from lrpgraph.scale.sources import pyarrow
 
 ROWS_PER_PART = 4096
@@ -28,11 +27,11 @@ TABLES = ("rows", "errors")
 
 
 def done_ids(out_dir: str | os.PathLike) -> set:
-    """The ids already in out_dir's rows and errors parts (what --resume skips)."""
-    pq, ids = pyarrow().parquet, set()
+    """The ids already in out_dir's rows and errors parts (what --resume skips); out_dir may be a URI."""
+    pq, ids, folder = pyarrow().parquet, set(), Folder(out_dir)
     for table in TABLES:
-        for part in sorted((Path(out_dir) / table).glob("part-*.parquet")):
-            ids.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+        for part in folder.parts(table):
+            ids.update(pq.ParquetFile(open_input(part)).read(columns=["id"]).column("id").to_pylist())
     return ids
 
 
@@ -40,7 +39,7 @@ class Output:
     """Writes output tables (rows.schema, with the error column) as rows and errors parts; drops duplicates."""
 
     def __init__(self, out_dir: str | os.PathLike, seen: set | None = None):
-        self.out_dir = Path(out_dir)
+        self.out_dir = Folder(out_dir)
         self.run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.seen = set(seen or ())
         self.pending = {table: [] for table in TABLES}
@@ -48,9 +47,7 @@ class Output:
         self.duplicates = 0
         self.schemas = {}  # {table: pyarrow schema} of the tables seen
         for table in TABLES:
-            (self.out_dir / table).mkdir(parents=True, exist_ok=True)
-            for stale in (self.out_dir / table).glob(".part-*.tmp"):  # left by a job that was killed
-                stale.unlink()
+            self.out_dir.make(table)
 
     def add(self, table: object) -> tuple:
         """Keep the rows of table not seen before; return (explained rows, error rows) kept."""
@@ -79,10 +76,7 @@ class Output:
         if not pending and not empty:
             return
         table = pa.concat_tables(pending) if pending else self.schemas[name].empty_table()
-        folder = self.out_dir / name
-        temporary = folder / f".part-{self.run}-{self.parts[name]:05d}.tmp"
-        pa.parquet.write_table(table, temporary)
-        os.replace(temporary, folder / f"part-{self.run}-{self.parts[name]:05d}.parquet")
+        self.out_dir.write_part(name, f"part-{self.run}-{self.parts[name]:05d}.parquet", table)
         self.parts[name] += 1
         self.pending[name] = []
 
@@ -90,8 +84,7 @@ class Output:
         """Write what is pending; a table without any part gets an empty one, so that it reads back with its
         columns."""
         for name in TABLES:
-            folder = self.out_dir / name
-            self._flush(name, empty=name in self.schemas and not any(folder.glob("part-*.parquet")))
+            self._flush(name, empty=name in self.schemas and not self.out_dir.parts(name))
 
 
 class Summary:
@@ -138,9 +131,8 @@ class Summary:
 
 
 def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
-    """summary.json in out_dir."""
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(Path(out_dir) / "summary.json", lambda f: f.write(text), binary=False)
+    """summary.json in out_dir (a folder or a URI)."""
+    Folder(out_dir).write_text("summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def format_summary(summary: dict) -> str:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from lrpgraph.errors import LrpgraphError, MissingDependencyError
+from lrpgraph.scale import store
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images
 
 RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem", "tokens", "text", "extra")
@@ -43,16 +44,18 @@ def pyarrow() -> object:
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
-    """True for a .parquet / .pq name."""
-    return str(path).lower().endswith(PARQUET_EXTENSIONS)
+    """True for a .parquet / .pq name (a URI's query left out)."""
+    name = str(path).split("?", 1)[0] if store.is_uri(str(path)) else str(path)
+    return name.lower().endswith(PARQUET_EXTENSIONS)
 
 
 def _expand(inputs):
     """Paths given or matched by globs (a glob that matches nothing is an error), in argument order."""
     paths = []
     for given in inputs:
-        if any(c in str(given) for c in "*?["):
-            matched = sorted(glob.glob(str(given), recursive=True))
+        if any(c in str(given).split("?", 1)[0] if store.is_uri(str(given)) else c in str(given) for c in "*?["):
+            matched = store.glob(str(given)) if store.is_uri(str(given)) else sorted(glob.glob(str(given),
+                                                                                              recursive=True))
             if not matched:
                 raise LrpgraphError(f"{given} matches no file; give image files, folders or Parquet files")
             paths += matched
@@ -83,13 +86,18 @@ class Source:
                         "extra": (), **(columns or {})}
         if self.tokens:
             self.columns["image"] = None
+        if store.is_uri(str(masks_dir)):
+            raise LrpgraphError(f"--masks {masks_dir}: give masks in an object store as a Parquet column "
+                                "(--masks-column); --masks takes a local folder")
         if masks_dir is not None and not Path(masks_dir).is_dir():
             raise LrpgraphError(f"--masks {masks_dir} is not a folder")
         self.masks_dir = None if masks_dir is None else str(masks_dir)
         self.images, self.parquet = [], []
         image_inputs = []
         for path in _expand(inputs):
-            if is_parquet(path) and os.path.isfile(path):
+            if store.is_uri(path):
+                self._add_uri(path)
+            elif is_parquet(path) and os.path.isfile(path):
                 self.parquet.append(path)
             elif os.path.isdir(path) and _parquet_in(path) and not find_images([path], exclude=exclude):
                 self.parquet += _parquet_in(path)
@@ -106,6 +114,21 @@ class Source:
         for file in self.parquet:
             self._check_columns(file)
 
+    def _add_uri(self, uri):
+        """A file or folder URI: its Parquet files, and its image files with their names relative to it."""
+        found = store.info(uri)
+        if found.type.name == "File":
+            self.images += [] if is_parquet(uri) else [(uri, uri.rsplit("/", 1)[-1])]
+            self.parquet += [uri] if is_parquet(uri) else []
+        elif found.type.name == "Directory":
+            files = store.files_under(uri)
+            self.parquet += [f for f in files if is_parquet(f)]
+            base = uri.split("?", 1)[0].rstrip("/") + "/"
+            self.images += [(f, f.split("?", 1)[0][len(base):]) for f in files
+                            if f.split("?", 1)[0].lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            raise LrpgraphError(f"{uri}: no such file or folder")
+
     @property
     def tokens(self) -> bool:
         """True when the records are token ids or texts (a token model's job)."""
@@ -114,7 +137,7 @@ class Source:
     def _check_columns(self, file):
         """Refuse a readable Parquet file that lacks a named column (an unreadable one becomes an error record)."""
         try:
-            names = pyarrow().parquet.read_schema(file).names
+            names = pyarrow().parquet.ParquetFile(store.open_input(file)).schema_arrow.names
         except LrpgraphError:
             raise
         except Exception:
@@ -132,7 +155,7 @@ class Source:
                  for s in range(0, len(self.images), batch_size)]
         for file in self.parquet:
             try:
-                groups = pyarrow().parquet.ParquetFile(file).metadata
+                groups = pyarrow().parquet.ParquetFile(store.open_input(file)).metadata
                 sizes = [groups.row_group(g).num_rows for g in range(groups.num_row_groups)]
             except Exception:  # unreadable: the reader makes it one error record
                 sizes = [0]
@@ -149,7 +172,7 @@ class Source:
             pq = pyarrow().parquet
             for file in self.parquet:
                 try:
-                    total += pq.ParquetFile(file).metadata.num_rows
+                    total += pq.ParquetFile(store.open_input(file)).metadata.num_rows
                 except Exception:  # unreadable: it becomes one error record
                     total += 1
         return total
@@ -200,7 +223,7 @@ class Reader:
         pq, file = pyarrow().parquet, parquet
         records = _empty()
         try:
-            table = pq.ParquetFile(file).read_row_group(group)
+            table = pq.ParquetFile(store.open_input(file)).read_row_group(group)
         except Exception as error:  # a broken file: one error record, the job goes on
             records["id"].append(file)
             _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET, tokens=None,
