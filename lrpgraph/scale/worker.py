@@ -8,6 +8,7 @@ an error row; the batch goes on. JobOptions holds what a job asks for and travel
 
 import dataclasses
 import io
+import json
 import time
 
 import numpy as np
@@ -76,6 +77,14 @@ def open_session(model: object, options: JobOptions) -> object:
     return session
 
 
+def output_schema(session: object, options: JobOptions) -> object:
+    """The output rows' schema of a job (rows.schema, or rows.token_schema for a token model)."""
+    if session.tokens:
+        return rows.token_schema(session.relevance_output, options.heatmaps, options.dtype, bool(options.tokenizer))
+    return rows.schema(list(session.relevance_outputs), options.heatmaps, options.dtype, options.png, options.masks,
+                       tuple(options.metrics))
+
+
 def _column(batch, name, n):
     """The values of column name as a list (None for each row where the batch lacks it)."""
     if name is None:
@@ -91,23 +100,21 @@ def _length(batch):
 
 class Explainer:
     """explainer(batch) -> output table (rows.schema): a batch of records (a pyarrow table or a dict of
-    columns) explained with one ExplainSession opened on construction."""
+    columns) explained with one ExplainSession opened on construction. With out ({"dir": output folder or URI,
+    "run": the job's run id}) it writes the rows itself (output.write_batch) and returns only their counts, a
+    table with one JSON string (what the Ray engine's driver receives)."""
 
-    def __init__(self, model: object, options: JobOptions | None = None):
+    def __init__(self, model: object, options: JobOptions | None = None, out: dict | None = None):
         self.options = options = (options or JobOptions()).check()
         self.model = model
         self.session = open_session(model, options)
-        self.outputs = list(self.session.relevance_outputs)
+        self.out = out
         self.tokens = None  # a token model's TokenRows (scale/tokens.py): loads and explains its records
         if self.session.tokens:
             from lrpgraph.scale.tokens import TokenRows
 
             self.tokens = TokenRows(self.session, options)
-            self.outputs = [self.session.relevance_output]
-            self.schema = rows.token_schema(self.outputs[0], options.heatmaps, options.dtype, bool(options.tokenizer))
-        else:
-            self.schema = rows.schema(self.outputs, options.heatmaps, options.dtype, options.png, options.masks,
-                                      tuple(options.metrics))
+        self.schema = output_schema(self.session, options)
         self.columns = {"id": "id", "path": "path", "image": "image", "mask_path": "mask_path", "mask": "mask",
                         "target": "target", "problem": "problem", "tokens": "tokens", "text": "text",
                         "extra": "extra", **(options.columns or {})}
@@ -126,7 +133,13 @@ class Explainer:
         return found
 
     def __call__(self, batch: object) -> object:
-        return self.finish(self.prepare(batch))
+        table = self.finish(self.prepare(batch))
+        if self.out is None:
+            return table
+        from lrpgraph.scale.output import write_batch
+
+        found = write_batch(self.out["dir"], self.out["run"], table)
+        return rows.pyarrow().table({"counts": [json.dumps(found)]})
 
     def prepare(self, batch: object) -> dict:
         """Load and decode the records of a batch: {"ids", "loaded" {i: (array, mask, target)}, "failed"

@@ -1,5 +1,6 @@
 """The Ray engine on a real local Ray cluster (two actor processes): its Parquet equals the local engine's row for
-row (images, and token ids of a text model); an actor killed by its pid mid-job is restarted and the output still has every input exactly once; the
+row (images, and token ids of a text model), with the rows written by the actors (the driver receives only counts);
+an actor killed by its pid mid-job is restarted and the output still has every input exactly once; the
 Python API on ray.data.read_images. The cluster is shut down at the end and no ray process is left."""
 
 import os
@@ -14,7 +15,7 @@ import pyarrow as pa
 
 from scale_data import command, descendants, token_model, token_table, write_images
 from lrpgraph import scale
-from lrpgraph.scale import output
+from lrpgraph.scale import output, ray_engine
 
 ray = pytest.importorskip("ray")  # the test extra installs it (lrpgraph[ray])
 
@@ -53,13 +54,25 @@ def tables(out):
     return rows, errors
 
 
-def test_ray_parquet_equals_local_row_for_row(cluster, models, many, tmp_path):
+def test_ray_parquet_equals_local_row_for_row(cluster, models, many, tmp_path, monkeypatch):
     images, masks = many
     options = scale.JobOptions(batch_size=16)
     local = scale.run([images], models["top"], tmp_path / "local", options, masks_dir=masks, progress=False)
+    received, tables_of = [], ray_engine.tables
+
+    def counted(*args, **kw):  # what reaches the driver from the actors
+        for table in tables_of(*args, **kw):
+            received.append(table)
+            yield table
+
+    monkeypatch.setattr(ray_engine, "tables", counted)
     remote = scale.run([images], models["top"], tmp_path / "ray", options, engine="ray", workers=2,
                        masks_dir=masks, progress=False)
     assert (remote["explained"], remote["errors"], remote["duplicates"]) == (300, 2, 0)
+    # the actors wrote the rows; the driver got one line of counts per batch, never a relevance array
+    assert received and all(t.column_names == ["counts"] for t in received)
+    assert sum(t.num_rows for t in received) == 19 and max(t.nbytes for t in received) < 2000
+    assert sum(t.nbytes for t in received) < 300 * 28 * 28 * 4 / 100
     a, a_errors = tables(tmp_path / "local")
     b, b_errors = tables(tmp_path / "ray")
     assert a.columns.tolist() == b.columns.tolist() and len(a) == len(b) == 300
@@ -84,17 +97,18 @@ def test_killed_actor_job_completes_every_input_once(cluster, models, tmp_path, 
     images, _ = write_images(tmp_path / "data", 96, seed=12, masks=False)
     (images / "part1" / "bad.png").write_bytes(b"\x89PNG broken")
     killed = []
-    add = output.Output.add
+    merge = output.Summary.merge
 
-    def add_then_kill(self, table):  # after the first finished batch: kill one actor by its pid
+    def merge_then_kill(self, counts):  # after the first finished batch: kill one actor by its pid
         if not killed:
             pids = actor_pids()
             assert len(pids) == 2, pids
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
-        return add(self, table)
+        return merge(self, counts)
 
-    monkeypatch.setattr(output.Output, "add", add_then_kill)
+    monkeypatch.setattr(output.Output, "add", None)  # the actors write the rows; the driver only counts
+    monkeypatch.setattr(output.Summary, "merge", merge_then_kill)
     summary = scale.run([images], models["ig"], tmp_path / "out", scale.JobOptions(batch_size=4), engine="ray",
                         workers=2, progress=False)
     assert killed and killed[0] not in actor_pids()
