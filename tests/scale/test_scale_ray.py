@@ -3,6 +3,7 @@ row (images, and token ids of a text model), with the rows written by the actors
 an actor killed by its pid mid-job is restarted and the output still has every input exactly once; the
 Python API on ray.data.read_images. The cluster is shut down at the end and no ray process is left."""
 
+import importlib.util
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import pytest
 
 import pyarrow as pa
 
-from scale_data import command, descendants, token_model, token_table, write_images
+from scale_data import command, descendants, read_s3, s3_server, token_model, token_table, upload, write_images
 from lrpgraph import scale
 from lrpgraph.scale import output, ray_engine
 
@@ -21,7 +22,18 @@ ray = pytest.importorskip("ray")  # the test extra installs it (lrpgraph[ray])
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def bucket():
+    """A local S3 server started before the cluster, so that the cluster's processes inherit its AWS_* variables
+    (None without moto)."""
+    if importlib.util.find_spec("moto") is None:
+        yield None
+        return
+    with s3_server() as s3:
+        yield s3
+
+
+@pytest.fixture(scope="module")
+def cluster(bucket):
     """A local cluster: 3 logical CPUs (two actors and the read tasks), a 200 MB object store, no dashboard."""
     ray.init(num_cpus=3, object_store_memory=200 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     started = descendants()
@@ -153,3 +165,21 @@ def test_token_model_ray_rows_equal_local(cluster, tmp_path):
         assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a[column], b[column])) <= 1e-6
     for column in ("predicted", "explained", "probability", "relevance_sum"):
         assert np.allclose(a[column], b[column], rtol=1e-6, atol=1e-9), column
+
+
+def test_actors_read_and_write_an_object_store(cluster, bucket, models, tmp_path):
+    if bucket is None:
+        pytest.skip("moto (the test extra) is not installed")
+    images, _ = write_images(tmp_path / "data", 40, seed=14, masks=False)
+    upload(bucket, images, "ray/in")
+    options = scale.JobOptions(batch_size=8)
+    scale.run([images], models["top"], tmp_path / "local", options, progress=False)
+    remote = scale.run(["s3://audit/ray/in/"], models["top"], "s3://audit/ray/out", options, engine="ray", workers=2,
+                       progress=False)
+    assert (remote["explained"], remote["errors"]) == (40, 0)
+    a, _ = tables(tmp_path / "local")
+    b = read_s3(bucket, "ray/out")
+    assert b.id.tolist() == sorted(k.replace(str(images), "s3://audit/ray/in") for k in a.id)
+    a = a.assign(id=[k.replace(str(images), "s3://audit/ray/in") for k in a.id]).sort_values("id")
+    assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a.relevance, b.relevance)) <= 1e-6
+    assert a.predicted.tolist() == b.predicted.tolist()

@@ -2,56 +2,29 @@
 S3 server (moto's server mode on 127.0.0.1, no network). The rows written to the bucket equal the local engine's
 on the same files on disk; --resume reads the bucket; the CLI takes the URIs."""
 
-import logging
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from pyarrow import fs as pafs
 
-from scale_data import png_bytes, garment, write_images
+from scale_data import garment, png_bytes, read_s3, s3_server, upload, write_images
 from lrpgraph import scale
 from lrpgraph.cli import main
 from lrpgraph.errors import LrpgraphError
 
-moto_server = pytest.importorskip("moto.server")  # the test extra installs moto[s3] and flask
+pytest.importorskip("moto.server")  # the test extra installs moto[s3] and flask
 
 
 @pytest.fixture(scope="module")
 def bucket():
-    """(S3FileSystem, monkeypatch) with a bucket `audit` on a moto server; AWS_* variables point the URIs at it."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    patch = pytest.MonkeyPatch()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        patch.setenv(name, value)
-    s3 = pafs.S3FileSystem(endpoint_override=f"http://{host}:{port}", access_key="test", secret_key="test",
-                           region="us-east-1", allow_bucket_creation=True)
-    s3.create_dir("audit")
-    try:
+    """A pyarrow S3FileSystem on a local moto server with a bucket `audit`; AWS_* variables point URIs at it."""
+    with s3_server() as s3:
         yield s3
-    finally:
-        patch.undo()
-        server.stop()
-
-
-def upload(s3, folder, prefix):
-    """Copy every file under folder to s3://audit/prefix/ with the same relative names."""
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with s3.open_output_stream(f"audit/{prefix}/{path.relative_to(folder).as_posix()}") as out:
-            out.write(path.read_bytes())
 
 
 def read(s3, folder, table="rows"):
-    parts = [i.path for i in s3.get_file_info(pafs.FileSelector(f"audit/{folder}/{table}")) if i.is_file]
-    assert parts and all(p.rsplit("/", 1)[1].startswith("part-") for p in parts)
-    got = pa.concat_tables([pq.read_table(p, filesystem=s3) for p in parts])
-    return got.to_pandas().sort_values("id").reset_index(drop=True)
+    return read_s3(s3, folder, table)
 
 
 def local_rows(out):
