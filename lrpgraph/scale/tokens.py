@@ -2,8 +2,9 @@
 relevance per token, through the token runtime of `lrpgraph explain` (runtime/tokens.py: explain_inputs).
 
 A record gives its token ids (the `tokens` column of sources.RECORD_COLUMNS) or its text (tokenized here with
-the `tokenizers` package from the tokenizer.json's text the job carries) and, as JSON in `extra`, the model's
-other inputs found as columns of the same name (attention_mask, token_type_ids, ...; explain_inputs' defaults
+the `tokenizers` package from the tokenizer.json's text the job carries) and, as JSON in `extra` (or, in a ray
+Dataset given to lrpgraph.scale.explain, as columns of their own), the model's other inputs found as columns of
+the same name (attention_mask, token_type_ids, ...; explain_inputs' defaults
 where absent). Records of one batch are explained in groups of one length (and one kind of target), so no row
 is padded: each row's relevance is what explain_inputs gives for that sequence alone. Rows carry `tokens` (the
 ids), `token_strings` (with a tokenizer), `shape` [L] and the relevance per token (rows.token_schema).
@@ -39,6 +40,7 @@ class TokenRows:
     def __init__(self, session: object, options: object):
         check_options(session, options)
         self.session, self.options = session, options
+        self.extra = extra_inputs(session)
         self.tokenizer = None
         if options.tokenizer:
             from tokenizers import Tokenizer
@@ -51,6 +53,7 @@ class TokenRows:
         if found["problem"][i]:
             raise LrpgraphError(found["problem"][i])
         inputs = json.loads(found["extra"][i]) if found["extra"][i] else {}
+        inputs.update({k: found[k][i] for k in self.extra if found.get(k) and found[k][i] is not None})
         inputs = {k: v for k, v in inputs.items() if v is not None}
         if found["tokens"][i] is not None:
             ids = found["tokens"][i]

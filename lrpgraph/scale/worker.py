@@ -115,9 +115,10 @@ class Explainer:
 
             self.tokens = TokenRows(self.session, options)
         self.schema = output_schema(self.session, options)
+        extra = {name: name for name in self.tokens.extra} if self.tokens is not None else {}
         self.columns = {"id": "id", "path": "path", "image": "image", "mask_path": "mask_path", "mask": "mask",
                         "target": "target", "problem": "problem", "tokens": "tokens", "text": "text",
-                        "extra": "extra", **(options.columns or {})}
+                        "extra": "extra", **extra, **(options.columns or {})}
         self.classifier = None  # the plain model part, opened for the first deletion / insertion
 
     def records(self, batch: object) -> dict:

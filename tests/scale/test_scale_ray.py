@@ -165,6 +165,12 @@ def test_token_model_ray_rows_equal_local(cluster, tmp_path):
         assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a[column], b[column])) <= 1e-6
     for column in ("predicted", "explained", "probability", "relevance_sum"):
         assert np.allclose(a[column], b[column], rtol=1e-6, atol=1e-9), column
+    # the Python API on a ray Dataset of Arrow rows: token ids and attention_mask as columns
+    ds = ray.data.from_arrow(table.slice(0, 60).drop_columns(["text"]))
+    api = scale.explain(ds, model, batch_size=8, concurrency=2, columns={"tokens": "input_ids"}).to_pandas()
+    api = api.sort_values("id").reset_index(drop=True)
+    assert api.id.tolist() == a.id.tolist() and api.error.isna().all()
+    assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a.relevance, api.relevance)) <= 1e-6
 
 
 def test_actors_read_and_write_an_object_store(cluster, bucket, models, tmp_path):
