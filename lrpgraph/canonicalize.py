@@ -38,7 +38,9 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
             signal.update(t for t in node.output if t)
     _check_image_size(shapes.get(source), source, float_input)
     if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
+        declared = shapes.get(image)
         shapes = shapes_.merged(shapes, shapes_.symbolic_shapes(model))
+        _check_batch(declared, shapes.get(image), image)
         inits.add(shapes_.computed_values(model, shapes, inits))
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the input '{source}'; "
@@ -77,6 +79,16 @@ def _check_image_size(shape, image, float_input):
         raise UnsupportedModelError(f"the input '{image}' has symbolic spatial sizes: spatial sizes must be static; "
                                     "give the image size with --image-size H,W (image_size=(H, W)) or export with a "
                                     "fixed one")
+
+
+def _check_batch(declared, resolved, image):
+    """Refuse a graph that fixes the image's symbolic batch to a number > 1: a constant with that many rows meets
+    the image's rows (an input rewired to a weight), so the model runs at no other batch and the relevance would
+    not fit the image's rows."""
+    if declared and resolved and declared[0] is None and isinstance(resolved[0], int) and resolved[0] > 1:
+        raise LrpgraphError(f"the image input '{image}' has a symbolic batch, but the graph fixes it to {resolved[0]}: "
+                            f"a tensor with {resolved[0]} rows that does not come from the image meets the image's "
+                            "rows (was an input rewired to a weight?); export the model again")
 
 
 def _flat_logits(model, logits, probabilities):

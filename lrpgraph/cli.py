@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_dir, check_output_file, default_output, given,
+from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_file, default_output, given,
                                  write_error)
 from lrpgraph.cli_demo import read_labels
 from lrpgraph.cli_detect import detect_options, run_boxes, run_decode, run_regions
@@ -17,7 +17,7 @@ from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.notice import PATENT_NOTICE
 from lrpgraph.rules import listing
-from lrpgraph.scale.cli import evaluate_bulk, explain_bulk, is_bulk, scale_options
+from lrpgraph.scale.cli import check_out, evaluate_bulk, explain_bulk, is_bulk, scale_options
 from lrpgraph.version import __version__
 
 
@@ -210,8 +210,7 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
 
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
-    check_output_dir(out_dir, "--out")
-    if is_bulk(bulk, inputs) or masks_dir is not None:  # lrpgraph/scale/cli.py; exits
+    if check_out(out_dir, is_bulk(bulk, inputs) or masks_dir is not None):  # lrpgraph/scale/cli.py; exits
         explain_bulk(click.get_current_context().params, _preprocess(resize, crop, mean, std, mode, channel_order,
                                                                      scale))
     session = ExplainSession(model, provider=None if provider == "auto" else provider, threads=threads)
@@ -308,8 +307,7 @@ def evaluate(model: str, data: tuple, masks_dir: str | None, metrics: str, out_d
     if boxes_file:
         return run_boxes(model, data, boxes_file, out_dir, seed, None if provider == "auto" else provider, threads)
 
-    check_output_dir(out_dir, "--out")
-    if is_bulk(bulk, data):  # lrpgraph/scale/cli.py; prints the table and exits
+    if check_out(out_dir, is_bulk(bulk, data)):  # lrpgraph/scale/cli.py; prints the table and exits
         evaluate_bulk(click.get_current_context().params)
     result = evaluate_model(model, list(data), metrics=parse_metrics(metrics), masks_dir=masks_dir, out_dir=out_dir,
                             step=step, fill=fill, batch_size=batch_size, seed=seed, plots=not no_plots,

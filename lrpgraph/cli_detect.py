@@ -25,7 +25,8 @@ def detect_options(command: object) -> object:
                      help="with --decode: the IoU above which NMS drops a box"),
         click.option("--region", "regions", type=click.IntRange(min=0), multiple=True,
                      help="segmenters (converted with --target seed): explain class CLASS on the pixels predicted as "
-                          "it (repeatable; all in one call): NAME.regionCLASS.png with the mask outline, NAME.json"),
+                          "it (repeatable; all in one call): NAME.regionCLASS.png with the mask outline, NAME.json, "
+                          "index.html"),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
@@ -45,7 +46,8 @@ def run_regions(session: "ExplainSession", inputs: tuple, out_dir: str, classes:
     from lrpgraph.runtime.regions import explain_regions
 
     records = explain_regions(session, list(inputs), out_dir, list(classes), cmap=cmap)
-    click.echo(f"{len(classes)} region(s) in {len(records)} images explained -> {out_dir}", err=True)
+    click.echo(f"{len(classes)} region(s) in {len(records)} images explained -> {os.path.join(out_dir, 'index.html')}",
+               err=True)
 
 
 def run_boxes(model: str, data: tuple, boxes_file: str, out_dir: str, seed: int, provider: str | None,

@@ -51,3 +51,24 @@ def test_the_benchmark_counts_crashes_and_hangs(cache, seeds, monkeypatch):
     monkeypatch.setenv("LRPGRAPH_FUZZ_HANG", "3")
     counts = fuzz.run(5, workers=1, hang_s=8, cache=cache)
     assert counts["crash"] == 1 and counts["hang"] == 1 and sum(counts.values()) == 5, counts
+
+
+def test_case_7041_batch_taken_from_a_constant_is_refused_in_one_line(seeds):
+    """The 10,000-case run's one bad output (docs/robustness.md): the ResNet whose first block's Relu reads a weight
+    [128, 64, 1, 1], so the residual Add broadcasts the image's rows against 128; it passed the checker and failed
+    in onnxruntime. convert now refuses it, naming the batch the graph fixes."""
+    import random
+
+    import lrpgraph
+    from lrpgraph.errors import LrpgraphError
+
+    draw = fuzz.Draw(random.Random(7041).randint)
+    name = draw.choice(sorted(seeds))
+    model, done = fuzz.mutate(seeds[name], draw)
+    assert (name, done) == ("resnet", ["rewire"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(LrpgraphError, match="has a symbolic batch, but the graph fixes it to 128") as refused:
+            lrpgraph.convert(model)
+        assert "\n" not in str(refused.value)
+        assert fuzz.run_case(seeds, 7041) == ["refused"]

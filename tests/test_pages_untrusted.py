@@ -132,3 +132,52 @@ def test_json_embedded_in_a_page_stays_data(browser, tmp_path):
     page.wait_for_timeout(300)
     assert dialogs == [] and page.evaluate("window.pwned") is None
     page.close()
+
+
+def _small_net(channels_out, flat):
+    """A small conv net with random weights as ONNX bytes: a toy detector ([N, 4 + 2, H * W]: boxes and two class
+    scores per pixel, flat) or segmenter ([N, channels_out, H, W])."""
+    import torch
+
+    from zennit_ref import export
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, channels_out, 1))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.flatten(2) if flat else y
+
+    torch.manual_seed(0)
+    return export(Net(), torch.rand(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("kind", ["detect", "region"])
+def test_detector_and_region_pages_show_hostile_names_and_labels_as_text(browser, tmp_path, kind):
+    pytest.importorskip("torch")
+    detect = kind == "detect"
+    labels = [f"{TEXT}{i}" for i in range(2 if detect else 3)]
+    model = tmp_path / f"{kind}.lrp.onnx"
+    save(convert(_small_net(6 if detect else 3, detect), target="index" if detect else "seed", labels=labels), model)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(images / f"{NAME}{i}.png")
+    how = ["--decode", "yolo", "--score", "0", "--top", "2"] if detect else ["--region", "0", "--region", "1",
+                                                                             "--region", "2"]
+    result = CliRunner().invoke(main, ["explain", str(model), str(images), "--out", str(tmp_path / "out"), *how])
+    assert result.exit_code == 0, result.output
+    records = [json.loads((tmp_path / "out" / f"{NAME}{i}.json").read_text()) for i in range(2)]
+    shown = [d["label"] for r in records for d in r["detections" if detect else "regions"]]
+    assert shown and set(shown) <= set(labels)
+    page, dialogs = _page(browser, (tmp_path / "out" / "index.html").as_uri())
+    body = page.inner_text("body")
+    assert f"{NAME}0.png" in body and f"{NAME}1.png" in body and shown[0] in body, body[:400]
+    _nothing_ran(page, dialogs)
+    assert page.locator("img").count() == sum(len(r["heatmaps"]) for r in records) > 0
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.close()

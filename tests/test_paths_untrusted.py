@@ -130,3 +130,28 @@ def test_web_force_deletes_only_what_it_wrote(tmp_path, ort_files):
     assert (site / "samples" / "notes.txt").exists()
     os.remove(site / "samples" / "notes.txt")
     assert cli("web", model, "-o", site, "--force")[0] == 0 and not (site / "samples").exists()
+
+
+def test_bulk_runs_write_only_under_out_whatever_the_ids_and_names(tmp_path):
+    """Bulk runs (issue 24's Parquet output): ids with '../', absolute paths or encoded slashes, in a Parquet id
+    column and as image file names, stay data in the rows; every file written lies under --out."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    hostile = ["../../escaped.png", "..%2F..%2Fx.png", str(tmp_path / "abs.png"), "a/../../../up.png"]
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "..%2F..%2Fx.png").write_bytes(IMAGE.read_bytes())
+    table = pa.table({"id": hostile, "image": [IMAGE.read_bytes()] * len(hostile), "path": hostile})
+    pq.write_table(table, data / "records.parquet")
+    model = tmp_path / "model.lrp.onnx"
+    save(convert(onnx.load(DEMO / "model.onnx")), model)
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "deep" / "out"
+    for inputs in ([data / "records.parquet"], [data / "images" / "..%2F..%2Fx.png"]):  # a file given by name
+        code, output = cli("explain", model, *inputs, "--out", out, "--format", "png", "-q", "--parquet", "--resume")
+        assert code == 0, output
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out or out in p.parents or p == out.parent for p in written), sorted(written)
+    ids = pq.read_table(out / "rows").column("id").to_pylist()
+    assert sorted(ids) == sorted(hostile + [str(data / "images" / "..%2F..%2Fx.png")])

@@ -128,29 +128,22 @@ def forward(session: "ExplainSession", x: np.ndarray, output: str | None = None)
     return runner.run([output or next(iter(runner.outputs))], runner.feeds(session.image_input, x, target))[0]
 
 
-def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, top: int = 5, score: float = 0.25, iou: float = 0.45,
-                       cmap: str = "bwr") -> list:
+def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, top: int = 5,
+                       score: float = 0.25, iou: float = 0.45, cmap: str = "bwr") -> list:
     """For each image: decode and NMS-filter the detections, explain the top best in one call, write
     NAME.detK.png (heatmap over the image, the box drawn), NAME.json (boxes, scores, classes) and, for all
-    images, index.html. Returns the JSON records."""
-    import json
-    from pathlib import Path
-
+    images, index.html (pictures.explain_each). Returns the JSON records."""
     from lrpgraph.runtime import render
-    from lrpgraph.runtime.images import list_images, load_image_and_display
+    from lrpgraph.runtime.pictures import explain_each
 
     if not session.record.k_targets or session.target_input is None:
         raise LrpgraphError(f"{session.name}: --decode yolo needs a model converted with --target index (or seed) "
                             "whose explained tensor is the detect output or its class scores")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in list_images(paths, exclude=out_dir):
-        x, display = load_image_and_display(path, session.preprocess, session.input_shape)
+
+    def explain_one(x, display, base, out_dir):
         output = forward(session, x[None])
         found = decode_yolo(output, score, iou, top)[0]
-        base = Path(path).stem
-        record = {"file": str(path), "detections": found.to_json(session.labels), "heatmaps": []}
+        record = {"detections": found.to_json(session.labels), "heatmaps": []}
         if len(found.scores):
             classes = output.shape[1 if channels_first(output.shape) else 2] - 4
             tuples = index_tuples([found], list(session.record.explained_shape), classes, len(found.scores))
@@ -158,31 +151,14 @@ def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os
             relevance = relevance if not isinstance(relevance, dict) else next(iter(relevance.values()))
             for k, box in enumerate(found.boxes):
                 picture = draw_box(render.overlay(display, render.heatmap_rgb(relevance[0, k], cmap), 0.6), box)
-                name = f"{base}.det{k}.png"
-                render.save_png(out_dir / name, picture)
-                record["heatmaps"].append(name)
-        render.save_text(out_dir / f"{base}.json", json.dumps(record, indent=1))
-        records.append(record)
-    render.save_text(out_dir / "index.html", page(records))
-    return records
+                render.save_png(out_dir / f"{base}.det{k}.png", picture)
+                record["heatmaps"].append(f"{base}.det{k}.png")
+        return record
+
+    return explain_each(session, paths, out_dir, explain_one, "lrpgraph detections", captions,
+                        "no detection above the score threshold")
 
 
-def page(records: list) -> str:
-    """index.html: one row per image, one picture per explained detection with its class and score."""
-    import html
-    from urllib.parse import quote
-
-    from lrpgraph.runtime.page import STYLE, footer
-
-    rows = []
-    for record in records:
-        cells = [f"<td>{html.escape(str(record['file']))}</td>"]
-        for det, png in zip(record["detections"], record["heatmaps"]):
-            caption = html.escape(f"{det.get('label', det['class'])} {det['score']:.2f}")
-            cells.append(f'<td><img src="{html.escape(quote(png))}" alt="{caption}"><br>{caption}</td>')
-        if not record["heatmaps"]:
-            cells.append("<td>no detection above the score threshold</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>lrpgraph detections</title>"
-            f"<style>{STYLE}</style></head><body><h1>lrpgraph detections</h1><table>\n" + "\n".join(rows)
-            + f"\n</table>{footer()}</body></html>\n")
+def captions(record: dict) -> list:
+    """The caption of each explained detection: its label (or class) and score."""
+    return [f"{det.get('label', det['class'])} {det['score']:.2f}" for det in record["detections"]]

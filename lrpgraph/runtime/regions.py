@@ -43,38 +43,42 @@ def fit(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def explain_regions(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, classes: list, cmap: str = "bwr") -> list:
+def explain_regions(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, classes: list,
+                    cmap: str = "bwr") -> list:
     """For each image: the seed of each class in classes (region_seed), their heatmaps in one call, written as
-    NAME.regionC.png (the heatmap over the image, the mask's outline drawn) and NAME.json; returns the records."""
-    import json
-    from pathlib import Path
-
+    NAME.regionC.png (the heatmap over the image, the mask's outline drawn), NAME.json and index.html
+    (pictures.explain_each); returns the records."""
     from lrpgraph.ort import SEED_INPUT
     from lrpgraph.runtime import render
     from lrpgraph.runtime.detect import forward
-    from lrpgraph.runtime.images import list_images, load_image_and_display
+    from lrpgraph.runtime.pictures import explain_each
 
     if not session.record.k_targets or session.target_input != SEED_INPUT:
         raise LrpgraphError(f"{session.name}: --region needs a model converted with --target seed whose explained "
                             "tensor is the segmenter's output [N, classes, H, W]")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in list_images(paths, exclude=out_dir):
-        x, display = load_image_and_display(path, session.preprocess, session.input_shape)
+    labels = session.labels if isinstance(session.labels, list) else []
+
+    def explain_one(x, display, base, out_dir):
         logits = forward(session, x[None], session.logits_output)
         seed = region_seed(logits, classes)
         _, relevance = session.explain(x[None], target=seed)
         relevance = relevance if not isinstance(relevance, dict) else next(iter(relevance.values()))
-        base, record = Path(path).stem, {"file": str(path), "regions": [], "heatmaps": []}
+        record = {"regions": [], "heatmaps": []}
         for k, c in enumerate(classes):
             mask = fit(seed[0, k, c] > 0, *display.shape[:2])
             picture = render.overlay(display, render.heatmap_rgb(relevance[0, k], cmap), 0.6)
             picture[outline(mask)] = (0, 200, 0)
-            name = f"{base}.region{c}.png"
-            render.save_png(out_dir / name, picture)
-            record["regions"].append({"class": int(c), "pixels": int((seed[0, k, c] > 0).sum())})
-            record["heatmaps"].append(name)
-        render.save_text(out_dir / f"{base}.json", json.dumps(record, indent=1))
-        records.append(record)
-    return records
+            render.save_png(out_dir / f"{base}.region{c}.png", picture)
+            region = {"class": int(c), "pixels": int((seed[0, k, c] > 0).sum())}
+            if c < len(labels):
+                region["label"] = str(labels[c])
+            record["regions"].append(region)
+            record["heatmaps"].append(f"{base}.region{c}.png")
+        return record
+
+    return explain_each(session, paths, out_dir, explain_one, "lrpgraph regions", captions, "no region asked for")
+
+
+def captions(record: dict) -> list:
+    """The caption of each region: its label (or class) and how many pixels were predicted as it."""
+    return [f"{region.get('label', region['class'])}: {region['pixels']} pixels" for region in record["regions"]]

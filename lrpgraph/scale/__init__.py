@@ -11,6 +11,7 @@ only by the Ray engine (the extra `[ray]`).
 """
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -54,7 +55,8 @@ def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, opti
 
     from lrpgraph.scale import local, output
     from lrpgraph.scale.sources import Source
-    from lrpgraph.scale.worker import Explainer, JobOptions, open_session
+    from lrpgraph.scale.store import is_uri
+    from lrpgraph.scale.worker import Explainer, JobOptions, open_session, output_schema
 
     if engine not in ENGINES:
         raise LrpgraphError(f"unknown engine {engine!r}; use local or ray")
@@ -63,26 +65,34 @@ def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, opti
         from lrpgraph.scale.ray_engine import ray_module
 
         ray_module()  # a missing extra is said before any work
-    source = Source(inputs, columns, masks_dir, exclude=out_dir)
     options = dataclasses.replace(options, masks=options.masks or masks_dir is not None
                                   or bool((columns or {}).get("mask")))
+    explainer = Explainer(str(model), options) if engine == "local" else None
+    session = explainer.session if explainer else open_session(str(model), options)  # before any input is read
+    columns = _match_tokens(columns or {}, session)
+    source = Source(inputs, columns, masks_dir, exclude=out_dir)
     skip = frozenset(output.done_ids(out_dir)) if resume else frozenset()
+    writer = output.Output(out_dir, skip, output_schema(session, options))
     if engine == "local":
-        explainer = Explainer(str(model), options)
-        session, found = explainer.session, local.tables(source, explainer, skip, options.batch_size)
+        found = local.tables(source, explainer, skip, options.batch_size)
     else:
         from lrpgraph.scale import ray_engine
 
-        session = open_session(str(model), options)  # the model's errors are said here, before Ray starts
-        found = ray_engine.tables(source, str(model), options, skip, workers, address, gpus_per_worker)
+        out = {"dir": out_dir if is_uri(str(out_dir)) else os.path.abspath(out_dir), "run": writer.run}
+        found = ray_engine.tables(source, str(model), options, skip, workers, address, gpus_per_worker, out)
     if (columns or {}).get("target") and session.target_input is None:
         raise LrpgraphError(f"--target-column needs a model that takes a target; {session.name} was converted with "
                             f"target {session.target_mode!r}: convert it with --target index (or seed)")
     total = source.count()
-    writer, summary = output.Output(out_dir, skip), output.Summary(total, len(skip))
+    summary = output.Summary(total, len(skip))
     bar = tqdm(total=max(0, total - len(skip)), unit="img", disable=not progress, file=sys.stderr)
     try:
         for table in found:
+            if "counts" in table.column_names:  # Ray actors wrote these rows: the driver gets their counts
+                for text in table.column("counts").to_pylist():
+                    summary.merge(json.loads(text))
+                    bar.update(summary.explained + summary.errors - bar.n)
+                continue
             good, bad = writer.add(table)
             summary.add(good, bad)
             bar.update(table.num_rows)
@@ -93,3 +103,19 @@ def run(inputs: list, model: str | os.PathLike, out_dir: str | os.PathLike, opti
               "outputs": list(session.relevance_outputs)}
     output.write_summary(out_dir, result)
     return result
+
+
+def _match_tokens(columns, session):
+    """columns, checked against the model: a token model reads token-id or text columns, an image model images;
+    a token model's other inputs come from columns of their names (columns["extra"], what the readers read)."""
+    tokens = bool(columns.get("tokens") or columns.get("text"))
+    if session.tokens and not tokens:
+        raise LrpgraphError(f"{session.name} is a token model: give Parquet inputs with --tokens-column (token ids) "
+                            "or --text-column (with --tokenizer)")
+    if tokens and not session.tokens:
+        raise LrpgraphError(f"{session.name} takes images; --tokens-column and --text-column are for token models")
+    if not session.tokens:
+        return columns
+    from lrpgraph.scale.tokens import extra_inputs
+
+    return {**columns, "extra": extra_inputs(session)}

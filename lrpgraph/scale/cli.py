@@ -11,7 +11,8 @@ import click
 from lrpgraph.errors import LrpgraphError
 
 BULK_ONLY = ("workers", "address", "gpus_per_worker", "resume", "relevance_dtype", "image_column", "masks_column",
-             "target_column")
+             "target_column", "tokens_column", "text_column", "tokenizer")
+COLUMNS = ("image_column", "masks_column", "target_column", "tokens_column", "text_column")
 NOT_IN_BULK = ("overlay", "html", "json_out", "vocab", "png_scale")
 
 
@@ -33,6 +34,12 @@ def scale_options(fn: Callable) -> Callable:
         click.option("--masks-column", default=None, help="Parquet inputs: the column of encoded masks (PNG bytes, "
                      "nonzero = foreground)"),
         click.option("--target-column", default=None, help="Parquet inputs: a class index per record to explain"),
+        click.option("--tokens-column", default=None, help="Parquet inputs of a token model: the column of token "
+                     "ids (lists of integers); the model's other inputs from columns of their names"),
+        click.option("--text-column", default=None, help="Parquet inputs of a token model: the column of texts, "
+                     "tokenized with --tokenizer"),
+        click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+                     help="token models: a tokenizer.json (tokenizes --text-column; names the tokens in the rows)"),
         click.option("--resume", is_flag=True, help="skip the inputs already in OUT/rows and OUT/errors"),
         click.option("--relevance-dtype", type=click.Choice(["float32", "float16"]), default="float32",
                      show_default=True, help="bulk runs: how heatmaps are stored"),
@@ -48,11 +55,25 @@ def is_bulk(kw: dict, inputs: tuple) -> bool:
 
     chosen = given()
     bulk = kw["parquet"] or kw["engine"] == "ray" or any(str(i).lower().endswith((".parquet", ".pq")) for i in inputs)
-    bulk = bulk or bool({"image_column", "masks_column", "target_column"} & chosen)
+    bulk = bulk or bool(set(COLUMNS) & chosen)
     if not bulk:
         stray = [name for name in BULK_ONLY if name in chosen]
         if stray:
             raise LrpgraphError(f"{flag(stray[0])} applies to bulk runs; add --parquet (or --engine ray)")
+    return bulk
+
+
+def check_out(out_dir: str | None, bulk: bool) -> bool:
+    """Check --out (a local folder, or an object-store URI for bulk runs); return bulk."""
+    from lrpgraph.cli_checks import check_output_dir
+    from lrpgraph.scale.store import is_uri
+
+    if is_uri(out_dir):
+        if not bulk:
+            raise LrpgraphError(f"--out {out_dir}: an object-store URI takes bulk runs (Parquet); add --parquet")
+        return bulk
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
     return bulk
 
 
@@ -62,7 +83,8 @@ def run_bulk(params: dict, options: object, quiet: bool) -> dict:
     from lrpgraph.scale.output import format_summary
 
     out_dir = params["out_dir"]
-    columns = {"image": params["image_column"], "mask": params["masks_column"], "target": params["target_column"]}
+    columns = {"image": params["image_column"], "mask": params["masks_column"], "target": params["target_column"],
+               "tokens": params["tokens_column"], "text": params["text_column"]}
     summary = scale.run(list(params.get("inputs") or params["data"]), params["model"], out_dir, options,
                         engine=params["engine"], workers=params["workers"], address=params["address"],
                         gpus_per_worker=params["gpus_per_worker"], resume=params["resume"], progress=not quiet,
@@ -94,7 +116,7 @@ def explain_bulk(params: dict, preprocess: dict) -> None:
     options = JobOptions(target=params["target"], provider=_provider(params), threads=params["threads"],
                          batch_size=params["batch_size"], dtype=params["relevance_dtype"],
                          png="formats" in chosen and "png" in formats, cmap=params["cmap"],
-                         preprocess=preprocess or None)
+                         preprocess=preprocess or None, tokenizer=read_tokenizer(params["tokenizer"]))
     summary = run_bulk(params, options, params["quiet"])
     sys.exit(1 if summary["errors"] else 0)
 
@@ -124,3 +146,23 @@ def metric_table(summary: dict) -> dict:
     means = summary["means"]
     return {output: {m: means[f"{output}_{m}"] for m in SUMMARY_METRICS if f"{output}_{m}" in means}
             for output in summary["outputs"]}
+
+
+def read_tokenizer(path: str | None) -> str | None:
+    """The text of a tokenizer.json (what the workers tokenize with), checked to load; None without one."""
+    if path is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ModuleNotFoundError:
+        raise LrpgraphError("--tokenizer needs the tokenizers package: pip install tokenizers") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        Tokenizer.from_str(text)
+    except (OSError, UnicodeDecodeError) as error:
+        raise LrpgraphError(f"--tokenizer {path}: cannot read it ({error.strerror or error})") from None
+    except Exception as error:  # tokenizers raises its own Exception type for a malformed file
+        raise LrpgraphError(f"--tokenizer {path}: not a tokenizer.json the tokenizers package loads "
+                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    return text

@@ -13,13 +13,14 @@ from PIL import Image
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.runtime.images import image_mode, open_image, resize_and_crop, to_array
+from lrpgraph.scale.store import is_uri, read_bytes
 
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, TypeError)
 
 
 def open_any(source: object, name: str, mode: str) -> Image.Image:
     """A PIL image in mode from a path, encoded bytes or a uint8 array; errors name the record."""
-    if isinstance(source, str):
+    if isinstance(source, str) and not is_uri(source):
         return open_image(source, mode)
     try:
         if isinstance(source, np.ndarray):
@@ -27,6 +28,8 @@ def open_any(source: object, name: str, mode: str) -> Image.Image:
             return Image.fromarray(np.asarray(array, dtype=np.uint8)).convert(mode)
         if source is None:
             raise ValueError("no image (the value is null)")
+        if isinstance(source, str):  # a URI: its bytes from the object store
+            source = read_bytes(source)
         with Image.open(io.BytesIO(bytes(source))) as image:
             image.seek(0)
             image.load()

@@ -11,16 +11,16 @@ dropped), the histogram of predicted classes, the mean of every per-image metric
 background fraction), and the slowest batch; summary.json gets it at the end.
 """
 
+import hashlib
 import json
 import math
 import os
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
-from lrpgraph.files import atomic_write
 from lrpgraph.scale import rows
+from lrpgraph.scale.store import Folder, open_input
 from lrpgraph.scale.sources import pyarrow
 
 ROWS_PER_PART = 4096
@@ -28,29 +28,29 @@ TABLES = ("rows", "errors")
 
 
 def done_ids(out_dir: str | os.PathLike) -> set:
-    """The ids already in out_dir's rows and errors parts (what --resume skips)."""
-    pq, ids = pyarrow().parquet, set()
+    """The ids already in out_dir's rows and errors parts (what --resume skips); out_dir may be a URI."""
+    pq, ids, folder = pyarrow().parquet, set(), Folder(out_dir)
     for table in TABLES:
-        for part in sorted((Path(out_dir) / table).glob("part-*.parquet")):
-            ids.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+        for part in folder.parts(table):
+            ids.update(pq.ParquetFile(open_input(part)).read(columns=["id"]).column("id").to_pylist())
     return ids
 
 
 class Output:
     """Writes output tables (rows.schema, with the error column) as rows and errors parts; drops duplicates."""
 
-    def __init__(self, out_dir: str | os.PathLike, seen: set | None = None):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | os.PathLike, seen: set | None = None, schema: object = None):
+        self.out_dir = Folder(out_dir)
         self.run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.seen = set(seen or ())
         self.pending = {table: [] for table in TABLES}
         self.parts = {table: 0 for table in TABLES}
         self.duplicates = 0
-        self.schemas = {}  # {table: pyarrow schema} of the tables seen
+        # {table: pyarrow schema}: from the job's output schema, or of the tables seen
+        self.schemas = ({} if schema is None else
+                        dict(zip(TABLES, (t.schema for t in rows.split(schema.empty_table())))))
         for table in TABLES:
-            (self.out_dir / table).mkdir(parents=True, exist_ok=True)
-            for stale in (self.out_dir / table).glob(".part-*.tmp"):  # left by a job that was killed
-                stale.unlink()
+            self.out_dir.make(table)
 
     def add(self, table: object) -> tuple:
         """Keep the rows of table not seen before; return (explained rows, error rows) kept."""
@@ -79,10 +79,7 @@ class Output:
         if not pending and not empty:
             return
         table = pa.concat_tables(pending) if pending else self.schemas[name].empty_table()
-        folder = self.out_dir / name
-        temporary = folder / f".part-{self.run}-{self.parts[name]:05d}.tmp"
-        pa.parquet.write_table(table, temporary)
-        os.replace(temporary, folder / f"part-{self.run}-{self.parts[name]:05d}.parquet")
+        self.out_dir.write_part(name, f"part-{self.run}-{self.parts[name]:05d}.parquet", table)
         self.parts[name] += 1
         self.pending[name] = []
 
@@ -90,8 +87,7 @@ class Output:
         """Write what is pending; a table without any part gets an empty one, so that it reads back with its
         columns."""
         for name in TABLES:
-            folder = self.out_dir / name
-            self._flush(name, empty=name in self.schemas and not any(folder.glob("part-*.parquet")))
+            self._flush(name, empty=name in self.schemas and not self.out_dir.parts(name))
 
 
 class Summary:
@@ -108,19 +104,18 @@ class Summary:
 
     def add(self, good: object, bad: object) -> None:
         """Count the kept rows of one output table."""
-        self.explained += good.num_rows
-        self.errors += bad.num_rows
-        self.classes.update(good.column("predicted").to_pylist())
-        for name in good.column_names:
-            if any(name.endswith("_" + metric) for metric in rows.SUMMARY_METRICS if metric != "sum"):
-                for value in good.column(name).to_pylist():
-                    if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                        self.sums[name] += float(value)
-                        self.counts[name] += 1
-        for part in (good, bad):
-            for first, seconds in zip(part.column("batch").to_pylist(), part.column("batch_seconds").to_pylist()):
-                self.batch_rows[first] += 1
-                self.batch_seconds[first] = seconds
+        self.merge(counts(good, bad))
+
+    def merge(self, found: dict) -> None:
+        """Add the counts of one batch (counts(): what a Ray actor that wrote its rows sends the driver)."""
+        self.explained += found["explained"]
+        self.errors += found["errors"]
+        self.classes.update({int(k): v for k, v in found["classes"].items()})
+        self.sums.update(found["sums"])
+        self.counts.update(found["counts"])
+        for first, (seconds, n) in found["batches"].items():
+            self.batch_rows[first] += n
+            self.batch_seconds[first] = seconds
         if self.batch_seconds:
             first = max(self.batch_seconds, key=self.batch_seconds.get)
             self.slowest = {"seconds": self.batch_seconds[first], "first": first, "rows": self.batch_rows[first]}
@@ -137,10 +132,40 @@ class Summary:
                 "images_per_second": self.explained / seconds if seconds > 0 else None}
 
 
+def counts(good: object, bad: object) -> dict:
+    """What Summary counts of one output table's explained rows (good) and error rows (bad), as a JSON-able dict:
+    explained, errors, classes {class: rows}, sums and counts of the metric columns, batches {first id:
+    [seconds, rows]}."""
+    found = {"explained": good.num_rows, "errors": bad.num_rows, "sums": Counter(), "counts": Counter(),
+             "classes": Counter(str(k) for k in good.column("predicted").to_pylist()), "batches": {}}
+    for name in good.column_names:
+        if any(name.endswith("_" + metric) for metric in rows.SUMMARY_METRICS if metric != "sum"):
+            for value in good.column(name).to_pylist():
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    found["sums"][name] += float(value)
+                    found["counts"][name] += 1
+    for part in (good, bad):
+        for first, seconds in zip(part.column("batch").to_pylist(), part.column("batch_seconds").to_pylist()):
+            found["batches"][first] = [seconds, found["batches"].get(first, [0, 0])[1] + 1]
+    return found
+
+
+def write_batch(out_dir: str | os.PathLike, run: str, table: object) -> dict:
+    """Write one output table's rows and errors as parts of out_dir (what a Ray actor does with each batch it
+    explains); return its counts. A part's name is the run and a digest of the batch's ids, so a batch that Ray
+    runs again (its actor died after writing) overwrites its own parts: every input once."""
+    good, bad = rows.split(table)
+    digest = hashlib.sha1("\n".join(table.column("id").to_pylist()).encode("utf-8")).hexdigest()[:20]
+    folder = Folder(out_dir)
+    for name, part in (("rows", good), ("errors", bad)):
+        if part.num_rows:
+            folder.write_part(name, f"part-{run}-{digest}.parquet", part)
+    return counts(good, bad)
+
+
 def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
-    """summary.json in out_dir."""
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(Path(out_dir) / "summary.json", lambda f: f.write(text), binary=False)
+    """summary.json in out_dir (a folder or a URI)."""
+    Folder(out_dir).write_text("summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def format_summary(summary: dict) -> str:

@@ -2,12 +2,16 @@
 
     from_items(read units) -> map_batches(read units -> records, a task each)
       -> map_batches(Explainer, concurrency=workers, batch_size, num_gpus=gpus per worker)   one actor each
-      -> iter_batches on the driver -> output.Output (rows and errors parts, duplicates dropped)
+      -> iter_batches on the driver: the counts of each batch (output.Summary)
+
+Each actor writes the rows and errors parts of every batch it explains (output.write_batch) and sends the
+driver only the batch's counts (a few hundred bytes), so the driver's memory does not grow with the dataset
+and the output folder (or URI) must be writable from every node.
 
 Each actor opens one ExplainSession (the CUDA provider when it has a GPU) and keeps it. Ray Data restarts
 an actor that dies and runs its unfinished batches again (max_restarts and max_task_retries -1 by
-default), and only finished batches reach the driver, which also drops any id it has seen: every input
-is in the output exactly once. ray is imported here only, on first use (the extra `[ray]`).
+default); a part's name is a digest of its batch's ids, so a batch run again overwrites its own part: every
+input is in the output exactly once. ray is imported here only, on first use (the extra `[ray]`).
 """
 
 import dataclasses
@@ -61,17 +65,18 @@ class _ReadUnits:
 
 
 def explain(ds: object, model: object, batch_size: int = 32, concurrency: int = 1, num_gpus: float = 0,
-            options: JobOptions | None = None, batch_format: str = "numpy") -> object:
+            options: JobOptions | None = None, batch_format: str = "numpy", out: dict | None = None) -> object:
     """ds (a ray Dataset of records: image as bytes or decoded array, id or path, optionally mask and
     target) -> a ray Dataset of output rows (rows.schema; failed inputs have `error` set), computed by
-    `concurrency` actors with one ExplainSession each, `num_gpus` GPUs per actor (CUDA provider)."""
+    `concurrency` actors with one ExplainSession each, `num_gpus` GPUs per actor (CUDA provider). With out
+    (worker.Explainer's), the actors write the rows and the Dataset holds only their counts."""
     options = dataclasses.replace(options or JobOptions(), batch_size=batch_size)
     if num_gpus and options.provider is None:
         options = dataclasses.replace(options, provider="cuda")
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise LrpgraphError(f"concurrency (--workers) must be a positive integer, got {concurrency!r}")
     ray = ray_module()
-    return ds.map_batches(Explainer, fn_constructor_args=(model, options.check()), batch_size=batch_size,
+    return ds.map_batches(Explainer, fn_constructor_args=(model, options.check(), out), batch_size=batch_size,
                           compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
                           num_cpus=float(options.threads or 1), batch_format=batch_format)
 
@@ -86,8 +91,9 @@ def records(source: Source, skip: frozenset, batch_size: int) -> object:
 
 
 def tables(source: Source, model: str, options: JobOptions, skip: frozenset, workers: int = 1,
-           address: str | None = None, gpus_per_worker: float = 0) -> Iterator:
-    """Output tables as the actors finish them; the cluster started here is shut down at the end."""
+           address: str | None = None, gpus_per_worker: float = 0, out: dict | None = None) -> Iterator:
+    """Output tables as the actors finish them (with out: the counts of the rows the actors wrote); the cluster
+    started here is shut down at the end."""
     ray = ray_module()
     started = connect(address, workers, float(options.threads or 1))
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows one bar for both engines
@@ -96,9 +102,9 @@ def tables(source: Source, model: str, options: JobOptions, skip: frozenset, wor
         if address:  # the workers may not see the driver's files: ship the model's bytes
             with open(model, "rb") as f:
                 shipped = f.read()
-        out = explain(records(source, skip, options.batch_size), shipped, options.batch_size, workers, gpus_per_worker, options,
-                      batch_format="pyarrow")
-        yield from out.iter_batches(batch_format="pyarrow", batch_size=None)
+        found = explain(records(source, skip, options.batch_size), shipped, options.batch_size, workers,
+                        gpus_per_worker, options, batch_format="pyarrow", out=out)
+        yield from found.iter_batches(batch_format="pyarrow", batch_size=None)
     finally:
         if started:
             ray.shutdown()

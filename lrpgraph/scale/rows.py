@@ -18,6 +18,9 @@ for a model converted with several --explain NAME=SPEC):
   batch                   the id of the first input of the batch this row was computed in
   batch_seconds           float64, that batch's wall time in the worker
   error                   null for an explained input; else why it failed (the row has no other values)
+Token models (token_schema) have the same columns up to logits, then tokens (list<int64>, the token ids),
+token_strings (list<string>, with a tokenizer), shape ([L]), O (the relevance per token), O_sum, batch,
+batch_seconds and error.
 Rows with an error go to the errors table (id, error, batch, batch_seconds), the others to the rows table.
 A heatmap reads back without lrpgraph: np.asarray(row["relevance"]).reshape(row["shape"]).
 """
@@ -58,6 +61,20 @@ def schema(outputs: list, heatmaps: bool = True, dtype: str = "float32", png: bo
         fields += [(name, pa.bool_() if name.endswith("pointing_hit") else pa.float64())
                    for name in metric_columns(output, masks, metrics)]
     fields += [("batch", pa.string()), ("batch_seconds", pa.float64()), ("error", pa.string())]
+    return pa.schema(fields)
+
+
+def token_schema(output: str, heatmaps: bool = True, dtype: str = "float32", strings: bool = False) -> object:
+    """The pyarrow schema of the output rows of a token model whose heatmap output is output."""
+    pa = pyarrow()
+    fields = [("id", pa.string()), ("predicted", pa.int64()), ("predicted_label", pa.string()),
+              ("probability", pa.float64()), ("explained", pa.int64()), ("logits", pa.list_(pa.float32())),
+              ("tokens", pa.list_(pa.int64()))]
+    fields += [("token_strings", pa.list_(pa.string()))] if strings else []
+    fields += [("shape", pa.list_(pa.int32()))]
+    fields += [(output, pa.list_(pa.float16() if dtype == "float16" else pa.float32()))] if heatmaps else []
+    fields += [(f"{output}_sum", pa.float64()), ("batch", pa.string()), ("batch_seconds", pa.float64()),
+               ("error", pa.string())]
     return pa.schema(fields)
 
 

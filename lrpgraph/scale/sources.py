@@ -4,7 +4,9 @@ of them) with an image column (encoded bytes) and optional mask and target colum
 A record has the columns of RECORD_COLUMNS: `id` (the image's path as found, or the Parquet id column,
 else `<file>#<row>`), `path` (an image file to read, or null), `image` (encoded bytes, or null), `mask_path`
 / `mask` (the same for its mask), `target` (a class index, -1 for none) and `problem` (why the record
-cannot be explained, found while reading: an unreadable Parquet file, a missing mask). The inputs are cut into units
+cannot be explained, found while reading: an unreadable Parquet file, a missing mask). Records of token models
+carry `tokens` (token ids), or `text` (tokenized by the worker), and `extra` (JSON: the model's other inputs,
+e.g. attention_mask, found as columns of the same name) instead of an image. The inputs are cut into units
 (batch_size image files, or one row group of a Parquet file); a Reader turns one unit into a pyarrow table of
 records. Units are what Ray spreads over its workers, so Parquet inputs are best written with row groups of a
 few hundred records (pyarrow.parquet.write_table(..., row_group_size=256)).
@@ -20,9 +22,10 @@ import os
 from pathlib import Path
 
 from lrpgraph.errors import LrpgraphError, MissingDependencyError
+from lrpgraph.scale import store
 from lrpgraph.runtime.images import IMAGE_EXTENSIONS, find_images
 
-RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem")
+RECORD_COLUMNS = ("id", "path", "image", "mask_path", "mask", "target", "problem", "tokens", "text", "extra")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 NO_TARGET = -1
 
@@ -41,16 +44,18 @@ def pyarrow() -> object:
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
-    """True for a .parquet / .pq name."""
-    return str(path).lower().endswith(PARQUET_EXTENSIONS)
+    """True for a .parquet / .pq name (a URI's query left out)."""
+    name = str(path).split("?", 1)[0] if store.is_uri(str(path)) else str(path)
+    return name.lower().endswith(PARQUET_EXTENSIONS)
 
 
 def _expand(inputs):
     """Paths given or matched by globs (a glob that matches nothing is an error), in argument order."""
     paths = []
     for given in inputs:
-        if any(c in str(given) for c in "*?["):
-            matched = sorted(glob.glob(str(given), recursive=True))
+        if any(c in str(given).split("?", 1)[0] if store.is_uri(str(given)) else c in str(given) for c in "*?["):
+            matched = store.glob(str(given)) if store.is_uri(str(given)) else sorted(glob.glob(str(given),
+                                                                                              recursive=True))
             if not matched:
                 raise LrpgraphError(f"{given} matches no file; give image files, folders or Parquet files")
             paths += matched
@@ -77,14 +82,22 @@ class Source:
 
     def __init__(self, inputs: list, columns: dict | None = None, masks_dir: str | os.PathLike | None = None,
                  exclude: str | os.PathLike | None = None):
-        self.columns = {"image": "image", "mask": None, "target": None, "id": "id", **(columns or {})}
+        self.columns = {"image": "image", "mask": None, "target": None, "id": "id", "tokens": None, "text": None,
+                        "extra": (), **(columns or {})}
+        if self.tokens:
+            self.columns["image"] = None
+        if store.is_uri(str(masks_dir)):
+            raise LrpgraphError(f"--masks {masks_dir}: give masks in an object store as a Parquet column "
+                                "(--masks-column); --masks takes a local folder")
         if masks_dir is not None and not Path(masks_dir).is_dir():
             raise LrpgraphError(f"--masks {masks_dir} is not a folder")
         self.masks_dir = None if masks_dir is None else str(masks_dir)
         self.images, self.parquet = [], []
         image_inputs = []
         for path in _expand(inputs):
-            if is_parquet(path) and os.path.isfile(path):
+            if store.is_uri(path):
+                self._add_uri(path)
+            elif is_parquet(path) and os.path.isfile(path):
                 self.parquet.append(path)
             elif os.path.isdir(path) and _parquet_in(path) and not find_images([path], exclude=exclude):
                 self.parquet += _parquet_in(path)
@@ -92,25 +105,48 @@ class Source:
                 image_inputs.append(path)
         if image_inputs:
             self.images = [(str(f), str(Path(r).as_posix())) for f, r in find_images(image_inputs, exclude=exclude)]
+        if self.tokens and self.images:
+            raise LrpgraphError(f"{self.images[0][0]} is an image; token ids and texts are read from Parquet files "
+                                "(--tokens-column / --text-column)")
         if not self.images and not self.parquet:
             raise LrpgraphError(f"no image or Parquet files found in {', '.join(map(str, inputs))}; give files or "
                                 f"folders with {', '.join(IMAGE_EXTENSIONS)}, or .parquet files")
         for file in self.parquet:
             self._check_columns(file)
 
+    def _add_uri(self, uri):
+        """A file or folder URI: its Parquet files, and its image files with their names relative to it."""
+        found = store.info(uri)
+        if found.type.name == "File":
+            self.images += [] if is_parquet(uri) else [(uri, uri.rsplit("/", 1)[-1])]
+            self.parquet += [uri] if is_parquet(uri) else []
+        elif found.type.name == "Directory":
+            files = store.files_under(uri)
+            self.parquet += [f for f in files if is_parquet(f)]
+            base = uri.split("?", 1)[0].rstrip("/") + "/"
+            self.images += [(f, f.split("?", 1)[0][len(base):]) for f in files
+                            if f.split("?", 1)[0].lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            raise LrpgraphError(f"{uri}: no such file or folder")
+
+    @property
+    def tokens(self) -> bool:
+        """True when the records are token ids or texts (a token model's job)."""
+        return bool(self.columns["tokens"] or self.columns["text"])
+
     def _check_columns(self, file):
         """Refuse a readable Parquet file that lacks a named column (an unreadable one becomes an error record)."""
         try:
-            names = pyarrow().parquet.read_schema(file).names
+            names = pyarrow().parquet.ParquetFile(store.open_input(file)).schema_arrow.names
         except LrpgraphError:
             raise
         except Exception:
             return
-        missing = [c for c in (self.columns["image"], self.columns["mask"], self.columns["target"])
-                   if c is not None and c not in names]
+        missing = [c for c in _named(self.columns) if c not in names]
         if missing:
             raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
-                                "(choose with --image-column, --masks-column, --target-column)")
+                                "(choose with --image-column, --masks-column, --target-column, --tokens-column, "
+                                "--text-column)")
 
     def units(self, batch_size: int) -> list:
         """The read units as JSON strings: batch_size image files, or a Parquet file's row group (with the
@@ -119,7 +155,7 @@ class Source:
                  for s in range(0, len(self.images), batch_size)]
         for file in self.parquet:
             try:
-                groups = pyarrow().parquet.ParquetFile(file).metadata
+                groups = pyarrow().parquet.ParquetFile(store.open_input(file)).metadata
                 sizes = [groups.row_group(g).num_rows for g in range(groups.num_row_groups)]
             except Exception:  # unreadable: the reader makes it one error record
                 sizes = [0]
@@ -136,7 +172,7 @@ class Source:
             pq = pyarrow().parquet
             for file in self.parquet:
                 try:
-                    total += pq.ParquetFile(file).metadata.num_rows
+                    total += pq.ParquetFile(store.open_input(file)).metadata.num_rows
                 except Exception:  # unreadable: it becomes one error record
                     total += 1
         return total
@@ -172,7 +208,7 @@ class Reader:
             records["problem"].append(None if mask is not None or self.masks_dir is None else
                                       f"no mask for {relative} in {self.masks_dir} (expected "
                                       f"{Path(self.masks_dir) / relative} or the same name with .png)")
-        _fill(records, len(files), image=None, mask=None, target=NO_TARGET)
+        _fill(records, len(files), image=None, mask=None, target=NO_TARGET, tokens=None, text=None, extra=None)
         return records
 
     def _mask_path(self, relative):
@@ -187,24 +223,29 @@ class Reader:
         pq, file = pyarrow().parquet, parquet
         records = _empty()
         try:
-            table = pq.ParquetFile(file).read_row_group(group)
+            table = pq.ParquetFile(store.open_input(file)).read_row_group(group)
         except Exception as error:  # a broken file: one error record, the job goes on
             records["id"].append(file)
-            _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET,
-                  problem=f"cannot read Parquet file {file}: {str(error).splitlines()[0] if str(error) else error}")
+            _fill(records, 1, path=None, image=None, mask_path=None, mask=None, target=NO_TARGET, tokens=None,
+                  text=None, extra=None, problem=f"cannot read Parquet file {file}: {str(error).splitlines()[0] if str(error) else error}")
             return records
         names, n = table.column_names, table.num_rows
-        missing = [c for c in (self.columns["image"], self.columns["mask"], self.columns["target"])
-                   if c is not None and c not in names]
+        missing = [c for c in _named(self.columns) if c not in names]
         if missing:
             raise LrpgraphError(f"{file} has no column {', '.join(missing)}; its columns are {', '.join(names)} "
-                                "(choose with --image-column, --masks-column, --target-column)")
+                                "(choose with --image-column, --masks-column, --target-column, --tokens-column, "
+                                "--text-column)")
         ids = table.column(self.columns["id"]).to_pylist() if self.columns["id"] in names else [None] * n
         records["id"] = [str(key) if key is not None else f"{file}#{first + row}" for row, key in enumerate(ids)]
-        records["image"] = table.column(self.columns["image"]).to_pylist()
-        records["mask"] = (table.column(self.columns["mask"]).to_pylist() if self.columns["mask"] else [None] * n)
-        targets = table.column(self.columns["target"]).to_pylist() if self.columns["target"] else [None] * n
-        records["target"] = [NO_TARGET if t is None else int(t) for t in targets]
+        def values(role):
+            return table.column(self.columns[role]).to_pylist() if self.columns[role] else [None] * n
+
+        records["image"], records["mask"] = values("image"), values("mask")
+        records["tokens"], records["text"] = values("tokens"), values("text")
+        records["target"] = [NO_TARGET if t is None else int(t) for t in values("target")]
+        extra = {name: table.column(name).to_pylist() for name in self.columns["extra"] if name in names}
+        records["extra"] = [json.dumps({name: column[row] for name, column in extra.items()}) if extra else None
+                            for row in range(n)]
         _fill(records, n, path=None, mask_path=None, problem=None)
         return records
 
@@ -228,4 +269,10 @@ def record_schema() -> object:
     pa = pyarrow()
     return pa.schema([("id", pa.string()), ("path", pa.string()), ("image", pa.binary()),
                       ("mask_path", pa.string()), ("mask", pa.binary()), ("target", pa.int64()),
-                      ("problem", pa.string())])
+                      ("problem", pa.string()), ("tokens", pa.list_(pa.int64())), ("text", pa.string()),
+                      ("extra", pa.string())])
+
+
+def _named(columns):
+    """The Parquet columns a job reads besides the id (which may be absent)."""
+    return [columns[role] for role in ("image", "mask", "target", "tokens", "text") if columns.get(role)]

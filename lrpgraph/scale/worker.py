@@ -8,6 +8,7 @@ an error row; the batch goes on. JobOptions holds what a job asks for and travel
 
 import dataclasses
 import io
+import json
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ class JobOptions:
     (cmap). masks: records carry masks (background fraction and pointing game). metrics: any of deletion,
     insertion, conservation (step and fill as in `lrpgraph evaluate`). preprocess: overrides of the model's
     stored preprocessing. columns: {role: column} for datasets whose columns are named otherwise (roles:
-    id, path, image, mask, target)."""
+    id, path, image, mask, target, tokens, text). tokenizer: a tokenizer.json's text (token models given texts;
+    also names the tokens in the rows)."""
 
     target: int | None = None
     provider: str | None = None
@@ -41,6 +43,7 @@ class JobOptions:
     fill: str | float = "black"
     preprocess: dict | None = None
     columns: dict | None = None
+    tokenizer: str | None = None
 
     def check(self) -> "JobOptions":
         """Raise LrpgraphError for a value out of range; return self."""
@@ -56,20 +59,30 @@ class JobOptions:
 
 
 def open_session(model: object, options: JobOptions) -> object:
-    """The ExplainSession of a job (image models only), with the preprocessing overrides applied."""
+    """The ExplainSession of a job, with the preprocessing overrides applied (image models) or the options
+    checked (token models)."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime.session import ExplainSession
 
     session = ExplainSession(model, provider=options.provider, threads=options.threads,
                              batch_size=options.batch_size)
     if session.tokens:
-        raise LrpgraphError(f"{session.name} is a token model; bulk runs (--parquet, --engine ray) explain image "
-                            "models; explain token ids with `lrpgraph explain` without --parquet")
-    if options.preprocess:
+        from lrpgraph.scale.tokens import check_options
+
+        check_options(session, options)
+    elif options.preprocess:
         session.preprocess = {**(session.preprocess or {}), **options.preprocess}
         check_preprocess(session.preprocess, session.input_shape, session.name)
     session.check_target(options.target)
     return session
+
+
+def output_schema(session: object, options: JobOptions) -> object:
+    """The output rows' schema of a job (rows.schema, or rows.token_schema for a token model)."""
+    if session.tokens:
+        return rows.token_schema(session.relevance_output, options.heatmaps, options.dtype, bool(options.tokenizer))
+    return rows.schema(list(session.relevance_outputs), options.heatmaps, options.dtype, options.png, options.masks,
+                       tuple(options.metrics))
 
 
 def _column(batch, name, n):
@@ -87,17 +100,25 @@ def _length(batch):
 
 class Explainer:
     """explainer(batch) -> output table (rows.schema): a batch of records (a pyarrow table or a dict of
-    columns) explained with one ExplainSession opened on construction."""
+    columns) explained with one ExplainSession opened on construction. With out ({"dir": output folder or URI,
+    "run": the job's run id}) it writes the rows itself (output.write_batch) and returns only their counts, a
+    table with one JSON string (what the Ray engine's driver receives)."""
 
-    def __init__(self, model: object, options: JobOptions | None = None):
+    def __init__(self, model: object, options: JobOptions | None = None, out: dict | None = None):
         self.options = options = (options or JobOptions()).check()
         self.model = model
         self.session = open_session(model, options)
-        self.outputs = list(self.session.relevance_outputs)
-        self.schema = rows.schema(self.outputs, options.heatmaps, options.dtype, options.png, options.masks,
-                                  tuple(options.metrics))
+        self.out = out
+        self.tokens = None  # a token model's TokenRows (scale/tokens.py): loads and explains its records
+        if self.session.tokens:
+            from lrpgraph.scale.tokens import TokenRows
+
+            self.tokens = TokenRows(self.session, options)
+        self.schema = output_schema(self.session, options)
+        extra = {name: name for name in self.tokens.extra} if self.tokens is not None else {}
         self.columns = {"id": "id", "path": "path", "image": "image", "mask_path": "mask_path", "mask": "mask",
-                        "target": "target", "problem": "problem", **(options.columns or {})}
+                        "target": "target", "problem": "problem", "tokens": "tokens", "text": "text",
+                        "extra": "extra", **extra, **(options.columns or {})}
         self.classifier = None  # the plain model part, opened for the first deletion / insertion
 
     def records(self, batch: object) -> dict:
@@ -113,7 +134,13 @@ class Explainer:
         return found
 
     def __call__(self, batch: object) -> object:
-        return self.finish(self.prepare(batch))
+        table = self.finish(self.prepare(batch))
+        if self.out is None:
+            return table
+        from lrpgraph.scale.output import write_batch
+
+        found = write_batch(self.out["dir"], self.out["run"], table)
+        return rows.pyarrow().table({"counts": [json.dumps(found)]})
 
     def prepare(self, batch: object) -> dict:
         """Load and decode the records of a batch: {"ids", "loaded" {i: (array, mask, target)}, "failed"
@@ -146,6 +173,8 @@ class Explainer:
 
     def _load(self, found, i):
         """(input array, mask or None, target or None) of record i; LrpgraphError when it cannot be used."""
+        if self.tokens is not None:
+            return self.tokens.load(found, i)
         name, session = found["id"][i], self.session
         if found["problem"][i]:
             raise LrpgraphError(found["problem"][i])
@@ -168,6 +197,8 @@ class Explainer:
     def _explain(self, ids, loaded, failed):
         """The columns of the loaded records (those with their own target run apart); a record whose heatmap or
         logits are not finite moves to failed."""
+        if self.tokens is not None:
+            return self.tokens.explain(ids, loaded, failed)
         order = sorted(loaded)
         if not order:
             return {}

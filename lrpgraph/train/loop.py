@@ -125,9 +125,10 @@ class Trainer:
         found = len(self.train_set.classes)
         if found > self.classes:
             raise LrpgraphError(f"{c.images} has {found} class folders but the model has {self.classes} outputs")
-        if not c.resume and record.labels is None and found == self.classes:  # the class folders name the classes
-            record.labels = list(self.train_set.classes)
+        if not c.resume:  # class folder k trains output k: the folders name those outputs
+            record.labels, note = precheck.folder_labels(record.labels, list(self.train_set.classes), self.classes)
             record.write(explained)
+            self.notes += [note] if note else []
         pre = record.preprocess or {}
         self.mean = torch.tensor(pre["mean"]).reshape(1, -1, 1, 1) if pre.get("mean") else None
         self.std = torch.tensor(pre["std"]).reshape(1, -1, 1, 1) if pre.get("std") else None

@@ -83,3 +83,21 @@ def failed_write_back(error: str, out: Path, plain_ok: bool) -> str:
     return (f"{error}; {usable}{out / 'model.lrp.onnx'}'s heatmaps differ from the ones training used, so convert "
             f"{plain} again (lrpgraph convert) for heatmaps, or load {out / 'checkpoints' / 'last.pt'} (the trained "
             "weights) with --resume after fixing the cause")
+
+
+def folder_labels(labels: list | None, folders: list, classes: int) -> tuple:
+    """(labels, note or None): the labels the trained model carries. Class folder k (in sorted order) trains
+    output k, so outputs 0 .. len(folders) - 1 are named by the folders; an output no folder trains keeps the
+    model's own label, or is named 'output K (no class folder)'. The note says which labels of the model the
+    folders replaced (a pretrained head whose first outputs now mean the folders' classes)."""
+    old = list(labels) if isinstance(labels, list) else []
+    new = [str(f) for f in folders] + [str(old[k]) if k < len(old) else f"output {k} (no class folder)"
+                                       for k in range(len(folders), classes)]
+    replaced = [k for k in range(min(len(folders), len(old))) if str(old[k]) != new[k]]
+    note = None
+    if replaced:
+        shown = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in replaced[:3]) + (", ..." if len(replaced) > 3
+                                                                                     else "")
+        note = (f"the class folders name outputs 0 to {len(folders) - 1}; {len(replaced)} of the model's labels "
+                f"are replaced ({shown})")
+    return new, note

@@ -154,3 +154,35 @@ def test_importer_matches_onnxruntime_on_hardswish_graphs_with_flex():
         theirs = session.run(["relevance"], feeds)[0]
         error = np.abs(ours.astype(np.float64) - theirs).sum() / np.abs(theirs.astype(np.float64)).sum()
         assert error < 1e-5, (name, error)
+
+
+def test_folder_labels_name_the_outputs_they_train():
+    folders = ["cat", "dog"]
+    assert precheck.folder_labels(None, folders, 2) == (["cat", "dog"], None)
+    assert precheck.folder_labels(None, folders, 4)[0] == ["cat", "dog", "output 2 (no class folder)",
+                                                         "output 3 (no class folder)"]
+    labels, note = precheck.folder_labels(["tench", "goldfish", "shark"], folders, 3)
+    assert labels == ["cat", "dog", "shark"]  # the head's third output keeps its own label
+    assert note == ("the class folders name outputs 0 to 1; 2 of the model's labels are replaced "
+                    "(0: 'tench' -> 'cat', 1: 'goldfish' -> 'dog')")
+    assert precheck.folder_labels(["cat", "dog"], folders, 2) == (["cat", "dog"], None)
+
+
+def test_train_records_class_folder_labels_with_fewer_folders_than_outputs(tmp_path):
+    images, masks = write_folders(tmp_path / "two", 8, 2, size=36, seed=1)  # 2 class folders, a 4-output model
+    model = tmp_path / "gray36.onnx"
+    onnx.save(tiny_cnn(CLASSES, channels=1, size=36), model)
+    lrpgraph.metadata.write(onnx_model := onnx.load(model), lrpgraph.metadata.LABELS, ["a", "b", "c", "d"])
+    onnx.save(onnx_model, tmp_path / "labelled.onnx")
+    for name in ("gray36.onnx", "labelled.onnx"):
+        result = CliRunner().invoke(train_command, [str(tmp_path / name), "--images", str(images), "--masks",
+                                                    str(masks), "--out", str(tmp_path / f"out_{name}"),
+                                                    "--epochs", "1", "--batch-size", "8", "--quiet"])
+        assert result.exit_code == 0, result.output
+        record = lrpgraph.metadata.Record.from_model(onnx.load(tmp_path / f"out_{name}" / "model.lrp.onnx"))
+        folders = sorted(p.name for p in images.iterdir())
+        if name == "gray36.onnx":
+            assert record.labels == folders + ["output 2 (no class folder)", "output 3 (no class folder)"]
+        else:
+            assert record.labels == folders + ["c", "d"]
+            assert f"2 of the model's labels are replaced (0: 'a' -> '{folders[0]}'" in result.output
