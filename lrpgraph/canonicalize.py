@@ -38,9 +38,9 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
             signal.update(t for t in node.output if t)
     _check_image_size(shapes.get(source), source, float_input)
     if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
-        declared = shapes.get(image)
+        declared = shapes.get(source)
         shapes = shapes_.merged(shapes, shapes_.symbolic_shapes(model))
-        _check_batch(declared, shapes.get(image), image)
+        _check_batch(declared, shapes.get(source), source)
         inits.add(shapes_.computed_values(model, shapes, inits))
     if logits not in signal:
         raise LrpgraphError(f"the model output '{logits}' does not depend on the input '{source}'; "
