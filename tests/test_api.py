@@ -59,9 +59,9 @@ def test_every_attribute_readme_shows_exists(dotted):
 def test_convert_is_the_pipeline_function_and_save_the_files_one(tmp_path):
     from test_cli import small_cnn
 
-    import lrpgraph.pipeline
+    from lrpgraph import pipeline
 
-    assert lrpgraph.files.save is lrpgraph.save and lrpgraph.convert is lrpgraph.pipeline.convert
+    assert lrpgraph.files.save is lrpgraph.save and lrpgraph.convert is pipeline.convert
     model = lrpgraph.convert(small_cnn(), composite="epsilon")
     path = tmp_path / "m.lrp.onnx"
     lrpgraph.save(model, path)
