@@ -6,7 +6,9 @@ its cp_LRP map). Run in a child process (LXT patches transformers' classes globa
 
 targets: per sample a list of (position, token); relevance[n, k] = sum over hidden of the input embedding times
 the gradient of logits[n, position, token] (LXT's heatmap, whose total is that logit). weights: an optional .npz
-of state-dict tensors loaded over the model's (the int4 model's dequantized weights)."""
+of state-dict tensors loaded over the model's (the int4 model's dequantized weights); activations: an optional .npz
+{Linear module name: its output} that the forward uses in place of its own (the int4 graph's), the gradient
+still the Linear's."""
 
 import json
 import os
@@ -39,6 +41,14 @@ def _patch_map(patches, modeling, method):
     return {key: (patches.cp_LRP[key] if key is modeling else value) for key, value in patches.attnLRP.items()}
 
 
+def _pin_linear_outputs(model, outputs):
+    """Each named Linear's forward value replaced by the given one (the int4 graph's MatMulNBits output, computed
+    with int8 activations at accuracy_level 4), its gradient kept: y + (given - y).detach()."""
+    modules = dict(model.named_modules())
+    for name, value in outputs.items():
+        modules[name].register_forward_hook(lambda mod, args, out, value=value: out + (value - out).detach())
+
+
 def main(spec: str) -> None:
     import importlib
 
@@ -60,6 +70,8 @@ def main(spec: str) -> None:
     if job.get("weights"):
         state = {k: torch.from_numpy(v).double() for k, v in np.load(job["weights"]).items()}
         model.load_state_dict(state, strict=False)
+    if job.get("activations"):
+        _pin_linear_outputs(model, {k: torch.from_numpy(v).double() for k, v in np.load(job["activations"]).items()})
     ids = torch.tensor(job["ids"])
     mask = torch.tensor(job["mask"])
     embeds = model.get_input_embeddings()(ids).detach()

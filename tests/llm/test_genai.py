@@ -1,0 +1,136 @@
+"""onnxruntime-genai's own graphs (docs/llm_genai.md): small random Llama and Qwen2 built by the genai model
+builder 0.12.2 (fp32 and int4), converted with attn-lrp and cp-lrp. Next-token relevance of a padded batch of
+two prompts, K = 2 (position, token) targets per prompt in one call, against LXT 2.1 in float64 on the same
+Hugging Face weights (a subprocess); the int4 graph against the same reference on its dequantized weights, its
+logits and present.* outputs bit-identical to the unconverted int4 model's."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import lrpgraph
+from lrpgraph.catalog.contrib import dequantize_nbits
+from lrpgraph.errors import UnsupportedModelError
+
+pytest.importorskip("onnxruntime_genai", reason="make setup installs onnxruntime-genai==0.12.2 (--no-deps)")
+pytest.importorskip("lxt")
+import genai_lxt_ref  # noqa: E402
+import genai_models as gm  # noqa: E402
+
+TOL = 1e-4
+IDS = np.array([[5, 9, 3, 17, 2, 40], [7, 1, 22, 8, 0, 0]], np.int64)
+MASK = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], np.int64)  # right padding, as GroupQueryAttention takes it
+TARGETS = [[[5, 11], [3, 4]], [[3, 20], [1, 2]]]  # (position, token) per prompt: the last real one and another
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """{arch: {"hf": dir, "fp32": model.onnx, "int4": model.onnx}}."""
+    tmp = tmp_path_factory.mktemp("genai")
+    jobs = [(arch, p) for arch, precisions in (("llama", ("fp32", "int4")), ("qwen2", ("fp32",))) for p in precisions]
+    out = {arch: {"hf": gm.save_hf(arch, str(tmp))} for arch in ("llama", "qwen2")}
+    paths = gm.build_all([(out[arch]["hf"], str(tmp / f"{arch}_{p}"), p) for arch, p in jobs])
+    for (arch, p), path in zip(jobs, paths):
+        out[arch][p] = path
+    return out
+
+
+def explain(path, composite):
+    """(converted session, its outputs for IDS/MASK/TARGETS, the unconverted model's outputs)."""
+    converted = lrpgraph.convert(gm.fixed_length(path, *IDS.shape), composite=composite, from_tensor="logits",
+                                 target="index")
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = gm.feeds(session, IDS, MASK)
+    original = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feed)
+    return session, session.run(None, dict(feed, target=np.array(TARGETS, np.int64))), original, feed
+
+
+def l1_errors(relevance, reference):
+    return [float(np.abs(relevance[n, k] - reference[n, k]).sum() / np.abs(reference[n, k]).sum())
+            for n in range(len(TARGETS)) for k in range(len(TARGETS[n]))]
+
+
+def test_the_builder_writes_the_contrib_ops(built):
+    kinds = {p: {(n.domain, n.op_type) for n in onnx.load(built["llama"][p], load_external_data=False).graph.node}
+             for p in ("fp32", "int4")}
+    for ops in kinds.values():
+        assert {("com.microsoft", "GroupQueryAttention"), ("com.microsoft", "SkipSimplifiedLayerNormalization"),
+                ("", "SimplifiedLayerNormalization")} <= ops
+    assert ("com.microsoft", "MatMulNBits") in kinds["int4"] and ("com.microsoft", "MatMulNBits") not in kinds["fp32"]
+
+
+@pytest.mark.parametrize("arch, composite", [("llama", "attn-lrp"), ("qwen2", "attn-lrp"), ("llama", "cp-lrp")])
+def test_fp32_graph_matches_lxt(built, arch, composite, tmp_path):
+    """cp-lrp's reference is LXT's cp_LRP attention (query and key detached) with attnLRP's gated MLP: LXT's
+    cp_LRP map also detaches the MLP's gate branch, where lrpgraph's cp-lrp keeps the product rule."""
+    _, outs, original, _ = explain(built[arch]["fp32"], composite)
+    assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "outputs changed"
+    ref = genai_lxt_ref.run({"arch": arch, "dir": built[arch]["hf"], "ids": IDS.tolist(), "mask": MASK.tolist(),
+                             "targets": TARGETS, "method": "attn-lrp" if composite == "attn-lrp" else "cp-attention",
+                             "out": str(tmp_path / "ref.npz")})
+    relevance = outs[-1]
+    assert relevance.shape == (2, 2, IDS.shape[1])
+    errors = l1_errors(relevance, ref["relevance"])
+    print(arch, composite, "L1 relative to LXT:", ["%.1e" % e for e in errors])
+    assert max(errors) <= TOL
+    assert np.all(relevance[1, :, 4:] == 0.0), "padding tokens get no relevance"
+
+
+def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, tmp_path):
+    arch = "llama"
+    _, outs, original, feed = explain(built[arch]["int4"], "attn-lrp")
+    assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "int4 outputs changed"
+    np.savez(tmp_path / "w.npz", **gm.dequantized_weights(built[arch]["int4"], built[arch]["hf"]))
+    np.savez(tmp_path / "a.npz", **gm.linear_outputs(built[arch]["int4"], built[arch]["hf"], feed, str(tmp_path)))
+    ref = genai_lxt_ref.run({"arch": arch, "dir": built[arch]["hf"], "ids": IDS.tolist(), "mask": MASK.tolist(),
+                             "targets": TARGETS, "method": "attn-lrp", "out": str(tmp_path / "ref.npz"),
+                             "weights": str(tmp_path / "w.npz"), "activations": str(tmp_path / "a.npz")})
+    assert np.array_equal(ref["logits"].astype(np.float32), original[0])  # the reference ran the int4 forward
+    errors = l1_errors(outs[-1], ref["relevance"])
+    print("int4 L1 relative to the dequantized reference:", ["%.1e" % e for e in errors])
+    assert max(errors) <= TOL
+
+
+def test_k_targets_in_one_call_equal_separate_calls(built):
+    session, outs, _, feed = explain(built["qwen2"]["fp32"], "attn-lrp")
+    for k in range(2):
+        one = session.run(["relevance"], dict(feed, target=np.array([[t[k]] for t in TARGETS], np.int64)))[0]
+        np.testing.assert_allclose(one[:, 0], outs[-1][:, k], rtol=0, atol=1e-6)
+
+
+def test_unsupported_attention_is_one_line(built):
+    model = gm.fixed_length(built["llama"]["fp32"], 1, 4)
+    node = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    kept = [a for a in node.attribute if a.name != "softcap"]
+    del node.attribute[:]
+    node.attribute.extend(kept + [onnx.helper.make_attribute("softcap", 30.0)])
+    with pytest.raises(UnsupportedModelError, match="softcap not supported") as err:
+        lrpgraph.convert(model, composite="attn-lrp", from_tensor="logits", target="index")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_dequantized_weights_reproduce_matmul_nbits(zero_points):
+    """x @ dequantize_nbits(...) against onnxruntime's own MatMulNBits (accuracy_level 0: float activations)."""
+    rng = np.random.default_rng(0)
+    k, n, block = 80, 24, 32  # K not a multiple of the block: the last block is padded
+    blocks = -(-k // block)
+    packed = rng.integers(0, 256, (n, blocks, block // 2), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.1, (n * blocks,)).astype(np.float32)
+    zeros = rng.integers(0, 256, (n * -(-blocks // 2),), dtype=np.uint8) if zero_points else None
+    inits = [onnx.numpy_helper.from_array(packed, "B"), onnx.numpy_helper.from_array(scales, "scales")]
+    if zero_points:
+        inits.append(onnx.numpy_helper.from_array(zeros, "zp"))
+    node = onnx.helper.make_node("MatMulNBits", ["x", "B", "scales"] + (["zp"] if zero_points else []), ["y"],
+                                 domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=0)
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", 1, [3, k])],
+                                   [onnx.helper.make_tensor_value_info("y", 1, [3, n])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21),
+                                                         onnx.helper.make_opsetid("com.microsoft", 1)])
+    x = rng.normal(size=(3, k)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": block}
+    w = dequantize_nbits(attrs, packed, scales, zeros)
+    assert w.shape == (k, n)
+    np.testing.assert_allclose(x.astype(np.float64) @ w, y, rtol=0, atol=1e-5)
