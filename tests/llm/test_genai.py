@@ -92,6 +92,30 @@ def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, tmp_pa
     assert max(errors) <= TOL
 
 
+def test_input_x_gradient_matches_torch_autograd(built):
+    """The gradient through every contrib op (the attention's Softmax and rotary, the RMSNorms' full derivative,
+    the residual sum) against torch autograd in float64 on the Hugging Face model."""
+    import torch
+    import transformers
+
+    converted = lrpgraph.convert(gm.fixed_length(built["llama"]["fp32"], *IDS.shape), method="input-x-gradient",
+                                 from_tensor="logits", target="index")
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    relevance = session.run(None, dict(gm.feeds(session, IDS, MASK), target=np.array(TARGETS, np.int64)))[-1]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(built["llama"]["hf"], dtype=torch.float64,
+                                                           attn_implementation="eager").eval()
+    embeds = hf.get_input_embeddings()(torch.tensor(IDS)).detach()
+    reference = np.zeros(relevance.shape)
+    for n, targets in enumerate(TARGETS):
+        for k, (position, token) in enumerate(targets):
+            x = embeds.clone().requires_grad_(True)
+            hf(inputs_embeds=x, attention_mask=torch.tensor(MASK)).logits[n, position, token].backward()
+            reference[n, k] = (x * x.grad)[n].sum(-1).detach().numpy()
+    errors = l1_errors(relevance, reference)
+    print("input x gradient L1 relative to autograd:", ["%.1e" % e for e in errors])
+    assert max(errors) <= TOL
+
+
 def test_k_targets_in_one_call_equal_separate_calls(built):
     session, outs, _, feed = explain(built["qwen2"]["fp32"], "attn-lrp")
     for k in range(2):
