@@ -1,5 +1,5 @@
 """The records of onnxruntime's contrib ops that onnxruntime-genai's model builder writes (docs/llm_genai.md):
-GroupQueryAttention (rotary inside, causal mask, grouped key/value heads), SimplifiedLayerNormalization
+GroupQueryAttention (rotary inside, causal mask, grouped key/value heads), RotaryEmbedding (a separate one), SimplifiedLayerNormalization
 (RMSNorm), SkipSimplifiedLayerNormalization (the residual Add and an RMSNorm in one node) and MatMulNBits
 (a linear layer with 4-bit block-quantized weights). Their emitters are in converters/contrib.py.
 How onnx's checker and shape inference read graphs with these ops: patterns/contrib.py."""
@@ -15,6 +15,7 @@ NORM_RULES = {"identity", "gradient", "pass"}
 
 CONTRIB: list[OpRecord] = [
     record("GroupQueryAttention", "product", rules=PRODUCT_RULES, domains=MICROSOFT),
+    record("RotaryEmbedding", "structure", keeps_nonneg=False, gate_path=False, domains=MICROSOFT),  # rotates q, k
     record("SimplifiedLayerNormalization", "normaliser", category="layernorm", rules=NORM_RULES,
            domains=("", "ai.onnx", "com.microsoft")),
     record("SkipSimplifiedLayerNormalization", "normaliser", category="layernorm", rules=NORM_RULES,

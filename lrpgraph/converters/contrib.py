@@ -8,6 +8,7 @@ mode treats the same computation in torch:
   key-padding masks. The message then crosses A V and Q K^T with the product rule the composite gives
   (attn-lrp: 'uniform', half each; cp-lrp: 'cp', the probabilities constant, so Q and K get nothing), the
   Softmax as its gradient, and the rotary embedding (a constant rotation of q and k) as its transpose.
+- RotaryEmbedding (a separate one, where GroupQueryAttention has do_rotary = 0): its transpose.
 - SimplifiedLayerNormalization: RMSNorm (converters/norm.py's, with its rms held constant under 'identity').
 - SkipSimplifiedLayerNormalization: y = RMSNorm(x + skip (+ bias)), and the sum itself as output 3 (the residual
   stream): the norm's message plus output 3's reach the sum, which passes both to x and skip (the residual Add
@@ -105,6 +106,29 @@ def group_query_attention(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) 
         g_q, g_k = product(ctx, SimpleNamespace(gate=None), rule, [g_scores],
                            SimpleNamespace(gradients=qk_gradients))
     return _to_inputs(ctx, unit, rotary, (g_q, g_k, g_v), (heads, kv_heads, d), packed)
+
+
+@converts("RotaryEmbedding")
+def rotary_embedding(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """A separate rotary embedding (the builder's `-e dml` graphs) of x [B, S, heads * d] at position_ids [B, S]:
+    a constant rotation, crossed by its transpose."""
+    b, attrs = ctx.b, unit.attrs
+    x, positions, cos, sin = unit.inputs[:4]
+    half = ctx.shape(cos, unit)[-1]
+    d = int(attrs.get("rotary_embedding_dim", 0)) or 2 * half
+    shape, pos_shape = ctx.shapes.get(x), ctx.shapes.get(positions)
+    if int(attrs.get("interleaved", 0)) or not shape or len(shape) != 3 or not pos_shape or len(pos_shape) != 2 \
+            or 2 * half != d:
+        raise UnsupportedModelError(f"node '{unit.name}' (RotaryEmbedding): only the non-interleaved rotation of "
+                                    "the whole head of an input [B, S, heads * d] at position_ids [B, S] is supported")
+    g = b.op("Reshape", [r_outs[0], b.ints([0, 0, -1, d])], "split_heads")
+    # position_ids [N, S]; the message's batch may be K targets x N (targets.tiled_view): the rows repeat as it does
+    repeats = b.op("Div", [b.op("Shape", [g], "batch", start=0, end=1),
+                           b.op("Shape", [positions], "count", start=0, end=1)], "repeats")
+    tiled = b.op("Tile", [positions, b.op("Concat", [repeats, b.ints([1])], "repeats", axis=0)], "positions")
+    rows = [b.op("Unsqueeze", [b.op("Gather", [t, tiled], "rows", axis=0), b.ints([2])], "rows") for t in (cos, sin)]
+    g = _rotate(b, g, SimpleNamespace(cos=rows[0], sin=rows[1], half=half), d, inverse=True)
+    return [b.op("Reshape", [g, b.ints([0, 0, -1])], "merge_heads")] + [None] * (len(unit.inputs) - 1)
 
 
 def _check_gqa(ctx, unit):

@@ -42,21 +42,21 @@ BUILD = """
 import sys
 from onnxruntime_genai.models.builder import create_model
 for job in sys.argv[1:]:
-    hf_dir, out, precision = job.split("|")
+    hf_dir, out, precision, provider = job.split("|")
     try:
-        create_model(None, hf_dir, out, precision, "cpu", out + "/cache")
+        create_model(None, hf_dir, out, precision, provider, out + "/cache")
     except Exception as err:  # the missing tokenizer, after model.onnx is written
         print(out, type(err).__name__, err, file=sys.stderr)
 """
 
 
 def build_all(jobs: list) -> list:
-    """onnxruntime-genai's builder (fp32 or int4, execution provider cpu) for each (hf_dir, out, precision),
+    """onnxruntime-genai's builder for each (hf_dir, out, precision, execution provider),
     in one child process (importing the builder takes most of its time); returns each out/model.onnx."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", BUILD] + ["|".join(job) for job in jobs], env=env,
                           capture_output=True, text=True, timeout=600)
-    paths = [os.path.join(out, "model.onnx") for _, out, _ in jobs]
+    paths = [os.path.join(out, "model.onnx") for _, out, _, _ in jobs]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise RuntimeError(f"the builder wrote no {missing}:\n{done.stderr[-3000:]}")
@@ -77,9 +77,33 @@ def fixed_length(path: str, batch: int, length: int) -> onnx.ModelProto:
     return model
 
 
+def as_float32(path: str, out: str, floats_from: str) -> str:
+    """The builder's float16 graph (`-p int4 -e dml`: a separate RotaryEmbedding, unpacked q, k, v) with every
+    float16 initializer, input, output and value_info made float32 (the ops are the same), saved as out. The
+    float weights both graphs have (the embedding table, the norms' scales, cos_cache and sin_cache) are taken
+    from floats_from (the float32 graph the builder wrote from the same model): float16 rounding would move the
+    heatmap away from the float64 reference by ~1e-4."""
+    model = onnx.load(path)
+    caches = {i.name: i for i in onnx.load(floats_from).graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    for init in model.graph.initializer:
+        if init.name in caches:
+            init.CopyFrom(caches[init.name])
+        elif init.data_type == onnx.TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    for info in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    assert not any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for n in model.graph.node for a in n.attribute)
+    onnx.save(model, out, save_as_external_data=True, location=os.path.basename(out) + ".data")
+    return out
+
+
 def feeds(session, ids: np.ndarray, mask: np.ndarray) -> dict:
-    """input_ids, attention_mask and empty past_key_values.* for a prompt (prefill)."""
+    """input_ids, attention_mask, position_ids where the graph takes them, and empty past_key_values.* for a
+    prompt (prefill)."""
     out = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in {i.name for i in session.get_inputs()}:
+        out["position_ids"] = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(np.int64)
     for info in session.get_inputs():
         if info.name.startswith("past_key_values."):
             out[info.name] = np.zeros((len(ids), info.shape[1], 0, info.shape[3]), np.float32)
@@ -103,6 +127,8 @@ def _hf_names(onnx_weight: str, value: np.ndarray, heads: tuple) -> dict:
         return {"lm_head": value}
     base = f"model.layers.{name.split('.')[2]}."
     q, kv = heads
+    if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
+        return {base + "self_attn." + name.split(".")[-1]: value}
     if "qkv_proj" in name:
         return {base + "self_attn.q_proj": value[..., :q], base + "self_attn.k_proj": value[..., q:q + kv],
                 base + "self_attn.v_proj": value[..., q + kv:]}

@@ -28,11 +28,13 @@ TARGETS = [[[5, 11], [3, 4]], [[3, 20], [1, 2]]]  # (position, token) per prompt
 def built(tmp_path_factory):
     """{arch: {"hf": dir, "fp32": model.onnx, "int4": model.onnx}}."""
     tmp = tmp_path_factory.mktemp("genai")
-    jobs = [(arch, p) for arch, precisions in (("llama", ("fp32", "int4")), ("qwen2", ("fp32",))) for p in precisions]
+    jobs = [("llama", "fp32", "cpu"), ("llama", "int4", "cpu"), ("llama", "int4", "dml"), ("qwen2", "fp32", "cpu")]
     out = {arch: {"hf": gm.save_hf(arch, str(tmp))} for arch in ("llama", "qwen2")}
-    paths = gm.build_all([(out[arch]["hf"], str(tmp / f"{arch}_{p}"), p) for arch, p in jobs])
-    for (arch, p), path in zip(jobs, paths):
-        out[arch][p] = path
+    paths = gm.build_all([(out[arch]["hf"], str(tmp / f"{arch}_{p}_{ep}"), p, ep) for arch, p, ep in jobs])
+    for (arch, p, ep), path in zip(jobs, paths):
+        out[arch][p if ep == "cpu" else f"{p}_{ep}"] = path
+    out["llama"]["rotary"] = gm.as_float32(out["llama"]["int4_dml"], str(tmp / "llama_rotary.onnx"),
+                                             out["llama"]["int4"])
     return out
 
 
@@ -54,7 +56,7 @@ def l1_errors(relevance, reference):
 def test_the_builder_writes_the_contrib_ops(built):
     kinds = {p: {(n.domain, n.op_type) for n in onnx.load(built["llama"][p], load_external_data=False).graph.node}
              for p in ("fp32", "int4")}
-    for ops in kinds.values():
+    for ops in kinds.values():  # (the -e dml graph: RotaryEmbedding beside GroupQueryAttention, in float16)
         assert {("com.microsoft", "GroupQueryAttention"), ("com.microsoft", "SkipSimplifiedLayerNormalization"),
                 ("", "SimplifiedLayerNormalization")} <= ops
     assert ("com.microsoft", "MatMulNBits") in kinds["int4"] and ("com.microsoft", "MatMulNBits") not in kinds["fp32"]
@@ -77,18 +79,21 @@ def test_fp32_graph_matches_lxt(built, arch, composite, tmp_path):
     assert np.all(relevance[1, :, 4:] == 0.0), "padding tokens get no relevance"
 
 
-def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, tmp_path):
-    arch = "llama"
-    _, outs, original, feed = explain(built[arch]["int4"], "attn-lrp")
+@pytest.mark.parametrize("graph", ["int4", "rotary"])
+def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, graph, tmp_path):
+    """int4: the CPU graph (rotary inside GroupQueryAttention, packed qkv); rotary: the `-e dml` graph (a separate
+    RotaryEmbedding for q and k, unpacked q, k, v, position_ids) made float32."""
+    arch, path = "llama", built["llama"][graph]
+    _, outs, original, feed = explain(path, "attn-lrp")
     assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "int4 outputs changed"
-    np.savez(tmp_path / "w.npz", **gm.dequantized_weights(built[arch]["int4"], built[arch]["hf"]))
-    np.savez(tmp_path / "a.npz", **gm.linear_outputs(built[arch]["int4"], built[arch]["hf"], feed, str(tmp_path)))
+    np.savez(tmp_path / "w.npz", **gm.dequantized_weights(path, built[arch]["hf"]))
+    np.savez(tmp_path / "a.npz", **gm.linear_outputs(path, built[arch]["hf"], feed, str(tmp_path)))
     ref = genai_lxt_ref.run({"arch": arch, "dir": built[arch]["hf"], "ids": IDS.tolist(), "mask": MASK.tolist(),
                              "targets": TARGETS, "method": "attn-lrp", "out": str(tmp_path / "ref.npz"),
                              "weights": str(tmp_path / "w.npz"), "activations": str(tmp_path / "a.npz")})
     assert np.array_equal(ref["logits"].astype(np.float32), original[0])  # the reference ran the int4 forward
     errors = l1_errors(outs[-1], ref["relevance"])
-    print("int4 L1 relative to the dequantized reference:", ["%.1e" % e for e in errors])
+    print(graph, "L1 relative to the dequantized reference:", ["%.1e" % e for e in errors])
     assert max(errors) <= TOL
 
 
