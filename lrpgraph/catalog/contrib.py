@@ -1,7 +1,7 @@
 """The records of onnxruntime's contrib ops that onnxruntime-genai's model builder writes (docs/llm_genai.md):
-GroupQueryAttention (rotary inside, causal mask, grouped key/value heads), RotaryEmbedding (a separate one), SimplifiedLayerNormalization
-(RMSNorm), SkipSimplifiedLayerNormalization (the residual Add and an RMSNorm in one node) and MatMulNBits
-(a linear layer with 4-bit block-quantized weights). Their emitters are in converters/contrib.py.
+GroupQueryAttention (rotary inside, causal mask, grouped key/value heads), RotaryEmbedding (a separate one),
+SimplifiedLayerNormalization (RMSNorm), SkipSimplifiedLayerNormalization (the residual Add and an RMSNorm in one
+node) and MatMulNBits (a linear layer with 4-bit block-quantized weights). Their emitters are in converters/contrib.py.
 How onnx's checker and shape inference read graphs with these ops: patterns/contrib.py."""
 
 import numpy as np
@@ -27,7 +27,8 @@ def is_matmul_nbits(node: NodeProto) -> bool:
     return node.op_type == "MatMulNBits" and node.domain == "com.microsoft"
 
 
-def dequantize_nbits(attrs: dict, packed: np.ndarray, scales: np.ndarray, zero_points: "np.ndarray | None") -> np.ndarray:
+def dequantize_nbits(attrs: dict, packed: np.ndarray, scales: np.ndarray,
+                     zero_points: "np.ndarray | None") -> np.ndarray:
     """MatMulNBits' weight as float32 [K, N] (the MatMul operand): B [N, blocks, blob] holds `bits`-bit values,
     low bits first; W[n, k] = (q - zero_point) * scale per block of block_size along K; the zero point is
     2^(bits-1) when absent, else uint8 packed like B (a float zero point is refused by the caller)."""

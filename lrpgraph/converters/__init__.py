@@ -5,7 +5,8 @@ the op's record in the catalog (lrpgraph/catalog/); registry.py holds what they 
 
 # Importing each family module attaches its functions to the catalog's records.
 from lrpgraph.catalog import KINDS, RECORDS, Context, OpRecord, add, explainable, is_kind, record_of
-from lrpgraph.converters import activations, attention, contrib, linear, lrn, norm, pooling, quantized, resize, structure
+from lrpgraph.converters import (
+    activations, attention, contrib, linear, lrn, norm, pooling, quantized, resize, structure)
 from lrpgraph.converters.registry import (
     EMITTERS, Emitters, attach, converter_of, converts, extend, register, remove, restore)
 

@@ -117,10 +117,11 @@ def rotary_embedding(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> li
     half = ctx.shape(cos, unit)[-1]
     d = int(attrs.get("rotary_embedding_dim", 0)) or 2 * half
     shape, pos_shape = ctx.shapes.get(x), ctx.shapes.get(positions)
-    if int(attrs.get("interleaved", 0)) or not shape or len(shape) != 3 or not pos_shape or len(pos_shape) != 2 \
-            or 2 * half != d:
-        raise UnsupportedModelError(f"node '{unit.name}' (RotaryEmbedding): only the non-interleaved rotation of "
-                                    "the whole head of an input [B, S, heads * d] at position_ids [B, S] is supported")
+    if int(attrs.get("interleaved", 0)) or float(attrs.get("scale", 1.0)) != 1.0 or not shape or len(shape) != 3 \
+            or not pos_shape or len(pos_shape) != 2 or 2 * half != d:
+        raise UnsupportedModelError(f"node '{unit.name}' (RotaryEmbedding): only the non-interleaved, unscaled "
+                                    "rotation of the whole head of an input [B, S, heads * d] at position_ids "
+                                    "[B, S] is supported")
     g = b.op("Reshape", [r_outs[0], b.ints([0, 0, -1, d])], "split_heads")
     # position_ids [N, S]; the message's batch may be K targets x N (targets.tiled_view): the rows repeat as it does
     repeats = b.op("Div", [b.op("Shape", [g], "batch", start=0, end=1),
