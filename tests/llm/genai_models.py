@@ -170,14 +170,16 @@ def linear_outputs(path: str, hf_dir: str, feed: dict, tmp: str) -> dict:
 
     model = onnx.load(path)
     nodes = _nbits_nodes(model)
+    inits = {i.name for i in model.graph.initializer}
+    bias_add = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "Add" and n.input[1] in inits}
+    ends = [bias_add.get(n.output[0], n.output[0]) for n in nodes]  # Qwen2's q/k/v biases: the Linear's output
     have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n.output[0]) for n in nodes
-                              if n.output[0] not in have)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in ends if t not in have)
     probe = os.path.join(tmp, "probe.onnx")
     onnx.save(model, probe, save_as_external_data=True, location="probe.onnx.data")
     session = ort.InferenceSession(probe, providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
     out = {}
-    for node in nodes:
-        out.update(_hf_names(node.input[1], values[node.output[0]], _heads(hf_dir)))
+    for node, end in zip(nodes, ends):
+        out.update(_hf_names(node.input[1], values[end], _heads(hf_dir)))
     return out

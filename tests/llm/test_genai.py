@@ -28,7 +28,8 @@ TARGETS = [[[5, 11], [3, 4]], [[3, 20], [1, 2]]]  # (position, token) per prompt
 def built(tmp_path_factory):
     """{arch: {"hf": dir, "fp32": model.onnx, "int4": model.onnx}}."""
     tmp = tmp_path_factory.mktemp("genai")
-    jobs = [("llama", "fp32", "cpu"), ("llama", "int4", "cpu"), ("llama", "int4", "dml"), ("qwen2", "fp32", "cpu")]
+    jobs = [("llama", "fp32", "cpu"), ("llama", "int4", "cpu"), ("llama", "int4", "dml"), ("qwen2", "fp32", "cpu"),
+            ("qwen2", "int4", "cpu")]
     out = {arch: {"hf": gm.save_hf(arch, str(tmp))} for arch in ("llama", "qwen2")}
     paths = gm.build_all([(out[arch]["hf"], str(tmp / f"{arch}_{p}_{ep}"), p, ep) for arch, p, ep in jobs])
     for (arch, p, ep), path in zip(jobs, paths):
@@ -79,11 +80,12 @@ def test_fp32_graph_matches_lxt(built, arch, composite, tmp_path):
     assert np.all(relevance[1, :, 4:] == 0.0), "padding tokens get no relevance"
 
 
-@pytest.mark.parametrize("graph", ["int4", "rotary"])
-def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, graph, tmp_path):
-    """int4: the CPU graph (rotary inside GroupQueryAttention, packed qkv); rotary: the `-e dml` graph (a separate
-    RotaryEmbedding for q and k, unpacked q, k, v, position_ids) made float32."""
-    arch, path = "llama", built["llama"][graph]
+@pytest.mark.parametrize("arch, graph", [("qwen2", "int4"), ("llama", "rotary")])
+def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, arch, graph, tmp_path):
+    """int4: Qwen2's CPU graph (rotary inside GroupQueryAttention, packed qkv, a bias Add after MatMulNBits);
+    rotary: Llama's `-e dml` graph (a separate RotaryEmbedding for q and k, unpacked q, k, v, position_ids) made
+    float32."""
+    path = built[arch][graph]
     _, outs, original, feed = explain(path, "attn-lrp")
     assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "int4 outputs changed"
     np.savez(tmp_path / "w.npz", **gm.dequantized_weights(path, built[arch]["hf"]))
@@ -93,7 +95,7 @@ def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, graph,
                              "weights": str(tmp_path / "w.npz"), "activations": str(tmp_path / "a.npz")})
     assert np.array_equal(ref["logits"].astype(np.float32), original[0])  # the reference ran the int4 forward
     errors = l1_errors(outs[-1], ref["relevance"])
-    print(graph, "L1 relative to the dequantized reference:", ["%.1e" % e for e in errors])
+    print(arch, graph, "L1 relative to the dequantized reference:", ["%.1e" % e for e in errors])
     assert max(errors) <= TOL
 
 
