@@ -39,6 +39,21 @@ def built(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def reference(built, tmp_path_factory):
+    """LXT's relevance for IDS/MASK/TARGETS on the Hugging Face weights: reference(arch, method), computed once."""
+    tmp, done = tmp_path_factory.mktemp("lxt"), {}
+
+    def get(arch, method):
+        if (arch, method) not in done:
+            done[arch, method] = genai_lxt_ref.run({"arch": arch, "dir": built[arch]["hf"], "ids": IDS.tolist(),
+                                                    "mask": MASK.tolist(), "targets": TARGETS, "method": method,
+                                                    "out": str(tmp / f"{arch}_{method}.npz")})
+        return done[arch, method]
+
+    return get
+
+
 def explain(path, composite):
     """(converted session, its outputs for IDS/MASK/TARGETS, the unconverted model's outputs)."""
     converted = lrpgraph.convert(gm.fixed_length(path, *IDS.shape), composite=composite, from_tensor="logits",
@@ -64,14 +79,12 @@ def test_the_builder_writes_the_contrib_ops(built):
 
 
 @pytest.mark.parametrize("arch, composite", [("llama", "attn-lrp"), ("qwen2", "attn-lrp"), ("llama", "cp-lrp")])
-def test_fp32_graph_matches_lxt(built, arch, composite, tmp_path):
+def test_fp32_graph_matches_lxt(built, reference, arch, composite):
     """cp-lrp's reference is LXT's cp_LRP attention (query and key detached) with attnLRP's gated MLP: LXT's
     cp_LRP map also detaches the MLP's gate branch, where lrpgraph's cp-lrp keeps the product rule."""
     _, outs, original, _ = explain(built[arch]["fp32"], composite)
     assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "outputs changed"
-    ref = genai_lxt_ref.run({"arch": arch, "dir": built[arch]["hf"], "ids": IDS.tolist(), "mask": MASK.tolist(),
-                             "targets": TARGETS, "method": "attn-lrp" if composite == "attn-lrp" else "cp-attention",
-                             "out": str(tmp_path / "ref.npz")})
+    ref = reference(arch, "attn-lrp" if composite == "attn-lrp" else "cp-attention")
     relevance = outs[-1]
     assert relevance.shape == (2, 2, IDS.shape[1])
     errors = l1_errors(relevance, ref["relevance"])
@@ -121,6 +134,35 @@ def test_input_x_gradient_matches_torch_autograd(built):
     errors = l1_errors(relevance, reference)
     print("input x gradient L1 relative to autograd:", ["%.1e" % e for e in errors])
     assert max(errors) <= TOL
+
+
+def test_a_filled_cache(built, reference):
+    """The prompt's last 2 tokens fed after a cache of its first 4 (the unconverted graph's present.*): their
+    relevance for the last position's target is LXT's for the whole prompt at those positions (the cached
+    tokens get none here), and the logits are the whole prompt's."""
+    path, past, new = built["llama"]["fp32"], 4, 2
+    model = onnx.load(path)
+    sizes = {"batch_size": 1, "sequence_length": new, "total_sequence_length": past + new,
+             "past_sequence_length": past}
+    for info in list(model.graph.input) + list(model.graph.output):
+        for dim in info.type.tensor_type.shape.dim:
+            dim.dim_value = sizes.get(dim.dim_param, dim.dim_value)
+    converted = lrpgraph.convert(model, composite="attn-lrp", from_tensor="logits", target="index")
+    plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    prefix = plain.run(None, gm.feeds(plain, IDS[:1, :past], MASK[:1, :past]))
+    feed = {"input_ids": IDS[:1, past:], "attention_mask": MASK[:1]}
+    feed.update((o.name.replace("present.", "past_key_values."), v) for o, v in zip(plain.get_outputs(), prefix)
+                if o.name.startswith("present."))
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    (position, token), = TARGETS[0][:1]
+    logits, relevance = (session.run(None, dict(feed, target=np.array([[[position - past, token]]])))[i]
+                         for i in (0, -1))
+    whole = plain.run(None, gm.feeds(plain, IDS[:1], MASK[:1]))[0]
+    np.testing.assert_allclose(logits, whole[:, past:], rtol=0, atol=1e-5)
+    ref = reference("llama", "attn-lrp")["relevance"][0, 0, past:]
+    error = float(np.abs(relevance[0, 0] - ref).sum() / np.abs(ref).sum())
+    print("after a cache: L1 relative to LXT:", "%.1e" % error)
+    assert error <= TOL
 
 
 def test_k_targets_in_one_call_equal_separate_calls(built):
