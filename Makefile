@@ -49,6 +49,7 @@ browser:
 setup: $(BIN)/python data web browser
 	$(BIN)/pip install --quiet -e '.[$(ORT),test]'
 	$(BIN)/pip install --quiet --no-deps lxt==2.1
+	$(BIN)/pip install --quiet --no-deps onnxruntime-genai==0.12.2
 
 demo: setup-runtime
 	$(BIN)/lrpgraph demo --out out/demo

@@ -57,7 +57,7 @@ def explained_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
     constant embedding table (Gather), 'input_ids' first."""
     inputs = [i for i in graph.input if i.name not in inits]
-    for info in inputs:
+    for info in (i for i in inputs if not is_cache(i.name)):
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
             return info.name, True
@@ -71,6 +71,14 @@ def explained_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     raise LrpgraphError(f"the model has no float32 image input of rank >= 2 and no token ids [N, L] into an "
                         f"embedding table (inputs: {found}); export the classifier with a float32 input "
                         "[N, C, H, W] or int64 input_ids")
+
+
+CACHE_INPUTS = ("past_key_values.", "past.")  # a decoder's key/value cache (fed empty for a prompt)
+
+
+def is_cache(name: str) -> bool:
+    """Whether a graph input is a decoder's key/value cache, never the input explained."""
+    return name.startswith(CACHE_INPUTS)
 
 
 def _check_image_size(shape, image, float_input):

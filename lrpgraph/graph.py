@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lrpgraph import untrusted
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.patterns.constants import bypass_identities, constants_to_initializers
+from lrpgraph.patterns.contrib import checkable, contrib_shapes, has_contrib
 
 MIN_OPSET = 17  # ScatterElements(reduction="add"), Split/ReduceSum/Squeeze with tensor inputs
 
@@ -110,12 +111,19 @@ def weights_not_inputs(model: onnx.ModelProto) -> None:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with value_info for every tensor whose shape can be inferred (on its skeleton)."""
+    light = skeleton(model)
+    contrib = has_contrib(model.graph.node)
+    if contrib:  # onnxruntime-genai's builder declares value_info that onnx's inference contradicts: inferred anew
+        del light.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as err:  # inference errors are plain exceptions from the C++ side
         raise LrpgraphError(f"shape inference failed ({err}); check the model with onnx.checker") from None
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
+    if contrib:  # onnx's inference stops at onnxruntime's contrib ops
+        known = {v.name for v in inferred.graph.value_info} | {v.name for v in model.graph.input}
+        model.graph.value_info.extend(contrib_shapes(skeleton(model), known))
     return model
 
 
@@ -125,6 +133,7 @@ def skeleton(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
     light = onnx.ModelProto()
     light.CopyFrom(model) if not model.graph.initializer else None
     if not model.graph.initializer:
+        checkable(light.graph, light.opset_import)
         return light
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(light, field, getattr(model, field))
@@ -143,6 +152,7 @@ def skeleton(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
             g.initializer.append(init)
         elif init.name not in declared:
             g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    checkable(g, light.opset_import)
     return light
 
 

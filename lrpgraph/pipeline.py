@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets, untrusted
 from lrpgraph.canonicalize import canonicalize, explained_input
 from lrpgraph.catalog import Canonical, Initializers
-from lrpgraph.converters import quantized
+from lrpgraph.converters import contrib, quantized
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.recorded_shapes import check_shapes_agree
 from lrpgraph.metadata import RELEVANCE
@@ -80,7 +80,9 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     heatmaps = {output: heatmap(source, canon, request, output) for output in request.explanations}
     model = source.model
     _attach(model, heatmaps, canon, request.explanations, from_tensor)
-    if source.view is not model:
+    if contrib.has_nbits(model):
+        contrib.adopt(model, source.view)
+    elif source.view is not model:
         quantized.shadow(model, source.view, source.folded, sum(len(b.nodes) for b, _, _ in heatmaps.values()))
     _record(model, canon, request, heatmaps).write(model)
     check(model, source.strict)
@@ -109,6 +111,8 @@ def read(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, image_size:
         if without_ceil_mode(model):
             model = graph.infer_shapes(model)
     view, folded = quantized.dequantized_view(model) if quantized.is_quantized(model) else (model, set())
+    if contrib.has_nbits(model):  # int4 MatMulNBits: the rules read its dequantized weights
+        view = contrib.nbits_view(view)
     return Source(model, where, view, folded, strict)
 
 

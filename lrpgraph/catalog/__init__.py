@@ -3,6 +3,7 @@
 - records.py: an OpRecord per op type (its kind, the rules it accepts, sign flags, the hooks that read a
   node of it), KINDS, and the look-ups (record_of, is_kind, explainable);
 - linear.py and ops.py: the records of every built-in op, one table per op family;
+- contrib.py: onnxruntime's contrib ops that onnxruntime-genai's builder writes (GroupQueryAttention, ...);
 - layer.py: a linear layer as data (LinearLayer), how a linear op's node reads as one (LinearOp), and the
   interface its rules emit through (LayerEmitters);
 - units.py: the units canonicalize makes (Unit, Canonical, Initializers) and what converters read (Context).
@@ -11,6 +12,7 @@ Importing the package fills RECORDS with every built-in record. The converters (
 their emitting functions to these records by op type; analysis code (canonicalize, bounds, metrics, web,
 composites, the methods' plans, `lrpgraph inspect`) reads the catalog only."""
 
+from lrpgraph.catalog.contrib import CONTRIB
 from lrpgraph.catalog.layer import LayerEmitters, LinearLayer, LinearOp
 from lrpgraph.catalog.linear import LINEAR
 from lrpgraph.catalog.ops import ACTIVATIONS, NORMS, POOLING, QDQ, RESAMPLING, STRUCTURE, TRANSFORMER
@@ -19,7 +21,7 @@ from lrpgraph.catalog.records import (
     record_of, remove)
 from lrpgraph.catalog.units import Canonical, Context, Initializers, Unit
 
-BUILT_IN: list[OpRecord] = LINEAR + ACTIVATIONS + NORMS + STRUCTURE + POOLING + RESAMPLING + TRANSFORMER
+BUILT_IN: list[OpRecord] = LINEAR + ACTIVATIONS + NORMS + STRUCTURE + POOLING + RESAMPLING + TRANSFORMER + CONTRIB
 for _record in BUILT_IN:
     add(_record)
 
