@@ -3,7 +3,8 @@ branch's DFL Softmax, anchors computed through Shape / Range / ConstantOfShape, 
 constants), and one class score at a chosen anchor, seeded on the raw head output, matches zennit in float64
 on the torch model's class logits (the Sigmoid in the export passes relevance unchanged, L-CRP's choice; the
 residual Adds pass it to both terms as zennit's plain `+` does: `--rule Add=gradient`). The gradient matches
-torch autograd, the importer runs the converted graph as onnxruntime does, and a dynamic-size export converted with an image size gives the static export's heatmap."""
+torch autograd, the importer runs the converted graph as onnxruntime does, and a dynamic-size export converted with an image size gives the static export's heatmap; the whole detect
+output [N, 84, A] converted by lrpgraph.convert takes K targets, box coordinates included."""
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_importer_runs_yolov8n_as_onnxruntime(exports):
     _, path = exports("yolov8n")
     model = seeded(path, "epsilon-plus-flat", rules=["Add=gradient"])
     same_as_onnxruntime(model, {"images": image().numpy(), SEED: one_hot(4 + CLASS)(np.zeros([1, 84, 525], np.float32))})
+
+
+def test_full_output_k_targets_through_convert_match_autograd(exports):
+    """The whole detect output [N, 4 + 80, A] as ultralytics exports it (the default explained tensor, no --from),
+    converted by lrpgraph.convert with --target index: four targets in one call, two of them box coordinates
+    (the DFL Softmax, the anchor grid, the Sub / Add / Mul by constants) and two class scores, each against torch
+    autograd through ultralytics' own model in float64."""
+    import lrpgraph
+    from lrpgraph.runtime.session import ExplainSession
+
+    model, path = exports("yolov8n")
+    x = image()
+    targets = np.array([[[0, ANCHOR], [3, 300], [4 + CLASS, ANCHOR], [83, 524]]], np.int64)
+    y, heat = ExplainSession(lrpgraph.convert(path, method="gradient", target="index")).explain(x.numpy(), targets)
+    assert y.shape == (1, 84, 525) and heat.shape == (1, 4, 3, SIDE, SIDE)
+    reference = model.double()
+    try:
+        xx = x.double().requires_grad_(True)
+        out = reference(xx)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        assert np.allclose(out.detach().numpy(), y, atol=1e-3 * np.abs(y).max()), "detect output differs from torch"
+        for k, (row, anchor) in enumerate(targets[0]):
+            (ref,) = torch.autograd.grad(out[0, row, anchor], xx, retain_graph=True)
+            ref = ref.numpy()
+            assert np.abs(ref).sum() > 0 and l1(heat[:, k], ref) <= 1e-4, (k, l1(heat[:, k], ref))
+    finally:
+        model.float()
