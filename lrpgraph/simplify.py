@@ -27,7 +27,7 @@ from onnx import helper
 
 from lrpgraph.catalog import Initializers
 from lrpgraph.graph import Builder
-from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division
+from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division, tiled_copies
 
 
 def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
@@ -89,7 +89,7 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
 def _through_tiles(b: Builder, pairs: dict) -> dict:
     """pairs {z: a} plus {tiled z: tiled a} where the K-target walk reads both copies tiled K times along the batch
     (targets.tile's Tile nodes, all with the same repeats): the tiled a is the ReLU or Clip of the tiled z."""
-    tiled = {n.input[0]: n.output[0] for n in b.nodes if n.op_type == "Tile" and f"{b.prefix}/tile/" in n.name}
+    tiled = tiled_copies(b.nodes, f"{b.prefix}/tile/")
     out = dict(pairs)
     out.update({tiled[z]: tiled[a] for z, a in pairs.items() if z in tiled and a in tiled})
     return out

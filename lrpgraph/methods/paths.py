@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from lrpgraph.catalog import Canonical
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.graph import Builder, needed_nodes
+from lrpgraph.patterns.constants import fixed_batch_reshapes
 
 if TYPE_CHECKING:
     import onnx
@@ -31,7 +32,7 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
             dependent.update(t for t in node.output if t)
     keep = needed_nodes(graph.node, [canon.logits], keep=lambda node: canon.image not in node.output
                         and not folded(node) and any(t in dependent for t in node.input))
-    _check_batch_free(keep, dependent, canon.inits)
+    _check_batch_free(keep, dependent, canon)
     rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
     rename[canon.image] = new_input
     rename.update(repeated)
@@ -45,17 +46,16 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
     return nodes, renamed(canon, rename, prefix)
 
 
-def _check_batch_free(nodes, dependent, inits):
+def _check_batch_free(nodes, dependent, canon):
     """Refuse a Reshape of an image-dependent tensor to a constant shape with a fixed batch (a static-batch
     export, e.g. ultralytics' [1, 144, -1]): the clone runs m points along the batch, which it would mix up."""
-    for node in nodes:
-        if node.op_type == "Reshape" and node.input[0] in dependent and node.input[1] in inits:
-            shape = inits[node.input[1]].reshape(-1)
-            if len(shape) > 1 and int(shape[0]) > 0:
-                raise LrpgraphError(f"node '{node.name}' (Reshape) fixes the batch at {int(shape[0])}; integrated "
-                                    "gradients and SmoothGrad run the model at several points along the batch: "
-                                    "export it with a dynamic batch (ultralytics: dynamic=True; convert with "
-                                    "--image-size H,W)")
+    batch = canon.image_shape[0] if canon.image_shape else None
+    if not isinstance(batch, int) or batch < 1:  # a symbolic batch: the Reshapes follow it (0 or -1, or computed)
+        return
+    for node in fixed_batch_reshapes(nodes, dependent, canon.inits, canon.shapes, batch)[:1]:
+        raise LrpgraphError(f"node '{node.name}' (Reshape) fixes the batch at {batch}; integrated gradients and "
+                            "SmoothGrad run the model at several points along the batch: export it with a dynamic "
+                            "batch (ultralytics: dynamic=True; convert with --image-size H,W)")
 
 
 def _repeated_inputs(b, graph, canon, m):
