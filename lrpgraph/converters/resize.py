@@ -6,7 +6,11 @@ input index each output index copies depends on the coordinate transformation an
 is computed by running the node itself on an index ramp with onnx's reference evaluator. In 'linear' (and
 'cubic') mode A holds the interpolation weights of every coordinate_transformation_mode (half_pixel,
 pytorch_half_pixel, align_corners, asymmetric, ...), read the same way: the node run on one unit vector per
-input index (they go as the batch, which Resize keeps)."""
+input index (they go as the batch, which Resize keeps).
+
+The composites move relevance through the transpose (zennit's plain F.interpolate). `--rule Resize=epsilon:EPS`
+takes the epsilon rule of the linear map instead: R_x = x * A_h^T (R_y / stab(y)) A_w, each input gets its share
+of the output values it contributes to (in the gradient message form g_x = A_h^T (g_y y / stab(y)) A_w)."""
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -106,7 +110,14 @@ def resize(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         mats = [np.eye(size, dtype=np.float32)[m] for size, m in zip(shape[2:], maps)]  # [out, in] per axis
     else:
         mats = interpolation_matrices(unit, inits_of, shape)
+    epsilon = rule.name == "epsilon"
+    if epsilon:  # the share of each output value: R / stab(y) (gradient form: g y / stab(y))
+        y = unit.outputs[0]
+        ratio = b.div(y, b.stab(y, rule.params[0])) if ctx.message == "gradient" else b.stab(y, rule.params[0])
+        r = b.mul(r, ratio) if ctx.message == "gradient" else b.div(r, ratio)
     r = b.op("MatMul", [r, b.const(mats[-1])], "move_w")  # [..., out_w] -> [..., in_w]
     if len(mats) == 2:
         r = b.op("MatMul", [b.const(mats[0].T.copy()), r], "move_h")  # [in_h, out_h] @ [N, C, out_h, W]
+    if epsilon and ctx.message != "gradient":
+        r = b.mul(unit.inputs[0], r)
     return [r] + [None] * (len(unit.inputs) - 1)
