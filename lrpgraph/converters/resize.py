@@ -13,6 +13,7 @@ takes the epsilon rule of the linear map instead: R_x = x * A_h^T (R_y / stab(y)
 of the output values it contributes to (in the gradient message form g_x = A_h^T (g_y y / stab(y)) A_w)."""
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,7 @@ from lrpgraph.catalog import Context
 from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
+from lrpgraph.rules.base import MOVE, RULES
 
 if TYPE_CHECKING:
     from lrpgraph.catalog import Unit
@@ -110,14 +112,13 @@ def resize(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         mats = [np.eye(size, dtype=np.float32)[m] for size, m in zip(shape[2:], maps)]  # [out, in] per axis
     else:
         mats = interpolation_matrices(unit, inits_of, shape)
-    epsilon = rule.name == "epsilon"
-    if epsilon:  # the share of each output value: R / stab(y) (gradient form: g y / stab(y))
-        y = unit.outputs[0]
-        ratio = b.div(y, b.stab(y, rule.params[0])) if ctx.message == "gradient" else b.stab(y, rule.params[0])
-        r = b.mul(r, ratio) if ctx.message == "gradient" else b.div(r, ratio)
-    r = b.op("MatMul", [r, b.const(mats[-1])], "move_w")  # [..., out_w] -> [..., in_w]
-    if len(mats) == 2:
-        r = b.op("MatMul", [b.const(mats[0].T.copy()), r], "move_h")  # [in_h, out_h] @ [N, C, out_h, W]
-    if epsilon and ctx.message != "gradient":
-        r = b.mul(unit.inputs[0], r)
-    return [r] + [None] * (len(unit.inputs) - 1)
+    def transpose(t):  # A_h^T t A_w
+        t = b.op("MatMul", [t, b.const(mats[-1])], "move_w")  # [..., out_w] -> [..., in_w]
+        if len(mats) == 2:
+            t = b.op("MatMul", [b.const(mats[0].T.copy()), t], "move_h")  # [in_h, out_h] @ [N, C, out_h, W]
+        return t
+
+    if RULES[rule.name].emitters.get("structure") == MOVE:
+        return [transpose(r)] + [None] * (len(unit.inputs) - 1)
+    op = SimpleNamespace(x=unit.inputs[0], y=unit.outputs[0], transpose=transpose)
+    return rule.emitter("structure", unit)(ctx, unit, rule, r_outs, op)
