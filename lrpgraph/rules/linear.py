@@ -13,6 +13,8 @@ from lrpgraph.rules.base import DEFAULT_STABILIZER, RULES, Param, Rule, RuleUnit
 from lrpgraph.rules.terms import Group, Term, linear_relevance
 
 if TYPE_CHECKING:
+    from types import SimpleNamespace
+
     from lrpgraph.catalog import Unit
     from lrpgraph.catalog import LayerEmitters
     from lrpgraph.catalog import Context
@@ -65,6 +67,17 @@ def emit_epsilon(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, layer: 
     groups = epsilon(eps)
     return [linear_relevance(b, layer, rule, groups, r_outs[0], eps, layer.x in ctx.nonneg, output=layer.out,
                              z=None if rule.zero_bias else layer.out)]  # without the bias: z = x W, its own forward
+
+
+@RULES["epsilon"].emits("structure")
+def emit_epsilon_map(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, op: "SimpleNamespace") -> list:
+    """The epsilon rule of a linear map with no weights of its own (a Resize; op: its input x, output y and
+    transpose(t), the adjoint): R_x = x * A^T (R_y / stab(y)); in the gradient form g_x = A^T (g_y y / stab(y))."""
+    b, eps = ctx.b, rule.params[0]
+    rest = [None] * (len(unit.inputs) - 1)
+    if ctx.message == "gradient":
+        return [op.transpose(b.mul(r_outs[0], b.div(op.y, b.stab(op.y, eps))))] + rest
+    return [b.mul(op.x, op.transpose(b.div(r_outs[0], b.stab(op.y, eps))))] + rest
 
 
 @linear_rule("zplus")

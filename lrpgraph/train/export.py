@@ -100,6 +100,31 @@ def probe_feeds(module: "LrpModule", session: ort.InferenceSession, example: np.
     return feeds
 
 
+def _fresh_probes_agree(module, session, feeds, names, tolerance, probes=3):
+    """Whether at least 2 of `probes` fresh single-image inputs (uniform over the failed batch's value range) pass.
+
+    Where a derivative jumps (HardSwish at +-3, HardSigmoid and Clip at their bounds, ReLU at 0), a unit whose
+    pre-activation lies within float32 rounding of the jump takes the other branch in onnxruntime (its fused or
+    blocked kernels round differently) than in the module: one unit moves a gradient-rule heatmap past the bound
+    (LRP-Flex on a trained Paddle MobileNetV3, tests/train/test_kink_flips.py). Such a unit is a property of the
+    input, a wrong graph or wrong weights of every input: the mismatch stands only if most fresh inputs show it."""
+    image = np.asarray(feeds[module.image_input])
+    low, high = float(image.min()), float(image.max())
+    passed = 0
+    for seed in range(1, probes + 1):
+        x = np.random.default_rng(seed).uniform(low, high, (1,) + image.shape[1:]).astype(np.float32)
+        fresh = probe_feeds(module, session, x, seed=seed)
+        with torch.no_grad():
+            ours = {k: v.cpu().numpy() for k, v in module.run(fresh, names).items()}
+            twin = copy.deepcopy(module)
+            low_, high_ = (module, twin.double()) if module._float()[0] != torch.float64 else (twin.float(), module)
+            a, b = low_.run(fresh, names), high_.run(fresh, names)
+        theirs = dict(zip(names, session.run(names, fresh)))
+        passed += all(_l1(theirs[k], ours[k]) <= max(tolerance, 4 * _l1(a[k].cpu().numpy(), b[k].cpu().numpy()))
+                      for k in names)
+    return 2 * passed > probes
+
+
 def _compare(module, session, feeds, names, tolerance, what):
     """L1 errors of onnxruntime vs the module per output; raises beyond the bound (see the module doc)."""
     with torch.no_grad():
@@ -113,7 +138,7 @@ def _compare(module, session, feeds, names, tolerance, what):
             a, b = low.run(feeds, bad), high.run(feeds, bad)
             noise = {k: _l1(a[k].cpu().numpy(), b[k].cpu().numpy()) for k in bad}
             worse = {k: (errors[k], noise[k]) for k in bad if errors[k] > max(tolerance, 4 * noise[k])}
-            if worse:
+            if worse and not _fresh_probes_agree(module, session, feeds, list(worse), tolerance):
                 raise LrpgraphError(f"round trip failed: onnxruntime on the written {what} model differs from the "
                                     "module (output: (L1 error, module float32 noise)) " + str(worse))
     return errors
