@@ -5,17 +5,19 @@ inference do not know it: `checkable` moves it to com.microsoft in the copies th
 shape inference stops at the com.microsoft ops; `contrib_shapes` asks onnxruntime's symbolic shape inference,
 which knows them, for the shapes of the tensors after them."""
 
+from collections.abc import Iterable, MutableSequence
+
 import onnx
 
 ONNX_DOMAIN_CONTRIB = frozenset({"SimplifiedLayerNormalization"})  # contrib ops onnxruntime puts in domain ''
 
 
-def has_contrib(nodes) -> bool:
+def has_contrib(nodes: Iterable[onnx.NodeProto]) -> bool:
     """Whether any node is an onnxruntime contrib op (com.microsoft, or one onnxruntime puts in domain '')."""
     return any(n.domain == "com.microsoft" or n.op_type in ONNX_DOMAIN_CONTRIB for n in nodes)
 
 
-def checkable(graph: onnx.GraphProto, opset_import) -> None:
+def checkable(graph: onnx.GraphProto, opset_import: MutableSequence) -> None:
     """Move the contrib ops onnxruntime registers in the ONNX domain to com.microsoft (in a copy that onnx's
     checker and shape inference read), declaring that domain."""
     moved = False
