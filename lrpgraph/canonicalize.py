@@ -159,6 +159,7 @@ def _units(nodes, graph, inits, shapes, signal):
             unit.gate = _gate_input(node, nodes, unit)
             if unit.gate is None:  # neither operand is a gate: a product of two signals
                 unit.kind = "product"
+                unit.gate = _activated_operand(node, units)
         elif kind == "product":  # which operand holds attention probabilities (CP-LRP keeps them constant)
             unit.gate = attention_operand(node, {o: n for n in nodes for o in n.output})
         units.append(unit)
@@ -217,6 +218,14 @@ def _bias_axis_ok(shape, layer, reads):
         shape = [1] * (rank - len(shape)) + shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1)
     return all(d == 1 for d in shape[:-1])
+
+
+def _activated_operand(node, units):
+    """Which operand of an element-wise product of two signals an activation computed (a gated MLP's
+    act(x W_gate) * (x W_up): CP-LRP holds it constant, as LXT's cp_gated_mlp_forward), or None."""
+    made_by = {t: u.kind for u in units for t in u.outputs}
+    found = [i for i in (0, 1) if made_by.get(node.input[i]) in ("activation", "gate")]
+    return found[0] if len(found) == 1 else None
 
 
 def _gate_input(node, nodes, unit):

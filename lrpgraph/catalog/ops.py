@@ -94,6 +94,7 @@ STRUCTURE: list[OpRecord] = [
            affine=lambda value, signal_first: (value, 0.0),
            rules={"product": PRODUCT_RULES, "gate": {"pass", "gradient", "cp"}}),
     record("Div", "affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0)),
+    record("Neg", "affine"),  # x -> -x (a rotary embedding's rotate_half)
     *(record(op, "structure") for op in ("Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze")),
     record("Transpose", "structure"),
     record("Concat", "structure", keeps_nonneg=_no_negative_constant),

@@ -89,6 +89,12 @@ def mul_div(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
                    lambda r: ctx.b.div(r, other) if unit.op == "Div" else ctx.b.mul(r, other))
 
 
+@converts("Neg")
+def neg(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """x -> -x (rotary embeddings' rotate_half): relevance passes unchanged, a gradient changes sign."""
+    return _affine(ctx, unit, rule, r_outs, 0, lambda r: ctx.b.op("Neg", [r], "neg"))
+
+
 @converts("Mul", kind="gate")
 def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """A signal times a gate (x * sigmoid(x), squeeze-excitation; unit.gate: the gate's index). Primitives:
@@ -129,8 +135,10 @@ def transpose(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 def concat(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     axis = unit.attrs["axis"]
     sizes = []
-    for t in unit.inputs:
-        shape = ctx.shape(t, unit)
+    for t in unit.inputs:  # only the sizes along the axis need be static (a rotary's Concat on [N, H, L, D])
+        shape = ctx.shapes.get(t)
+        if shape is None or shape[axis] is None:
+            shape = ctx.shape(t, unit)
         sizes.append(shape[axis])
     parts = ctx.b.op("Split", [r_outs[0], ctx.b.ints(sizes)], "split", outputs=len(sizes), axis=axis)
     parts = parts if isinstance(parts, list) else [parts]

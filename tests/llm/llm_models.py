@@ -1,0 +1,64 @@
+"""Small decoder LMs with random weights (transformers 4.57, eager attention), exported to ONNX as users do
+(torch.onnx.export, dynamo, dynamic batch and length; inputs input_ids and attention_mask, output the logits
+[N, L, V]), and the padded batch of the LLM tests. Norm scales are 1 + N(0, 0.1) so that no rule can hide
+behind a one."""
+
+import torch
+
+VOCAB = 64
+SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+CONFIGS = {
+    # grouped-query attention (2 key/value heads for 4 query heads), tied input and output embeddings
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(SMALL, tie_word_embeddings=True)),
+}
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    """The model of CONFIGS[name] with random weights (eager attention, no cache)."""
+    import transformers
+
+    config_cls, model_cls, kwargs = CONFIGS[name]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls)(**kwargs, attn_implementation="eager", use_cache=False)
+    model = getattr(transformers, model_cls)(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in pname:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif pname.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+class Logits(torch.nn.Module):
+    """A causal LM returning the logits tensor [N, L, V] (what a deployed model without cache exports)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def export(model: torch.nn.Module) -> bytes:
+    """ONNX bytes: inputs input_ids, attention_mask [N, L] (dynamic), output logits [N, L, V]."""
+    ids, mask = batch()
+    dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=2, max=SMALL["max_position_embeddings"])}
+    program = torch.onnx.export(Logits(model).eval(), (ids, mask), None, external_data=False, verbose=False,
+                                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                                dynamic_shapes=(dims, dims))
+    return program.model_proto.SerializeToString()
+
+
+def batch(n: int = 2, length: int = 9, seed: int = 1) -> tuple:
+    """Token ids [n, length] and their attention mask: sample 1 right-padded after 6 tokens (pad id 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=gen)
+    mask = torch.ones(n, length, dtype=torch.long)
+    for i, end in enumerate([length, 6, 4][:n]):
+        mask[i, end:] = 0
+        ids[i, end:] = 0
+    return ids, mask
