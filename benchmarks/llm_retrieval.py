@@ -2,11 +2,11 @@
 the right token").
 
 A small Hugging Face LlamaForCausalLM (random init, torch, one thread) learns a synthetic retrieval task: a
-prompt lists key=value pairs with distinct keys and distinct values and ends by asking for one key,
+prompt lists key value pairs with distinct keys and distinct values and ends with the key asked for,
 
-    k3 = 7 k1 = 2 k5 = 9 k0 = 4 k1 ?      ->  2
+    k3 7 k1 2 k5 9 k0 4 k6 8 k1      ->  2
 
-(the loss is on the answer only). The trained model is exported (torch.onnx.export, dynamo), converted with
+(the loss is on the answers only; written "k3=7 ... k1?" the task took the same model far longer to learn). The trained model is exported (torch.onnx.export, dynamo), converted with
 `--composite attn-lrp --target index` and run in onnxruntime on held-out prompts. Among the prompts it answers
 correctly, the script counts how often the most relevant prompt token is the queried key's value token (its
 position: values are distinct, so there is one), for
@@ -32,8 +32,8 @@ KEYS, VALUES = 8, 10
 
 
 def vocabulary() -> list:
-    """The tokens: keys k0.., digits 0-9, '=', '?' (id 0 is [UNK], never produced by the task)."""
-    return ["[UNK]"] + [f"k{i}" for i in range(KEYS)] + [str(v) for v in range(VALUES)] + ["=", "?"]
+    """The tokens: keys k0.., digits 0-9 (id 0 is [UNK], never produced by the task)."""
+    return ["[UNK]"] + [f"k{i}" for i in range(KEYS)] + [str(v) for v in range(VALUES)]
 
 
 def write_tokenizer(path: str) -> object:
@@ -48,16 +48,16 @@ def write_tokenizer(path: str) -> object:
 
 
 def make_prompts(rng: np.random.Generator, count: int, pairs: int) -> tuple:
-    """(texts, answers, value positions): `pairs` key=value pairs (keys and values distinct), then 'kQ ?'. The
-    value position is the token index of the queried key's value in the prompt (3 tokens per pair)."""
+    """(texts, answers, value positions): `pairs` key value pairs (keys and values distinct), then the key asked
+    for. The value position is the token index of the queried key's value in the prompt (2 tokens per pair)."""
     texts, answers, where = [], [], []
     for _ in range(count):
         keys = rng.choice(KEYS, pairs, replace=False)
         values = rng.choice(VALUES, pairs, replace=False)
         asked = int(rng.integers(pairs))
-        texts.append(" ".join(f"k{k} = {v}" for k, v in zip(keys, values)) + f" k{keys[asked]} ?")
+        texts.append(" ".join(f"k{k} {v}" for k, v in zip(keys, values)) + f" k{keys[asked]}")
         answers.append(str(values[asked]))
-        where.append(3 * asked + 2)
+        where.append(2 * asked + 1)
     return texts, answers, np.array(where)
 
 
@@ -81,7 +81,7 @@ def build_model(hidden: int, layers: int, heads: int, seed: int) -> object:
 
 def train(model, tok, steps: int, pairs: int, batch: int, seed: int, lr: float = 3e-3, log=print) -> float:
     """AdamW on the answers' cross-entropy. A training sequence asks for every key once after the pairs
-    ('k3 = 7 k1 = 2 k1 ? 2 k3 ? 7'; the loss at each '?'), each batch with 2 to `pairs` pairs: more answers per
+    ('k3 7 k1 2 k1 2 k3 7'; the loss at each key asked for), each batch with 2 to `pairs` pairs: more answers per
     sequence and short prompts teach the lookup sooner. Returns the mean accuracy of the last 50 steps."""
     import torch
 
@@ -107,17 +107,17 @@ def train(model, tok, steps: int, pairs: int, batch: int, seed: int, lr: float =
 
 
 def training_batch(rng: np.random.Generator, tok, batch: int, pairs: int) -> tuple:
-    """(ids [N, L], the positions of the '?' tokens [pairs], the answers there [N, pairs])."""
+    """(ids [N, L], the positions of the keys asked for [pairs], the answers after them [N, pairs])."""
     rows, answers = [], []
     for _ in range(batch):
         keys = rng.choice(KEYS, pairs, replace=False)
         values = rng.choice(VALUES, pairs, replace=False)
         order = rng.permutation(pairs)
-        text = " ".join(f"k{k} = {v}" for k, v in zip(keys, values)) + " " + \
-            " ".join(f"k{keys[i]} ? {values[i]}" for i in order)
+        text = " ".join(f"k{k} {v}" for k, v in zip(keys, values)) + " " + \
+            " ".join(f"k{keys[i]} {values[i]}" for i in order)
         rows.append(tok.encode(text).ids)
         answers.append([tok.token_to_id(str(values[i])) for i in order])
-    asked_at = 3 * pairs + 1 + 3 * np.arange(pairs)
+    asked_at = 2 * pairs + 2 * np.arange(pairs)
     return np.array(rows, np.int64), asked_at, np.array(answers, np.int64)
 
 
@@ -183,7 +183,7 @@ def random_ranking(rng: np.random.Generator, shape: tuple) -> np.ndarray:
 
 def parse(argv: list | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1500, help="training steps")
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--pairs", type=int, default=5, help="key=value pairs per prompt")
     p.add_argument("--hidden", type=int, default=64)
