@@ -4,10 +4,11 @@ Qwen2-0.5B's configuration (24 layers, hidden 896, 14 query and 2 key/value head
 tied embeddings) with random weights in float32, one prompt of 128, 512 and 2048 random tokens, three ways:
 
   lrpgraph   the model exported with torch.onnx.export (dynamo) and converted with --composite attn-lrp (target
-             top: the argmax token at the last position), one onnxruntime call returning logits and relevance
+             top: the argmax token at the last position), one onnxruntime call returning logits and relevance,
+             in a session opened as ExplainSession opens it (lrpgraph.ort.Runner)
+  plain      the exported (unconverted) model, one onnxruntime forward with onnxruntime's default options
   LXT        LXT 2.1's efficient mode (monkey_patch of transformers' Qwen2 classes), torch float32: one forward,
              one backward from the top logit at the last position, relevance = embeddings x gradient summed
-  plain      the exported (unconverted) model, one onnxruntime forward: the cost of the logits alone
 
 Each measurement runs in its own subprocess (this script with --child): the peak resident set size is that
 child's resource.getrusage(RUSAGE_SELF).ru_maxrss (it includes the weights: about 2 GB; the parent that starts
@@ -94,8 +95,10 @@ def child(kind: str, length: int, threads: int, work: str, config: str) -> dict:
     ids = prompt(length, CONFIGS[config]["vocab_size"])
     if kind == "LXT":
         run = _lxt(config, ids, threads)
+    elif kind == "lrpgraph":
+        run = _converted(os.path.join(work, "model.lrp.onnx"), ids, threads)
     else:
-        run = _ort(os.path.join(work, "model.lrp.onnx" if kind == "lrpgraph" else "model.onnx"), ids, threads)
+        run = _ort(os.path.join(work, "model.onnx"), ids, threads)
     loaded = _rss_mb()
     start = time.perf_counter()
     run()
@@ -113,6 +116,15 @@ def _ort(path, ids, threads):
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     names = [o.name for o in session.get_outputs()]
     return lambda: session.run(names, feeds)
+
+
+def _converted(path, ids, threads):
+    """The converted model as lrpgraph opens it (lrpgraph.ort.Runner: ExplainSession's session options)."""
+    from lrpgraph.ort import Runner
+
+    runner = Runner(path, ["CPUExecutionProvider"], threads)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return lambda: runner.run(list(runner.outputs), feeds)
 
 
 def _lxt(config, ids, threads):
@@ -141,14 +153,31 @@ def _rss_mb():
 
 
 def measure(kind: str, length: int, args: argparse.Namespace) -> dict:
-    """Run child() in a fresh interpreter; its JSON line."""
+    """Run child() in a fresh interpreter; its JSON line. A child whose resident memory passes --max-mb is stopped
+    (a shared machine must not run out of memory): {"error": "over N MB ..."}."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--lengths", str(length), "--threads",
            str(args.threads), "--work", args.work, "--config", args.config]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        if _child_rss_mb(proc.pid) > args.max_mb:
+            proc.kill()
+            proc.communicate()
+            return {"error": f"over {args.max_mb} MB after {time.perf_counter() - start:.0f} s, stopped"}
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _child_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def cpu_line() -> str:
@@ -169,7 +198,9 @@ def table(results: dict, lengths: list) -> list:
     for n in lengths:
         r = {k: results[(k, n)] for k in KINDS}
         if any("error" in v for v in r.values()):
-            rows.append(f"| {n} | " + " | ".join(r[k].get("error", "ok")[:60] for k in KINDS) + " | | | | | | |")
+            cells = [r[k].get("error", f"{r[k].get('peak_mb', 0):.0f}") for k in KINDS]
+            cells += [r[k].get("error", f"{r[k].get('seconds', 0):.2f}") for k in KINDS]
+            rows.append(f"| {n} | " + " | ".join(cells) + " | - | - | - |")
             continue
         goals = [r["lrpgraph"]["peak_mb"] <= r["LXT"]["peak_mb"], r["lrpgraph"]["seconds"] <= r["LXT"]["seconds"],
                  r["lrpgraph"]["seconds"] <= GOAL_FORWARD * r["plain"]["seconds"]]
@@ -184,6 +215,8 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="qwen2-0.5b")
     p.add_argument("--lengths", default="128,512,2048", help="prompt lengths, comma-separated")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
+    p.add_argument("--max-mb", type=float, default=float("inf"), help="stop a measurement whose resident memory "
+                   "passes this (MB) and report it so")
     p.add_argument("--work", default=None, help="folder for the ONNX files (default out/llm_memory/CONFIG)")
     p.add_argument("--child", choices=KINDS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)

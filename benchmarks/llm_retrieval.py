@@ -6,7 +6,8 @@ prompt lists key value pairs with distinct keys and distinct values and ends wit
 
     k3 7 k1 2 k5 9 k0 4 k6 8 k1      ->  2
 
-(the loss is on the answers only; written "k3=7 ... k1?" the task took the same model far longer to learn). The trained model is exported (torch.onnx.export, dynamo), converted with
+(the loss is on the answers only; without the '=' and '?' of "k3=7 ... k1?", which the small model did not learn
+to look past within a few minutes of training). The trained model is exported (torch.onnx.export, dynamo), converted with
 `--composite attn-lrp --target index` and run in onnxruntime on held-out prompts. Among the prompts it answers
 correctly, the script counts how often the most relevant prompt token is the queried key's value token (its
 position: values are distinct, so there is one), for
