@@ -7,6 +7,9 @@ tied embeddings) with random weights in float32, one prompt of 128, 512 and 2048
              top: the argmax token at the last position), one onnxruntime call returning logits and relevance,
              in a session opened as ExplainSession opens it (lrpgraph.ort.Runner)
   plain      the exported (unconverted) model, one onnxruntime forward with onnxruntime's default options
+
+--extra measures the converted graph in a session with onnxruntime's default options instead (what
+lrpgraph.ort.one_copy_of_weights turns off: a folded transposed copy of every weight, and prepacking).
   LXT        LXT 2.1's efficient mode (monkey_patch of transformers' Qwen2 classes), torch float32: one forward,
              one backward from the top logit at the last position, relevance = embeddings x gradient summed
 
@@ -19,6 +22,7 @@ most 2.5 x the plain forward's. Prints the CPU (lscpu), the load average and the
 
     python benchmarks/llm_memory.py --threads 1                  # writes out/llm_memory/ (about 6 GB) first
     python benchmarks/llm_memory.py --config tiny --lengths 16,32  # the machinery on a tiny model, seconds
+    python benchmarks/llm_memory.py --profile 256                 # where the converted graph's time goes
 """
 
 import argparse
@@ -39,6 +43,7 @@ CONFIGS = {  # Qwen2-0.5B's config.json, and a tiny one with the same structure 
                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
 }
 KINDS = ("lrpgraph", "LXT", "plain")
+EXTRA_KINDS = ("lrpgraph-ort-defaults",)  # the converted graph in a session with onnxruntime's default options
 GOAL_FORWARD = 2.5  # lrpgraph's time at most this many times the plain forward's
 
 
@@ -98,7 +103,7 @@ def child(kind: str, length: int, threads: int, work: str, config: str) -> dict:
     elif kind == "lrpgraph":
         run = _converted(os.path.join(work, "model.lrp.onnx"), ids, threads)
     else:
-        run = _ort(os.path.join(work, "model.onnx"), ids, threads)
+        run = _ort(os.path.join(work, "model.onnx" if kind == "plain" else "model.lrp.onnx"), ids, threads)
     loaded = _rss_mb()
     start = time.perf_counter()
     run()
@@ -125,6 +130,36 @@ def _converted(path, ids, threads):
     runner = Runner(path, ["CPUExecutionProvider"], threads)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     return lambda: runner.run(list(runner.outputs), feeds)
+
+
+def profile(path: str, length: int, threads: int, config: str, top: int = 8) -> None:
+    """Where the converted graph's time goes: onnxruntime's profiler on one call, the share of each op type and the
+    slowest nodes (a session opened as lrpgraph.ort.Runner opens it)."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    from lrpgraph.ort import one_copy_of_weights, session_options
+
+    options = session_options(threads)
+    disabled = one_copy_of_weights(path, options)
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    ids = prompt(length, CONFIGS[config]["vocab_size"])
+    session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    with open(session.end_profiling()) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    by_op, by_node = collections.Counter(), collections.Counter()
+    for e in events:
+        by_op[e["args"]["op_name"]] += e["dur"]
+        by_node[e["name"][:-len("_kernel_time")]] += e["dur"]
+    total = sum(by_op.values())
+    print(f"{path}, {length} tokens: {total / 1e6:.1f} s in the kernels")
+    print("  " + ", ".join(f"{op} {v / total:.1%}" for op, v in by_op.most_common(top)))
+    for node, v in by_node.most_common(top):
+        print(f"  {v / 1e6:7.2f} s  {node}")
 
 
 def _lxt(config, ids, threads):
@@ -217,14 +252,21 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     p.add_argument("--max-mb", type=float, default=float("inf"), help="stop a measurement whose resident memory "
                    "passes this (MB) and report it so")
+    p.add_argument("--profile", type=int, default=None, metavar="LENGTH",
+                   help="instead: profile the converted graph at this prompt length (op types, slowest nodes)")
     p.add_argument("--work", default=None, help="folder for the ONNX files (default out/llm_memory/CONFIG)")
-    p.add_argument("--child", choices=KINDS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=KINDS + EXTRA_KINDS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--extra", action="store_true", help="instead of the table: the converted graph with "
+                   "onnxruntime's default session options (folded weight transposes, prepacking), per length")
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.work = args.work or os.path.join("out", "llm_memory", args.config)
     lengths = [int(v) for v in args.lengths.split(",")]
     if args.child:
         print(json.dumps(child(args.child, lengths[0], args.threads, args.work, args.config)))
+        return 0
+    if args.profile:
+        profile(os.path.join(args.work, "model.lrp.onnx"), args.profile, args.threads, args.config)
         return 0
     if args.prepare:
         prepare(args.work, args.config)
@@ -234,6 +276,10 @@ def main(argv: list | None = None) -> int:
     subprocess.run([sys.executable, os.path.abspath(__file__), "--prepare", "--work", args.work, "--config",
                     args.config], check=True)
     print(cpu_line(), flush=True)
+    if args.extra:
+        for n in lengths:
+            print(f"lrpgraph-ort-defaults {n} tokens: {measure('lrpgraph-ort-defaults', n, args)}", flush=True)
+        return 0
     results = {}
     for n in lengths:
         for kind in KINDS:

@@ -54,13 +54,17 @@ def session_options(threads: int | None = None, optimization: str = "all") -> "o
 def one_copy_of_weights(source: object, options: "onnxruntime.SessionOptions") -> list | None:
     """For a model whose weights are external data (over 1 GiB: an LLM), keep one copy of each weight: a converted
     graph reads W in the forward pass and Transpose(W) in the relevance pass, and onnxruntime would fold every
-    Transpose into a second copy and prepack both (Qwen2-0.5B at 512 tokens: peak 6.4 instead of 3.9 GB, about the
-    same time; benchmarks/llm_memory.py). With constant folding off, MatMul(s, Transpose(W)) becomes one
+    Transpose into a second copy and prepack both (measured on Qwen2-0.5B: `benchmarks/llm_memory.py --extra`,
+    docs/llm.md). With constant folding off, MatMul(s, Transpose(W)) becomes one
     FusedMatMul reading W transposed; with prepacking off, the weights stay in the memory-mapped file. Returns
     the optimizers to disable (None for other models)."""
-    from lrpgraph.files import uses_external_data
+    import onnx
+    from onnx import external_data_helper
 
-    if not isinstance(source, str) or not uses_external_data(source):
+    if not isinstance(source, str):
+        return None
+    light = onnx.load(source, load_external_data=False)
+    if not any(external_data_helper.uses_external_data(t) for t in light.graph.initializer):
         return None
     options.add_session_config_entry("session.disable_prepacking", "1")
     return ["ConstantFolding"]
