@@ -51,6 +51,7 @@ def test_memory_table_on_a_tiny_qwen2(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| 8 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert len(cells) == 10 and all(float(c) > 0 for c in cells[1:7]), row
+    assert len(cells) == 10 and all(float(c) > 0 for c in cells[1:4]), row  # peak MB
+    assert all(float(c) >= 0 for c in cells[4:7]), row  # seconds (a tiny model: 0.00 at this precision)
     assert all(c in ("pass", "FAIL") for c in cells[7:]), row
     assert "CPU:" in out
