@@ -63,7 +63,10 @@ def one_copy_of_weights(source: object, options: "onnxruntime.SessionOptions") -
 
     if not isinstance(source, str):
         return None
-    light = onnx.load(source, load_external_data=False)
+    try:
+        light = onnx.load(source, load_external_data=False)
+    except Exception:  # an unreadable file: onnxruntime says why when it opens it
+        return None
     if not any(external_data_helper.uses_external_data(t) for t in light.graph.initializer):
         return None
     options.add_session_config_entry("session.disable_prepacking", "1")
