@@ -11,6 +11,14 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_
 CONFIGS = {
     # grouped-query attention (2 key/value heads for 4 query heads), tied input and output embeddings
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(SMALL, tie_word_embeddings=True)),
+    # biases on q, k, v; untied lm_head
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(SMALL, tie_word_embeddings=False)),
+    # (1 + w) RMSNorm, embeddings scaled by sqrt(hidden), GELU-tanh gate, q/k norms, a sliding-window layer
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(SMALL, head_dim=8, sliding_window=4,
+                                                              layer_types=["sliding_attention", "full_attention"])),
+    # Conv1D layers, learned position embeddings, gelu_new, LayerNorm, tied lm_head
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
 }
 
 
