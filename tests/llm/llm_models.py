@@ -61,6 +61,27 @@ def export(model: torch.nn.Module) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+def export_legacy(model: torch.nn.Module) -> bytes:
+    """The same with the TorchScript exporter (dynamo=False, opset 17). transformers 4.57 builds the 4-D mask
+    with torch.vmap (masking_utils.sdpa_mask_recent_torch), which the TorchScript tracer cannot record
+    (`RuntimeError: unordered_map::at`); its broadcasting version for older torch (sdpa_mask_older_torch) builds
+    the same mask and traces, so it stands in while exporting."""
+    import io
+
+    from transformers import masking_utils
+
+    ids, mask = batch()
+    f, recent = io.BytesIO(), masking_utils.sdpa_mask
+    masking_utils.sdpa_mask = masking_utils.sdpa_mask_older_torch
+    try:
+        torch.onnx.export(Logits(model).eval(), (ids, mask), f, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={t: {0: "N", 1: "L"} for t in ("input_ids", "attention_mask", "logits")})
+    finally:
+        masking_utils.sdpa_mask = recent
+    return f.getvalue()
+
+
 def batch(n: int = 2, length: int = 9, seed: int = 1) -> tuple:
     """Token ids [n, length] and their attention mask: sample 1 right-padded after 6 tokens (pad id 0)."""
     gen = torch.Generator().manual_seed(seed)

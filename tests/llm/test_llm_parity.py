@@ -1,4 +1,5 @@
-"""Causal LMs (transformers' Llama, Qwen2, Gemma 3, GPT-2 with random weights) exported with torch.onnx.export:
+"""Causal LMs (transformers' Llama, Qwen2, Gemma 3, GPT-2 with random weights) exported with torch.onnx.export
+(dynamo; Llama and GPT-2 also with the TorchScript exporter):
 next-token relevance per input token [N, L] under attn-lrp and cp-lrp against LXT 2.1's efficient mode (float64,
 one subprocess per method for all models) on a padded batch of two prompts; padding tokens exactly 0; K = 3
 (position, token) targets per sample in one call equal to three calls and to LXT."""
@@ -93,3 +94,18 @@ def test_k_targets_in_one_call(lms, lxt, name):
     assert error <= TOL
     padding = np.broadcast_to(feeds["attention_mask"][:, None] == 0, together.shape)
     assert np.all(together[padding] == 0)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_legacy_exporter(lms, lxt, name):
+    """The TorchScript exporter's graph (dynamo=False; the mask built without vmap while exporting,
+    llm_models.export_legacy) gives LXT's next-token relevance too."""
+    lm, ref = lms["models"][name], lxt["attn-lrp"][(name, "top")]
+    model = llm_models.build(name)
+    model.load_state_dict(torch.load(lm["state"]))
+    converted = lrpgraph.convert(llm_models.export_legacy(model), composite="attn-lrp")
+    logits, relevance = run(converted, lm["feeds"])
+    np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-5)
+    error = l1(relevance, ref["relevance"])
+    print(f"{name} legacy export attn-lrp: L1 vs LXT {error:.1e}")
+    assert error <= TOL and np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
