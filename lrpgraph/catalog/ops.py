@@ -104,6 +104,9 @@ STRUCTURE: list[OpRecord] = [
     # known so that canonicalize can step over them
     record("Shape", "shape"),
     record("Size", "shape"),
+    # indices computed from values (a decoder classifier's pooling: the last token that is not padding)
+    *(record(op, "index") for op in ("Equal", "Not", "And", "Or", "Greater", "Less", "GreaterOrEqual",
+                                     "LessOrEqual", "ArgMax", "ArgMin")),
     # the head at the output; a Softmax inside the graph is a normaliser (converters/attention.py): its gradient
     # (transformers), or relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax)
     record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass"}}, nonneg_output=True,

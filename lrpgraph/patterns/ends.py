@@ -27,12 +27,9 @@ def logits_of(graph: onnx.GraphProto) -> tuple:
     return name, False
 
 
-_ID_MOVES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")  # ids on their way to a table
-
-
 def embedding_indices(graph: onnx.GraphProto, inits: Mapping) -> set:
     """The tensors that index a constant table with Gather (an embedding's token ids), and those they were
-    reshaped from (GPT-2's input_ids.view(-1, L))."""
+    moved from (structure ops: GPT-2's input_ids.view(-1, L))."""
     producer = {o: n for n in graph.node for o in n.output}
     found = set()
     for n in graph.node:
@@ -42,7 +39,7 @@ def embedding_indices(graph: onnx.GraphProto, inits: Mapping) -> set:
         while tensor not in found and steps < 8:
             found.add(tensor)
             source = producer.get(tensor)
-            if source is None or source.op_type not in _ID_MOVES:
+            if source is None or not is_kind(source, "structure"):
                 break
             tensor, steps = source.input[0], steps + 1
     return found

@@ -20,13 +20,19 @@ CONFIGS = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
 }
+# decoder sequence classifiers: the logits of the last token that is not padding (pad id 0), found from the ids
+CLASSIFIERS = {
+    "llama-cls": ("LlamaConfig", "LlamaForSequenceClassification", dict(SMALL, num_labels=3, pad_token_id=0)),
+    "gpt2-cls": ("GPT2Config", "GPT2ForSequenceClassification", dict(CONFIGS["gpt2"][2], num_labels=3,
+                                                                     pad_token_id=0)),
+}
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
-    """The model of CONFIGS[name] with random weights (eager attention, no cache)."""
+    """The model of CONFIGS or CLASSIFIERS [name] with random weights (eager attention, no cache)."""
     import transformers
 
-    config_cls, model_cls, kwargs = CONFIGS[name]
+    config_cls, model_cls, kwargs = {**CONFIGS, **CLASSIFIERS}[name]
     torch.manual_seed(seed)
     config = getattr(transformers, config_cls)(**kwargs, attn_implementation="eager", use_cache=False)
     model = getattr(transformers, model_cls)(config)
@@ -41,7 +47,8 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 class Logits(torch.nn.Module):
-    """A causal LM returning the logits tensor [N, L, V] (what a deployed model without cache exports)."""
+    """A causal LM returning the logits tensor [N, L, V] (what a deployed model without cache exports), or a
+    sequence classifier its [N, C]."""
 
     def __init__(self, model):
         super().__init__()

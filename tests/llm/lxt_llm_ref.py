@@ -8,7 +8,8 @@ One process per method (its patches are global): "attn-lrp" (each model family's
 [[sample, position, token], ...] explained one at a time, or null: the next token (the argmax token at each
 sample's last non-padding position, lrpgraph's `top`). The relevance of a token is its embedding times the
 gradient of the explained logit (LXT's efficient mode), summed over the hidden axis: [N, L] for top, [T, L]
-(one row per target, of its sample) for targets. Saved as "<i>_logits", "<i>_relevance" for case i."""
+(one row per target, of its sample) for targets; a sequence classifier ("llama-cls", "gpt2-cls") explains its
+predicted class, [N, L]. Saved as "<i>_logits", "<i>_relevance" for case i."""
 
 import json
 import os
@@ -55,15 +56,23 @@ def _case(case: dict) -> dict:
     model = model.double().eval()
     data = np.load(case["inputs"])
     ids, mask = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    logits = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    table = model.get_input_embeddings()
+    embeds = table(ids).detach().requires_grad_(True)
+    # the ids go in (a sequence classifier finds its last non-padding token from them); the embedding's output
+    # is replaced by the leaf whose gradient is read
+    hook = table.register_forward_hook(lambda module, args, out: embeds)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    hook.remove()
     targets = case.get("targets")
-    if targets is None:
+    chosen = logits[:, None] if logits.dim() == 2 else logits  # a sequence classifier's [N, C] at position 0
+    if logits.dim() == 2:  # its predicted class
+        targets = [[n, 0, int(c)] for n, c in enumerate(logits.argmax(1))]
+    elif targets is None:
         last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)
         targets = [[n, int(p), int(logits[n, p].argmax())] for n, p in enumerate(last)]
     rows = []
     for n, position, token in targets:
-        (grad,) = torch.autograd.grad(logits[n, position, token], embeds, retain_graph=True)
+        (grad,) = torch.autograd.grad(chosen[n, position, token], embeds, retain_graph=True)
         rows.append((embeds * grad).sum(-1)[n])
     return {"logits": logits.detach().numpy(), "relevance": torch.stack(rows).detach().numpy()}
 
@@ -76,7 +85,7 @@ def main(spec: str) -> None:
     with open(spec) as f:
         job = json.load(f)
     sys.path.insert(0, HERE)
-    for family in dict.fromkeys(FAMILIES[case["model"]] for case in job["cases"]):
+    for family in dict.fromkeys(FAMILIES[case["model"].split("-")[0]] for case in job["cases"]):
         _patch(family, job["method"])
     result = {}
     for i, case in enumerate(job["cases"]):

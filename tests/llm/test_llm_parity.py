@@ -2,7 +2,8 @@
 (dynamo; Llama and GPT-2 also with the TorchScript exporter):
 next-token relevance per input token [N, L] under attn-lrp and cp-lrp against LXT 2.1's efficient mode (float64,
 one subprocess per method for all models) on a padded batch of two prompts; padding tokens exactly 0; K = 3
-(position, token) targets per sample in one call equal to three calls and to LXT."""
+(position, token) targets per sample in one call equal to three calls and to LXT; decoder sequence
+classifiers (the last non-padding token's logits) against LXT too."""
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,7 @@ import lxt_llm_ref  # noqa: E402
 
 TOL = 1e-4
 MODELS = list(llm_models.CONFIGS)
+CLASSIFIERS = list(llm_models.CLASSIFIERS)
 K_TUPLES = np.array([[[8, 5], [3, 17], [0, 40]], [[5, 9], [2, 33], [4, 1]]], np.int64)  # (position, token)
 
 
@@ -33,7 +35,7 @@ def lms(tmp_path_factory):
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     np.savez(tmp / "inputs.npz", **feeds)
     out = {}
-    for name in MODELS:
+    for name in MODELS + CLASSIFIERS:
         model = llm_models.build(name)
         torch.save(model.state_dict(), tmp / f"{name}.pt")
         out[name] = dict(onnx=llm_models.export(model), feeds=feeds, state=str(tmp / f"{name}.pt"))
@@ -47,6 +49,7 @@ def lxt(lms):
     k_targets = [[n, int(p), int(t)] for n in range(2) for p, t in K_TUPLES[n]]
     for method in ("attn-lrp", "cp-lrp"):
         keys = [(name, tag) for name in MODELS for tag in (("top", "k") if method == "attn-lrp" else ("top",))]
+        keys += [(name, "top") for name in CLASSIFIERS]
         cases = [dict(model=name, state=lms["models"][name]["state"], inputs=str(tmp / "inputs.npz"),
                       targets=k_targets if tag == "k" else None) for name, tag in keys]
         arrays = lxt_llm_ref.run(dict(method=method, cases=cases, out=str(tmp / f"{method}.npz")))
@@ -108,4 +111,20 @@ def test_legacy_exporter(lms, lxt, name):
     np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-5)
     error = l1(relevance, ref["relevance"])
     print(f"{name} legacy export attn-lrp: L1 vs LXT {error:.1e}")
+    assert error <= TOL and np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("composite", ["attn-lrp", "cp-lrp"])
+def test_sequence_classifier_matches_lxt(lms, lxt, name, composite):
+    """LlamaForSequenceClassification and GPT2ForSequenceClassification pool the last token that is not
+    padding, found from the ids (Equal, Not, ArgMax, a GatherND with the computed index): relevance goes back
+    through the GatherND to that token's position, the index gets none; the predicted class against LXT."""
+    lm, ref = lms["models"][name], lxt[composite][(name, "top")]
+    converted = lrpgraph.convert(lm["onnx"], composite=composite)
+    logits, relevance = run(converted, lm["feeds"])
+    np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-5)
+    assert relevance.shape == lm["feeds"]["input_ids"].shape
+    error = l1(relevance, ref["relevance"])
+    print(f"{name} {composite}: L1 vs LXT {error:.1e}")
     assert error <= TOL and np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
