@@ -51,10 +51,13 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
                      _nonneg(units, inits), image_float, near_misses)
 
 
+CACHE_PREFIX = "past_key_values"  # a causal LM's key/value cache inputs (optimum's exports): fed empty, never explained
+
+
 def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
-    constant embedding table (Gather), 'input_ids' first."""
-    inputs = [i for i in graph.input if i.name not in inits]
+    constant embedding table (Gather), 'input_ids' first. A causal LM's cache inputs (CACHE_PREFIX) are neither."""
+    inputs = [i for i in graph.input if i.name not in inits and not i.name.startswith(CACHE_PREFIX)]
     for info in inputs:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:

@@ -89,6 +89,37 @@ def export_legacy(model: torch.nn.Module) -> bytes:
     return f.getvalue()
 
 
+def export_optimum(model: torch.nn.Module, folder: str) -> bytes:
+    """optimum-onnx's export (task text-generation-with-past): inputs input_ids, attention_mask, position_ids
+    (where the model takes them) and past_key_values.<i>.key/value [N, heads, past length, head dim], outputs
+    logits and present.<i>.key/value."""
+    import os
+
+    from optimum.exporters.onnx import main_export
+
+    model.config.use_cache = True
+    model.save_pretrained(os.path.join(folder, "hf"))
+    model.config.use_cache = False
+    main_export(os.path.join(folder, "hf"), output=os.path.join(folder, "onnx"), task="text-generation-with-past",
+                no_post_process=True, do_validation=False)
+    with open(os.path.join(folder, "onnx", "model.onnx"), "rb") as f:
+        return f.read()
+
+
+def prefill_feeds(session, ids, mask) -> dict:
+    """The feeds of a prefill (no cache yet) for an optimum export: the ids and mask, positions 0 .. L-1, and
+    every past_key_values input empty along its past length."""
+    import numpy as np
+
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for info in session.get_inputs():
+        if info.name == "position_ids":
+            feeds[info.name] = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(np.int64)
+        elif info.name.startswith("past_key_values"):
+            feeds[info.name] = np.zeros((ids.shape[0], info.shape[1], 0, info.shape[3]), np.float32)
+    return feeds
+
+
 def batch(n: int = 2, length: int = 9, seed: int = 1) -> tuple:
     """Token ids [n, length] and their attention mask: sample 1 right-padded after 6 tokens (pad id 0)."""
     gen = torch.Generator().manual_seed(seed)

@@ -128,3 +128,30 @@ def test_sequence_classifier_matches_lxt(lms, lxt, name, composite):
     error = l1(relevance, ref["relevance"])
     print(f"{name} {composite}: L1 vs LXT {error:.1e}")
     assert error <= TOL and np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_optimum_export(lms, lxt, name, tmp_path):
+    """optimum-onnx's text-generation-with-past graph, fed as a prefill (every past_key_values input empty):
+    LXT's next-token relevance, and the logits and present.* outputs kept, bit-identical to the unconverted
+    model's (both run without onnxruntime's fusions)."""
+    pytest.importorskip("optimum.exporters.onnx")
+    lm, ref = lms["models"][name], lxt["attn-lrp"][(name, "top")]
+    model = llm_models.build(name)
+    model.load_state_dict(torch.load(lm["state"]))
+    exported = llm_models.export_optimum(model, str(tmp_path))
+    plain = ort.SessionOptions()  # no fusions: they differ in rounding once the forward's tensors have more readers
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    original = ort.InferenceSession(exported, plain, providers=["CPUExecutionProvider"])
+    feeds = llm_models.prefill_feeds(original, lm["feeds"]["input_ids"], lm["feeds"]["attention_mask"])
+    session = ort.InferenceSession(lrpgraph.convert(exported, composite="attn-lrp").SerializeToString(), plain,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in original.get_outputs()]
+    assert names[0] == "logits" and any(n.startswith("present.") for n in names)
+    ours = dict(zip(names + ["relevance"], session.run(names + ["relevance"], feeds)))
+    for key, value in zip(names, original.run(names, feeds)):
+        np.testing.assert_array_equal(ours[key], value)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], rtol=1e-4, atol=1e-5)
+    error = l1(ours["relevance"], ref["relevance"])
+    print(f"{name} optimum export attn-lrp: L1 vs LXT {error:.1e}")
+    assert error <= TOL and np.all(ours["relevance"][lm["feeds"]["attention_mask"] == 0] == 0)
