@@ -155,3 +155,35 @@ def test_optimum_export(lms, lxt, name, tmp_path):
     error = l1(ours["relevance"], ref["relevance"])
     print(f"{name} optimum export attn-lrp: L1 vs LXT {error:.1e}")
     assert error <= TOL and np.all(ours["relevance"][lm["feeds"]["attention_mask"] == 0] == 0)
+
+
+def test_seed_and_all_targets_and_session(lms):
+    """target 'seed' with one-hot seeds [N, K, L, V] equals 'index' at those tuples; 'all' equals the seed of
+    ones; ExplainSession feeds K tuples per sample as onnxruntime does and refuses a position past the length
+    in one line."""
+    from lrpgraph.errors import LrpgraphError
+    from lrpgraph.runtime.session import ExplainSession
+
+    lm = lms["models"]["llama"]
+    feeds, length = lm["feeds"], lm["feeds"]["input_ids"].shape[1]
+    by_index = ort.InferenceSession(lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="index")
+                                    .SerializeToString(), providers=["CPUExecutionProvider"])
+    by_seed = ort.InferenceSession(lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="seed")
+                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    onehot = np.zeros((2, 3, length, llm_models.VOCAB), np.float32)
+    for n in range(2):
+        for k, (p, t) in enumerate(K_TUPLES[n]):
+            onehot[n, k, p, t] = 1.0
+    indexed = by_index.run(["relevance"], {**feeds, "target": K_TUPLES})[0]
+    seeded = by_seed.run(["relevance"], {**feeds, "relevance_seed": onehot})[0]
+    np.testing.assert_allclose(seeded, indexed, rtol=1e-5, atol=1e-8)
+    everything = lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="all")
+    _, all_relevance = run(everything, feeds)
+    ones = by_seed.run(["relevance"], {**feeds, "relevance_seed": np.ones_like(onehot[:, :1])})[0]
+    np.testing.assert_allclose(all_relevance, ones[:, 0], rtol=1e-4, atol=1e-7)
+    session = ExplainSession(lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="index").SerializeToString())
+    _, relevance = session.explain_inputs(feeds, target=K_TUPLES)
+    np.testing.assert_allclose(relevance, indexed, rtol=1e-6, atol=1e-9)
+    with pytest.raises(LrpgraphError, match="out of range") as error:
+        session.explain_inputs(feeds, target=np.array([[length, 3]]))
+    assert "\n" not in str(error.value)
