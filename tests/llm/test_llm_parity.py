@@ -77,6 +77,12 @@ def test_next_token_relevance_matches_lxt(lms, lxt, name, composite):
     assert l1(relevance[:, :-1], ref["relevance"][:, :-1]) <= TOL  # the tokens before the last one too
     padding = lm["feeds"]["attention_mask"] == 0
     assert padding.any() and np.all(relevance[padding] == 0)
+    if composite == "attn-lrp":  # the torch importer (ISNet training) runs the converted graph as onnxruntime does
+        from lrpgraph.train.importer import import_onnx
+
+        with torch.no_grad():
+            again = import_onnx(converted).run(lm["feeds"])["relevance"].numpy()
+        assert l1(again, relevance) <= 1e-5
 
 
 @pytest.mark.parametrize("name", MODELS)
