@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from lrpgraph import shapes as shapes_
 from lrpgraph.catalog import (
-    RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, is_kind, record_of)
+    RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, record_of, stops_signal)
 from lrpgraph.catalog.ops import attention_operand
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
@@ -34,7 +34,7 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {image}
     for node in nodes:
-        if not is_kind(node, "shape") and any(t in signal for t in node.input):
+        if not stops_signal(node) and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
     _check_image_size(shapes.get(image), image, image_float)
     if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
@@ -51,10 +51,13 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
                      _nonneg(units, inits), image_float, near_misses)
 
 
+CACHE_PREFIX = "past_key_values"  # a causal LM's key/value cache inputs (optimum's exports): fed empty, never explained
+
+
 def image_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
-    constant embedding table (Gather), 'input_ids' first."""
-    inputs = [i for i in graph.input if i.name not in inits]
+    constant embedding table (Gather), 'input_ids' first. A causal LM's cache inputs (CACHE_PREFIX) are neither."""
+    inputs = [i for i in graph.input if i.name not in inits and not i.name.startswith(CACHE_PREFIX)]
     for info in inputs:
         tensor_type = info.type.tensor_type
         if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) >= 2:
@@ -115,7 +118,7 @@ def _flat_logits(model, logits, probabilities):
 
 
 def _on_path(nodes, logits, signal):
-    return needed_nodes(nodes, [logits], keep=lambda node: not is_kind(node, "shape") and
+    return needed_nodes(nodes, [logits], keep=lambda node: not stops_signal(node) and
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 

@@ -310,7 +310,7 @@ def _text(values, sep=","):
 
 def _vocab_size(canon):
     return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
-                 if u.op == "Gather" and u.inputs[1] == canon.image and u.inputs[0] in canon.inits), None)
+                 if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits), None)
 
 
 def converted_by(model: onnx.ModelProto) -> str | None:

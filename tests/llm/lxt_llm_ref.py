@@ -1,13 +1,15 @@
 """LXT 2.1 reference relevance for the causal LMs of llm_models, in float64 in a subprocess (LXT patches
 transformers' classes globally; a child process keeps that away from every other test).
 
-    python lxt_llm_ref.py JOB.json     # {"model", "state", "inputs", "method", "targets", "out"}
+    python lxt_llm_ref.py JOB.json     # {"method", "out", "cases": [{"model", "state", "inputs", "targets"}]}
 
-method: "attn-lrp" (the model family's `lxt.efficient.models.<family>.attnLRP` map) or "cp-lrp" (its `cp_LRP`).
-targets: [[sample, position, token], ...] explained one at a time, or null: the next token (the argmax token at
-each sample's last non-padding position, lrpgraph's `top`). The relevance of a token is its embedding times the
+One process per method (its patches are global): "attn-lrp" (each model family's
+`lxt.efficient.models.<family>.attnLRP` map) or "cp-lrp" (its `cp_LRP`), for every case. targets:
+[[sample, position, token], ...] explained one at a time, or null: the next token (the argmax token at each
+sample's last non-padding position, lrpgraph's `top`). The relevance of a token is its embedding times the
 gradient of the explained logit (LXT's efficient mode), summed over the hidden axis: [N, L] for top, [T, L]
-(one row per target, of its sample) for targets."""
+(one row per target, of its sample) for targets; a sequence classifier ("llama-cls", "gpt2-cls") explains its
+predicted class, [N, L]. Saved as "<i>_logits", "<i>_relevance" for case i."""
 
 import json
 import os
@@ -43,6 +45,38 @@ def _patch(family: str, method: str) -> None:
     monkey_patch(modeling, lxt_module.attnLRP if method == "attn-lrp" else lxt_module.cp_LRP)
 
 
+def _case(case: dict) -> dict:
+    import numpy as np
+    import torch
+
+    import llm_models
+
+    model = llm_models.build(case["model"])
+    model.load_state_dict(torch.load(case["state"]))
+    model = model.double().eval()
+    data = np.load(case["inputs"])
+    ids, mask = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])
+    table = model.get_input_embeddings()
+    embeds = table(ids).detach().requires_grad_(True)
+    # the ids go in (a sequence classifier finds its last non-padding token from them); the embedding's output
+    # is replaced by the leaf whose gradient is read
+    hook = table.register_forward_hook(lambda module, args, out: embeds)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    hook.remove()
+    targets = case.get("targets")
+    chosen = logits[:, None] if logits.dim() == 2 else logits  # a sequence classifier's [N, C] at position 0
+    if logits.dim() == 2:  # its predicted class
+        targets = [[n, 0, int(c)] for n, c in enumerate(logits.argmax(1))]
+    elif targets is None:
+        last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)
+        targets = [[n, int(p), int(logits[n, p].argmax())] for n, p in enumerate(last)]
+    rows = []
+    for n, position, token in targets:
+        (grad,) = torch.autograd.grad(chosen[n, position, token], embeds, retain_graph=True)
+        rows.append((embeds * grad).sum(-1)[n])
+    return {"logits": logits.detach().numpy(), "relevance": torch.stack(rows).detach().numpy()}
+
+
 def main(spec: str) -> None:
     import numpy as np
     import torch
@@ -50,27 +84,12 @@ def main(spec: str) -> None:
     torch.set_num_threads(1)
     with open(spec) as f:
         job = json.load(f)
-    _patch(FAMILIES[job["model"]], job["method"])
     sys.path.insert(0, HERE)
-    import llm_models
-
-    model = llm_models.build(job["model"])
-    model.load_state_dict(torch.load(job["state"]))
-    model = model.double().eval()
-    data = np.load(job["inputs"])
-    ids, mask = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    logits = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
-    targets = job.get("targets")
-    if targets is None:
-        last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)
-        targets = [[n, int(p), int(logits[n, p].argmax())] for n, p in enumerate(last)]
-    rows = []
-    for n, position, token in targets:
-        (grad,) = torch.autograd.grad(logits[n, position, token], embeds, retain_graph=True)
-        rows.append((embeds * grad).sum(-1)[n])
-    result = {"logits": logits.detach().numpy(), "relevance": torch.stack(rows).detach().numpy(),
-              "targets": np.array(targets, np.int64)}
+    for family in dict.fromkeys(FAMILIES[case["model"].split("-")[0]] for case in job["cases"]):
+        _patch(family, job["method"])
+    result = {}
+    for i, case in enumerate(job["cases"]):
+        result.update({f"{i}_{key}": value for key, value in _case(case).items()})
     with open(job["out"], "wb") as f:
         np.savez(f, **result)
 
