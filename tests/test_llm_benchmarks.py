@@ -44,6 +44,30 @@ def test_retrieval_machinery(tmp_path, capsys):
     assert not llm_retrieval.report({**result, "attn-lrp": result["random"]}, args.threshold)
     records = json.loads((tmp_path / "page" / "tokens.json").read_text())
     assert len(records) == 3 and all(r["prompt_length"] == 11 for r in records)
+    explain_cli_on_the_llama(tmp_path)
+
+
+def explain_cli_on_the_llama(tmp_path):
+    """`lrpgraph explain --prompt` on the converted LlamaForCausalLM (dynamic length, attention_mask): two prompts
+    of different lengths in one batch generate what a greedy loop over the unconverted export generates."""
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from lrpgraph.cli import main
+
+    prompts = ["k1 3 k2 5 k1", "k4 0 k6 2 k7 9 k6"]
+    result = CliRunner().invoke(main, ["explain", str(tmp_path / "retrieval.lrp.onnx"), "--prompt", prompts[0],
+                                       "--prompt", prompts[1], "--tokenizer", str(tmp_path / "tokenizer.json"),
+                                       "--generate", "3", "--batch-size", "2", "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    plain = ort.InferenceSession(str(tmp_path / "retrieval.onnx"), providers=["CPUExecutionProvider"])
+    for r in json.loads((tmp_path / "cli" / "tokens.json").read_text()):
+        ids = r["ids"][:r["prompt_length"]]
+        for _ in range(3):
+            x = np.array([ids], np.int64)
+            ids.append(int(plain.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0][0, -1].argmax()))
+        assert r["generated_ids"] == ids[r["prompt_length"]:]
+        assert [len(row) for row in r["relevance"]] == [r["prompt_length"] + k for k in range(3)]
 
 
 def test_memory_table_on_a_tiny_qwen2(tmp_path, capsys):
