@@ -33,6 +33,10 @@ def run_prompts(model: str, params: dict) -> None:
         raise LrpgraphError("give either input files or --prompt/--prompts, not both")
     if not params["tokenizer"]:
         raise LrpgraphError("--prompt needs the model's tokenizer: pass --tokenizer tokenizer.json")
+    from lrpgraph.ort import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)  # a failed run (e.g. a prompt past a learned position table) is
+    # reported once, as lrpgraph's one line, not also by onnxruntime's logger
     tokenizer = load_tokenizer(params["tokenizer"])
     texts = read_prompts(params["prompt"], params["prompts_file"])
     provider = None if params["provider"] == "auto" else params["provider"]
