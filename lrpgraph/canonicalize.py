@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from lrpgraph import shapes as shapes_
 from lrpgraph.catalog import (
-    RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, is_kind, record_of)
+    RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, record_of, stops_signal)
 from lrpgraph.catalog.ops import attention_operand
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
@@ -34,7 +34,7 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
     nodes = topological(list(graph.node), set(inits) | {i.name for i in graph.input})
     signal = {source}
     for node in nodes:
-        if not is_kind(node, "shape") and any(t in signal for t in node.input):
+        if not stops_signal(node) and any(t in signal for t in node.input):
             signal.update(t for t in node.output if t)
     _check_image_size(shapes.get(source), source, float_input)
     if shapes_.unresolved(model, shapes, signal):  # computed in the graph: resolved at the given sizes
@@ -55,7 +55,7 @@ def canonicalize(model: onnx.ModelProto, explained: str | None = None) -> Canoni
 
 def explained_input(graph: onnx.GraphProto, inits: Mapping) -> tuple:
     """(name, is float): the float32 input of rank >= 2, or else integer token ids of rank 2 that index a
-    constant embedding table (Gather), 'input_ids' first."""
+    constant embedding table (Gather), 'input_ids' first. A decoder's cache inputs (is_cache) are neither."""
     inputs = [i for i in graph.input if i.name not in inits]
     for info in (i for i in inputs if not is_cache(i.name)):
         tensor_type = info.type.tensor_type
@@ -135,7 +135,7 @@ def _flat_logits(model, logits, probabilities):
 
 
 def _on_path(nodes, logits, signal):
-    return needed_nodes(nodes, [logits], keep=lambda node: not is_kind(node, "shape") and
+    return needed_nodes(nodes, [logits], keep=lambda node: not stops_signal(node) and
                         any(t in signal for t in node.input), follow=lambda t: t in signal)
 
 
@@ -179,6 +179,7 @@ def _units(nodes, graph, inits, shapes, signal):
             unit.gate = _gate_input(node, nodes, unit)
             if unit.gate is None:  # neither operand is a gate: a product of two signals
                 unit.kind = "product"
+                unit.gate = _activated_operand(node, units)
         elif kind == "product":  # which operand holds attention probabilities (CP-LRP keeps them constant)
             unit.gate = attention_operand(node, {o: n for n in nodes for o in n.output})
         units.append(unit)
@@ -237,6 +238,14 @@ def _bias_axis_ok(shape, layer, reads):
         shape = [1] * (rank - len(shape)) + shape
         return all(d == 1 for i, d in enumerate(shape) if i != 1)
     return all(d == 1 for d in shape[:-1])
+
+
+def _activated_operand(node, units):
+    """Which operand of an element-wise product of two signals an activation computed (a gated MLP's
+    act(x W_gate) * (x W_up): CP-LRP holds it constant, as LXT's cp_gated_mlp_forward), or None."""
+    made_by = {t: u.kind for u in units for t in u.outputs}
+    found = [i for i in (0, 1) if made_by.get(node.input[i]) in ("activation", "gate")]
+    return found[0] if len(found) == 1 else None
 
 
 def _gate_input(node, nodes, unit):

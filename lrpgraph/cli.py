@@ -12,6 +12,7 @@ from lrpgraph.cli_checks import (IMAGE_SIZE, check_ignored, check_output_file, d
                                  write_error)
 from lrpgraph.cli_demo import read_labels
 from lrpgraph.cli_detect import detect_options, run_boxes, run_decode, run_regions
+from lrpgraph.cli_llm import llm_options, run_prompts
 from lrpgraph.cli_methods import MethodCommand, method_options
 from lrpgraph.cli_rules import COMPOSITE_NAMES, options_given, rule_options
 from lrpgraph.errors import LrpgraphError
@@ -171,7 +172,7 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="heatmaps", show_default=True)
 @click.option("--target", type=int, default=None, help="class to explain for every image (models converted with "
               "--target index or seed); default: the predicted class")
@@ -194,14 +195,16 @@ def inspect(model: str, image_size: tuple | None, **kw) -> None:
               help="bulk runs: masks with the images' relative names (background fraction, pointing game)")
 @scale_options
 @detect_options
+@llm_options
 def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay: bool, cmap: str, formats: str,
             json_out: bool, html: bool, png_scale: int, batch_size: int, provider: str | None, threads: int | None,
             quiet: bool, vocab: str | None, resize: tuple, crop: tuple, mean: tuple, std: tuple, mode: str | None,
             channel_order: str | None, scale: float | None, masks_dir: str | None, decode: str | None, top: int,
-            score: float, iou: float, regions: tuple, **bulk: object) -> None:
+            score: float, iou: float, regions: tuple, prompt: tuple, prompts_file: str | None, tokenizer: str | None,
+            steps: int, **bulk: object) -> None:
     """Heatmaps for images (files or folders, walked recursively) with a converted MODEL; with --parquet or
     --engine ray, a bulk run over image folders, globs or Parquet files; --decode yolo and --region for
-    detectors and segmenters."""
+    detectors and segmenters; --prompt/--prompts for causal language models."""
     from lrpgraph.checks import check_preprocess
     from lrpgraph.runtime import describe
     from lrpgraph.runtime.explain import explain_paths, write_index_html
@@ -210,6 +213,11 @@ def explain(model: str, inputs: tuple, out_dir: str, target: int | None, overlay
 
     if cmap not in COLORMAPS:
         raise LrpgraphError(f"--cmap '{cmap}' is unknown; choose one of {', '.join(sorted(COLORMAPS))}")
+    if prompt or prompts_file is not None:  # a causal LM: generate, explain the generated tokens (cli_llm.py)
+        check_out(out_dir, False)
+        return run_prompts(model, click.get_current_context().params)
+    if not inputs:
+        raise click.UsageError("give input files (images, token ids) or --prompt/--prompts")
     if check_out(out_dir, is_bulk(bulk, inputs) or masks_dir is not None):  # lrpgraph/scale/cli.py; exits
         explain_bulk(click.get_current_context().params, _preprocess(resize, crop, mean, std, mode, channel_order,
                                                                      scale))

@@ -51,6 +51,28 @@ def session_options(threads: int | None = None, optimization: str = "all") -> "o
     return options
 
 
+def one_copy_of_weights(source: object, options: "onnxruntime.SessionOptions") -> list | None:
+    """For a model whose weights are external data (over 1 GiB: an LLM), keep one copy of each weight: a converted
+    graph reads W in the forward pass and Transpose(W) in the relevance pass, and onnxruntime would fold every
+    Transpose into a second copy and prepack both (measured on Qwen2-0.5B: `benchmarks/llm_memory.py --extra`,
+    docs/llm.md). With constant folding off, MatMul(s, Transpose(W)) becomes one
+    FusedMatMul reading W transposed; with prepacking off, the weights stay in the memory-mapped file. Returns
+    the optimizers to disable (None for other models)."""
+    import onnx
+    from onnx import external_data_helper
+
+    if not isinstance(source, str):
+        return None
+    try:
+        light = onnx.load(source, load_external_data=False)
+    except Exception:  # an unreadable file: onnxruntime says why when it opens it
+        return None
+    if not any(external_data_helper.uses_external_data(t) for t in light.graph.initializer):
+        return None
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return ["ConstantFolding"]
+
+
 def source_of(path_or_model: object) -> tuple:
     """(what onnxruntime takes, a name for messages) for a path, an onnx.ModelProto or serialised bytes, each
     checked first (untrusted.check_model: external data inside the model's folder, sane sizes, a sound graph)."""
@@ -78,8 +100,10 @@ class Runner:
         source, self.name = source_of(model)
         self.name = name or self.name
         options = session_options(threads, optimization)
+        disabled = one_copy_of_weights(source, options)
         try:
-            self.session = onnxruntime.InferenceSession(source, sess_options=options, providers=providers)
+            self.session = onnxruntime.InferenceSession(source, sess_options=options, providers=providers,
+                                                        disabled_optimizers=disabled)
         except Exception as error:  # ORT raises its own exception types
             raise LrpgraphError(f"onnxruntime cannot load {self.name}: {_first_line(error)}") from None
         self.providers = list(self.session.get_providers())

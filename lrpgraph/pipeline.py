@@ -79,7 +79,7 @@ def convert(model_or_path: str | os.PathLike | bytes | onnx.ModelProto, composit
     _check_request(source, canon, request)
     heatmaps = {output: heatmap(source, canon, request, output) for output in request.explanations}
     model = source.model
-    _attach(model, heatmaps, canon, request.explanations, from_tensor)
+    _attach(model, heatmaps, canon, request.explanations, _k_layout(canon, request))
     if contrib.has_nbits(model):
         contrib.adopt(model, source.view)
     elif source.view is not model:
@@ -135,7 +135,7 @@ def canonical(source: Source, from_tensor: str | None = None) -> Canonical:
                                 "a graph output or a node's output (`lrpgraph inspect` lists the nodes)")
     canon = canonicalize(source.view, from_tensor)
     shape = canon.shapes.get(canon.logits)
-    if not targets.is_classic(shape, from_tensor):
+    if not targets.is_classic(shape, from_tensor) and not _is_sequence(canon, from_tensor):
         targets.explained_shape(canon.logits, shape)
     return canon
 
@@ -168,9 +168,15 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
     batch = _image(model, canon).type.tensor_type.shape.dim[0]
     batch = batch.dim_param or batch.dim_value or "N"
     shape = canon.shapes[canon.logits]
+    sequence = _is_sequence(canon, request.from_tensor)
+    mask = _mask_input(model) if sequence else None
     if targets.is_classic(shape, request.from_tensor):
         seed, new_inputs = targets.seed(b, canon.logits, shape[1], request.target, batch, gradient)
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
+    elif sequence and request.target in ("top", "all"):
+        seed, new_inputs = targets.sequence_seed(b, canon.logits, canon.input, mask, request.target, gradient), []
+        heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
+        heat = targets.masked(b, heat, mask, k=False)
     else:
         seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
         if methods.is_method(spec) and spec not in K_METHODS:  # path methods clone the forward K * m times
@@ -181,11 +187,31 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
             heat, more, used = _walk(b, model, view, canon, request, spec, seed)
             targets.tile(b, tiled, canon.shapes, k, start)
         heat = targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input]))
+        heat = targets.masked(b, heat, mask, k=True)
     new_inputs = new_inputs + more
     b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
     if source.view is model:  # (a dequantized view's ReLUs are not the model's nodes)
         simplify.denominators(b, model.graph.node, canon.inits)
     return b, new_inputs, used
+
+
+def _is_sequence(canon, from_tensor):
+    """A causal LM's logits [N, L, V] from token ids (targets.is_sequence)."""
+    return targets.is_sequence(canon.shapes.get(canon.logits), from_tensor, not canon.float_input)
+
+
+def _k_layout(canon, request):
+    """Whether the explained tensor takes K targets per sample (relevance [N, K, *input]): any but a
+    classifier's logits, and a causal LM's under index and seed."""
+    if targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+        return False
+    return not (_is_sequence(canon, request.from_tensor) and request.target in ("top", "all"))
+
+
+def _mask_input(model):
+    """The padding mask input of a causal LM (targets.MASK_INPUT, integer or bool), or None."""
+    found = next((i for i in model.graph.input if i.name == targets.MASK_INPUT), None)
+    return found.name if found is not None and found.type.tensor_type.elem_type != TensorProto.FLOAT else None
 
 
 K_METHODS = ("gradient", "input-x-gradient")  # walk the K-target view; the path methods tile their own points
@@ -224,7 +250,7 @@ def _record(model, canon, request, heatmaps):
         gradient_seed={o: methods.is_method(s) or s in composites.GRADIENT_COMPOSITES for o, s in explanations.items()},
         preprocess=request.preprocess or None, labels=list(request.labels) if request.labels else None,
         image_size=[int(d) for d in request.image_size] if request.image_size is not None else None)
-    if not targets.is_classic(canon.shapes[canon.logits], request.from_tensor):
+    if _k_layout(canon, request):
         record.explained_shape, record.logits_output = list(canon.shapes[canon.logits][1:]), canon.logits
     if not canon.float_input:  # token ids: relevance per token; the embedding table bounds the ids
         record.token_input, record.vocab_size = True, _vocab_size(canon)
@@ -288,7 +314,7 @@ def _text(values, sep=","):
 
 def _vocab_size(canon):
     return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
-                 if u.op == "Gather" and u.inputs[1] == canon.input and u.inputs[0] in canon.inits), None)
+                 if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits), None)
 
 
 def converted_by(model: onnx.ModelProto) -> str | None:
@@ -322,7 +348,7 @@ def _explanations(explain, method, composite):
 
 
 @untrusted.malformed_refused
-def _attach(model, heatmaps, canon, explanations, from_tensor):
+def _attach(model, heatmaps, canon, explanations, k_targets):
     """Add the heatmaps' nodes, the initializers they read, their new graph inputs and their outputs to model."""
     g = model.graph
     builders = [b for b, _, _ in heatmaps.values()]
@@ -333,7 +359,6 @@ def _attach(model, heatmaps, canon, explanations, from_tensor):
         g.initializer.extend(i for i in b.initializers if i.name in used)
     g.input.extend({i.name: i for _, new_inputs, _ in heatmaps.values() for i in new_inputs}.values())
     image = _image(model, canon)
-    k_targets = not targets.is_classic(canon.shapes[canon.logits], from_tensor)
     for output, spec in explanations.items():
         info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         info.type.CopyFrom(image.type)

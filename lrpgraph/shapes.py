@@ -11,7 +11,7 @@ import onnx
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from lrpgraph.catalog import is_kind
+from lrpgraph.catalog import is_kind, stops_signal
 from lrpgraph.graph import opset_of, skeleton, tensor_shapes, topological
 
 MAX_FOLDED = 1 << 20
@@ -23,7 +23,7 @@ def unresolved(model: onnx.ModelProto, shapes: dict, signal: set) -> bool:
     non-batch dim, or a node whose non-image input is computed by the graph (not an initializer)."""
     inits = {i.name for i in model.graph.initializer}
     for node in model.graph.node:
-        if not any(t in signal for t in node.input) or is_kind(node, "shape"):
+        if not any(t in signal for t in node.input) or stops_signal(node):
             continue
         for t in node.output:
             shape = shapes.get(t)

@@ -9,7 +9,13 @@ relevance [N, *input]. Any other explained tensor y [N, *S] (a detector's head, 
 convert's from_tensor) takes K targets per sample (explained_seed): `target` [N, K, len(S)] index tuples
 into S, `relevance_seed` [N, K, *S]; the K seeds are laid along the batch axis as [K * N, *S]
 (target-major) and walked back through the forward activations tiled K times (tiled_view: the forward is
-computed once), giving relevance [N, K, *input] (unfold)."""
+computed once), giving relevance [N, K, *input] (unfold).
+
+A causal LM's logits y [N, L, V] from token ids (is_sequence) take `top` as the next-token target: the
+argmax token at the last non-padding position (the last position where `attention_mask` is 1, else the last
+position; sequence_seed), relevance [N, L]; `index` takes K (position, token) tuples per sample [N, K, 2]
+and `seed` [N, K, L, V] (explained_seed with the length L dynamic), relevance [N, K, L]. Padding tokens get
+exactly 0 (masked)."""
 
 import math
 from typing import TYPE_CHECKING
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 TARGETS = ("top", "index", "seed", "all")
 TARGET_INPUT = "target"
 SEED_INPUT = "relevance_seed"
+MASK_INPUT = "attention_mask"  # a causal LM's padding mask [N, L] (1: token, 0: padding)
 
 
 def seed(b: "Builder", logits: str, num_classes: int, mode: str, batch_dim: str | int, gradient: bool = False) -> tuple:
@@ -70,9 +77,14 @@ def explained_seed(b: "Builder", tensor: str, sizes: list, mode: str, batch_dim:
     if mode not in TARGETS:
         raise LrpgraphError(f"unknown target mode '{mode}'; choose one of {', '.join(TARGETS)}")
     b.scope = "target"
-    inputs, rank, size = [], len(sizes), math.prod(sizes)
+    inputs, rank = [], len(sizes)
+    if None in sizes:  # a causal LM's length L: the one-hot's depth read from the tensor
+        size = b.op("Shape", [b.op("Reshape", [tensor, b.ints([0, -1])], "flat_all")], "size", start=1)
+    else:
+        size = b.ints([math.prod(sizes)])
     if mode == "seed":
-        info = helper.make_tensor_value_info(SEED_INPUT, TensorProto.FLOAT, [batch_dim, "K", *sizes])
+        dims = [d if d is not None else "L" for d in sizes]
+        info = helper.make_tensor_value_info(SEED_INPUT, TensorProto.FLOAT, [batch_dim, "K", *dims])
         info.doc_string = "what to explain: K relevance (LRP) or gradient seeds per sample at the explained tensor"
         mask, inputs, gradient = SEED_INPUT, [info], True
     elif mode == "all":
@@ -85,14 +97,54 @@ def explained_seed(b: "Builder", tensor: str, sizes: list, mode: str, batch_dim:
             info = helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, [batch_dim, "K", rank])
             info.doc_string = f"K index tuples into the explained tensor's {sizes} per sample, [N, K, {rank}]"
             inputs = [info]
-            strides = np.cumprod([1] + sizes[::-1][:-1])[::-1]
+            strides = np.cumprod([1] + sizes[::-1][:-1])[::-1]  # the first size is never read
             flat = b.op("ReduceSum", [b.mul(TARGET_INPUT, b.ints(list(strides))), b.ints([-1])], "flat", keepdims=0)
-        onehot = b.op("OneHot", [flat, b.ints([size]), b.const([0.0, 1.0])], "onehot", axis=-1)
-        mask = b.op("Reshape", [onehot, b.ints([0, 0, *sizes])], "mask")
+        onehot = b.op("OneHot", [flat, size, b.const([0.0, 1.0])], "onehot", axis=-1)
+        mask = b.op("Reshape", [onehot, b.ints([0, 0, *(-1 if d is None else d for d in sizes)])], "mask")
     value = mask if gradient else b.mul(mask, b.op("Unsqueeze", [tensor, b.ints([1])], "unsqueeze"))
     k = b.op("Shape", [value], "k", start=1, end=2)
     major = b.op("Transpose", [value], "target_major", perm=[1, 0, *range(2, rank + 2)])
-    return b.op("Reshape", [major, b.ints([-1, *sizes])], "seed"), k, inputs
+    if None in sizes:
+        shape = b.op("Concat", [b.ints([-1]), b.op("Shape", [tensor], "sizes", start=1)], "seed_shape", axis=0)
+    else:
+        shape = b.ints([-1, *sizes])
+    return b.op("Reshape", [major, shape], "seed"), k, inputs
+
+
+def is_sequence(shape: list | None, from_tensor: str | None, tokens: bool) -> bool:
+    """True for a causal LM's logits [N, L, V] from token ids (V static), found by convert itself."""
+    return (from_tensor is None and tokens and shape is not None and len(shape) == 3
+            and isinstance(shape[2], int) and shape[2] > 0)
+
+
+def sequence_seed(b: "Builder", logits: str, ids: str, mask: str | None, mode: str, gradient: bool) -> str:
+    """The seed [N, L, V] of top (the argmax token at the last non-padding position: the last position where
+    mask is 1, the last position without a mask) or all (every logit)."""
+    b.scope = "target"
+    if mode == "all":
+        return b.ones_like(logits) if gradient else logits
+    length = b.op("Shape", [ids], "length", start=1, end=2)
+    last = b.op("Cast", [b.op("Squeeze", [length], "l")], "l_float", to=TensorProto.FLOAT)
+    steps = b.op("Range", [b.const(1.0), b.add(last, b.const(1.0)), b.const(1.0)], "steps")  # 1 .. L
+    present = b.op("Cast", [mask], "present", to=TensorProto.FLOAT) if mask else b.ones_like(ids)
+    position = b.op("ArgMax", [b.mul(present, steps)], "last", axis=1, keepdims=0)
+    at = b.op("OneHot", [position, length, b.const([0.0, 1.0])], "at", axis=-1)
+    row = b.op("ReduceSum", [b.mul(logits, b.op("Unsqueeze", [at, b.ints([2])], "at3")), b.ints([1])], "row",
+               keepdims=0)
+    vocab = b.op("Shape", [logits], "vocab", start=2, end=3)
+    token = b.op("OneHot", [b.op("ArgMax", [row], "token", axis=1, keepdims=0), vocab, b.const([0.0, 1.0])],
+                 "token_onehot", axis=-1)
+    onehot = b.mul(b.op("Unsqueeze", [at, b.ints([2])], "at_l"), b.op("Unsqueeze", [token, b.ints([1])], "at_v"))
+    return onehot if gradient else b.mul(logits, onehot)
+
+
+def masked(b: "Builder", heat: str, mask: str | None, k: bool) -> str:
+    """The relevance per token [N, L] (or [N, K, L] with k) with padding tokens exactly 0."""
+    if mask is None:
+        return heat
+    b.scope = "output"
+    present = b.op("Cast", [mask], "present", to=TensorProto.FLOAT)
+    return b.mul(heat, b.op("Unsqueeze", [present, b.ints([1])], "present_k") if k else present)
 
 
 def tiled_view(canon: "Canonical", prefix: str) -> tuple:

@@ -17,8 +17,8 @@ from lrpgraph.catalog.layer import LayerEmitters, LinearLayer, LinearOp
 from lrpgraph.catalog.linear import LINEAR
 from lrpgraph.catalog.ops import ACTIVATIONS, NORMS, POOLING, QDQ, RESAMPLING, STRUCTURE, TRANSFORMER
 from lrpgraph.catalog.records import (
-    KINDS, RECORDS, UNEXPLAINED, OpRecord, RegistryError, add, add_kind, explainable, is_kind, node_name, record,
-    record_of, remove)
+    KINDS, NO_SIGNAL, RECORDS, UNEXPLAINED, OpRecord, RegistryError, add, add_kind, explainable, is_kind, node_name,
+    record, record_of, remove, stops_signal)
 from lrpgraph.catalog.units import Canonical, Context, Initializers, Unit
 
 BUILT_IN: list[OpRecord] = LINEAR + ACTIVATIONS + NORMS + STRUCTURE + POOLING + RESAMPLING + TRANSFORMER + CONTRIB
@@ -28,5 +28,6 @@ for _record in BUILT_IN:
 __all__ = [
     "KINDS", "RECORDS", "UNEXPLAINED", "BUILT_IN", "QDQ", "OpRecord", "RegistryError", "LinearOp", "LinearLayer",
     "LayerEmitters", "Canonical", "Context", "Initializers", "Unit",
-    "add", "add_kind", "explainable", "is_kind", "node_name", "record", "record_of", "remove",
+    "add", "add_kind", "explainable", "is_kind", "node_name", "record", "record_of", "remove", "stops_signal",
+    "NO_SIGNAL",
 ]

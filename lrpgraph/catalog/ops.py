@@ -94,6 +94,7 @@ STRUCTURE: list[OpRecord] = [
            affine=lambda value, signal_first: (value, 0.0),
            rules={"product": PRODUCT_RULES, "gate": {"pass", "gradient", "cp"}}),
     record("Div", "affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0)),
+    record("Neg", "affine"),  # x -> -x (a rotary embedding's rotate_half)
     *(record(op, "structure") for op in ("Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze")),
     record("Transpose", "structure"),
     record("Concat", "structure", keeps_nonneg=_no_negative_constant),
@@ -103,6 +104,9 @@ STRUCTURE: list[OpRecord] = [
     # known so that canonicalize can step over them
     record("Shape", "shape"),
     record("Size", "shape"),
+    # indices computed from values (a decoder classifier's pooling: the last token that is not padding)
+    *(record(op, "index") for op in ("Equal", "Not", "And", "Or", "Greater", "Less", "GreaterOrEqual",
+                                     "LessOrEqual", "ArgMax", "ArgMin", "IsNaN", "IsInf")),
     # the head at the output; a Softmax inside the graph is a normaliser (converters/attention.py): its gradient
     # (transformers), or relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax)
     record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass"}}, nonneg_output=True,
@@ -144,7 +148,8 @@ TRANSFORMER: list[OpRecord] = [
 ]
 
 # ops a Softmax output may pass on its way to the product that uses it as attention probabilities
-_MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather"}
+_MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity", "Cast", "Expand", "Slice", "Gather",
+          "Where"}  # Where: torch's exported SDPA zeroes NaN rows of the probabilities
 
 
 def attention_operand(node: NodeProto, producer: dict) -> "int | None":
@@ -155,7 +160,8 @@ def attention_operand(node: NodeProto, producer: dict) -> "int | None":
             return False
         if n.op_type == "Softmax":
             return True
-        return n.op_type in _MOVES and from_softmax(n.input[0], depth + 1)
+        values = n.input[1:3] if n.op_type == "Where" else n.input[:1]  # Where(condition, a, b)
+        return n.op_type in _MOVES and any(from_softmax(t, depth + 1) for t in values)
 
     found = [i for i in (0, 1) if from_softmax(node.input[i])]
     return found[0] if len(found) == 1 else None

@@ -31,9 +31,12 @@ KINDS = {
     "structure": ("moves or selects values without arithmetic (Reshape, Concat, Slice, Gather, ...)",
                   {"keeps_nonneg": True, "gate_path": True}),
     "shape": ("computes from the input's shape only, never from its values (Shape, Size)", {}),
+    "index": ("computes integer or boolean indices from the input's values (Equal, Not, ArgMax: a decoder "
+              "classifier's last non-padding token); what it computes carries no relevance", {}),
     "head": ("turns the logits into probabilities at the output; the logits before it are explained", {}),
 }
-UNEXPLAINED = frozenset({"shape", "head"})  # kinds relevance never crosses: they need no converter
+UNEXPLAINED = frozenset({"shape", "index", "head"})  # kinds relevance never crosses: they need no converter
+NO_SIGNAL = frozenset({"shape", "index"})  # kinds whose outputs carry no signal, whatever their inputs
 
 Check = bool | Callable  # a flag, or a predicate (unit, inits) -> bool
 
@@ -164,6 +167,12 @@ def explainable(node: NodeProto) -> bool:
 def is_kind(node: NodeProto, kind: str) -> bool:
     found = record_of(node)
     return found is not None and found.kind == kind
+
+
+def stops_signal(node: NodeProto) -> bool:
+    """Whether the node's outputs carry no signal even when its inputs do (NO_SIGNAL kinds)."""
+    found = record_of(node)
+    return found is not None and found.kind in NO_SIGNAL
 
 
 def node_name(node: NodeProto) -> str:

@@ -167,12 +167,12 @@ def _outer(vectors):
 @converts("GatherND")
 def gather_nd(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """Window selections with constant indices (the dynamo exporter's adaptive average pooling when the output
-    size does not divide the input): relevance and gradients go back to the positions read, and positions
-    read by several (overlapping) windows add up (ScatterND with reduction 'add')."""
+    size does not divide the input) or indices computed without the signal (a decoder classifier's last
+    non-padding token): relevance and gradients go back to the positions read, and positions read by several
+    (overlapping) windows add up (ScatterND with reduction 'add'); the indices get none."""
     data, indices = unit.inputs[:2]
     if indices in ctx.signal or int(unit.attrs.get("batch_dims", 0)) != 0:
-        raise UnsupportedModelError(f"node '{unit.name}' (GatherND): only constant indices with batch_dims 0 are "
-                                    "supported")
-    ctx.value(indices, unit, "indices")  # a clear error if the indices are computed
+        raise UnsupportedModelError(f"node '{unit.name}' (GatherND): only indices that do not carry the signal, "
+                                    "with batch_dims 0, are supported")
     b = ctx.b
     return [b.op("ScatterND", [b.zeros_like(data), indices, r_outs[0]], "scatter", reduction="add"), None]

@@ -89,6 +89,12 @@ def mul_div(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
                    lambda r: ctx.b.div(r, other) if unit.op == "Div" else ctx.b.mul(r, other))
 
 
+@converts("Neg")
+def neg(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
+    """x -> -x (rotary embeddings' rotate_half): relevance passes unchanged, a gradient changes sign."""
+    return _affine(ctx, unit, rule, r_outs, 0, lambda r: ctx.b.op("Neg", [r], "neg"))
+
+
 @converts("Mul", kind="gate")
 def gate(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     """A signal times a gate (x * sigmoid(x), squeeze-excitation; unit.gate: the gate's index). Primitives:
@@ -128,13 +134,21 @@ def transpose(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
 @converts("Concat")
 def concat(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
     axis = unit.attrs["axis"]
-    sizes = []
-    for t in unit.inputs:
-        shape = ctx.shape(t, unit)
-        sizes.append(shape[axis])
-    parts = ctx.b.op("Split", [r_outs[0], ctx.b.ints(sizes)], "split", outputs=len(sizes), axis=axis)
+    sizes = [_size_along(ctx, t, axis) for t in unit.inputs]
+    if None in sizes:  # a dynamic axis (a cache's past and new keys along the length): read at run time
+        end = {} if axis == -1 else {"end": axis + 1}
+        split = ctx.b.op("Concat", [ctx.b.op("Shape", [t], "size", start=axis, **end) for t in unit.inputs], "sizes",
+                         axis=0)
+    else:  # only the sizes along the axis need be static (a rotary's Concat on [N, H, L, D])
+        split = ctx.b.ints(sizes)
+    parts = ctx.b.op("Split", [r_outs[0], split], "split", outputs=len(sizes), axis=axis)
     parts = parts if isinstance(parts, list) else [parts]
     return [p if t in ctx.signal else None for p, t in zip(parts, unit.inputs)]
+
+
+def _size_along(ctx, t, axis):
+    shape = ctx.shapes.get(t)
+    return shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
 
 
 @converts("Split")

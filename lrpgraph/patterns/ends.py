@@ -28,5 +28,18 @@ def logits_of(graph: onnx.GraphProto) -> tuple:
 
 
 def embedding_indices(graph: onnx.GraphProto, inits: Mapping) -> set:
-    """The tensors that index a constant table with Gather (an embedding's token ids)."""
-    return {n.input[1] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    """The tensors that index a constant table with Gather (an embedding's token ids), and those they were
+    moved from (structure ops: GPT-2's input_ids.view(-1, L))."""
+    producer = {o: n for n in graph.node for o in n.output}
+    found = set()
+    for n in graph.node:
+        if n.op_type != "Gather" or n.input[0] not in inits:
+            continue
+        tensor, steps = n.input[1], 0
+        while tensor not in found and steps < 8:
+            found.add(tensor)
+            source = producer.get(tensor)
+            if source is None or not is_kind(source, "structure"):
+                break
+            tensor, steps = source.input[0], steps + 1
+    return found

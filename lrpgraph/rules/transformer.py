@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 UNIFORM = register_rule(RuleUnit("uniform", (), "AttnLRP: each operand of a product of two signals gets half of "
                                  "the product rule's gradient."))
 CP = register_rule(RuleUnit("cp", (), "CP-LRP: the operand computed by a Softmax (the attention probabilities, a "
-                            "gate) is a constant; the other operand gets the full gradient (as uniform without a "
-                            "Softmax operand)."))
+                            "gate) or by an activation (a gated MLP's gate) is a constant; the other operand gets the "
+                            "full gradient (as uniform without such an operand)."))
 IDENTITY = register_rule(RuleUnit("identity", (), "AttnLRP: R_x = R_y on element-wise activations (g_x = g_y f(x) "
                                   "/ x); LayerNorm and RMSNorm with their sigma held constant.",
                                   default_kinds=frozenset({"activation"})))

@@ -66,18 +66,23 @@ def index_tuples(array: np.ndarray, n: int, sizes: list) -> np.ndarray:
     if array.ndim != 3 or array.shape[0] != n or array.shape[2] != rank:
         raise LrpgraphError(f"target has shape {list(array.shape)}; give index tuples [{n}, K, {rank}] into the "
                             f"explained tensor's {sizes} (or [K, {rank}] / [{rank}] for every sample)")
-    bad = (array < 0) | (array >= np.asarray(sizes))
+    bad = (array < 0) | (array >= np.asarray([np.iinfo(np.int64).max if s is None else s for s in sizes]))
     if bad.any():
         where = tuple(int(v) for v in array[np.nonzero(bad)[:2]][0])
         raise LrpgraphError(f"target {list(where)} is out of range for the explained tensor's {sizes}")
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def _fits(shape, sizes):
+    """Whether a shape is sizes, a None size (a causal LM's length) taking any."""
+    return len(shape) == len(sizes) and all(s is None or d == s for d, s in zip(shape, sizes))
+
+
 def _seeds(seed, n, sizes):
     seed = seed.astype(np.float32)
-    if list(seed.shape[1:]) == sizes and seed.shape[0] == n:
+    if _fits(seed.shape[1:], sizes) and seed.shape[0] == n:
         seed = seed[:, None]
-    if seed.ndim != len(sizes) + 2 or seed.shape[0] != n or list(seed.shape[2:]) != sizes:
+    if seed.ndim != len(sizes) + 2 or seed.shape[0] != n or not _fits(seed.shape[2:], sizes):
         raise LrpgraphError(f"relevance seed has shape {list(seed.shape)}; expected [{n}, {', '.join(map(str, sizes))}]"
                             f" or [{n}, K, {', '.join(map(str, sizes))}]")
     return np.ascontiguousarray(seed)
@@ -87,6 +92,9 @@ def _feed(session, tuples, sizes):
     """What the target input takes for index tuples [n, K, r]: the tuples, or one-hot seeds [n, K, *S]."""
     if session.target_input != SEED_INPUT:
         return tuples
+    if None in sizes:
+        raise LrpgraphError(f"{session.name} takes float seeds [N, K, L, V] (target 'seed' on a causal LM's logits); "
+                            "pass them, or convert with target 'index' to pass (position, token) tuples")
     n, k = tuples.shape[:2]
     flat = np.ravel_multi_index(tuple(np.moveaxis(tuples, -1, 0)), sizes)
     onehot = np.zeros((n, k, int(np.prod(sizes))), np.float32)
@@ -106,7 +114,12 @@ def run_chunk(session: object, x: object, plan_: KPlan, start: int, ops: object)
     sizes = list(session.record.explained_shape)
     feed = None if plan_.feed is None else plan_.feed[rows]
     values, relevance = ops.run(x, feed)
+    if None in sizes:  # a causal LM's length, read from its logits
+        sizes = [v if s is None else s for s, v in zip(sizes, to_numpy(values).shape[1:])]
     tuples = None if plan_.explained is None else plan_.explained[rows]
+    if tuples is not None and (tuples >= np.asarray(sizes)).any():
+        raise LrpgraphError(f"target {tuples[np.nonzero((tuples >= np.asarray(sizes)).any(-1))][0].tolist()} is out of "
+                            f"range for the explained tensor's {sizes}")
     if plan_.predict:
         tuples = largest(values, sizes)
         _, relevance = ops.run(x, _feed(session, tuples, sizes))
