@@ -1,5 +1,5 @@
 """Causal LMs (transformers' Llama, Qwen2, Gemma 3, GPT-2 with random weights) exported with torch.onnx.export
-(dynamo; Llama and GPT-2 also with the TorchScript exporter):
+(dynamo and the TorchScript exporter) and with optimum-onnx:
 next-token relevance per input token [N, L] under attn-lrp and cp-lrp against LXT 2.1's efficient mode (float64,
 one subprocess per method for all models) on a padded batch of two prompts; padding tokens exactly 0; K = 3
 (position, token) targets per sample in one call equal to three calls and to LXT; decoder sequence
@@ -105,7 +105,7 @@ def test_k_targets_in_one_call(lms, lxt, name):
     assert np.all(together[padding] == 0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", MODELS)
 def test_legacy_exporter(lms, lxt, name):
     """The TorchScript exporter's graph (dynamo=False; the mask built without vmap while exporting,
     llm_models.export_legacy) gives LXT's next-token relevance too."""
