@@ -193,3 +193,24 @@ def test_seed_and_all_targets_and_session(lms):
     with pytest.raises(LrpgraphError, match="out of range") as error:
         session.explain_inputs(feeds, target=np.array([[length, 3]]))
     assert "\n" not in str(error.value)
+
+
+def test_input_x_gradient_matches_autograd(lms):
+    """method input-x-gradient on the next token (the baseline a causal LM's AttnLRP is compared with): the
+    embedding times the plain gradient of that logit, summed over the hidden axis, as torch autograd gives it in
+    float64; padding exactly 0."""
+    lm = lms["models"]["llama"]
+    converted = lrpgraph.convert(lm["onnx"], method="input-x-gradient")
+    _, relevance = run(converted, lm["feeds"])
+    model = llm_models.build("llama")
+    model.load_state_dict(torch.load(lm["state"]))
+    model = model.double()
+    ids, mask = (torch.from_numpy(lm["feeds"][k]) for k in ("input_ids", "attention_mask"))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+    last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)
+    explained = sum(logits[n, p, logits[n, p].argmax()] for n, p in enumerate(last))
+    (grad,) = torch.autograd.grad(explained, embeds)
+    ref = (embeds * grad).sum(-1).detach().numpy()
+    assert l1(relevance, ref) <= TOL
+    assert np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
