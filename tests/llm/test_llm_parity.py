@@ -165,8 +165,8 @@ def test_optimum_export(lms, lxt, name, tmp_path):
 
 def test_seed_and_all_targets_and_session(lms):
     """target 'seed' with one-hot seeds [N, K, L, V] equals 'index' at those tuples; 'all' equals the seed of
-    ones; ExplainSession feeds K tuples per sample as onnxruntime does and refuses a position past the length
-    in one line."""
+    ones; ExplainSession feeds K tuples per sample as onnxruntime does, explains the next token without a
+    target, and refuses a position past the length in one line."""
     from lrpgraph.errors import LrpgraphError
     from lrpgraph.runtime.session import ExplainSession
 
@@ -190,6 +190,9 @@ def test_seed_and_all_targets_and_session(lms):
     session = ExplainSession(lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="index").SerializeToString())
     _, relevance = session.explain_inputs(feeds, target=K_TUPLES)
     np.testing.assert_allclose(relevance, indexed, rtol=1e-6, atol=1e-9)
+    _, predicted = session.explain_inputs(feeds)  # no target: the next token, as target 'top' explains it
+    _, top = run(lrpgraph.convert(lm["onnx"], composite="attn-lrp"), feeds)
+    np.testing.assert_allclose(predicted[:, 0], top, rtol=1e-5, atol=1e-8)
     with pytest.raises(LrpgraphError, match="out of range") as error:
         session.explain_inputs(feeds, target=np.array([[length, 3]]))
     assert "\n" not in str(error.value)
