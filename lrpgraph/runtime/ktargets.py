@@ -4,7 +4,8 @@ the results back. relevance is [N, K, *input].
 
 - `target` models take index tuples into S: an int array [N, K, len(S)], [K, len(S)] or [len(S)] for every
   sample; with len(S) == 1 also [N] or [N, K] (one or K classes per sample). target=None explains the
-  largest element of S per sample: a first run finds it, a second explains it.
+  largest element of S per sample (a causal LM's logits [N, L, V]: the next token, next_token): a first run
+  finds it, a second explains it.
 - `relevance_seed` models take float seeds [N, *S] or [N, K, *S], fed as they are; index tuples are fed as
   one-hot seeds, and for an LRP composite each heatmap is then multiplied by its element of y (every LRP
   rule is linear in the relevance it receives).
@@ -108,20 +109,32 @@ def largest(values: object, sizes: list) -> np.ndarray:
     return np.stack(np.unravel_index(flat, sizes), axis=-1)[:, None].astype(np.int64)
 
 
+def next_token(values: object, x: object) -> np.ndarray:
+    """A causal LM's next token per sample as a (position, token) tuple [N, 1, 2]: the argmax token at the last
+    position where the fed attention_mask is 1 (the last position without one), as target 'top' explains."""
+    y = to_numpy(values)
+    mask = getattr(x, "arrays", {}).get("attention_mask")
+    present = np.ones(y.shape[:2]) if mask is None else np.asarray(mask)
+    position = (present * np.arange(1, y.shape[1] + 1)).argmax(1)
+    token = y[np.arange(len(y)), position].argmax(-1)
+    return np.stack([position, token], -1)[:, None].astype(np.int64)
+
+
 def run_chunk(session: object, x: object, plan_: KPlan, start: int, ops: object) -> tuple:
     """(explained tensor, [relevance [n, K, *input]], explained tuples) of the chunk x, rows start.."""
     rows = slice(start, start + x.shape[0])
     sizes = list(session.record.explained_shape)
     feed = None if plan_.feed is None else plan_.feed[rows]
     values, relevance = ops.run(x, feed)
-    if None in sizes:  # a causal LM's length, read from its logits
+    sequence = None in sizes
+    if sequence:  # a causal LM's length, read from its logits
         sizes = [v if s is None else s for s, v in zip(sizes, to_numpy(values).shape[1:])]
     tuples = None if plan_.explained is None else plan_.explained[rows]
     if tuples is not None and (tuples >= np.asarray(sizes)).any():
         raise LrpgraphError(f"target {tuples[np.nonzero((tuples >= np.asarray(sizes)).any(-1))][0].tolist()} is out of "
                             f"range for the explained tensor's {sizes}")
     if plan_.predict:
-        tuples = largest(values, sizes)
+        tuples = next_token(values, x) if sequence else largest(values, sizes)
         _, relevance = ops.run(x, _feed(session, tuples, sizes))
     elif plan_.feed is None and session.target_mode == "top":
         tuples = largest(values, sizes)

@@ -69,7 +69,8 @@ def export(model: torch.nn.Module) -> bytes:
 
 
 def export_legacy(model: torch.nn.Module) -> bytes:
-    """The same with the TorchScript exporter (dynamo=False, opset 17). transformers 4.57 builds the 4-D mask
+    """The same with the TorchScript exporter (dynamo=False, opset 18: Gemma 3's sliding-window mask needs its
+    BitwiseAnd). transformers 4.57 builds the 4-D mask
     with torch.vmap (masking_utils.sdpa_mask_recent_torch), which the TorchScript tracer cannot record
     (`RuntimeError: unordered_map::at`); its broadcasting version for older torch (sdpa_mask_older_torch) builds
     the same mask and traces, so it stands in while exporting."""
@@ -81,7 +82,7 @@ def export_legacy(model: torch.nn.Module) -> bytes:
     f, recent = io.BytesIO(), masking_utils.sdpa_mask
     masking_utils.sdpa_mask = masking_utils.sdpa_mask_older_torch
     try:
-        torch.onnx.export(Logits(model).eval(), (ids, mask), f, dynamo=False, opset_version=17,
+        torch.onnx.export(Logits(model).eval(), (ids, mask), f, dynamo=False, opset_version=18,
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes={t: {0: "N", 1: "L"} for t in ("input_ids", "attention_mask", "logits")})
     finally:

@@ -1,5 +1,5 @@
 """Causal LMs (transformers' Llama, Qwen2, Gemma 3, GPT-2 with random weights) exported with torch.onnx.export
-(dynamo; Llama and GPT-2 also with the TorchScript exporter):
+(dynamo and the TorchScript exporter) and with optimum-onnx:
 next-token relevance per input token [N, L] under attn-lrp and cp-lrp against LXT 2.1's efficient mode (float64,
 one subprocess per method for all models) on a padded batch of two prompts; padding tokens exactly 0; K = 3
 (position, token) targets per sample in one call equal to three calls and to LXT; decoder sequence
@@ -105,7 +105,7 @@ def test_k_targets_in_one_call(lms, lxt, name):
     assert np.all(together[padding] == 0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", MODELS)
 def test_legacy_exporter(lms, lxt, name):
     """The TorchScript exporter's graph (dynamo=False; the mask built without vmap while exporting,
     llm_models.export_legacy) gives LXT's next-token relevance too."""
@@ -165,8 +165,8 @@ def test_optimum_export(lms, lxt, name, tmp_path):
 
 def test_seed_and_all_targets_and_session(lms):
     """target 'seed' with one-hot seeds [N, K, L, V] equals 'index' at those tuples; 'all' equals the seed of
-    ones; ExplainSession feeds K tuples per sample as onnxruntime does and refuses a position past the length
-    in one line."""
+    ones; ExplainSession feeds K tuples per sample as onnxruntime does, explains the next token without a
+    target, and refuses a position past the length in one line."""
     from lrpgraph.errors import LrpgraphError
     from lrpgraph.runtime.session import ExplainSession
 
@@ -190,6 +190,30 @@ def test_seed_and_all_targets_and_session(lms):
     session = ExplainSession(lrpgraph.convert(lm["onnx"], composite="attn-lrp", target="index").SerializeToString())
     _, relevance = session.explain_inputs(feeds, target=K_TUPLES)
     np.testing.assert_allclose(relevance, indexed, rtol=1e-6, atol=1e-9)
+    _, predicted = session.explain_inputs(feeds)  # no target: the next token, as target 'top' explains it
+    _, top = run(lrpgraph.convert(lm["onnx"], composite="attn-lrp"), feeds)
+    np.testing.assert_allclose(predicted[:, 0], top, rtol=1e-5, atol=1e-8)
     with pytest.raises(LrpgraphError, match="out of range") as error:
         session.explain_inputs(feeds, target=np.array([[length, 3]]))
     assert "\n" not in str(error.value)
+
+
+def test_input_x_gradient_matches_autograd(lms):
+    """method input-x-gradient on the next token (the baseline a causal LM's AttnLRP is compared with): the
+    embedding times the plain gradient of that logit, summed over the hidden axis, as torch autograd gives it in
+    float64; padding exactly 0."""
+    lm = lms["models"]["llama"]
+    converted = lrpgraph.convert(lm["onnx"], method="input-x-gradient")
+    _, relevance = run(converted, lm["feeds"])
+    model = llm_models.build("llama")
+    model.load_state_dict(torch.load(lm["state"]))
+    model = model.double()
+    ids, mask = (torch.from_numpy(lm["feeds"][k]) for k in ("input_ids", "attention_mask"))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+    last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)
+    explained = sum(logits[n, p, logits[n, p].argmax()] for n, p in enumerate(last))
+    (grad,) = torch.autograd.grad(explained, embeds)
+    ref = (embeds * grad).sum(-1).detach().numpy()
+    assert l1(relevance, ref) <= TOL
+    assert np.all(relevance[lm["feeds"]["attention_mask"] == 0] == 0)
