@@ -10,14 +10,13 @@ from lrpgraph.errors import LrpgraphError
 
 
 def llm_options(command: object) -> object:
-    """Add --prompt, --prompts, --tokenizer and --generate to a click command."""
+    """Add --prompt, --prompts and --generate to a click command (--tokenizer is scale_options', shared with
+    bulk runs of token models)."""
     options = [
         click.option("--prompt", "prompt", multiple=True, metavar="TEXT",
                      help="causal LMs: a prompt to continue and explain (repeatable)"),
         click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
                      help="causal LMs: a UTF-8 text file, one prompt a line"),
-        click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
-                     help="causal LMs: the model's tokenizer.json (the `tokenizers` format; needs lrpgraph[llm])"),
         click.option("--generate", "steps", type=click.IntRange(1, 4096), default=1, show_default=True,
                      help="causal LMs: tokens generated greedily, all explained in one call"),
     ]

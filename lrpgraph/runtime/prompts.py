@@ -26,7 +26,7 @@ def load_tokenizer(path: str | os.PathLike) -> object:
     try:
         import tokenizers
     except ImportError:
-        raise LrpgraphError("--prompt needs the `tokenizers` package: pip install 'lrpgraph[llm]'") from None
+        raise LrpgraphError("--tokenizer needs the `tokenizers` package: pip install 'lrpgraph[llm]'") from None
     if not os.path.isfile(path):
         raise LrpgraphError(f"--tokenizer {path}: no such file; give the model's tokenizer.json")
     try:

@@ -39,7 +39,8 @@ def scale_options(fn: Callable) -> Callable:
         click.option("--text-column", default=None, help="Parquet inputs of a token model: the column of texts, "
                      "tokenized with --tokenizer"),
         click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
-                     help="token models: a tokenizer.json (tokenizes --text-column; names the tokens in the rows)"),
+                     help="token models: the model's tokenizer.json (the `tokenizers` format, lrpgraph[llm]): "
+                     "tokenizes --prompt and --text-column, names the tokens in the rows"),
         click.option("--resume", is_flag=True, help="skip the inputs already in OUT/rows and OUT/errors"),
         click.option("--relevance-dtype", type=click.Choice(["float32", "float16"]), default="float32",
                      show_default=True, help="bulk runs: how heatmaps are stored"),
@@ -152,17 +153,6 @@ def read_tokenizer(path: str | None) -> str | None:
     """The text of a tokenizer.json (what the workers tokenize with), checked to load; None without one."""
     if path is None:
         return None
-    try:
-        from tokenizers import Tokenizer
-    except ModuleNotFoundError:
-        raise LrpgraphError("--tokenizer needs the tokenizers package: pip install tokenizers") from None
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        Tokenizer.from_str(text)
-    except (OSError, UnicodeDecodeError) as error:
-        raise LrpgraphError(f"--tokenizer {path}: cannot read it ({error.strerror or error})") from None
-    except Exception as error:  # tokenizers raises its own Exception type for a malformed file
-        raise LrpgraphError(f"--tokenizer {path}: not a tokenizer.json the tokenizers package loads "
-                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
-    return text
+    from lrpgraph.runtime.prompts import load_tokenizer
+
+    return load_tokenizer(path).to_str()

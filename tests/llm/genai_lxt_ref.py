@@ -31,14 +31,10 @@ def run(job: dict) -> dict:
     return dict(np.load(job["out"]))
 
 
-def _patch_map(patches, modeling, method):
-    """LXT's map for the method; "cp-attention": cp_LRP's attention (query and key detached) with attnLRP's
-    MLP (LXT's cp_LRP also detaches the gated MLP's gate branch, which lrpgraph's cp-lrp does not)."""
-    if method == "attn-lrp":
-        return patches.attnLRP
-    if method == "cp-lrp":
-        return patches.cp_LRP
-    return {key: (patches.cp_LRP[key] if key is modeling else value) for key, value in patches.attnLRP.items()}
+def _patch_map(patches, method):
+    """LXT's map for the method: attnLRP, or cp_LRP (query and key detached, the gated MLP's activated gate held
+    constant)."""
+    return patches.attnLRP if method == "attn-lrp" else patches.cp_LRP
 
 
 def _pin_linear_outputs(model, outputs):
@@ -64,7 +60,7 @@ def main(spec: str) -> None:
     arch = job["arch"]
     patches = importlib.import_module(f"lxt.efficient.models.{arch}")
     modeling = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
-    monkey_patch(modeling, _patch_map(patches, modeling, job["method"]))
+    monkey_patch(modeling, _patch_map(patches, job["method"]))
     model = transformers.AutoModelForCausalLM.from_pretrained(job["dir"], torch_dtype=torch.float64,
                                                               attn_implementation="eager").eval()
     if job.get("weights"):

@@ -80,11 +80,11 @@ def test_the_builder_writes_the_contrib_ops(built):
 
 @pytest.mark.parametrize("arch, composite", [("llama", "attn-lrp"), ("qwen2", "attn-lrp"), ("llama", "cp-lrp")])
 def test_fp32_graph_matches_lxt(built, reference, arch, composite):
-    """cp-lrp's reference is LXT's cp_LRP attention (query and key detached) with attnLRP's gated MLP: LXT's
-    cp_LRP map also detaches the MLP's gate branch, where lrpgraph's cp-lrp keeps the product rule."""
+    """Against LXT's attnLRP and cp_LRP maps (cp_LRP: query and key detached in the attention, the gated MLP's
+    activated gate held constant, as lrpgraph's cp-lrp does)."""
     _, outs, original, _ = explain(built[arch]["fp32"], composite)
     assert all(np.array_equal(a, b) for a, b in zip(outs[:len(original)], original)), "outputs changed"
-    ref = reference(arch, "attn-lrp" if composite == "attn-lrp" else "cp-attention")
+    ref = reference(arch, composite)
     relevance = outs[-1]
     assert relevance.shape == (2, 2, IDS.shape[1])
     errors = l1_errors(relevance, ref["relevance"])
