@@ -10,6 +10,19 @@ from lrpgraph.metadata import Record
 _TARGET_INPUTS = {"index": f"an int64 input '{targets.TARGET_INPUT}' [N]: the class to explain per sample",
                   "seed": f"a float input '{targets.SEED_INPUT}' [N, C]: what to explain at the logits",
                   "top": "none: the predicted class is explained", "all": "none: the whole logit vector"}
+_K_TARGET_INPUTS = {"index": f"an int64 input '{targets.TARGET_INPUT}' {{shape}}: K index tuples per sample into the "
+                             "explained tensor (one heatmap each)",
+                    "seed": f"a float input '{targets.SEED_INPUT}' {{shape}}: K seeds per sample shaped like the "
+                            "explained tensor (one heatmap each)"}
+
+
+def _target_input(model: onnx.ModelProto, record: Record) -> str:
+    """What the target mode asks for at run time, read from the graph's own target or seed input."""
+    name = {"index": targets.TARGET_INPUT, "seed": targets.SEED_INPUT}.get(record.target)
+    info = next((i for i in model.graph.input if i.name == name), None)
+    if info is not None and len(info.type.tensor_type.shape.dim) > (1 if record.target == "index" else 2):
+        return _K_TARGET_INPUTS[record.target].format(shape=_shape(info))
+    return _TARGET_INPUTS.get(record.target, "?")
 
 
 def _shape(info: onnx.ValueInfoProto) -> str:
@@ -21,7 +34,7 @@ def _role(name: str, record: Record) -> str:
     if name == record.image_input:
         return "image"
     if name == targets.TARGET_INPUT:
-        return "target class per sample"
+        return "targets per sample"
     if name == targets.SEED_INPUT:
         return "relevance seed"
     if name == record.logits_output:
@@ -39,7 +52,7 @@ def lines(model: onnx.ModelProto, record: Record) -> list:
     inits = {i.name for i in g.initializer}
     image = next((i for i in g.input if i.name == record.image_input), None)
     shape = [d.dim_value or None for d in image.type.tensor_type.shape.dim] if image is not None else None
-    out = [explanations(record), f"target mode: {record.target}; extra input: {_TARGET_INPUTS.get(record.target, '?')}"]
+    out = [explanations(record), f"target mode: {record.target}; extra input: {_target_input(model, record)}"]
     out.append("inputs:")
     out += [f"  {i.name:<24} {_shape(i):<20} {_role(i.name, record)}" for i in g.input if i.name not in inits]
     out.append("outputs:")

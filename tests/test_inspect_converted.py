@@ -57,3 +57,15 @@ def test_inspect_says_the_opset_was_upgraded_and_advises_accepted_options(tmp_pa
     assert flags <= accepted, flags - accepted  # every option it advises, inspect takes
     fixed = CliRunner().invoke(main, ["inspect", str(tmp_path / "dyn.onnx"), "--image-size", "28,28"])
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_inspect_names_the_k_targets_of_a_model_converted_from_a_tensor(tmp_path):
+    runner = CliRunner()
+    model = tmp_path / "k.lrp.onnx"
+    logits = onnx.load(str(DEMO / "model.onnx")).graph.output[0].name
+    done = runner.invoke(main, ["convert", str(DEMO / "model.onnx"), "-o", str(model), "--from", logits,
+                                "--target", "index"])
+    assert done.exit_code == 0, done.output
+    text = runner.invoke(main, ["inspect", str(model)]).output
+    assert "K index tuples per sample into the explained tensor" in text and "the class to explain" not in text
+    assert re.search(r"target +\[\S+, \S+, 1\] +targets per sample", text), text
