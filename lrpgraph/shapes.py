@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from lrpgraph import symbolic
 from lrpgraph.catalog import is_kind, stops_signal
 from lrpgraph.graph import opset_of, skeleton, tensor_shapes, topological
 
@@ -37,16 +38,9 @@ def unresolved(model: onnx.ModelProto, shapes: dict, signal: set) -> bool:
 def symbolic_shapes(model: onnx.ModelProto) -> dict:
     """{tensor: [dim or None]} from onnxruntime's symbolic shape inference (a symbol such as the batch is None);
     {} where it cannot run (onnxruntime missing, an op it does not know)."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
-        return {}
     light = skeleton(model)
     del light.graph.value_info[:]
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=False)
-    except Exception:  # noqa: BLE001  it raises plain exceptions (and asserts) on ops it does not know
-        return {}
+    inferred = symbolic.infer(light)
     return {} if inferred is None else tensor_shapes(inferred)
 
 

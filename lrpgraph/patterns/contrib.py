@@ -31,15 +31,10 @@ def checkable(graph: onnx.GraphProto, opset_import: MutableSequence) -> None:
 def contrib_shapes(light: onnx.ModelProto, known: set) -> list:
     """value_info from onnxruntime's symbolic shape inference for the tensors of light (a skeleton) not in
     known; [] where it cannot run."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
-        return []
+    from lrpgraph import symbolic
+
     copy = onnx.ModelProto()
     copy.CopyFrom(light)
     del copy.graph.value_info[:]
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(copy, auto_merge=True, guess_output_rank=False)
-    except Exception:  # noqa: BLE001  it raises plain exceptions (and asserts) on ops it does not know
-        return []
+    inferred = symbolic.infer(copy)
     return [] if inferred is None else [v for v in inferred.graph.value_info if v.name not in known]
