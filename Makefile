@@ -57,7 +57,7 @@ demo: setup-runtime
 	$(BIN)/lrpgraph demo --out out/demo
 
 test: setup
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -rs
 
 # docs/demo.png: the demo page in headless Chromium (Debian package chromium)
 screenshot: demo
