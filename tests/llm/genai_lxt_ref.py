@@ -11,24 +11,14 @@ of state-dict tensors loaded over the model's (the int4 model's dequantized weig
 still the Linear's."""
 
 import json
-import os
-import subprocess
 import sys
 
 
 def run(job: dict) -> dict:
     """Run one job in a child process; returns its arrays (logits [N, L, V], relevance [N, K, L])."""
-    import numpy as np
+    from child_run import run_child
 
-    spec = job["out"] + ".json"
-    with open(spec, "w") as f:
-        json.dump(job, f)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), spec], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"LXT reference failed:\n{done.stderr[-3000:]}")
-    return dict(np.load(job["out"]))
+    return run_child(__file__, job)
 
 
 def _patch_map(patches, method):

@@ -13,7 +13,6 @@ predicted class, [N, L]. Saved as "<i>_logits", "<i>_relevance" for case i."""
 
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,17 +21,9 @@ FAMILIES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3", "gpt2": "gpt
 
 def run(job: dict) -> dict:
     """Run one job in a child process; returns its arrays."""
-    import numpy as np
+    from child_run import run_child
 
-    spec = job["out"] + ".json"
-    with open(spec, "w") as f:
-        json.dump(job, f)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), spec], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"LXT reference failed:\n{done.stderr[-3000:]}")
-    return dict(np.load(job["out"]))
+    return run_child(__file__, job)
 
 
 def _patch(family: str, method: str) -> None:

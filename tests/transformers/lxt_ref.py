@@ -22,7 +22,6 @@ embedding output times its gradient, summed over the hidden axis.
 
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,17 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run(job):
     """Run one job (its patches are global) in a child process; returns its arrays."""
-    import numpy as np
+    from child_run import run_child
 
-    spec = job["out"] + ".json"
-    with open(spec, "w") as f:
-        json.dump(job, f)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), spec], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"LXT reference failed:\n{done.stderr[-3000:]}")
-    return dict(np.load(job["out"]))
+    return run_child(__file__, job)
 
 
 def _zennit_composite(rules, model):
