@@ -3,7 +3,7 @@ Shape with a dynamic batch, DeepLabV3 by the TorchScript one) convert as a whole
 Resize (the ASPP pooled branch's and the final upsampling), LR-ASPP's gate, skip Adds. A region seed (the class-c
 logits on the pixels predicted as c, L-CRP's choice) gives zennit's float64 heatmap, with the plain gradient
 on the Adds and Muls between modules as zennit's plain `+` and `*` (`--rule Add=gradient --rule Mul=gradient`),
-and its gradient equals torch autograd's; fcn_resnet50 with the default rules and a small U-Net (bilinear upsampling, skip Concats) match zennit too."""
+and its gradient and IG equal torch autograd's; fcn_resnet50 with the default rules and a small U-Net (bilinear upsampling, skip Concats) match zennit too."""
 
 import functools
 
@@ -76,6 +76,35 @@ def test_region_gradient_matches_autograd(name):
     model.float()
     assert l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
 
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_region_ig_matches_autograd(name):
+    """IG (4 right Riemann steps, zero baseline) of a region seed fed at run time (`--target seed`, K = 1), through the
+    public convert, against x * the mean of float64 autograd gradients at a x, a = 1/4 .. 1."""
+    import onnxruntime as ort
+
+    import lrpgraph
+
+    model, x, onnx_bytes = segmenter(name)
+    converted = lrpgraph.convert(onnx_bytes, method="ig", target="seed", steps=4)
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    image = session.get_inputs()[0].name
+    y = dict(zip(names, session.run(None, {image: x.numpy(), "relevance_seed": np.zeros((2, 1, CLASSES, SIDE, SIDE),
+                                                                                         np.float32)})))
+    seed = region(next(v for k, v in y.items() if k != "relevance"))
+    heat = dict(zip(names, session.run(None, {image: x.numpy(), "relevance_seed": seed[:, None]})))["relevance"][:, 0]
+    reference, xd = model.double(), x.double()
+    try:
+        grads = []
+        for a in (0.25, 0.5, 0.75, 1.0):
+            point = (a * xd).requires_grad_(True)
+            grads.append(torch.autograd.grad(reference(point), point, torch.from_numpy(seed).double())[0])
+        ref = (xd * torch.stack(grads).mean(0)).numpy()
+    finally:
+        model.float()
+    assert np.abs(ref).sum() > 0 and l1(heat, ref) <= 1e-4, l1(heat, ref)
 
 
 class UNet(torch.nn.Module):
