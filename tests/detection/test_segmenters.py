@@ -162,3 +162,14 @@ def test_fcn_resnet50_region_seed_matches_zennit():
         (ref,) = torch.autograd.grad(modified(xx), xx, torch.from_numpy(region(y)).double())
     model.float()
     assert np.abs(ref.numpy()).sum() > 0 and l1(heat, ref.numpy()) <= 1e-4, l1(heat, ref.numpy())
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_importer_runs_segmenters_as_onnxruntime(name):
+    """lrpgraph.train's importer computes a converted segmenter's map and relevance (bilinear Resize forward and
+    backward, the ASPP pooled branch, the LR-ASPP gate) as onnxruntime does."""
+    from seeded_ref import SEED, same_as_onnxruntime
+
+    _, x, onnx_bytes = segmenter(name)
+    seed = np.random.default_rng(0).random((2, CLASSES, SIDE, SIDE)).astype(np.float32)
+    same_as_onnxruntime(seeded(onnx_bytes, "epsilon-plus-flat", rules=OVERRIDES), {"x": x.numpy(), SEED: seed})
