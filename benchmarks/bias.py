@@ -38,7 +38,6 @@ Full: 10 classes, 64 x 64 canvases,
 
 import argparse
 import csv
-import platform
 import shutil
 import sys
 import time
@@ -58,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bias_alternatives  # noqa: E402
 from bias_alternatives import ALTERNATIVES, RRR_LAMBDA  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from bias_report import accuracy_figure, markdown, read_csv, write_csv, write_markdown  # noqa: E402
 
 VARIANTS = ("original", "dual", "selective", "stochastic")
@@ -322,15 +322,6 @@ def run_seed(args, seed):
     return rows, all_maps, sets
 
 
-def cpu_name():
-    """The CPU's model name (lscpu's 'Model name' from /proc/cpuinfo), else the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def accuracy_path(figure_path):

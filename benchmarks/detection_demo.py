@@ -14,8 +14,6 @@ centre. It is explained at its class scores (`--from` the Sigmoid output), compo
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +27,12 @@ from lrpgraph.datasets import CLASS_NAMES, garment_mask, load_fashion_mnist
 from lrpgraph.runtime import render
 from lrpgraph.runtime.boxes import box_metrics
 from lrpgraph.runtime.detect import decode_yolo, draw_box, index_tuples
+from machine import cpu_name
 
 SIZE, STRIDE, CLASSES = 96, 8, (0, 1, 5, 8)  # t-shirt, trouser, sandal, bag
 GRID = SIZE // STRIDE
 
 
-def cpu_name():
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def scenes(count, split, seed):

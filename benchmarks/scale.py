@@ -21,7 +21,6 @@ per image less the plain loop's, in ms.
 import argparse
 import io
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,15 +32,11 @@ import lrpgraph
 from lrpgraph import scale
 from lrpgraph.runtime import ExplainSession
 from lrpgraph.runtime.images import find_images, load_image
+from machine import cpu_name
 
 DEMO = Path(lrpgraph.__file__).parent / "data" / "demo" / "model.onnx"
 
 
-def cpu_name() -> str:
-    """lscpu's model name (the CPU the numbers come from)."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def resnet18(folder: Path) -> Path:
@@ -151,7 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="each time is the least of this many runs")
     parser.add_argument("--no-ray", action="store_true", help="only the local runs")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f} at the start (other processes share the cores)")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start (other processes share the cores)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         demo = work / "demo.lrp.onnx"

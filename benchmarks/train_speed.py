@@ -15,7 +15,6 @@ activations) is timed afterwards on its own, so that its memory traffic does not
 """
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))  # the tiny CNN builder
 
 from fashion_data import tiny_cnn
+from machine import cpu_name
 
 import lrpgraph
 from lrpgraph import metadata
@@ -133,7 +133,7 @@ def main(argv=None):
             case.times = [case.step() for _ in range(args.original_repeats)]
     text = table(cases, args.classes, args.variants)
     setup = (f"batch {args.batch}, 1 x {args.size} x {args.size} images, conv widths {args.widths}, "
-             f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+             f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}")
     print(setup)
     print(text)
     plot(cases, args.classes, args.variants, args.plot)
