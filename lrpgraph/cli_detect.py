@@ -39,6 +39,11 @@ def run_decode(session: "ExplainSession", inputs: tuple, out_dir: str, top: int,
     count = sum(len(r["heatmaps"]) for r in records)
     click.echo(f"{count} detections in {len(records)} images explained -> {os.path.join(out_dir, 'index.html')}",
                err=True)
+    empty = [r for r in records if "best_score" in r and not r["heatmaps"]]
+    if empty:  # a model whose scores all lie below the threshold (an untrained or differently scaled one) says so
+        best = max(r["best_score"] for r in empty)
+        click.echo(f"no box scored above --score {score:g} in {len(empty)} of {len(records)} images (their highest "
+                   f"class score: {best:.4g}); lower --score to explain weaker boxes", err=True)
 
 
 def run_regions(session: "ExplainSession", inputs: tuple, out_dir: str, classes: tuple, cmap: str) -> None:

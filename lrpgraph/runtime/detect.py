@@ -131,7 +131,8 @@ def forward(session: "ExplainSession", x: np.ndarray, output: str | None = None)
 def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, top: int = 5,
                        score: float = 0.25, iou: float = 0.45, cmap: str = "bwr") -> list:
     """For each image: decode and NMS-filter the detections, explain the top best in one call, write
-    NAME.detK.png (heatmap over the image, the box drawn), NAME.json (boxes, scores, classes) and, for all
+    NAME.detK.png (heatmap over the image, the box drawn), NAME.json (boxes, scores, classes, the best class
+    score of any anchor) and, for all
     images, index.html (pictures.explain_each). Returns the JSON records."""
     from lrpgraph.runtime import render
     from lrpgraph.runtime.pictures import explain_each
@@ -143,7 +144,8 @@ def explain_detections(session: "ExplainSession", paths: list, out_dir: str | os
     def explain_one(x, display, base, out_dir):
         output = forward(session, x[None])
         found = decode_yolo(output, score, iou, top)[0]
-        record = {"detections": found.to_json(session.labels), "heatmaps": []}
+        scores = output[0, 4:] if channels_first(output.shape) else output[0, :, 4:]
+        record = {"detections": found.to_json(session.labels), "heatmaps": [], "best_score": float(scores.max())}
         if len(found.scores):
             classes = output.shape[1 if channels_first(output.shape) else 2] - 4
             tuples = index_tuples([found], list(session.record.explained_shape), classes, len(found.scores))

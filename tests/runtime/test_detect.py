@@ -82,3 +82,10 @@ def test_explain_decode_yolo(tmp_path):
     session = ExplainSession(str(converted))
     _, relevance = session.explain(x, target=index_tuples([ref], [80, 525], 80, 3))
     assert relevance.shape == (1, 3, 3, 160, 160)
+    assert record["best_score"] == float(raw[0, 4:].max())
+    # every box below the threshold (as an untrained detector's are below the default): the run says so and what to do
+    result = CliRunner().invoke(main, ["explain", str(converted), str(tmp_path / "a<b>.png"), "--decode", "yolo",
+                                       "--score", "1", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 0 and not json.loads((tmp_path / "none" / "a<b>.json").read_text())["heatmaps"]
+    assert (f"no box scored above --score 1 in 1 of 1 images (their highest class score: "
+            f"{float(raw[0, 4:].max()):.4g}); lower --score") in result.output, result.output
