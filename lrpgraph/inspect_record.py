@@ -38,6 +38,8 @@ def _role(name: str, record: Record) -> str:
     if name == targets.SEED_INPUT:
         return "relevance seed"
     if name == record.logits_output:
+        if record.k_targets:  # a detector's or segmenter's map, a language model's [N, L, V] logits
+            return "explained output (the targets index into it)"
         return "probabilities (softmax of the explained logits)" if record.outputs_probabilities else "logits"
     if name in record.explanations or name in record.relevance_outputs:
         return f"heatmap ({record.explanations.get(name, record.composite)})"

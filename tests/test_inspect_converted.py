@@ -69,3 +69,4 @@ def test_inspect_names_the_k_targets_of_a_model_converted_from_a_tensor(tmp_path
     text = runner.invoke(main, ["inspect", str(model)]).output
     assert "K index tuples per sample into the explained tensor" in text and "the class to explain" not in text
     assert re.search(r"target +\[\S+, \S+, 1\] +targets per sample", text), text
+    assert re.search(rf"{re.escape(logits)} +\[[^]]*\] +explained output \(the targets index into it\)", text), text
