@@ -53,6 +53,12 @@ def run_regions(session: "ExplainSession", inputs: tuple, out_dir: str, classes:
     records = explain_regions(session, list(inputs), out_dir, list(classes), cmap=cmap)
     click.echo(f"{len(classes)} region(s) in {len(records)} images explained -> {os.path.join(out_dir, 'index.html')}",
                err=True)
+    for record in records:  # a class predicted nowhere has an empty seed, so an empty heatmap: say so
+        empty = [str(r["class"]) for r in record.get("regions", []) if not r["pixels"]]
+        if empty:
+            found = ", ".join(f"{c} ({n} px)" for c, n in list(record["predicted"].items())[:5])
+            click.echo(f"{record['file']}: no pixel is predicted as {' or '.join('class ' + c for c in empty)}, so the "
+                       f"heatmap is empty; classes predicted there: {found}", err=True)
 
 
 def run_boxes(model: str, data: tuple, boxes_file: str, out_dir: str, seed: int, provider: str | None,

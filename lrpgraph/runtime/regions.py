@@ -46,8 +46,8 @@ def fit(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 def explain_regions(session: "ExplainSession", paths: list, out_dir: str | os.PathLike, classes: list,
                     cmap: str = "bwr") -> list:
     """For each image: the seed of each class in classes (region_seed), their heatmaps in one call, written as
-    NAME.regionC.png (the heatmap over the image, the mask's outline drawn), NAME.json and index.html
-    (pictures.explain_each); returns the records."""
+    NAME.regionC.png (the heatmap over the image, the mask's outline drawn), NAME.json (each region's pixels, the
+    pixels of every class predicted) and index.html (pictures.explain_each); returns the records."""
     from lrpgraph.ort import SEED_INPUT
     from lrpgraph.runtime import render
     from lrpgraph.runtime.detect import forward
@@ -63,7 +63,9 @@ def explain_regions(session: "ExplainSession", paths: list, out_dir: str | os.Pa
         seed = region_seed(logits, classes)
         _, relevance = session.explain(x[None], target=seed)
         relevance = relevance if not isinstance(relevance, dict) else next(iter(relevance.values()))
-        record = {"regions": [], "heatmaps": []}
+        counts = np.bincount(logits[0].argmax(axis=0).ravel(), minlength=logits.shape[1])
+        record = {"regions": [], "heatmaps": [],  # the classes predicted anywhere, most pixels first
+                  "predicted": {str(c): int(counts[c]) for c in np.argsort(-counts, kind="stable") if counts[c]}}
         for k, c in enumerate(classes):
             mask = fit(seed[0, k, c] > 0, *display.shape[:2])
             picture = render.overlay(display, render.heatmap_rgb(relevance[0, k], cmap), 0.6)

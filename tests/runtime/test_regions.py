@@ -83,6 +83,13 @@ def test_explain_region_writes_outlined_pictures(tmp_path):
     record = json.loads((tmp_path / "heat" / "p.json").read_text())
     assert record["heatmaps"] == ["p.region1.png", "p.region2.png"]
     assert all((tmp_path / "heat" / name).exists() for name in record["heatmaps"])
+    predicted = {int(c): n for c, n in record["predicted"].items()}
+    assert sum(predicted.values()) == SIDE * SIDE and list(predicted.values()) == sorted(predicted.values())[::-1]
+    for region in record["regions"]:
+        assert region["pixels"] == predicted.get(region["class"], 0)
+        empty = f"p.png: no pixel is predicted as class {region['class']}, so the heatmap is empty" in result.output
+        assert empty == (region["pixels"] == 0), result.output
+    assert any(not r["pixels"] for r in record["regions"])  # the message was shown
     result = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "p.png"), "--region", "9", "--out",
                                        str(tmp_path / "bad")])
     assert result.exit_code == 2 and "--region 9" in result.output
