@@ -156,5 +156,6 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]  # tests/detection and tests: the shared references
     main()
