@@ -71,8 +71,8 @@ def _uniform_relevance(ctx: "Context", unit: "Unit", rule: Rule, r: str, op: "Si
     gradient form gives (R = x g) when the message g_y = R_y / y reaches the product."""
     operands = getattr(op, "operands", None)
     if operands is None:
-        raise UnsupportedModelError(f"node '{getattr(unit, 'name', '?')}': rule '{rule.name}' in relevance form (the LRP "
-                                    "composites) needs the product's operands; use --composite attn-lrp or cp-lrp")
+        raise UnsupportedModelError(f"node '{unit.name}': rule '{rule.name}' in relevance form (the LRP composites) "
+                                    "needs the product's operands; use --composite attn-lrp or cp-lrp")
     b = ctx.b
     shares = op.gradients(b.div(r, b.stab(op.output, rule.stabilizer)))
     half = b.const(0.5)
