@@ -11,7 +11,7 @@ from onnx import TensorProto
 from lrpgraph import shapes as shapes_
 from lrpgraph.catalog import (
     RECORDS, Canonical, Initializers, LinearLayer, Unit, explainable, record_of, stops_signal)
-from lrpgraph.catalog.ops import attention_operand
+from lrpgraph.catalog.ops import attention_operand, attention_softmax
 from lrpgraph.errors import LrpgraphError, UnsupportedModelError
 from lrpgraph.graph import attrs_of, infer_shapes, needed_nodes, tensor_shapes, topological
 from lrpgraph.patterns.ends import embedding_indices, logits_of
@@ -160,7 +160,7 @@ def _units(nodes, graph, inits, shapes, signal):
     uses = Counter(t for n in graph.node for t in n.input)
     uses.update(o.name for o in graph.output)
     consumer = {t: n for n in nodes for t in n.input}
-    units, absorbed = [], set()
+    units, absorbed, probabilities = [], set(), set()
     for node in nodes:
         if id(node) in absorbed:
             continue
@@ -181,8 +181,15 @@ def _units(nodes, graph, inits, shapes, signal):
                 unit.kind = "product"
                 unit.gate = _activated_operand(node, units)
         elif kind == "product":  # which operand holds attention probabilities (CP-LRP keeps them constant)
-            unit.gate = attention_operand(node, {o: n for n in nodes for o in n.output})
+            producer = {o: n for n in nodes for o in n.output}
+            unit.gate = attention_operand(node, producer)
+            if unit.gate is not None:
+                softmax = attention_softmax(node.input[unit.gate], producer)
+                probabilities.add(softmax.name or softmax.output[0])
         units.append(unit)
+    for unit in units:  # the Softmax of attention probabilities: the composites' key 'attention'
+        if unit.name in probabilities and unit.op == "Softmax":
+            unit.extra_keys = ("attention",)
     return units
 
 

@@ -108,8 +108,10 @@ STRUCTURE: list[OpRecord] = [
     *(record(op, "index") for op in ("Equal", "Not", "And", "Or", "Greater", "Less", "GreaterOrEqual",
                                      "LessOrEqual", "ArgMax", "ArgMin", "IsNaN", "IsInf")),
     # the head at the output; a Softmax inside the graph is a normaliser (converters/attention.py): its gradient
-    # (transformers), or relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax)
-    record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass"}}, nonneg_output=True,
+    # (transformers), relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax), or
+    # AttnLRP's softmax rule (the LRP composites' choice for attention probabilities: composite key 'attention')
+    record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass", "softmax"}},
+           nonneg_output=True,
            classify=lambda node, dynamic: "normaliser"),
     record("LogSoftmax", "head"),
 ]
@@ -152,16 +154,20 @@ _MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout", "Identity",
           "Where"}  # Where: torch's exported SDPA zeroes NaN rows of the probabilities
 
 
+def attention_softmax(tensor: str, producer: dict, depth: int = 0) -> "NodeProto | None":
+    """The Softmax node that computes tensor (through shape ops: attention probabilities), or None."""
+    n = producer.get(tensor)
+    if n is None or depth > 8:
+        return None
+    if n.op_type == "Softmax":
+        return n
+    if n.op_type not in _MOVES:
+        return None
+    values = n.input[1:3] if n.op_type == "Where" else n.input[:1]  # Where(condition, a, b)
+    return next((s for s in (attention_softmax(t, producer, depth + 1) for t in values) if s is not None), None)
+
+
 def attention_operand(node: NodeProto, producer: dict) -> "int | None":
     """The index (0 or 1) of the operand of a product computed by a Softmax (through shape ops), or None."""
-    def from_softmax(tensor, depth=0):
-        n = producer.get(tensor)
-        if n is None or depth > 8:
-            return False
-        if n.op_type == "Softmax":
-            return True
-        values = n.input[1:3] if n.op_type == "Where" else n.input[:1]  # Where(condition, a, b)
-        return n.op_type in _MOVES and any(from_softmax(t, depth + 1) for t in values)
-
-    found = [i for i in (0, 1) if from_softmax(node.input[i])]
+    found = [i for i in (0, 1) if attention_softmax(node.input[i], producer) is not None]
     return found[0] if len(found) == 1 else None

@@ -60,12 +60,14 @@ class Unit:
     first: bool = False  # first linear layer reached from the image input
     upstream: bool = False  # between the image input and the first linear layer
     gate: int = None  # Mul gates: index of the gate input (gets no relevance)
+    extra_keys: tuple = ()  # composite keys from where the unit sits, before its record's ('attention': a Softmax
+    # whose output a product of two signals takes as its attention probabilities)
 
     @property
     def keys(self) -> tuple:
         """The composite keys a composite's table is looked up by, most specific first (conv, dense, relu, ...;
-        the kind where the record names none)."""
-        return RECORDS[self.op].keys_of(self.kind)
+        the kind where the record names none), after the unit's extra_keys."""
+        return self.extra_keys + RECORDS[self.op].keys_of(self.kind)
 
     def holds(self, flag: str, inits: Mapping) -> bool:
         """Whether the op record's flag (nonneg_output, keeps_nonneg: a bool or a predicate) holds for this unit."""

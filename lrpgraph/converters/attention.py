@@ -12,9 +12,11 @@ products change the plain gradient, so no relevance is divided by a value that m
 - product y = a (x) b (MatMul, Einsum or Mul of two signals): 'uniform' (AttnLRP) each operand gets half of the
   product rule's gradient; 'cp' (CP-LRP) the operand computed by a Softmax (the attention probabilities,
   unit.gate) is a constant and the other operand gets the full gradient (without a Softmax operand, as
-  'uniform'); 'gradient' the product rule;
+  'uniform'); 'gradient' the product rule; under the LRP composites (relevance) 'uniform' gives R_a = a * ga / 2
+  with ga the product rule's share of R_y / stab(y), AttnLRP's rule as LXT's gradient form computes it;
 - Softmax, Gather, Expand, Where, Cast: the plain gradient (a Softmax inside the graph under AttnLRP
-  is its gradient: R_z = z (R_s - s sum R_s))."""
+  is its gradient: R_z = z (R_s - s sum R_s)); under the LRP composites the attention probabilities' Softmax
+  takes 'softmax', that rule in relevance form."""
 
 import math
 import string
@@ -44,7 +46,8 @@ def softmax(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         inner = b.op("ReduceSum", [b.mul(s, r), axes], "sum", keepdims=1)
         return b.mul(s, b.sub(r, inner))
 
-    op = SimpleNamespace(place=lambda t: [t], gradient=gradient)
+    op = SimpleNamespace(place=lambda t: [t], gradient=gradient,
+                         total=lambda r: b.op("ReduceSum", [r, axes], "total", keepdims=1))
     return rule.emitter("normaliser", unit)(ctx, unit, rule, r_outs, op)
 
 
@@ -91,7 +94,8 @@ def product(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         return (unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out),
                 unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out))
 
-    return rule.emitter("product", unit)(ctx, unit, rule, r_outs, SimpleNamespace(gradients=gradients))
+    op = SimpleNamespace(gradients=gradients, operands=unit.inputs[:2], output=unit.outputs[0])
+    return rule.emitter("product", unit)(ctx, unit, rule, r_outs, op)
 
 
 def einsum_terms(ctx: Context, unit: "Unit") -> tuple:

@@ -98,12 +98,12 @@ def group_query_attention(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) 
                      keepdims=0))
 
     product = rule.emitter("product", unit)
-    g_probs, g_v = product(ctx, SimpleNamespace(gate=0), rule, [g_out], SimpleNamespace(gradients=av_gradients))
+    g_probs, g_v = product(ctx, SimpleNamespace(gate=0, name=unit.name), rule, [g_out], SimpleNamespace(gradients=av_gradients))
     g_q = g_k = None
     if g_probs is not None:  # the Softmax: its gradient; the scale: a constant factor
         inner = b.op("ReduceSum", [b.mul(probs, g_probs), b.ints([-1])], "softmax_sum", keepdims=1)
         g_scores = b.mul(b.mul(probs, b.sub(g_probs, inner)), b.const(scale))
-        g_q, g_k = product(ctx, SimpleNamespace(gate=None), rule, [g_scores],
+        g_q, g_k = product(ctx, SimpleNamespace(gate=None, name=unit.name), rule, [g_scores],
                            SimpleNamespace(gradients=qk_gradients))
     return _to_inputs(ctx, unit, rotary, (g_q, g_k, g_v), (heads, kv_heads, d), packed)
 

@@ -11,10 +11,12 @@ the message (relevance, or the gradient-form g) for each of unit.inputs; `op` ho
 - linear: the LinearLayer (forward, backward: the transposed map, weights, per_channel, x, out);
 - activation, bn, affine, normaliser, avgpool: place(t) (t at the signal input, None elsewhere),
   gradient(t) (t times the op's derivative, or its adjoint), and for activations `guided`, for
-  normalisers frozen(t) (the derivative with the statistics held constant);
+  normalisers frozen(t) (the derivative with the statistics held constant), for a Softmax total(t) (the sum
+  over its axis);
 - sum: signals [(tensor or None, sign)] and place_all(parts);
 - gate: place(t) and partial(i, t) (the product rule's share of operand i);
-- product: gradients(t) (both operands' shares of the product rule);
+- product: gradients(t) (both operands' shares of the product rule), and for MatMul, Einsum and Mul its
+  operands and output (the relevance form of AttnLRP's uniform rule);
 - maxpool: route(t) (each window's t to its arg-max);
 - structure: none: the converter moves the message as the op moves values (MOVE); a Resize gives x, y and
   transpose(t) (its adjoint) to a rule with an emitter of its own (epsilon)."""

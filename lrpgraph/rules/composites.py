@@ -13,9 +13,11 @@ TRANSFORMER = {"first": "gradient", "conv": "gradient", "dense": "gradient", "ac
                "layernorm": "identity", "normaliser": "gradient", "sum": "gradient", "avgpool": "gradient",
                "bn": "gradient", "maxpool": "gradient", "gate": "cp", "affine": "gradient", "structure": "gradient"}
 
-# every LRP composite starts from this table
+# every LRP composite starts from this table; an attention inside a CNN (YOLO11's C2PSA) takes AttnLRP's rules in
+# relevance form, as LXT applies them: products of two signals 'uniform', the Softmax of the attention
+# probabilities 'softmax' (any other Softmax inside the graph, a detector's DFL, passes relevance)
 BASE = {"activation": "pass", "sum": "norm", "avgpool": "norm", "bn": "pass", "maxpool": "wta",
-        "structure": "pass", "gate": "pass", "affine": "pass"}
+        "structure": "pass", "gate": "pass", "affine": "pass", "product": "uniform", "attention": "softmax"}
 
 
 @dataclass(frozen=True)
