@@ -31,6 +31,8 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
     table = COMPOSITES[composite].rules()
     params = options.params()
     by_key = _parse_overrides(overrides, units, stabilizer)
+    if composite not in MESSAGE_COMPOSITES:
+        _refuse_transformer(units, by_key, composite)
     chosen = {}
     for unit in units:
         record = RECORDS[unit.op]
@@ -54,6 +56,18 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
                                 f"node; use one of {', '.join(sorted(allowed))}")
         chosen[unit.name] = rule
     return chosen
+
+
+def _refuse_transformer(units: list, by_key: dict, composite: str) -> None:
+    """The LRP composites give attention products AttnLRP's rules in relevance form, checked inside a CNN
+    (YOLO11's C2PSA); a transformer, whose LayerNorms they would pass relevance through, is refused with the
+    composites made for it, unless each product's rule is given (--rule NODE=RULE)."""
+    norm = next((u for u in units if "layernorm" in u.keys), None)
+    product = next((u for u in units if u.kind == "product" and not (by_key.get(u.name) or by_key.get(u.op))), None)
+    if norm is not None and product is not None:
+        raise LrpgraphError(f"a transformer (LayerNorm '{norm.name}', attention product '{product.name}'): the LRP "
+                            f"composite '{composite}' is not made for it; use --composite attn-lrp or cp-lrp (LXT's "
+                            f"rules for transformers)")
 
 
 def _aliases(units):

@@ -43,6 +43,15 @@ def reference(vit, method, rules=None, name=None):
     return lxt_ref.run(job)
 
 
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon-plus-flat", "flex"])
+def test_lrp_composites_refuse_a_transformer(vit, composite):
+    """The LRP composites' attention rules are checked inside a CNN (YOLO11); on a transformer they would pass
+    relevance through its LayerNorms unchecked, so it is refused in one line naming the composites made for it."""
+    with pytest.raises(lrpgraph.LrpgraphError, match="a transformer .*use --composite attn-lrp or cp-lrp") as refused:
+        lrpgraph.convert(vit["onnx"], composite=composite)
+    assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("composite", ["cp-lrp", "attn-lrp"])
 def test_vit_matches_lxt(vit, composite):
     converted = lrpgraph.convert(vit["onnx"], composite=composite)
