@@ -16,8 +16,11 @@ Explainers: gradient, input x gradient, IG and guided IG (black baseline, --ig-s
 (--samples, noise level 0.1, noise_seed 0), and the LRP composites epsilon-plus, epsilon-gamma-box (bounds 0, 1),
 epsilon-alpha2-beta1 on the CNNs, cp-lrp and attn-lrp on the ViT; random (Gaussian noise) as a reference.
 
-Output: --csv (one row per network, explainer and reduction: the means over the images), the markdown table in
---out's generated block, the figure --figure (one image per network and its IG, guided IG and LRP heatmaps).
+--seeds N trains each network N times (seeds --seed ... --seed + N - 1: initialisation and batch order; the data and
+test images stay). Output: --csv (one row per seed, network, explainer and reduction: the means over the images),
+the markdown in --out's generated block (mean ± std over the seeds; the paper's claim as a check that holds or not,
+with its margin, see claim), the figure --figure (the first seed: one image per network, its IG, guided IG and LRP
+heatmaps).
 
     python benchmarks/methods_table.py --csv docs/methods_table.csv --out docs/methods.md --figure docs/methods_nets.png
 """
@@ -54,6 +57,15 @@ def parse_args(argv=None):
     p.add_argument("--classes", default="0,1,5,8", help="Fashion-MNIST labels")
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--vit-epochs", type=int, help="epochs of the ViT (default --epochs)")
+    p.add_argument("--vit-train-per-class", type=int, help="the ViT's training images per class (default the same)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
+    p.add_argument("--vit-lr", type=float, default=1e-3, help="the ViT's learning rate")
+    p.add_argument("--seeds", type=int, default=1, help="train each network with seeds --seed ... --seed + N - 1")
+    p.add_argument("--need", type=int, default=3, help="networks guided IG must win for the paper's claim to hold")
+    p.add_argument("--explainers", default="all", help="comma-separated keys (random is always scored)")
+    p.add_argument("--from-csv", help="comma-separated CSVs this script wrote (e.g. one per seed, or a run cut "
+                   "short): their tables (and --out's block) without training, then stop")
     p.add_argument("--images", type=int, default=32, help="test images scored per network")
     p.add_argument("--step", type=int, default=128, help="pixels per deletion / insertion step (128 of 4096: 32 steps)")
     p.add_argument("--ig-steps", type=int, default=32)
@@ -66,6 +78,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.networks = [n for n in args.networks.split(",") if n]
     args.classes = tuple(int(c) for c in args.classes.split(","))
+    args.vit_epochs = args.epochs if args.vit_epochs is None else args.vit_epochs
+    args.vit_train_per_class = args.vit_train_per_class or args.train_per_class
+    known = set(CNN_EXPLAINERS) | set(VIT_EXPLAINERS)
+    args.explainers = known if args.explainers == "all" else set(args.explainers.split(","))
+    if args.explainers - known or args.seeds < 1 or args.need < 1:
+        p.error(f"--explainers takes {', '.join(sorted(known))}; --seeds and --need at least 1")
     return args
 
 
@@ -123,21 +141,25 @@ def quantus_curves(net, x, classes, heat, step):
     return np.asarray(scores, np.float64)
 
 
-def score_network(name, args, x_test):
-    """Train and export network `name`; returns (rows, {explainer: heatmap}, accuracy, train accuracy, seconds)."""
+def score_network(name, seed, args, x_test):
+    """Train network `name` with `seed` (its initialisation and batch order) and export it; returns (rows, {explainer:
+    heatmap}, seconds). Each row carries the seed, the test accuracy and the last epoch's training accuracy."""
     started = time.perf_counter()
-    x, y = nets.rgb_set("train", args.train_per_class, args.classes, args.seed)
-    net = nets.build(name, len(args.classes), args.seed)
-    train_acc = nets.train(net, x, y, args.epochs, 1e-3, args.seed)
+    vit = name == "vit"
+    x, y = nets.rgb_set("train", args.vit_train_per_class if vit else args.train_per_class, args.classes, args.seed)
+    net = nets.build(name, len(args.classes), seed)
+    history = nets.train(net, x, y, args.vit_epochs if vit else args.epochs, args.vit_lr if vit else args.lr, seed)
     model = nets.export(net, name)
     classifier = metrics.Classifier(model, threads=args.threads)
     images, labels = x_test
     predicted = classifier.probabilities(images).argmax(1)
     accuracy = 100.0 * float((predicted == labels).mean())
+    explainers = VIT_EXPLAINERS if name == "vit" else CNN_EXPLAINERS
     maps, rows = {}, []
-    for key, spec in (VIT_EXPLAINERS if name == "vit" else CNN_EXPLAINERS).items():
-        maps[key] = heatmap(model, spec, images, args)
-    maps["random"] = np.random.default_rng(args.seed).normal(size=images.shape).astype(np.float32)
+    for key, spec in explainers.items():
+        if key in args.explainers:
+            maps[key] = heatmap(model, spec, images, args)
+    maps["random"] = np.random.default_rng(seed).normal(size=images.shape).astype(np.float32)
     for key, relevance in maps.items():
         if relevance is None:
             continue
@@ -150,52 +172,133 @@ def score_network(name, args, x_test):
                 quantus = np.full(len(images), np.nan)
             else:
                 quantus = quantus_deletion(net, images, predicted, heat, args.step)
-            rows.append({"network": name, "explainer": key, "reduction": how, "deletion": deleted.auc.mean(),
-                         "insertion": inserted.auc.mean(), "deletion_quantus": quantus.mean(),
-                         "deletion_sem": deleted.auc.std(ddof=1) / np.sqrt(len(images))})
-    return rows, maps, accuracy, train_acc, time.perf_counter() - started
+            rows.append({"network": name, "seed": seed, "explainer": key, "reduction": how,
+                         "deletion": deleted.auc.mean(), "insertion": inserted.auc.mean(),
+                         "deletion_quantus": quantus.mean(),
+                         "deletion_sem": deleted.auc.std(ddof=1) / np.sqrt(len(images)),
+                         "test_accuracy": accuracy, "train_accuracy": history[-1],
+                         "train_history": " ".join(f"{a:.1f}" for a in history)})
+    return rows, maps, time.perf_counter() - started
+
+
+def spread(values, digits=3):
+    """'mean ± std' over the seeds (sample std), or the one value."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def pick(rows, **match):
+    """The rows whose fields equal `match`, in seed order."""
+    return sorted((r for r in rows if all(r[k] == v for k, v in match.items())), key=lambda r: int(r["seed"]))
+
+
+def pairs(rows, name, how):
+    """(guided IG rows, IG rows) of one network and reduction, seed by seed (the seeds both have)."""
+    gig = {r["seed"]: r for r in pick(rows, network=name, reduction=how, explainer="guided_ig")}
+    ig = {r["seed"]: r for r in pick(rows, network=name, reduction=how, explainer="ig")}
+    seeds = [s for s in gig if s in ig]
+    return [gig[s] for s in seeds], [ig[s] for s in seeds]
 
 
 def comparisons(rows):
-    """Per network and reduction: guided IG against IG on deletion by both implementations, and Kendall's tau between
-    the two implementations' deletion rankings of the explainers."""
+    """Per network and reduction, over the seeds: guided IG and IG deletion, their difference by both
+    implementations, the insertion difference, and Kendall's tau between the two implementations' deletion rankings
+    of the explainers, per seed."""
     from scipy.stats import kendalltau
 
     lines = []
     for name in dict.fromkeys(r["network"] for r in rows):
         for how in REDUCTIONS:
-            mine = {r["explainer"]: r for r in rows if r["network"] == name and r["reduction"] == how}
-            if "ig" not in mine or "guided_ig" not in mine:
+            gig, ig = pairs(rows, name, how)
+            if not gig:
                 continue
-            ig, gig = mine["ig"], mine["guided_ig"]
-            keys = list(mine)
-            tau = kendalltau([mine[k]["deletion"] for k in keys], [mine[k]["deletion_quantus"] for k in keys])[0]
-            verdict = {impl: "guided IG" if gig[col] < ig[col] else "IG" for impl, col in
-                       (("lrpgraph", "deletion"), ("Quantus", "deletion_quantus"))}
-            lines.append(f"| {name} | {how} | {gig['deletion']:.3f} / {ig['deletion']:.3f} ({verdict['lrpgraph']}) | "
-                         f"{gig['deletion_quantus']:.3f} / {ig['deletion_quantus']:.3f} ({verdict['Quantus']}) | "
-                         f"{gig['insertion']:.3f} / {ig['insertion']:.3f} | {tau:.2f} |")
-    return ["| network | reduction | deletion, lrpgraph: guided IG / IG (lower wins) | deletion, Quantus: guided IG / "
-            "IG | insertion, lrpgraph: guided IG / IG (higher wins) | Kendall tau, lrpgraph vs Quantus deletion "
-            "ranking |", "| --- | --- | --- | --- | --- | --- |"] + lines
+            diff = {col: [g[col] - i[col] for g, i in zip(gig, ig)]
+                    for col in ("deletion", "deletion_quantus", "insertion")}
+            taus = []
+            for seed in (g["seed"] for g in gig):
+                mine = pick(rows, network=name, reduction=how, seed=seed)
+                taus.append(kendalltau([r["deletion"] for r in mine], [r["deletion_quantus"] for r in mine])[0])
+            wins = sum(d < 0 for d in diff["deletion"])
+            lines.append(f"| {name} | {how} | {spread([g['deletion'] for g in gig])} | "
+                         f"{spread([i['deletion'] for i in ig])} | {spread(diff['deletion'])} | "
+                         f"{spread(diff['deletion_quantus'])} | {spread(diff['insertion'])} | {wins} of {len(gig)} | "
+                         + ", ".join(f"{t:.2f}" for t in taus) + " |")
+    return ["| network | reduction | deletion, guided IG | deletion, IG | guided IG - IG, deletion (lrpgraph; "
+            "< 0: guided IG wins) | guided IG - IG, deletion (Quantus) | guided IG - IG, insertion (lrpgraph; > 0: "
+            "guided IG wins) | seeds where guided IG deletes better (lrpgraph) | Kendall tau per seed, lrpgraph vs "
+            "Quantus deletion ranking |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + lines
+
+
+def claim(rows, need, how="abs", column="deletion"):
+    """The guided IG paper's claim as a check that can fail: guided IG's mean deletion AUC over the seeds is below
+    IG's on at least `need` networks. Returns (holds, margin, its std, {network: per-seed differences}, per-seed win
+    counts); margin is minus the need-th smallest mean difference (guided IG - IG): > 0 where the claim holds."""
+    diffs = {}
+    for name in dict.fromkeys(r["network"] for r in rows):
+        gig, ig = pairs(rows, name, how)
+        if gig:
+            diffs[name] = np.array([g[column] - i[column] for g, i in zip(gig, ig)], np.float64)
+    need = min(need, len(diffs))
+    ranked = sorted(diffs, key=lambda n: diffs[n].mean())
+    decider = diffs[ranked[need - 1]]
+    margin, std = -decider.mean(), decider.std(ddof=1) if len(decider) > 1 else 0.0
+    seeds = min(len(d) for d in diffs.values())
+    per_seed = [int(sum(d[s] < 0 for d in diffs.values())) for s in range(seeds)]
+    return margin > 0, margin, std, diffs, per_seed
+
+
+def claim_lines(rows, need):
+    """The check stated in words: the paper's reduction (abs) by lrpgraph is the check; Quantus and the signed
+    reduction are printed beside it."""
+    lines = []
+    for how, column, role in (("abs", "deletion", "the check"), ("abs", "deletion_quantus", "cross-check"),
+                              ("signed", "deletion", "cross-check")):
+        holds, margin, std, diffs, per_seed = claim(rows, need, how, column)
+        wins = [n for n, d in diffs.items() if d.mean() < 0]
+        need_here = min(need, len(diffs))
+        lines.append(f"- {role} ({how} reduction, {'Quantus' if column.endswith('quantus') else 'lrpgraph'}): guided "
+                     f"IG deletes better than IG on at least {need_here} of {len(diffs)} networks: **"
+                     f"{'holds' if holds else 'does not hold'}**. Guided IG wins on {len(wins)} "
+                     f"({', '.join(wins) or 'none'}); margin (IG - guided IG on the deciding network, the "
+                     f"{need_here}. best) {margin:+.3f} ± {std:.3f} over the seeds; networks won per seed: "
+                     + ", ".join(str(k) for k in per_seed) + ".")
+    return lines
 
 
 def tables(rows, networks):
-    """One table per reduction: explainers down, networks across, cells deletion (lrpgraph) / deletion (Quantus) /
-    insertion (lrpgraph)."""
+    """One table per reduction: explainers down, networks across, cells deletion (lrpgraph, mean ± std over the
+    seeds) / deletion (Quantus, mean) / insertion (lrpgraph, mean ± std)."""
     lines = []
     for how in REDUCTIONS:
-        lines += ["", f"Reduction {how}: deletion (lrpgraph) / deletion (Quantus) / insertion (lrpgraph), mean AUC "
-                  "over the images:", "", "| explainer | " + " | ".join(networks) + " |",
+        lines += ["", f"Reduction {how}: deletion (lrpgraph) / deletion (Quantus) / insertion (lrpgraph), AUC: mean over "
+                  "the images, then mean ± std over the seeds:", "", "| explainer | " + " | ".join(networks) + " |",
                   "| --- |" + " --- |" * len(networks)]
         for key in dict.fromkeys(r["explainer"] for r in rows):
             cells = []
             for name in networks:
-                r = next((r for r in rows if (r["network"], r["explainer"], r["reduction"]) == (name, key, how)), None)
-                cells.append("-" if r is None else
-                             f"{r['deletion']:.3f} / {r['deletion_quantus']:.3f} / {r['insertion']:.3f}")
+                mine = pick(rows, network=name, explainer=key, reduction=how)
+                cells.append("-" if not mine else f"{spread([r['deletion'] for r in mine])} / "
+                             f"{np.mean([r['deletion_quantus'] for r in mine]):.3f} / "
+                             f"{spread([r['insertion'] for r in mine])}")
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines
+
+
+def network_notes(rows, networks, seconds):
+    """Per network: test accuracy (mean ± std over the seeds), training accuracy per epoch (mean over the seeds),
+    seconds."""
+    notes = []
+    for name in networks:
+        mine = {r["seed"]: r for r in pick(rows, network=name)}.values()
+        if not mine:
+            continue
+        epochs = np.mean([[float(a) for a in r["train_history"].split()] for r in mine], axis=0)
+        notes.append(f"{name} {spread([r['test_accuracy'] for r in mine], 1)} % test, training by epoch "
+                     + "/".join(f"{a:.0f}" for a in epochs) + " %" + (f", {seconds[name]:.0f} s" if name in seconds
+                                                                     else ""))
+    return notes
 
 
 def figure(path, examples):
@@ -234,34 +337,74 @@ def write_block(path, text):
                     else block + "\n")
 
 
+def write_csv(path, rows):
+    """The rows as CSV (floats as Python writes them: --from-csv reads back the same numbers)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: repr(float(v)) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+
+
+def read_csv(path):
+    """Rows of a CSV this script wrote, numbers as floats (the seed as int)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("deletion", "insertion", "deletion_quantus", "deletion_sem", "test_accuracy", "train_accuracy"):
+            r[key] = float(r[key])
+        r["seed"] = int(r["seed"])
+    return rows
+
+
+def report(rows, args, argv, minutes, seconds):
+    """The generated markdown: the command, the configuration and CPU, the networks, the check, the tables."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    seeds = sorted({r["seed"] for r in rows})
+    networks = [n for n in args.networks if any(r["network"] == n for r in rows)]
+    vit = (f" (ViT: {args.vit_train_per_class} per class, {args.vit_epochs} epochs, learning rate {args.vit_lr:g})"
+           if "vit" in networks else "")
+    return "\n".join(
+        [f"    python benchmarks/methods_table.py {' '.join(argv if argv is not None else sys.argv[1:])}", "",
+         f"{args.images} test images per network, {args.train_per_class} training images per class, {args.epochs} "
+         f"epochs, learning rate {args.lr:g}{vit}, seeds {', '.join(map(str, seeds))}; step {args.step} pixels, IG "
+         f"{args.ig_steps} steps, SmoothGrad {args.samples} samples; {cpu}, {args.threads} thread(s)"
+         + (f", {minutes:.1f} min" if minutes is not None else "") + ". Networks (test accuracy mean ± std over the "
+         "seeds, training accuracy per epoch averaged over the seeds): " + "; ".join(network_notes(rows, networks,
+                                                                                                seconds)) + ".", "",
+         "The guided IG paper's claim, checked on the mean over the seeds:", ""] + claim_lines(rows, args.need)
+        + [""] + comparisons(rows) + tables(rows, networks))
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    if args.from_csv:  # the tables again from CSVs this script wrote, without training
+        text = report([r for path in args.from_csv.split(",") for r in read_csv(path)], args, argv, None, {})
+        print(text)
+        if args.out:
+            write_block(args.out, text)
+        return 0
     x_test = nets.rgb_set("test", -(-args.images // len(args.classes)), args.classes, args.seed)
     x_test = (x_test[0][:args.images], x_test[1][:args.images])
-    rows, examples, notes = [], [], []
-    for name in args.networks:
-        mine, maps, accuracy, train_acc, seconds = score_network(name, args, x_test)
-        rows += mine
-        examples.append((name, x_test[0][0], {k: v[0] for k, v in maps.items() if v is not None}))
-        notes.append(f"{name} {accuracy:.1f} % test ({train_acc:.1f} % training, last epoch), {seconds:.0f} s")
-        print(f"{name}: {notes[-1]}", file=sys.stderr, flush=True)
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    text = "\n".join([f"    python benchmarks/methods_table.py {' '.join(argv if argv is not None else sys.argv[1:])}",
-                      "", f"{args.images} test images per network, {args.train_per_class} training images per class, "
-                      f"{args.epochs} epochs, step {args.step} pixels, IG {args.ig_steps} steps, SmoothGrad "
-                      f"{args.samples} samples; {cpu}, {args.threads} thread(s), {(time.perf_counter() - started) / 60:.1f} "
-                      "min. Networks: " + "; ".join(notes) + ".", ""] + comparisons(rows) + tables(rows, args.networks))
+    rows, examples, seconds = [], [], {}
+    for seed in range(args.seed, args.seed + args.seeds):  # seeds outside: a run cut short still has whole seeds
+        for name in args.networks:
+            mine, maps, took = score_network(name, seed, args, x_test)
+            rows += mine
+            seconds[name] = seconds.get(name, 0.0) + took
+            if seed == args.seed:
+                examples.append((name, x_test[0][0], {k: v[0] for k, v in maps.items() if v is not None}))
+                if name == args.networks[-1]:
+                    figure(args.figure, examples)
+            print(f"{name} seed {seed}: {mine[0]['test_accuracy']:.1f} % test, training by epoch "
+                  f"{mine[0]['train_history']} %, {took:.0f} s", file=sys.stderr, flush=True)
+            write_csv(args.csv, rows)
+    text = report(rows, args, argv, (time.perf_counter() - started) / 60, seconds)
     print(text)
     if args.out:
         write_block(args.out, text)
-    figure(args.figure, examples)
     print(f"wrote {args.csv}, {args.figure}" + (f", {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
