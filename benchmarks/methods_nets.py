@@ -11,6 +11,11 @@ Networks (torch, 3 x 64 x 64 in, one logit per class), trained with cross-entrop
   densenet   Conv stem, two dense blocks of three BN-ReLU-Conv3x3 layers (growth 12, concatenated) with a
              BN-ReLU-Conv1x1-AvgPool transition, BN-ReLU, GAP, dense
   vit        torchvision VisionTransformer: patch 8 (64 patches + class token), 2 layers, 4 heads, hidden 64, MLP 128
+
+Run as a script, it prints the training curve of one network (training and test accuracy per epoch), what chose
+methods_table.py's epochs, learning rates and the ViT's training set:
+
+    python benchmarks/methods_nets.py --network vit --lr 1e-3 --epochs 8 --train-per-class 300
 """
 
 import io
@@ -95,13 +100,15 @@ def build(name, classes, seed):
     return net.eval()
 
 
-def train(net, x, y, epochs, lr, seed, batch=32):
-    """Cross-entropy, Adam, a cosine schedule; returns the training accuracy of the last epoch in %."""
+def train(net, x, y, epochs, lr, seed, batch=32, after_epoch=None):
+    """Cross-entropy, Adam, a cosine schedule; returns the training accuracy of each epoch in % (a list).
+    after_epoch(epoch, training accuracy), if given, runs after each epoch with the network in eval mode."""
     optimizer = torch.optim.Adam(net.parameters(), lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     order = torch.Generator()
     order.manual_seed(seed)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
+    history = []
     for _ in range(epochs):
         net.train()
         correct = 0
@@ -112,8 +119,12 @@ def train(net, x, y, epochs, lr, seed, batch=32):
             optimizer.step()
             correct += int((logits.argmax(1) == y[idx]).sum())
         schedule.step()
-    net.eval()
-    return 100.0 * correct / len(y)
+        history.append(100.0 * correct / len(y))
+        net.eval()
+        if after_epoch is not None:
+            with torch.no_grad():
+                after_epoch(len(history), history[-1])
+    return history
 
 
 def export(net, name):
@@ -132,3 +143,35 @@ def export(net, name):
         torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"],
                           output_names=["logits"], dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
     return onnx.load_from_string(buffer.getvalue())
+
+
+def main(argv=None):
+    """Print the training curve of one network: training and test accuracy (200 test images) per epoch."""
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(description="training curve of one methods_table network")
+    p.add_argument("--network", choices=NETWORKS, default="vit")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--train-per-class", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    classes = (0, 1, 5, 8)
+    x, y = rgb_set("train", args.train_per_class, classes, args.seed)
+    test_x, test_y = rgb_set("test", 50, classes, args.seed)
+    net = build(args.network, len(classes), args.seed)
+    started = time.process_time()
+
+    def show(epoch, accuracy):
+        test = 100.0 * float((net(torch.from_numpy(test_x)).argmax(1).numpy() == test_y).mean())
+        print(f"{args.network} lr {args.lr:g} epoch {epoch}/{args.epochs}: training {accuracy:.1f} %, test {test:.1f} %, "
+              f"{time.process_time() - started:.0f} CPU s", flush=True)
+
+    train(net, x, y, args.epochs, args.lr, args.seed, after_epoch=show)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
