@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import methods_nets as nets  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from methods_report import (REDUCTIONS, claim_lines, comparisons, network_notes, read_csv, tables,  # noqa: E402
                             write_csv)
 
@@ -219,7 +220,7 @@ def write_block(path, text):
 
 def report(rows, args, argv, minutes, seconds):
     """The generated markdown: the command, the configuration and CPU, the networks, the check, the tables."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_name()
     seeds = sorted({r["seed"] for r in rows})
     networks = [n for n in args.networks if any(r["network"] == n for r in rows)]
     vit = (f" (ViT: {args.vit_train_per_class} per class, {args.vit_epochs} epochs, learning rate {args.vit_lr:g})"
