@@ -31,7 +31,7 @@ def plan(units: list, composite: str = "epsilon-plus", overrides: list | tuple =
     table = COMPOSITES[composite].rules()
     params = options.params()
     by_key = _parse_overrides(overrides, units, stabilizer)
-    if composite not in MESSAGE_COMPOSITES:
+    if composite not in GRADIENT_COMPOSITES:  # flex (input x gradient) has its own rules for transformers
         _refuse_transformer(units, by_key, composite)
     chosen = {}
     for unit in units:

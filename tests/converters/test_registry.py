@@ -157,7 +157,7 @@ def matmul_product(matmul_linear_only):
         half = ctx.b.mul(r_outs[0], ctx.b.const(0.5))
         return [half, half]
 
-    registry.extend("MatMul", "product", halves, rules={"pass"},
+    registry.extend("MatMul", "product", halves, rules={"uniform"},  # the LRP composites' rule for products
                     classify=lambda node, dynamic: "product" if all(dynamic[:2]) else "linear")
     yield
     RECORDS["MatMul"], EMITTERS["MatMul"] = saved, replace(converters, by_kind=dict(converters.by_kind))

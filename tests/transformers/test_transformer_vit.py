@@ -43,7 +43,7 @@ def reference(vit, method, rules=None, name=None):
     return lxt_ref.run(job)
 
 
-@pytest.mark.parametrize("composite", ["epsilon", "epsilon-plus-flat", "flex"])
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon-plus-flat", "zplus"])
 def test_lrp_composites_refuse_a_transformer(vit, composite):
     """The LRP composites' attention rules are checked inside a CNN (YOLO11); on a transformer they would pass
     relevance through its LayerNorms unchecked, so it is refused in one line naming the composites made for it."""
