@@ -81,7 +81,7 @@ def rows(b: "Builder", canon: "Canonical", head: "Unit", mode: str, mask: str | 
               axis=2)  # [N, K, 2]: GatherND's (sample, position) tuples
     hidden = b.op("GatherND", [head.layer.x, at], "hidden_rows")
     logits = b.op("GatherND", [canon.logits, at], "logit_rows")
-    vocab = b.op("Shape", [canon.logits], "vocab", start=2, end=3)
+    vocab = b.ints([canon.shapes[canon.logits][2]])  # V, static (targets.is_sequence)
     if mode == "top":
         token = b.op("ArgMax", [logits], "token", axis=2, keepdims=0)  # [N, 1]
     else:
