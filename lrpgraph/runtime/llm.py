@@ -161,16 +161,18 @@ def position_table(path: str, ids: str, logits: str) -> tuple | None:
     follow from the length or the mask, as GPT-2's position ids do), or None (rotary models)."""
     import onnx
 
+    from lrpgraph.catalog import RECORDS, record_of, stops_signal
+
     proto = onnx.load(path, load_external_data=False)
     tables = {t.name: t.dims[0] for t in proto.graph.initializer
               if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
     from_ids, from_inputs = {ids}, {i.name for i in proto.graph.input}
     found = None
     for node in graph.needed_nodes(proto.graph.node, {logits}):
-        if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in from_inputs - from_ids:
+        if record_of(node) is RECORDS["Gather"] and node.input[0] in tables and node.input[1] in from_inputs - from_ids:
             rows = tables[node.input[0]]
             found = (node.input[0], rows) if found is None or rows < found[1] else found
-        if node.op_type not in ("Shape", "Size") and any(t in from_ids for t in node.input):
+        if not stops_signal(node) and any(t in from_ids for t in node.input):  # (Shape: no value of the ids)
             from_ids.update(node.output)
         if any(t in from_inputs for t in node.input):
             from_inputs.update(node.output)
