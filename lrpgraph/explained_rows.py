@@ -45,14 +45,12 @@ class ExplainedRows:
 
 def head_unit(canon: "Canonical", mode: str) -> "Unit | None":
     """For the target modes top and index, the linear unit whose output is the logits, reading one signal of
-    rank 3 ([N, L, D]); else None."""
+    rank 3 with a static D ([N, L, D]); else None."""
     unit = next((u for u in canon.units if canon.logits in u.outputs), None) if mode in ("top", "index") else None
     if unit is None or unit.layer is None or unit.outputs != [canon.logits]:
         return None
-    signals = [t for t in unit.inputs if t in canon.signal]
-    if signals != [unit.layer.x] or len(canon.shapes.get(unit.layer.x) or []) != 3:
-        return None
-    return unit
+    signals, shape = [t for t in unit.inputs if t in canon.signal], canon.shapes.get(unit.layer.x) or []
+    return unit if signals == [unit.layer.x] and len(shape) == 3 and isinstance(shape[2], int) else None
 
 
 def rows(b: "Builder", canon: "Canonical", head: "Unit", mode: str, mask: str | None, batch_dim: str | int,
