@@ -23,6 +23,7 @@ most 2.5 x the plain forward's. Prints the CPU (lscpu), the load average and the
     python benchmarks/llm_memory.py --threads 1                  # writes out/llm_memory/ (about 6 GB) first
     python benchmarks/llm_memory.py --config tiny --lengths 16,32  # the machinery on a tiny model, seconds
     python benchmarks/llm_memory.py --profile 256                 # where the converted graph's time goes
+    python benchmarks/llm_memory.py --profile 256 --plain         # ... and the unconverted model's
 """
 
 import argparse
@@ -95,8 +96,9 @@ def prompt(length: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, vocab, (1, length)).astype(np.int64)
 
 
-def child(kind: str, length: int, threads: int, work: str, config: str) -> dict:
-    """One measurement in this process: {seconds, peak_mb, loaded_mb}."""
+def child(kind: str, length: int, threads: int, work: str, config: str, calls: int = 1) -> dict:
+    """One measurement in this process: {seconds, peak_mb, loaded_mb}; seconds: the last of `calls` calls (2:
+    a warm call, after one that faulted in the memory-mapped weights and set up the kernels)."""
     ids = prompt(length, CONFIGS[config]["vocab_size"])
     if kind == "LXT":
         run = _lxt(config, ids, threads)
@@ -105,9 +107,10 @@ def child(kind: str, length: int, threads: int, work: str, config: str) -> dict:
     else:
         run = _ort(os.path.join(work, "model.onnx" if kind == "plain" else "model.lrp.onnx"), ids, threads)
     loaded = _rss_mb()
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"seconds": seconds, "peak_mb": peak, "loaded_mb": loaded}
 
@@ -132,7 +135,7 @@ def _converted(path, ids, threads):
     return lambda: runner.run(list(runner.outputs), feeds)
 
 
-def profile(path: str, length: int, threads: int, config: str, top: int = 8) -> None:
+def profile(path: str, length: int, threads: int, config: str, top: int = 8, plain: bool = False) -> None:
     """Where the converted graph's time goes: onnxruntime's profiler on one call, the share of each op type and the
     slowest nodes (a session opened as lrpgraph.ort.Runner opens it)."""
     import collections
@@ -144,6 +147,9 @@ def profile(path: str, length: int, threads: int, config: str, top: int = 8) -> 
 
     options = session_options(threads)
     disabled = one_copy_of_weights(path, options)
+    if plain:  # the unconverted model as the table's plain forward runs it: onnxruntime's default options
+        options, disabled = ort.SessionOptions(), None
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
@@ -156,7 +162,9 @@ def profile(path: str, length: int, threads: int, config: str, top: int = 8) -> 
         by_op[e["args"]["op_name"]] += e["dur"]
         by_node[e["name"][:-len("_kernel_time")]] += e["dur"]
     total = sum(by_op.values())
-    print(f"{path}, {length} tokens: {total / 1e6:.1f} s in the kernels")
+    relevance = sum(v for node, v in by_node.items() if node.startswith("lrp/"))
+    print(f"{path}, {length} tokens: {total / 1e6:.1f} s in the kernels: the forward's nodes "
+          f"{(total - relevance) / 1e6:.1f} s, the relevance pass's (lrp/...) {relevance / 1e6:.1f} s")
     print("  " + ", ".join(f"{op} {v / total:.1%}" for op, v in by_op.most_common(top)))
     for node, v in by_node.most_common(top):
         print(f"  {v / 1e6:7.2f} s  {node}")
@@ -192,7 +200,7 @@ def measure(kind: str, length: int, args: argparse.Namespace) -> dict:
     (a shared machine must not run out of memory): {"error": "over N MB ..."}."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--lengths", str(length), "--threads",
-           str(args.threads), "--work", args.work, "--config", args.config]
+           str(args.threads), "--work", args.work, "--config", args.config, "--calls", str(args.calls)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
@@ -254,7 +262,10 @@ def main(argv: list | None = None) -> int:
                    "passes this (MB) and report it so")
     p.add_argument("--profile", type=int, default=None, metavar="LENGTH",
                    help="instead: profile the converted graph at this prompt length (op types, slowest nodes)")
+    p.add_argument("--plain", action="store_true", help="with --profile: the unconverted model instead")
     p.add_argument("--work", default=None, help="folder for the ONNX files (default out/llm_memory/CONFIG)")
+    p.add_argument("--calls", type=int, default=1, help="time the last of this many calls in each child (default 1: "
+                   "the first call after loading; 2: a warm call)")
     p.add_argument("--child", choices=KINDS + EXTRA_KINDS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--extra", action="store_true", help="instead of the table: the converted graph with "
                    "onnxruntime's default session options (folded weight transposes, prepacking), per length")
@@ -263,10 +274,11 @@ def main(argv: list | None = None) -> int:
     args.work = args.work or os.path.join("out", "llm_memory", args.config)
     lengths = [int(v) for v in args.lengths.split(",")]
     if args.child:
-        print(json.dumps(child(args.child, lengths[0], args.threads, args.work, args.config)))
+        print(json.dumps(child(args.child, lengths[0], args.threads, args.work, args.config, args.calls)))
         return 0
     if args.profile:
-        profile(os.path.join(args.work, "model.lrp.onnx"), args.profile, args.threads, args.config)
+        name = "model.onnx" if args.plain else "model.lrp.onnx"
+        profile(os.path.join(args.work, name), args.profile, args.threads, args.config, plain=args.plain)
         return 0
     if args.prepare:
         prepare(args.work, args.config)
@@ -286,7 +298,7 @@ def main(argv: list | None = None) -> int:
             results[(kind, n)] = measure(kind, n, args)
             print(f"{kind} {n} tokens: {results[(kind, n)]}", flush=True)
     print(f"{args.config}, float32, {args.threads} thread(s); peak RSS of each child (weights included), time of "
-          "the one call")
+          + ("the one call" if args.calls == 1 else f"the last of {args.calls} calls"))
     print("\n".join(table(results, lengths)))
     print(cpu_line())
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import bounds, checks, composites, graph, metadata, methods, simplify, targets, untrusted
+from lrpgraph import bounds, checks, composites, explained_rows, graph, metadata, methods, simplify, targets, untrusted
 from lrpgraph.canonicalize import canonicalize, explained_input
 from lrpgraph.catalog import Canonical, Initializers
 from lrpgraph.converters import contrib, quantized
@@ -169,30 +169,41 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
     batch = batch.dim_param or batch.dim_value or "N"
     shape = canon.shapes[canon.logits]
     sequence = _is_sequence(canon, request.from_tensor)
-    mask = _mask_input(model) if sequence else None
+    mask = targets.mask_input(model) if sequence else None
+    head = explained_rows.head_unit(canon, request.target) if sequence and not methods.is_method(spec) else None
     if targets.is_classic(shape, request.from_tensor):
         seed, new_inputs = targets.seed(b, canon.logits, shape[1], request.target, batch, gradient)
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
+    elif head is not None:  # the lm_head's relevance on the explained rows only
+        rows, new_inputs = explained_rows.rows(b, canon, head, request.target, mask, batch, gradient)
+        k = None if request.target == "top" else b.op("Shape", [rows.positions], "k", start=1, end=2)
+        heat, more, used = _walk_k(b, model, canon, request, spec, rows.seed, k, rows)
     elif sequence and request.target in ("top", "all"):
         seed, new_inputs = targets.sequence_seed(b, canon.logits, canon.input, mask, request.target, gradient), []
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)
-        heat = targets.masked(b, heat, mask, k=False)
     else:
         seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
         if methods.is_method(spec) and spec not in K_METHODS:  # path methods clone the forward K * m times
             heat, more, used = _walk(b, model, replace(canon, k_targets=k), canon, request, spec, seed)
         else:
-            start = len(b.nodes)
-            view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
-            heat, more, used = _walk(b, model, view, canon, request, spec, seed)
-            targets.tile(b, tiled, canon.shapes, k, start)
-        heat = targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input]))
-        heat = targets.masked(b, heat, mask, k=True)
+            heat, more, used = _walk_k(b, model, canon, request, spec, seed, k)
+    heat = targets.masked(b, heat, mask, k=_k_layout(canon, request))  # (no mask: heat itself)
     new_inputs = new_inputs + more
     b.nodes.append(helper.make_node("Identity", [heat], [output], name=f"{b.prefix}/output"))
     if source.view is model:  # (a dequantized view's ReLUs are not the model's nodes)
         simplify.denominators(b, model.graph.node, canon.inits)
     return b, new_inputs, used
+
+
+def _walk_k(b, model, canon, request, spec, seed, k, rows=None):
+    """_walk on canon's K-target view (the forward tiled K times), relevance [N, K, *input]; k None: on canon."""
+    if k is None:
+        return _walk(b, model, canon, canon, request, spec, seed, rows)
+    start = len(b.nodes)
+    view, tiled = targets.tiled_view(canon, f"{b.prefix}/k")
+    heat, more, used = _walk(b, model, view, canon, request, spec, seed, rows)
+    targets.tile(b, tiled, canon.shapes, k, start)
+    return targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input])), more, used
 
 
 def _is_sequence(canon, from_tensor):
@@ -208,19 +219,15 @@ def _k_layout(canon, request):
     return not (_is_sequence(canon, request.from_tensor) and request.target in ("top", "all"))
 
 
-def _mask_input(model):
-    """The padding mask input of a causal LM (targets.MASK_INPUT, integer or bool), or None."""
-    found = next((i for i in model.graph.input if i.name == targets.MASK_INPUT), None)
-    return found.name if found is not None and found.type.tensor_type.elem_type != TensorProto.FLOAT else None
-
-
 K_METHODS = ("gradient", "input-x-gradient")  # walk the K-target view; the path methods tile their own points
 
 
-def _walk(b, model, canon, source_canon, request, spec, seed):
+def _walk(b, model, canon, source_canon, request, spec, seed, rows=None):
     """(heatmap of canon's image, [new graph inputs], {unit name: rule text} or None for a method). canon is
-    source_canon or its K-target view (same units, renamed); the rules are planned on source_canon."""
-    walker = Walker(b, "gradient" if spec in composites.MESSAGE_COMPOSITES else "relevance")
+    source_canon or its K-target view (same units, renamed); the rules are planned on source_canon. rows: a
+    causal LM's explained rows (seed on them; explained_rows.RowsWalker)."""
+    message = "gradient" if spec in composites.MESSAGE_COMPOSITES else "relevance"
+    walker = Walker(b, message) if rows is None else explained_rows.RowsWalker(b, message, rows)
     if methods.is_method(spec):
         heat, more = methods.emit(b, model, canon, spec, seed, request.method_options, walker)
         return heat, more, None

@@ -26,6 +26,8 @@ from onnx import TensorProto, helper
 from lrpgraph.errors import LrpgraphError
 
 if TYPE_CHECKING:
+    import onnx
+
     from lrpgraph.catalog import Canonical
     from lrpgraph.graph import Builder
 
@@ -136,6 +138,12 @@ def sequence_seed(b: "Builder", logits: str, ids: str, mask: str | None, mode: s
                  "token_onehot", axis=-1)
     onehot = b.mul(b.op("Unsqueeze", [at, b.ints([2])], "at_l"), b.op("Unsqueeze", [token, b.ints([1])], "at_v"))
     return onehot if gradient else b.mul(logits, onehot)
+
+
+def mask_input(model: "onnx.ModelProto") -> str | None:
+    """The padding mask input of a causal LM (MASK_INPUT, integer or bool), or None."""
+    found = next((i for i in model.graph.input if i.name == MASK_INPUT), None)
+    return found.name if found is not None and found.type.tensor_type.elem_type != TensorProto.FLOAT else None
 
 
 def masked(b: "Builder", heat: str, mask: str | None, k: bool) -> str:

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 
 def embedding_view(canon: "Canonical") -> "Canonical":
-    """The canonical view whose explained input is the word embeddings: the units after the Gather."""
-    gather = next(u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.input)
+    """The canonical view whose explained input is the word embeddings: the units after the Gather (the first
+    Gather from a table by indices computed from the ids: the ids themselves, or reshaped as GPT-2's are)."""
+    gather = next((u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.input), None) or next(
+        u for u in canon.units if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits)
     e = gather.outputs[0]
     return replace(canon, units=[u for u in canon.units if u is not gather], input=e, input_shape=canon.shapes[e],
                    float_input=True)

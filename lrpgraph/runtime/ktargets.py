@@ -125,14 +125,14 @@ def run_chunk(session: object, x: object, plan_: KPlan, start: int, ops: object)
     rows = slice(start, start + x.shape[0])
     sizes = list(session.record.explained_shape)
     feed = None if plan_.feed is None else plan_.feed[rows]
-    values, relevance = ops.run(x, feed)
     sequence = None in sizes
-    if sequence:  # a causal LM's length, read from its logits
-        sizes = [v if s is None else s for s, v in zip(sizes, to_numpy(values).shape[1:])]
+    if sequence:  # a causal LM's length L: its token ids' [N, L] (checked before the run, whose Gather needs it)
+        sizes = [x.shape[1] if s is None else s for s in sizes]
     tuples = None if plan_.explained is None else plan_.explained[rows]
     if tuples is not None and (tuples >= np.asarray(sizes)).any():
         raise LrpgraphError(f"target {tuples[np.nonzero((tuples >= np.asarray(sizes)).any(-1))][0].tolist()} is out of "
                             f"range for the explained tensor's {sizes}")
+    values, relevance = ops.run(x, feed)
     if plan_.predict:
         tuples = next_token(values, x) if sequence else largest(values, sizes)
         _, relevance = ops.run(x, _feed(session, tuples, sizes))

@@ -47,9 +47,12 @@ class CausalLM:
             raise LrpgraphError(f"{self.name} needs input(s) {', '.join(unknown)} that a prompt cannot give; a causal "
                                 "LM takes input_ids and optionally attention_mask, position_ids, past_key_values.*")
         self.forward = _forward_runner(model, session, provider, threads)
+        self.positions = position_table(model, self.ids_input, session.logits_output) if isinstance(model, str) \
+            else None  # (table, rows) of a learned position table (GPT-2's wpe): at most that many positions
 
     def feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict:
         """The graph's inputs for right-padded ids [N, L] and mask [N, L] (padded to the static length)."""
+        self.check_positions(ids.shape[1], f"a batch of {ids.shape[1]} tokens")
         if self.length is not None and ids.shape[1] < self.length:
             pad = ((0, 0), (0, self.length - ids.shape[1]))
             ids, mask = np.pad(ids, pad), np.pad(mask, pad)
@@ -62,6 +65,14 @@ class CausalLM:
             elif name.startswith(PAST_PREFIX):
                 feeds[name] = _empty_past(info, len(ids))
         return feeds
+
+    def check_positions(self, need: int, what: str) -> None:
+        """LrpgraphError when need positions pass the learned position table (onnxruntime would fail in its
+        Gather, mid-run)."""
+        if self.positions is not None and need > self.positions[1]:
+            table, rows = self.positions
+            raise LrpgraphError(f"{what} needs {need} positions, but {self.name} has a learned position table of "
+                                f"{rows} ('{table}'): at most {rows} tokens; shorten the prompt or generate fewer")
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """logits [N, L, V] of right-padded ids (the forward-only graph, or the converted one, a dummy target)."""
@@ -144,6 +155,30 @@ def _forward_runner(model, session, provider, threads):
     return runner, [logits]
 
 
+def position_table(path: str, ids: str, logits: str) -> tuple | None:
+    """(name, rows) of a learned position table in the forward of the model at path: a Gather from a float
+    initializer [rows, D] whose indices come from the graph's inputs but not from the token ids' values (they
+    follow from the length or the mask, as GPT-2's position ids do), or None (rotary models)."""
+    import onnx
+
+    from lrpgraph.catalog import RECORDS, record_of, stops_signal
+
+    proto = onnx.load(path, load_external_data=False)
+    tables = {t.name: t.dims[0] for t in proto.graph.initializer
+              if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
+    from_ids, from_inputs = {ids}, {i.name for i in proto.graph.input}
+    found = None
+    for node in graph.needed_nodes(proto.graph.node, {logits}):
+        if record_of(node) is RECORDS["Gather"] and node.input[0] in tables and node.input[1] in from_inputs - from_ids:
+            rows = tables[node.input[0]]
+            found = (node.input[0], rows) if found is None or rows < found[1] else found
+        if not stops_signal(node) and any(t in from_ids for t in node.input):  # (Shape: no value of the ids)
+            from_ids.update(node.output)
+        if any(t in from_inputs for t in node.input):
+            from_inputs.update(node.output)
+    return found
+
+
 def generate(lm: CausalLM, prompts: list, steps: int, progress: bool = False) -> list:
     """Greedy decoding: [generated ids (steps of them)] per prompt (lists of ids), the prompts batched with
     right padding."""
@@ -193,6 +228,7 @@ def check_lengths(lm: CausalLM, prompts: list, steps: int, labels: list) -> None
         if lm.length is not None and need > lm.length:
             raise LrpgraphError(f"{label} has {len(p)} tokens; with --generate {steps} it needs {need} positions, "
                                 f"but {lm.name} takes at most {lm.length}: shorten the prompt or generate fewer")
+        lm.check_positions(need, f"{label} ({len(p)} tokens, --generate {steps})")
         bad = [i for i in p if not 0 <= i < lm.vocab]
         if bad:
             raise LrpgraphError(f"{label}: token id {bad[0]} is outside the model's vocabulary of {lm.vocab}; is "

@@ -9,7 +9,11 @@ One process per method (its patches are global): "attn-lrp" (each model family's
 sample's last non-padding position, lrpgraph's `top`). The relevance of a token is its embedding times the
 gradient of the explained logit (LXT's efficient mode), summed over the hidden axis: [N, L] for top, [T, L]
 (one row per target, of its sample) for targets; a sequence classifier ("llama-cls", "gpt2-cls") explains its
-predicted class, [N, L]. Saved as "<i>_logits", "<i>_relevance" for case i."""
+predicted class, [N, L]. Saved as "<i>_logits", "<i>_relevance" for case i.
+
+"float32_mask": true builds the eager attention's additive mask with float32's lowest value, as a float32
+model (and its ONNX export) does: Llama, Qwen2 and Gemma 3 take their Softmax in float32, where float64's
+lowest value is -inf, so a row that sees only padding (left padding) would be NaN and spread through 0 x NaN."""
 
 import json
 import os
@@ -34,6 +38,16 @@ def _patch(family: str, method: str) -> None:
     lxt_module = importlib.import_module(f"lxt.efficient.models.{family}")
     modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     monkey_patch(modeling, lxt_module.attnLRP if method == "attn-lrp" else lxt_module.cp_LRP)
+
+
+def _float32_mask() -> None:
+    import torch
+    from transformers import masking_utils
+
+    def eager_mask(*args, dtype=torch.float32, **kwargs):
+        return masking_utils.eager_mask(*args, dtype=torch.float32, **kwargs).to(dtype)
+
+    masking_utils.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["eager"] = eager_mask
 
 
 def _case(case: dict) -> dict:
@@ -78,6 +92,8 @@ def main(spec: str) -> None:
     sys.path.insert(0, HERE)
     for family in dict.fromkeys(FAMILIES[case["model"].split("-")[0]] for case in job["cases"]):
         _patch(family, job["method"])
+    if job.get("float32_mask"):
+        _float32_mask()
     result = {}
     for i, case in enumerate(job["cases"]):
         result.update({f"{i}_{key}": value for key, value in _case(case).items()})

@@ -112,6 +112,41 @@ def test_int4_graph_matches_a_reference_on_its_dequantized_weights(built, arch, 
     assert max(errors) <= TOL
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fp32_graph_matches_the_torch_export(built, arch):
+    """The genai builder's fp32 graph (GroupQueryAttention, SkipSimplifiedLayerNormalization, packed or fused
+    projections) and torch.onnx.export's graph (dynamo) of the same Hugging Face weights, both converted with
+    attn-lrp: the same relevance for the same K targets, and the same logits."""
+    import torch
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(built[arch]["hf"], dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=2, max=32)}
+    program = torch.onnx.export(Logits(hf), (torch.tensor(IDS), torch.tensor(MASK)), None, verbose=False,
+                                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                                dynamic_shapes=(dims, dims))
+    exported = lrpgraph.convert(program.model_proto.SerializeToString(), composite="attn-lrp", target="index")
+    session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, relevance = session.run(["logits", "relevance"], {"input_ids": IDS, "attention_mask": MASK,
+                                                               "target": np.array(TARGETS, np.int64)})
+    _, outs, original, _ = explain(built[arch]["fp32"], "attn-lrp")
+    real = MASK == 1
+    np.testing.assert_allclose(original[0][real], logits[real], rtol=1e-4, atol=1e-5)
+    errors = l1_errors(outs[-1], relevance)
+    print(arch, "genai fp32 vs torch export, L1 relative:", ["%.1e" % e for e in errors])
+    assert max(errors) <= TOL
+
+
 def test_input_x_gradient_matches_torch_autograd(built):
     """The gradient through every contrib op (the attention's Softmax and rotary, the RMSNorms' full derivative,
     the residual sum) against torch autograd in float64 on the Hugging Face model."""
