@@ -9,10 +9,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from lrpgraph import bounds, checks, composites, explained_rows, graph, metadata, methods, simplify, targets, untrusted
-from lrpgraph.canonicalize import canonicalize, explained_input
-from lrpgraph.catalog import Canonical, Initializers
+from lrpgraph.canonicalize import canonicalize
+from lrpgraph.catalog import Canonical
 from lrpgraph.converters import contrib, quantized
 from lrpgraph.errors import LrpgraphError
+from lrpgraph.image_size import fix_image_size
 from lrpgraph.recorded_shapes import check_shapes_agree
 from lrpgraph.metadata import RELEVANCE
 from lrpgraph.methods.options import MethodOptions
@@ -185,6 +186,7 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         seed, k, new_inputs = targets.explained_seed(b, canon.logits, shape[1:], request.target, batch, gradient)
         if methods.is_method(spec) and spec not in K_METHODS:  # path methods clone the forward K * m times
             heat, more, used = _walk(b, model, replace(canon, k_targets=k), canon, request, spec, seed)
+            heat = targets.unfold(b, heat, canon.input, k, len(canon.shapes[canon.input]))
         else:
             heat, more, used = _walk_k(b, model, canon, request, spec, seed, k)
     heat = targets.masked(b, heat, mask, k=_k_layout(canon, request))  # (no mask: heat itself)
@@ -275,48 +277,6 @@ def build_options(options: RuleOptions | None = None, method_options: MethodOpti
     method = (method_options or MethodOptions()).replace(
         **{k: v for k, v in values.items() if k in MethodOptions.names()})
     return rule, method
-
-
-def fix_image_size(model: onnx.ModelProto, image_size: tuple | list, where: str = "the model") -> onnx.ModelProto:
-    """The model with its image input's spatial dims set to image_size (the batch stays as it is) and its shapes
-    inferred again, so that shape computations on them (Shape -> Gather -> Concat -> Reshape) become known."""
-    name, is_float = explained_input(model.graph, Initializers(model.graph.initializer))
-    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
-    size = list(image_size)
-    spatial = len(dims) - 2
-    if not is_float or spatial < 1:
-        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} has no spatial sizes "
-                            f"(shape {_text(_shape(dims), 'x')}); convert it without --image-size")
-    if len(size) != spatial or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
-        example = ",".join(["224"] * spatial)
-        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} has {spatial} spatial "
-                            f"sizes; give {spatial} positive integers, e.g. --image-size {example}")
-    fixed = [d.dim_value for d in dims[2:] if d.HasField("dim_value")]
-    if len(fixed) == spatial and fixed != size:
-        raise LrpgraphError(f"--image-size {_text(size)}: the input '{name}' of {where} is fixed at "
-                            f"{_text(fixed, 'x')}; give that size or leave --image-size out")
-    for dim, value in zip(dims[2:], size):
-        dim.dim_value = value  # replaces a dim_param (oneof)
-    del model.graph.value_info[:]  # the exporter's symbolic shapes, inferred again from the fixed input
-    try:
-        model = graph.infer_shapes(model)
-    except LrpgraphError as error:
-        raise LrpgraphError(f"--image-size {_text(size)}: {where} does not accept that size ({error}); "
-                            "give the size the model was trained for") from None
-    for info in model.graph.value_info:  # a kernel or window larger than its input: sizes <= 0
-        shape = _shape(info.type.tensor_type.shape.dim)
-        if any(isinstance(d, int) and d < 0 for d in shape) or (len(shape) >= 3 and 0 in shape):
-            raise LrpgraphError(f"--image-size {_text(size)}: {where} does not accept that size ('{info.name}' would "
-                                f"be {_text(shape, 'x')}); give the size the model was trained for")
-    return model
-
-
-def _shape(dims):
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def _text(values, sep=","):
-    return sep.join(str(v) for v in values)
 
 
 def _vocab_size(canon):
