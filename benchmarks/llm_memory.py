@@ -70,13 +70,8 @@ def prepare(work: str, config: str) -> tuple:
     os.makedirs(work, exist_ok=True)
     model = build(config)
 
-    class Logits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "llm"))
+    from llm_models import Logits  # the logits [N, L, V] of a causal LM, as the tests export it
 
     ids = torch.ones(1, 16, dtype=torch.int64)
     dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=2, max=4096)}

@@ -126,13 +126,8 @@ def export(model, path: str, length: int) -> None:
     """torch.onnx.export (dynamo) with a dynamic batch and sequence length; inputs input_ids, attention_mask."""
     import torch
 
-    class Logits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "llm"))
+    from llm_models import Logits  # the logits [N, L, V] of a causal LM, as the tests export it
 
     ids = torch.ones(2, length, dtype=torch.int64)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=64)

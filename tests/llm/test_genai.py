@@ -123,13 +123,7 @@ def test_fp32_graph_matches_the_torch_export(built, arch):
     hf = transformers.AutoModelForCausalLM.from_pretrained(built[arch]["hf"], dtype=torch.float32,
                                                            attn_implementation="eager").eval()
 
-    class Logits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    from llm_models import Logits
 
     dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=2, max=32)}
     program = torch.onnx.export(Logits(hf), (torch.tensor(IDS), torch.tensor(MASK)), None, verbose=False,
