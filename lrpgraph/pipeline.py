@@ -280,8 +280,10 @@ def build_options(options: RuleOptions | None = None, method_options: MethodOpti
 
 
 def _vocab_size(canon):
-    return next((int(canon.shapes[u.inputs[0]][0]) for u in canon.units
-                 if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits), None)
+    from lrpgraph.methods.tokens import embedding_gather
+
+    gather = embedding_gather(canon)
+    return None if gather is None else int(canon.shapes[gather.inputs[0]][0])
 
 
 def converted_by(model: onnx.ModelProto) -> str | None:

@@ -13,17 +13,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-    from lrpgraph.catalog import Canonical
+    from lrpgraph.catalog import Canonical, Unit
     from lrpgraph.graph import Builder
     from lrpgraph.methods.options import MethodOptions
     from lrpgraph.methods.units import Method
 
 
+def embedding_gather(canon: "Canonical") -> "Unit | None":
+    """The Gather of the word embeddings: from a table by the token ids, else the first from a table by indices
+    computed from them (GPT-2's reshaped ids); None without one."""
+    gathers = [u for u in canon.units if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits]
+    return next((u for u in gathers if u.inputs[1] == canon.input), gathers[0] if gathers else None)
+
+
 def embedding_view(canon: "Canonical") -> "Canonical":
-    """The canonical view whose explained input is the word embeddings: the units after the Gather (the first
-    Gather from a table by indices computed from the ids: the ids themselves, or reshaped as GPT-2's are)."""
-    gather = next((u for u in canon.units if u.op == "Gather" and u.inputs[1] == canon.input), None) or next(
-        u for u in canon.units if u.op == "Gather" and u.inputs[1] in canon.signal and u.inputs[0] in canon.inits)
+    """The canonical view whose explained input is the word embeddings: the units after their Gather."""
+    gather = embedding_gather(canon)
     e = gather.outputs[0]
     return replace(canon, units=[u for u in canon.units if u is not gather], input=e, input_shape=canon.shapes[e],
                    float_input=True)
