@@ -1,5 +1,6 @@
 """Loading, shape facts, topological order and a small node builder for the relevance subgraph."""
 
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -167,6 +168,13 @@ def tensor_shapes(model: onnx.ModelProto) -> dict:
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
+
+
+def size_order(dims: list) -> tuple:
+    """A key that orders tensor sizes with symbolic axes (any dim not an int): (the number of symbolic axes, the
+    product of the known ones); [N, H, L, d] sorts before [N, H, L, L] whatever L is."""
+    known = [d for d in dims if isinstance(d, int)]
+    return len(dims) - len(known), math.prod(known)
 
 
 def topological(nodes: list, available: set) -> list:

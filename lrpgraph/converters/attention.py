@@ -30,6 +30,7 @@ from lrpgraph.converters.activations import derivative_of
 from lrpgraph.converters.registry import converts
 from lrpgraph.converters.structure import unbroadcast
 from lrpgraph.errors import UnsupportedModelError
+from lrpgraph.graph import size_order
 from lrpgraph.rules import Rule
 
 if TYPE_CHECKING:
@@ -94,8 +95,25 @@ def product(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) -> list:
         return (unbroadcast(ctx, b.mul(g, b_name), a_name, unit, out),
                 unbroadcast(ctx, b.mul(g, a_name), b_name, unit, out))
 
-    op = SimpleNamespace(gradients=gradients, operands=unit.inputs[:2], output=unit.outputs[0])
+    op = SimpleNamespace(gradients=gradients, operands=unit.inputs[:2], output=unit.outputs[0],
+                         halve_first=_output_smaller(ctx, unit))
     return rule.emitter("product", unit)(ctx, unit, rule, r_outs, op)
+
+
+def _output_smaller(ctx: Context, unit: "Unit") -> bool:
+    """Whether the product's output is no larger than the larger of its operands' gradients, so that a constant
+    factor (AttnLRP's 1/2) costs one Mul on the message instead of one on each gradient. For a MatMul
+    [M, K] @ [K, N]: [M, N] against [M, K] and [K, N] (attention's A V at L tokens: [L, d] against [L, L]);
+    element-wise: always. Sizes compare by graph.size_order."""
+    shapes = [ctx.shapes.get(t) for t in (*unit.inputs[:2], unit.outputs[0])]
+    if any(s is None for s in shapes):
+        return False
+    if unit.op == "MatMul":
+        if any(len(s) < 2 for s in shapes):
+            return False
+        (m, k), n = shapes[0][-2:], shapes[1][-1]
+        shapes = [(m, k), (k, n), (m, n)]
+    return size_order(shapes[2]) <= max(size_order(shapes[0]), size_order(shapes[1]))
 
 
 def einsum_terms(ctx: Context, unit: "Unit") -> tuple:

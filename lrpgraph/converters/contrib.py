@@ -98,7 +98,9 @@ def group_query_attention(ctx: Context, unit: "Unit", rule: Rule, r_outs: list) 
                      keepdims=0))
 
     product = rule.emitter("product", unit)
-    g_probs, g_v = product(ctx, SimpleNamespace(gate=0, name=unit.name), rule, [g_out], SimpleNamespace(gradients=av_gradients))
+    # halve_first: A V's message [.., L, d] is never larger than the probabilities' gradient [.., L, L] or V's
+    g_probs, g_v = product(ctx, SimpleNamespace(gate=0, name=unit.name), rule, [g_out],
+                           SimpleNamespace(gradients=av_gradients, halve_first=True))
     g_q = g_k = None
     if g_probs is not None:  # the Softmax: its gradient; the scale: a constant factor
         inner = b.op("ReduceSum", [b.mul(probs, g_probs), b.ints([-1])], "softmax_sum", keepdims=1)

@@ -33,8 +33,10 @@ SOFTMAX = register_rule(RuleUnit("softmax", (), "AttnLRP's softmax rule (LXT's):
 def emit_uniform(ctx: "Context", unit: "Unit", rule: Rule, r_outs: list, op: "SimpleNamespace") -> list:
     if ctx.message == "relevance":
         return _uniform_relevance(ctx, unit, rule, r_outs[0], op)
-    ga, gb = op.gradients(r_outs[0])
     half = ctx.b.const(0.5)
+    if getattr(op, "halve_first", False):  # the same floats: halving commutes with every rounding (a power of 2)
+        return list(op.gradients(ctx.b.mul(r_outs[0], half)))
+    ga, gb = op.gradients(r_outs[0])
     return [ctx.b.mul(ga, half), ctx.b.mul(gb, half)]
 
 
