@@ -285,6 +285,13 @@ class Builder:
             return total
         return self.op("Sum", tensors, "fanin")
 
+    def wait(self, x: str, d: str) -> str:
+        """x, read only once d exists: Expand(x, Slice(Shape(d), 0, 0)) (an empty shape, so Expand gives x).
+        onnxruntime runs a node as soon as its inputs exist; a relevance-pass node that reads forward tensors
+        only would run during the forward pass and hold its output until the relevance reaches it."""
+        empty = self.op("Slice", [self.op("Shape", [d], "shape"), self.ints([0]), self.ints([0])], "wait")
+        return self.op("Expand", [x, empty], "after")
+
     def reshape_like(self, r: str, x: str) -> str:
         return self.op("Reshape", [r, self.op("Shape", [x], "shape")], "reshape")
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import bounds, checks, composites, explained_rows, graph, metadata, methods, simplify, targets, untrusted
+from lrpgraph import (bounds, checks, composites, explained_rows, graph, metadata, methods, recompute, simplify, targets,
+                      untrusted)
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.catalog import Canonical
 from lrpgraph.converters import contrib, quantized
@@ -179,6 +180,8 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         rows, new_inputs = explained_rows.rows(b, canon, head, request.target, mask, batch, gradient)
         k = None if request.target == "top" else b.op("Shape", [rows.positions], "k", start=1, end=2)
         heat, more, used = _walk_k(b, model, canon, request, spec, rows.seed, k, rows)
+        recompute.attention_probabilities(b, model.graph.node, set(canon.inits) | {i.name for i in model.graph.input},
+                                          canon.shapes)
     elif sequence and request.target in ("top", "all"):
         seed, new_inputs = targets.sequence_seed(b, canon.logits, canon.input, mask, request.target, gradient), []
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)

@@ -89,5 +89,5 @@ LINEAR: list[OpRecord] = [
     record("ConvTranspose", "linear", keys=("conv",), linear=CONV_TRANSPOSE),
     record("Gemm", "linear", keys=("dense",), linear=dense(read_gemm)),
     record("MatMul", "linear", kinds=("product",), rules={"product": PRODUCT_RULES}, classify=product_or_linear,
-           keys=("dense",), linear=dense(read_matmul)),
+           keys=("dense",), linear=dense(read_matmul), recompute=True),
 ]

@@ -85,15 +85,16 @@ PRODUCT_RULES = {"uniform", "cp", "gradient"}  # a product of two signals (conve
 # sums, gates, maps by a constant, and ops that move values (converters/structure.py); ops never explained
 STRUCTURE: list[OpRecord] = [
     record("Add", "sum", kinds=("affine",), classify=_sum_or_affine, keeps_nonneg=_not_affine,
-           affine=lambda value, signal_first: (1.0, value)),
+           affine=lambda value, signal_first: (1.0, value), recompute=True),
     record("Sub", "sum", kinds=("affine",), classify=_sum_or_affine, keeps_nonneg=False,
-           affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value)),
+           affine=lambda value, signal_first: (1.0, -value) if signal_first else (-1.0, value), recompute=True),
     record("Sum", "sum", kinds=("affine",), classify=_sum_of_signals, keeps_nonneg=_not_affine),
     # a Mul of two signals: a gate (unit.gate, canonicalize), or a product when neither operand is one
     record("Mul", "affine", kinds=("gate", "product"), classify=_gate_or_affine, keeps_nonneg=_not_affine,
            affine=lambda value, signal_first: (value, 0.0),
-           rules={"product": PRODUCT_RULES, "gate": {"pass", "gradient", "cp"}}),
-    record("Div", "affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0)),
+           rules={"product": PRODUCT_RULES, "gate": {"pass", "gradient", "cp"}}, recompute=True),
+    record("Div", "affine", classify=_divide_by_constant, affine=lambda value, signal_first: (1.0 / value, 0.0),
+           recompute=True),
     record("Neg", "affine"),  # x -> -x (a rotary embedding's rotate_half)
     *(record(op, "structure") for op in ("Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze")),
     record("Transpose", "structure"),
@@ -111,7 +112,7 @@ STRUCTURE: list[OpRecord] = [
     # (transformers), relevance passed unchanged (the LRP composites' default; a detector's DFL Softmax), or
     # AttnLRP's softmax rule (the LRP composites' choice for attention probabilities: composite key 'attention')
     record("Softmax", "head", kinds=("normaliser",), rules={"normaliser": {"gradient", "pass", "softmax"}},
-           nonneg_output=True,
+           nonneg_output=True, recompute=True,
            classify=lambda node, dynamic: "normaliser"),
     record("LogSoftmax", "head"),
 ]
@@ -146,7 +147,8 @@ def product_or_linear(node: NodeProto, dynamic: list) -> str:
 # transformer ops (converters/attention.py): products of two signals, selections, GELU
 TRANSFORMER: list[OpRecord] = [
     record("Einsum", "product", rules=PRODUCT_RULES, classify=_einsum_kind),
-    *(record(op, "structure") for op in ("Gather", "Expand", "Tile", "Where", "Cast")),
+    *(record(op, "structure") for op in ("Gather", "Expand", "Tile")),
+    *(record(op, "structure", recompute=True) for op in ("Where", "Cast")),
 ]
 
 # ops a Softmax output may pass on its way to the product that uses it as attention probabilities

@@ -64,6 +64,8 @@ class OpRecord:
         the constant `value` (affine ops; bounds.py pushes the image range through it).
     linear: how a node of a linear op reads as a layer (a LinearOp), for the linear kind.
     domains: the ONNX domains the op type is looked up in.
+    recompute: cheap enough to compute again in the relevance pass rather than keep its output from the forward
+        (element-wise arithmetic, MatMul, Softmax: recompute.py copies a causal LM's attention probabilities).
     """
 
     op_type: str
@@ -81,6 +83,7 @@ class OpRecord:
     affine: Callable | None = None
     linear: LinearOp | None = None
     domains: tuple = ("", "ai.onnx")
+    recompute: bool = False
 
     def keys_of(self, kind: str) -> tuple:
         """The composite keys of a unit of this op with this kind, most specific first."""
