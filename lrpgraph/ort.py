@@ -56,8 +56,8 @@ def one_copy_of_weights(source: object, options: "onnxruntime.SessionOptions") -
     graph reads W in the forward pass and Transpose(W) in the relevance pass, and onnxruntime would fold every
     Transpose into a second copy and prepack both (measured on Qwen2-0.5B: `benchmarks/llm_memory.py --extra`,
     docs/llm.md). With constant folding off, MatMul(s, Transpose(W)) becomes one
-    FusedMatMul reading W transposed; with prepacking off, the weights stay in the memory-mapped file. Returns
-    the optimizers to disable (None for other models)."""
+    FusedMatMul reading W transposed; with prepacking off, the weights stay in the memory-mapped file, which is
+    read through once here (_read_through). Returns the optimizers to disable (None for other models)."""
     import onnx
     from onnx import external_data_helper
 
@@ -67,10 +67,28 @@ def one_copy_of_weights(source: object, options: "onnxruntime.SessionOptions") -
         light = onnx.load(source, load_external_data=False)
     except Exception:  # an unreadable file: onnxruntime says why when it opens it
         return None
-    if not any(external_data_helper.uses_external_data(t) for t in light.graph.initializer):
+    external = [t for t in light.graph.initializer if external_data_helper.uses_external_data(t)]
+    if not external:
         return None
     options.add_session_config_entry("session.disable_prepacking", "1")
+    _read_through(os.path.dirname(os.path.abspath(source)), external)
     return ["ConstantFolding"]
+
+
+def _read_through(folder: str, tensors: list) -> None:
+    """Read the weight files once, as a session that copies its weights does while loading: the mapped weights
+    are then in the page cache, and the first call does not wait on the disk for them. (untrusted.check_model
+    has kept every location inside the model's folder.)"""
+    from onnx import external_data_helper
+
+    block = bytearray(64 * 2 ** 20)
+    for location in sorted({external_data_helper.ExternalDataInfo(t).location for t in tensors}):
+        try:
+            with open(os.path.join(folder, location), "rb", buffering=0) as f:
+                while f.readinto(block):
+                    pass
+        except OSError:  # a missing file: onnxruntime says which when it opens the model
+            return
 
 
 def source_of(path_or_model: object) -> tuple:
