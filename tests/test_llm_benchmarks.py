@@ -77,5 +77,7 @@ def test_memory_table_on_a_tiny_qwen2(tmp_path, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 10 and all(float(c) > 0 for c in cells[1:4]), row  # peak MB
     assert all(float(c) >= 0 for c in cells[4:7]), row  # seconds (a tiny model: 0.00 at this precision)
-    assert all(c in ("pass", "FAIL") for c in cells[7:]), row
+    assert all(c in ("pass", "FAIL") for c in cells[7:9]), row
+    verdict, ratio = cells[9].split(" ")  # the third goal, with lrpgraph's time over the plain forward's
+    assert verdict == ("pass" if float(ratio.strip("()x")) <= 2.5 else "FAIL"), row
     assert "CPU:" in out
