@@ -1,5 +1,6 @@
 """Loading, shape facts, topological order and a small node builder for the relevance subgraph."""
 
+import heapq
 import math
 import os
 from collections import defaultdict
@@ -177,8 +178,9 @@ def size_order(dims: list) -> tuple:
     return len(dims) - len(known), math.prod(known)
 
 
-def topological(nodes: list, available: set) -> list:
-    """Nodes in an order where each node comes after the producers of its inputs (Kahn's algorithm)."""
+def topological(nodes: list, available: set, keep_order: bool = False) -> list:
+    """Nodes in an order where each node comes after the producers of its inputs (Kahn's algorithm). keep_order:
+    take the earliest ready node each time (the given order wherever it is one) rather than the first ready."""
     producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     deps = [{producers[t] for t in node.input if t in producers and t not in available} for node in nodes]
     users = defaultdict(list)
@@ -186,14 +188,16 @@ def topological(nodes: list, available: set) -> list:
         for d in ds:
             users[d].append(i)
     ready = [i for i, ds in enumerate(deps) if not ds]
+    take = (lambda: heapq.heappop(ready)) if keep_order else (lambda: ready.pop(0))
+    put = (lambda u: heapq.heappush(ready, u)) if keep_order else ready.append
     order, left = [], [len(ds) for ds in deps]
     while ready:
-        i = ready.pop(0)
+        i = take()
         order.append(nodes[i])
         for u in users[i]:
             left[u] -= 1
             if left[u] == 0:
-                ready.append(u)
+                put(u)
     if len(order) != len(nodes):
         raise LrpgraphError("the graph has a cycle or a node reads a tensor nobody produces; check it with onnx.checker")
     return order

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import onnx
 from onnx import TensorProto, helper
 
-from lrpgraph import (bounds, checks, composites, explained_rows, graph, metadata, methods, recompute, simplify, targets,
-                      untrusted)
+from lrpgraph import (bounds, checks, composites, explained_rows, graph, metadata, methods, recompute, simplify,
+                      targets, untrusted)
 from lrpgraph.canonicalize import canonicalize
 from lrpgraph.catalog import Canonical
 from lrpgraph.converters import contrib, quantized

@@ -16,21 +16,18 @@ attention_probabilities, after the walk, for each Softmax whose output the relev
 - the copy waits for the relevance arriving at the layer: its first nodes read an input through
   Builder.wait(x, d) (Expand(x, Slice(Shape(d), 0, 0)): an empty shape, so Expand gives x), where d is the last
   relevance tensor that the readers of s, or their readers, take besides s. onnxruntime runs a node once its
-  inputs are there, so without this the copy would run during the forward pass and keep every layer's s again. (d's shape holds the
-  symbolic length, so onnxruntime's constant folding cannot remove the wait; with a static length it may, and
-  the relevance is the same, only the memory is not saved.)
+  inputs are there, so without this the copy would run during the forward pass and keep every layer's s again.
+  (d's shape holds the symbolic length, so onnxruntime's constant folding cannot remove the wait; with a static
+  length it may, and the relevance is the same, only the memory is not saved.)
 
 The copy computes the same float32 values as the forward nodes (the same ops on the same inputs), so the
 relevance does not change. Used on the explained rows' walk of a causal LM (pipeline.heatmap)."""
-
-import heapq
 
 import onnx
 
 from lrpgraph.catalog.ops import attention_softmax
 from lrpgraph.catalog.records import record_of
-from lrpgraph.errors import LrpgraphError
-from lrpgraph.graph import Builder, size_order
+from lrpgraph.graph import Builder, size_order, topological
 
 MAX_NODES = 6
 
@@ -41,7 +38,7 @@ def attention_probabilities(b: Builder, forward_nodes: list, available: set, sha
     axes not int). Returns the number rewritten."""
     producer = {o: n for n in forward_nodes for o in n.output}
     kept = {t for n in b.nodes for t in n.input if t in producer}
-    found = {id(n) for n in map(lambda t: attention_softmax(t, producer), kept) if n and n.output[0] in kept}
+    found = {id(n) for n in (attention_softmax(t, producer) for t in kept) if n and n.output[0] in kept}
     softmaxes = [n for n in forward_nodes if id(n) in found]
     reached = {}
     for s in softmaxes:
@@ -138,29 +135,5 @@ def _copy(b: Builder, chain: list, s: str, wait: str, producer: dict) -> None:
         n.input[:] = [renamed[s] if t == s else t for t in n.input]
     at = next(i for i, n in enumerate(b.nodes) if renamed[s] in n.input)
     b.nodes[at:at] = added
-    order = _in_order(b.nodes)
-    if len(order) != len(b.nodes):  # the wait is never downstream of s (_arrival): a cycle is lrpgraph's bug
-        raise LrpgraphError(f"internal error: recomputing '{s}' made a cycle; please report it")
-    b.nodes[:] = order
+    b.nodes[:] = topological(b.nodes, set(), keep_order=True)  # (no cycle: the wait never comes from s)
 
-
-def _in_order(nodes: list) -> list:
-    """nodes ordered so that each comes after the producers (among nodes) of its inputs, keeping the given order
-    wherever it allows (Kahn's algorithm taking the earliest ready node)."""
-    producers = {o: i for i, n in enumerate(nodes) for o in n.output}
-    deps = [{producers[t] for t in n.input if t in producers} for n in nodes]
-    users = {}
-    for i, ds in enumerate(deps):
-        for d in ds:
-            users.setdefault(d, []).append(i)
-    ready = [i for i, ds in enumerate(deps) if not ds]
-    heapq.heapify(ready)
-    left, order = [len(ds) for ds in deps], []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for u in users.get(i, []):
-            left[u] -= 1
-            if left[u] == 0:
-                heapq.heappush(ready, u)
-    return order
