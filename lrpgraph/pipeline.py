@@ -181,7 +181,7 @@ def heatmap(source: Source, canon: Canonical, request: Request, output: str) -> 
         k = None if request.target == "top" else b.op("Shape", [rows.positions], "k", start=1, end=2)
         heat, more, used = _walk_k(b, model, canon, request, spec, rows.seed, k, rows)
         recompute.attention_probabilities(b, model.graph.node, set(canon.inits) | {i.name for i in model.graph.input},
-                                          canon.shapes)
+                                          canon.shapes, rows.seed)
     elif sequence and request.target in ("top", "all"):
         seed, new_inputs = targets.sequence_seed(b, canon.logits, canon.input, mask, request.target, gradient), []
         heat, more, used = _walk(b, model, canon, canon, request, spec, seed)

@@ -32,10 +32,10 @@ from lrpgraph.graph import Builder, size_order, topological
 MAX_NODES = 6
 
 
-def attention_probabilities(b: Builder, forward_nodes: list, available: set, shapes: dict) -> int:
+def attention_probabilities(b: Builder, forward_nodes: list, available: set, shapes: dict, seed: str) -> int:
     """Rewrite b's nodes so that each Softmax output they read is computed again from kept tensors (see the
     module's text). available: the initializers' and graph inputs' names; shapes: the tensors' shapes (symbolic
-    axes not int). Returns the number rewritten."""
+    axes not int); seed: the tensor the relevance pass starts from. Returns the number rewritten."""
     producer = {o: n for n in forward_nodes for o in n.output}
     kept = {t for n in b.nodes for t in n.input if t in producer}
     found = {id(n) for n in (attention_softmax(t, producer) for t in kept) if n and n.output[0] in kept}
@@ -50,7 +50,7 @@ def attention_probabilities(b: Builder, forward_nodes: list, available: set, sha
         size = size_order(shapes.get(s.output[0]) or [])
         smaller = {t for t in _reach(s, producer, leaves)
                    if shapes.get(t) is not None and size_order(shapes[t]) < size}
-        chain, wait = _chain(s, producer, leaves | smaller), _arrival(b, s.output[0])
+        chain, wait = _chain(s, producer, leaves | smaller), _arrival(b, s.output[0], _downstream(b, seed))
         if chain is not None and wait is not None:
             _copy(b, chain, s.output[0], wait, producer)
             rewritten += 1
@@ -93,18 +93,26 @@ def _chain(softmax, producer: dict, leaves: set) -> list | None:
     return sorted(chain, key=lambda n: order[id(n)])
 
 
-def _arrival(b: Builder, s: str) -> str | None:
-    """The last relevance tensor (in b's node order) that the readers of s, or their readers, take besides what
-    comes from s: the relevance arriving at s's layer. None when there is none."""
+def _downstream(b: Builder, tensor: str) -> set:
+    """The tensors of b's nodes computed from tensor (and tensor itself); b's nodes are in order."""
+    found = {tensor}
+    for n in b.nodes:
+        if any(t in found for t in n.input):
+            found.update(n.output)
+    return found
+
+
+def _arrival(b: Builder, s: str, relevance: set, hops: int = 3) -> str | None:
+    """The last tensor of the relevance (in b's node order: among `relevance`, what the seed computes) that the
+    nodes up to `hops` readers away from s take besides what comes from s: the relevance arriving at s's layer
+    (not a forward tensor that a rule transposes, nor the K-target view's repeat count). None when there is none."""
     index = {o: i for i, n in enumerate(b.nodes) for o in n.output}
-    from_s, readers = {s}, []
-    for n in b.nodes:  # b's nodes are in order: what comes from s is known when a node is reached
-        if any(t in from_s for t in n.input):
-            from_s.update(n.output)
-            readers.append(n)
-    first = [n for n in readers if s in n.input]
-    near = first + [m for m in readers if any(set(m.input) & set(n.output) for n in first)]
-    arriving = {t for n in near for t in n.input if t in index and t not in from_s}
+    from_s, reached, near = _downstream(b, s), {s}, []
+    for _ in range(hops):
+        step = [n for n in b.nodes if set(n.input) & reached and all(n is not m for m in near)]
+        near += step
+        reached = {o for n in step for o in n.output}
+    arriving = {t for n in near for t in n.input if t in relevance and t in index and t not in from_s}
     return max(arriving, key=index.get) if arriving else None
 
 

@@ -1,6 +1,7 @@
 """A causal LM's attention probabilities are computed again in the relevance pass (lrpgraph/recompute.py): no node
 of the relevance pass reads a forward Softmax's output, onnxruntime runs the copies only once the relevance has
-started (they wait for it), and the relevance equals the conversion without the rewrite."""
+started (they wait for it), and the relevance equals the conversion without the rewrite. Exports by torch's
+dynamo and TorchScript exporters and by optimum (its past_key_values fed empty)."""
 
 import json
 import os
@@ -40,13 +41,25 @@ def _run(model, feeds, profile_dir=None):
     return out, names
 
 
-@pytest.mark.parametrize("name,composite,target", [
-    ("llama", "attn-lrp", "top"), ("qwen2", "cp-lrp", "top"), ("gemma3", "attn-lrp", "top"),
-    ("gpt2", "cp-lrp", "top"), ("qwen2", "attn-lrp", "index"), ("llama", "cp-lrp", "index")])
-def test_recomputed_probabilities(name, composite, target, monkeypatch, tmp_path):
-    exported = llm_models.export(llm_models.build(name))
+def _export(name, exporter, folder):
+    model = llm_models.build(name)
+    if exporter == "optimum":
+        return llm_models.export_optimum(model, folder)
+    return llm_models.export_legacy(model) if exporter == "legacy" else llm_models.export(model)
+
+
+@pytest.mark.parametrize("name,exporter,composite,target", [
+    ("llama", "dynamo", "attn-lrp", "top"), ("qwen2", "dynamo", "cp-lrp", "top"),
+    ("gemma3", "dynamo", "attn-lrp", "top"), ("gpt2", "dynamo", "cp-lrp", "top"),
+    ("qwen2", "dynamo", "attn-lrp", "index"), ("llama", "dynamo", "cp-lrp", "index"),
+    ("gpt2", "legacy", "attn-lrp", "top"), ("gemma3", "optimum", "attn-lrp", "top")])
+def test_recomputed_probabilities(name, exporter, composite, target, monkeypatch, tmp_path):
+    exported = _export(name, exporter, str(tmp_path / "export"))
     ids, mask = (t.numpy() for t in llm_models.batch())
     feeds = {"input_ids": ids, "attention_mask": mask, **({"target": K_TUPLES} if target == "index" else {})}
+    if exporter == "optimum":  # past_key_values fed empty: a prefill
+        feeds = llm_models.prefill_feeds(ort.InferenceSession(exported, providers=["CPUExecutionProvider"]), ids,
+                                         mask)
     converted = lrpgraph.convert(exported, composite=composite, target=target)
     softmaxes = [n for n in converted.graph.node if n.op_type == "Softmax" and not n.name.startswith("lrp/")]
     copies = [n for n in converted.graph.node if n.op_type == "Softmax" and "/recompute/" in n.name]
