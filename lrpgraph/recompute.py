@@ -15,7 +15,8 @@ attention_probabilities, after the walk, for each Softmax whose output the relev
   whose relevance pass reads s but not them); otherwise that Softmax is left as it was;
 - the copy waits for the relevance arriving at the layer: its first nodes read an input through
   Builder.wait(x, d) (Expand(x, Slice(Shape(d), 0, 0)): an empty shape, so Expand gives x), where d is the last
-  relevance tensor that the readers of s, or their readers, take besides s. onnxruntime runs a node once its
+  tensor computed from the relevance seed that the nodes up to three readers from s take besides what comes from
+  s (a forward tensor that a rule transposes would not wait for anything). onnxruntime runs a node once its
   inputs are there, so without this the copy would run during the forward pass and keep every layer's s again.
   (d's shape holds the symbolic length, so onnxruntime's constant folding cannot remove the wait; with a static
   length it may, and the relevance is the same, only the memory is not saved.)
