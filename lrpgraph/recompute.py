@@ -46,12 +46,12 @@ def attention_probabilities(b: Builder, forward_nodes: list, available: set, sha
         for t in _reach(s, producer, kept | available):
             reached[t] = reached.get(t, 0) + 1
     leaves = kept | available | {t for t, count in reached.items() if count > 1}
-    rewritten = 0
+    rewritten, relevance = 0, _downstream(b, seed)
     for s in softmaxes:
         size = size_order(shapes.get(s.output[0]) or [])
         smaller = {t for t in _reach(s, producer, leaves)
                    if shapes.get(t) is not None and size_order(shapes[t]) < size}
-        chain, wait = _chain(s, producer, leaves | smaller), _arrival(b, s.output[0], _downstream(b, seed))
+        chain, wait = _chain(s, producer, leaves | smaller), _arrival(b, s.output[0], relevance)
         if chain is not None and wait is not None:
             _copy(b, chain, s.output[0], wait, producer)
             rewritten += 1
